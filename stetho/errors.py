@@ -1,0 +1,63 @@
+"""Exceptions raised by stetho.
+
+Every error a user can cause derives from :class:`StethoError`; its message names the file (or
+argument) at fault and what was expected, so the CLI can print it as one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class StethoError(Exception):
+    """Base class of every error stetho raises on purpose."""
+
+
+class ConfigError(StethoError):
+    """A recipe, option or argument is invalid."""
+
+
+class DatasetError(StethoError):
+    """A dataset folder, file name or attribute table does not follow its layout."""
+
+
+class NotFittedError(StethoError):
+    """A detector was used before ``fit`` (or ``load``)."""
+
+
+class EvaluationError(StethoError):
+    """Scores cannot be matched to ground truth (missing, extra or duplicated files)."""
+
+
+class AudioError(StethoError):
+    """One audio file cannot be used.
+
+    Attributes:
+        path: the file.
+        reason: what is wrong with it, in words a user can act on.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class AudioValidationError(StethoError):
+    """Several audio files failed validation; all problems are reported at once.
+
+    Attributes:
+        problems: one :class:`AudioError` per bad file, in file order.
+    """
+
+    def __init__(self, problems: Sequence[AudioError], limit: int = 20) -> None:
+        self.problems = list(problems)
+        lines = [f"  {p.path}: {p.reason}" for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more")
+        super().__init__(
+            f"{len(self.problems)} audio file(s) failed validation "
+            "(use --skip-bad to leave them out; they are then listed in skipped.csv):\n"
+            + "\n".join(lines)
+        )
