@@ -1,0 +1,13 @@
+"""Backends: estimators on arrays (error vectors, embeddings) that turn them into scores.
+
+They hold no neural networks, so every model can use them (import order: backends < models).
+"""
+
+from stetho.backends.covariance import StreamingLedoitWolf
+from stetho.backends.mahalanobis import mahalanobis_sq, precision_from_covariance, selective_mahalanobis
+from stetho.backends.threshold import gamma_threshold
+
+__all__ = [
+    "StreamingLedoitWolf", "gamma_threshold", "mahalanobis_sq", "precision_from_covariance",
+    "selective_mahalanobis",
+]
