@@ -175,7 +175,9 @@ def _prf(y: np.ndarray, decision: np.ndarray) -> tuple[float, float, float]:
     return float(p), float(r), float(f)
 
 
-def section_metrics(labels, scores, domains, decisions=None, max_fpr: float = MAX_FPR, *, where: str = "") -> dict[str, float]:
+def section_metrics(
+    labels, scores, domains, decisions=None, max_fpr: float = MAX_FPR, *, where: str = ""
+) -> dict[str, float]:
     """All metrics of one section (one machine type): a dict keyed by :data:`METRIC_KEYS`.
 
     Args:
@@ -393,7 +395,10 @@ def join_by_name(
             + _listing([f"{n} (x{truth_count[n]})" for n in dup_truth])
         )
     if bad_values:
-        problems.append(f"  {len(bad_values)} with a NaN, infinite or non-numeric value in the {what}: {_listing(bad_values)}")
+        problems.append(
+            f"  {len(bad_values)} with a NaN, infinite or non-numeric value in the {what}: "
+            + _listing(bad_values)
+        )
     if problems:
         hints = [f"{what} are joined to the ground truth by file name, never by position."]
         if extra and any(("/" in n or "\\" in n) for n in extra):

@@ -1,0 +1,229 @@
+"""DCASE2023 Task 2 baseline autoencoder detector: MSE and Selective Mahalanobis scoring."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from stetho.backends import StreamingLedoitWolf, gamma_threshold, precision_from_covariance, selective_mahalanobis
+from stetho.datasets.clip import SOURCE, TARGET, Clip
+from stetho.features import AudioOptions, LogMelParams, extract_logmels
+from stetho.models.ae.torch_model import AENet
+from stetho.models.base import Detector
+from stetho.models.training import FrameVectors, resolve_device, run_epochs, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+class AEDetector(Detector):
+    """The DCASE2023 baseline AE for one machine type (METHODS.md §3).
+
+    Trained with MSE on 5-frame stacked log-mel vectors of all training clips (source + target).
+    Two score modes: ``"mse"`` (mean squared reconstruction error of the clip) and
+    ``"mahalanobis"`` (Selective Mahalanobis: ``min_d ē^T Σ_d^{-1} ē`` with ``ē`` the clip-mean
+    error block and ``Σ_d`` the Ledoit-Wolf covariance of training error blocks of domain ``d``).
+    A Gamma distribution fitted to per-clip training scores gives each mode's threshold.
+
+    Args:
+        n_mels: mel bands (128).
+        n_frames: stacked frames per vector (5).
+        frame_hop: frame hop between vectors (1).
+        n_fft: FFT size in samples.
+        hop_length: STFT hop in samples.
+        sr: sample rate in Hz.
+        hidden: hidden width (128).
+        bottleneck: latent size (8).
+        epochs: training epochs (100).
+        batch_size: vectors per batch (256).
+        lr: Adam learning rate (1e-3).
+        validation_split: fraction of vectors held out for the validation loss (0.1).
+        score_mode: default score mode, ``"mahalanobis"`` or ``"mse"``.
+        decision_quantile: Gamma quantile for the threshold (0.9).
+        seed: seed of initialisation, split and shuffling (13711).
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        channel: channel read from multi-channel files.
+        progress: show progress bars.
+    """
+
+    name = "ae"
+    score_modes = ("mahalanobis", "mse")
+
+    def __init__(
+        self, n_mels: int = 128, n_frames: int = 5, frame_hop: int = 1, n_fft: int = 1024,
+        hop_length: int = 512, sr: int = 16000, hidden: int = 128, bottleneck: int = 8,
+        epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, validation_split: float = 0.1,
+        score_mode: str = "mahalanobis", decision_quantile: float = 0.9, seed: int = 13711,
+        device: str = "auto", channel: int = 0, progress: bool = False,
+    ) -> None:
+        self.n_mels = n_mels
+        self.n_frames = n_frames
+        self.frame_hop = frame_hop
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.sr = sr
+        self.hidden = hidden
+        self.bottleneck = bottleneck
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.validation_split = validation_split
+        self.score_mode = score_mode
+        self.decision_quantile = decision_quantile
+        self.seed = seed
+        self.device = device
+        self.channel = channel
+        self.progress = progress
+
+    # -- features ---------------------------------------------------------------------------
+    @property
+    def logmel_params(self) -> LogMelParams:
+        return LogMelParams(sr=self.sr, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels)
+
+    @property
+    def audio_options(self) -> AudioOptions:
+        return AudioOptions(channel=self.channel, min_frames=self.n_frames)
+
+    def _features(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+        if features is None:
+            return extract_logmels(clips, self.logmel_params, self.audio_options).features
+        if len(features) != len(clips):
+            raise ValueError(f"{len(features)} feature arrays for {len(clips)} clips")
+        return list(features)
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None) -> "AEDetector":
+        """Train on normal clips of one machine type (log-mels are computed if not given)."""
+        self._mode(self.score_mode)
+        if not clips:
+            raise ValueError("fit() needs at least one training clip")
+        feats = self._features(clips, features)
+        device = resolve_device(self.device)
+        gen = seed_everything(self.seed)
+        vectors = FrameVectors(feats, self.n_frames, self.frame_hop)
+        net = AENet(vectors.dim, self.hidden, self.bottleneck).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+
+        perm = torch.randperm(len(vectors), generator=gen)
+        n_val = int(round(len(vectors) * self.validation_split)) if len(vectors) > 10 else 0
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+
+        def step(batch) -> float:
+            x = batch[0].to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(net(x), x)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+        def validate() -> float:
+            if n_val == 0:
+                return float("nan")
+            net.eval()
+            total = 0.0
+            with torch.no_grad():
+                for x, _ in vectors.batches(val_idx, 4096):
+                    x = x.to(device)
+                    total += float(torch.nn.functional.mse_loss(net(x), x, reduction="sum"))
+            net.train()
+            return total / (n_val * vectors.dim)
+
+        net.train()
+        self.history_ = run_epochs(
+            step, validate,
+            lambda epoch: vectors.batches(train_idx, self.batch_size, shuffle=True, generator=gen, min_batch=2),
+            self.epochs, progress=self.progress, desc="AE epochs",
+        )
+        net.eval()
+        self.net_ = net
+        self._fit_scoring(clips, vectors)
+        return self
+
+    def _errors(self, vectors: FrameVectors, batch: int = 8192):
+        """Yield ``(error (b, dim), clip_index (b,))`` for every vector, model in eval mode."""
+        device = next(self.net_.parameters()).device
+        with torch.no_grad():
+            for x, owner in vectors.batches(torch.arange(len(vectors)), batch):
+                x = x.to(device)
+                yield (x - self.net_(x)).float().cpu(), owner
+
+    def _clip_errors(self, vectors: FrameVectors) -> tuple[np.ndarray, np.ndarray]:
+        """Per clip: MSE score ``(n,)`` and clip-mean error block ``ē`` ``(n, n_mels)``."""
+        n = vectors.n_clips
+        sq = torch.zeros(n, dtype=torch.float64)
+        blocks = torch.zeros(n, self.n_mels, dtype=torch.float64)
+        counts = torch.zeros(n, dtype=torch.float64)
+        for err, owner in self._errors(vectors):
+            sq.index_add_(0, owner, err.square().mean(dim=1).double())
+            blocks.index_add_(0, owner, err.view(len(err), self.n_frames, self.n_mels).mean(dim=1).double())
+            counts.index_add_(0, owner, torch.ones(len(owner), dtype=torch.float64))
+        return (sq / counts).numpy(), (blocks / counts[:, None]).numpy()
+
+    def _fit_scoring(self, clips: Sequence[Clip], vectors: FrameVectors) -> None:
+        """Covariances per domain (two streaming passes) and the Gamma thresholds."""
+        is_target = torch.tensor([c.domain == TARGET for c in clips])
+        domains = {SOURCE: ~is_target, TARGET: is_target}
+        present = {d: m for d, m in domains.items() if bool(m.any())}
+        est = {d: StreamingLedoitWolf(self.n_mels) for d in present}
+        for err, owner in self._errors(vectors):
+            for d, mask in present.items():
+                sel = mask[owner]
+                if sel.any():
+                    est[d].update_moments(err[sel].reshape(-1, self.n_mels).numpy())
+        for e in est.values():
+            e.finish_moments()
+        for err, owner in self._errors(vectors):  # second pass: the shrinkage intensity
+            for d, mask in present.items():
+                sel = mask[owner]
+                if sel.any():
+                    est[d].update_fourth(err[sel].reshape(-1, self.n_mels).numpy())
+        self.covariances_: dict[str, np.ndarray] = {}
+        self.shrinkage_: dict[str, float] = {}
+        for d, e in est.items():
+            self.covariances_[d], self.shrinkage_[d] = e.covariance()
+        if TARGET not in self.covariances_:
+            log.info("no target-domain training clips: the target covariance is the source one")
+        if SOURCE not in self.covariances_:
+            log.info("no source-domain training clips: the source covariance is the target one")
+        only = next(iter(self.covariances_.values()))
+        for d in (SOURCE, TARGET):
+            self.covariances_.setdefault(d, only)
+        self.precisions_ = {d: precision_from_covariance(c) for d, c in self.covariances_.items()}
+
+        mse, mean_err = self._clip_errors(vectors)
+        self.train_scores_ = {"mse": mse, "mahalanobis": selective_mahalanobis(mean_err, self.precisions_)}
+        self.thresholds_ = {m: gamma_threshold(s, self.decision_quantile) for m, s in self.train_scores_.items()}
+
+    # -- scoring ----------------------------------------------------------------------------
+    def _score_all(self, clips, features) -> dict[str, np.ndarray]:
+        feats = self._features(clips, features)
+        if not feats:
+            return {m: np.zeros(0) for m in self.score_modes}
+        mse, mean_err = self._clip_errors(FrameVectors(feats, self.n_frames, self.frame_hop))
+        return {"mahalanobis": selective_mahalanobis(mean_err, self.precisions_), "mse": mse}
+
+    # -- persistence ------------------------------------------------------------------------
+    def _get_state(self) -> dict[str, Any]:
+        t = lambda a: torch.as_tensor(np.asarray(a))  # noqa: E731
+        return {
+            "net": {k: v.cpu() for k, v in self.net_.state_dict().items()},
+            "covariances": {d: t(c) for d, c in self.covariances_.items()},
+            "shrinkage": dict(self.shrinkage_),
+            "thresholds": dict(self.thresholds_),
+            "train_scores": {m: t(s) for m, s in self.train_scores_.items()},
+            "history": {k: list(v) for k, v in self.history_.items()},
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        net = AENet(self.n_mels * self.n_frames, self.hidden, self.bottleneck)
+        net.load_state_dict(state["net"])
+        self.net_ = net.to(resolve_device(self.device)).eval()
+        self.covariances_ = {d: c.numpy() for d, c in state["covariances"].items()}
+        self.precisions_ = {d: precision_from_covariance(c) for d, c in self.covariances_.items()}
+        self.shrinkage_ = dict(state["shrinkage"])
+        self.thresholds_ = dict(state["thresholds"])
+        self.train_scores_ = {m: s.numpy() for m, s in state["train_scores"].items()}
+        self.history_ = {k: list(v) for k, v in state["history"].items()}

@@ -1,0 +1,430 @@
+"""Tests of stetho.metrics: the official DCASE Task 2 metrics, joined by file name."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import hmean
+from sklearn.metrics import roc_auc_score
+
+from stetho.datasets.clip import Clip
+from stetho.errors import EvaluationError
+from stetho.metrics import (
+    ARITHMETIC_MEAN,
+    HARMONIC_MEAN,
+    METRIC_KEYS,
+    NO_DOMAIN_COLUMNS,
+    TABLE_COLUMNS,
+    EvaluationResult,
+    SectionResult,
+    auc,
+    evaluate,
+    join_by_name,
+    official_score,
+    pauc,
+    section_metrics,
+)
+
+EPS = sys.float_info.epsilon
+
+
+def clip(name, label, domain="source", machine="fan", section="00"):
+    return Clip(Path("data") / machine / "test" / name, machine, section, "test", domain, label)
+
+
+def make_section(rows, machine="fan", section="00", suffix=""):
+    """rows: (domain, label, score) -> (clips, [(name, score)])."""
+    clips, scores = [], []
+    for i, (domain, label, score) in enumerate(rows):
+        kind = "anomaly" if label else "normal"
+        name = f"section_{section}_{domain}_test_{kind}_{i:04d}{suffix}.wav"
+        clips.append(clip(name, label, domain, machine, section))
+        scores.append((name, score))
+    return clips, scores
+
+
+# ------------------------------------------------------------------------------------------
+# auc / pauc
+# ------------------------------------------------------------------------------------------
+
+
+def test_auc_hand_values():
+    # anomalies 0.35, 0.8 vs normals 0.1, 0.4: pairs 0.35>0.1 yes, 0.35>0.4 no, 0.8>both yes -> 3/4
+    assert auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    # a tie counts one half: anomaly 0.5 vs normals 0.2 (1) and 0.5 (1/2) -> 1.5/2
+    assert auc([0, 0, 1], [0.2, 0.5, 0.5]) == pytest.approx(0.75)
+    assert auc([0, 1], [0.9, 0.1]) == pytest.approx(0.0)
+
+
+def test_pauc_hand_values():
+    # McClish: 0.5 * (1 + (pa - min_area) / (max_area - min_area)), min_area = 0.1**2 / 2 = 0.005,
+    # max_area = 0.1.
+    # 2 normals, 2 anomalies; descending 0.8 A, 0.4 N, 0.35 A, 0.1 N: ROC goes (0,0) -> (0,0.5) ->
+    # (0.5,0.5): TPR = 0.5 on FPR [0,0.1] -> pa = 0.05 -> 0.5 * (1 + 0.045/0.095) = 14/19.
+    assert pauc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(14 / 19)
+    # 5 normals, 2 anomalies; top scores tie (A and N at 0.9): the ROC is the straight line
+    # (0,0) -> (0.2,0.5), so TPR(0.1) = 0.25 and pa = 0.1 * 0.25 / 2 = 0.0125
+    # -> 0.5 * (1 + 0.0075/0.095) = 41/76.
+    y = [0, 0, 0, 0, 0, 1, 1]
+    s = [0.9, 0.1, 0.2, 0.3, 0.4, 0.9, 0.35]
+    assert pauc(y, s) == pytest.approx(41 / 76)
+    # a perfect ranking is 1, the worst is pa = 0 -> 0.5 * (1 - 0.005/0.095) = 9/19
+    assert pauc([0, 1], [0.0, 1.0]) == pytest.approx(1.0)
+    assert pauc([0, 1], [1.0, 0.0]) == pytest.approx(9 / 19)
+    # another max_fpr: 0.5; the 2+2 example: pa = 0.5*0.5 = 0.25, min 0.125, max 0.5 -> 2/3
+    assert pauc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], max_fpr=0.5) == pytest.approx(2 / 3)
+
+
+def test_auc_pauc_match_sklearn_on_random_data():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(10, 200))
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        s = rng.normal(size=n) + y * rng.uniform(0, 2)
+        assert auc(y, s) == pytest.approx(roc_auc_score(y, s))
+        assert pauc(y, s) == pytest.approx(roc_auc_score(y, s, max_fpr=0.1))
+        assert pauc(y, s, 0.3) == pytest.approx(roc_auc_score(y, s, max_fpr=0.3))
+
+
+def test_single_class_is_nan_with_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="stetho.metrics"):
+        assert math.isnan(auc([1, 1, 1], [0.1, 0.2, 0.3]))
+    assert "only" in caplog.text or "both classes" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stetho.metrics"):
+        assert math.isnan(pauc([0, 0], [0.1, 0.2]))
+    assert "pAUC" in caplog.text and "NaN" in caplog.text
+
+
+def test_invalid_inputs_raise():
+    with pytest.raises(EvaluationError):
+        auc([0, 2], [0.1, 0.2])
+    with pytest.raises(EvaluationError):
+        auc([0, 1], [0.1])
+    with pytest.raises(EvaluationError):
+        pauc([0, 1], [0.1, 0.2], max_fpr=0.0)
+
+
+# ------------------------------------------------------------------------------------------
+# section metrics: which files enter which AUC
+# ------------------------------------------------------------------------------------------
+
+# source normals 0.1, 0.4; target normals 0.3, 0.6; source anomaly 0.5; target anomaly 0.2
+SUBSET_ROWS = [
+    ("source", 0, 0.1),
+    ("source", 0, 0.4),
+    ("target", 0, 0.3),
+    ("target", 0, 0.6),
+    ("source", 1, 0.5),
+    ("target", 1, 0.2),
+]
+
+
+def test_auc_source_and_target_use_own_normals_and_all_anomalies():
+    d, y, s = zip(*SUBSET_ROWS)
+    m = section_metrics(y, s, d)
+    assert set(m) == set(METRIC_KEYS)
+    # AUC (source): anomalies {0.5, 0.2} vs source normals {0.1, 0.4}: 0.5 beats 2, 0.2 beats 1 -> 3/4.
+    # (Wrong subsets give other values: source anomalies only -> 1.0; plus target normals -> 4/8.)
+    assert m["AUC (source)"] == pytest.approx(0.75)
+    # AUC (target): anomalies {0.5, 0.2} vs target normals {0.3, 0.6}: 0.5 beats 0.3 only -> 1/4.
+    # (target anomalies only -> 0.0; all normals -> 0.5.)
+    assert m["AUC (target)"] == pytest.approx(0.25)
+    # AUC over all files: {0.5, 0.2} vs {0.1, 0.4, 0.3, 0.6}: 3 + 1 of 8 -> 0.5
+    assert m["AUC"] == pytest.approx(0.5)
+    # pAUC (source): 0.5 A, 0.4 N, 0.1 N -> TPR 1 at FPR 0 -> 1.0
+    assert m["pAUC (source)"] == pytest.approx(1.0)
+    # pAUC (target): 0.6 N, 0.3 N, 0.2 A -> TPR 0 on [0, 0.1] -> 9/19
+    assert m["pAUC (target)"] == pytest.approx(9 / 19)
+    # no decisions -> precision/recall/F1 NaN
+    for k in TABLE_COLUMNS[6:]:
+        assert math.isnan(m[k])
+
+
+def test_pauc_uses_both_domains():
+    # 5 source normals, 5 target normals (FPR step 0.1 over all files, 0.2 within a domain)
+    rows = [("source", 0, v) for v in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    rows += [("target", 0, v) for v in (0.15, 0.25, 0.35, 0.45, 0.8)]
+    rows += [("source", 1, 0.9), ("target", 1, 0.7)]
+    d, y, s = zip(*rows)
+    m = section_metrics(y, s, d)
+    # all files, descending 0.9 A, 0.8 N, 0.7 A: ROC (0,0)->(0,0.5)->(0.1,0.5)->(0.1,1)
+    # -> pa = 0.05 -> 14/19 (differs from both within-domain values below)
+    assert m["pAUC"] == pytest.approx(14 / 19)
+    assert m["pAUC (source)"] == pytest.approx(1.0)  # 0.9 A on top
+    assert m["pAUC (target)"] == pytest.approx(9 / 19)  # 0.8 N on top: pa = 0
+
+
+def test_precision_recall_f1_per_domain_hand_example():
+    rows = [  # (domain, label, score); decisions below
+        ("source", 0, 0.1), ("source", 0, 0.2), ("source", 1, 0.9), ("source", 1, 0.8), ("source", 1, 0.3),
+        ("target", 0, 0.1), ("target", 0, 0.2), ("target", 0, 0.3), ("target", 1, 0.9), ("target", 1, 0.8),
+    ]
+    decisions = [0, 0, 1, 1, 0, 1, 1, 0, 1, 1]
+    d, y, s = zip(*rows)
+    m = section_metrics(y, s, d, decisions)
+    # source: TP 2, FP 0, FN 1 -> precision 1, recall 2/3, F1 = 2*1*(2/3)/(1+2/3) = 0.8
+    assert m["precision (source)"] == pytest.approx(1.0)
+    assert m["recall (source)"] == pytest.approx(2 / 3)
+    assert m["F1 score (source)"] == pytest.approx(0.8)
+    # target: TP 2, FP 2, FN 0 -> precision 0.5, recall 1, F1 = 2*0.5/1.5 = 2/3
+    assert m["precision (target)"] == pytest.approx(0.5)
+    assert m["recall (target)"] == pytest.approx(1.0)
+    assert m["F1 score (target)"] == pytest.approx(2 / 3)
+    # zero_division=0: no positive decision in a domain -> precision 0, not a crash
+    m0 = section_metrics(y, s, d, [0] * 10)
+    assert m0["precision (source)"] == 0.0 and m0["F1 score (target)"] == 0.0
+
+
+def test_section_metrics_rejects_mixed_domains():
+    with pytest.raises(EvaluationError, match="no domain"):
+        section_metrics([0, 1], [0.1, 0.2], ["source", None])
+    with pytest.raises(EvaluationError, match="domains must be"):
+        section_metrics([0, 1], [0.1, 0.2], ["source", "tgt"])
+
+
+# ------------------------------------------------------------------------------------------
+# official score
+# ------------------------------------------------------------------------------------------
+
+
+def test_official_score_hand_values(caplog):
+    assert official_score([0.5, 1.0]) == pytest.approx(2 / 3)  # 2 / (1/0.5 + 1/1)
+    # a 0 is floored at eps instead of crashing: 2 / (1/eps + 1)
+    v = official_score([0.0, 1.0])
+    assert v == pytest.approx(2 / (1 / EPS + 1)) and 0 < v < 1e-10
+    with caplog.at_level(logging.WARNING, logger="stetho.metrics"):
+        assert official_score([0.5, float("nan"), 1.0]) == pytest.approx(2 / 3)
+    assert "left out" in caplog.text
+
+
+def random_truth(machines=("bearing", "fan", "valve"), sections=("00",), seed=0):
+    rng = np.random.default_rng(seed)
+    clips, scores = [], []
+    for m in machines:
+        for sec in sections:
+            rows = []
+            for domain, n in (("source", 30), ("target", 10)):
+                for label in (0, 1):
+                    for _ in range(n // (2 if label else 1)):
+                        rows.append((domain, label, float(rng.normal() + label * rng.uniform(0.3, 1.5))))
+            c, s = make_section(rows, m, sec, suffix=f"_{m}")  # file names unique across machines
+            clips += c
+            scores += s
+    return clips, scores
+
+
+def test_official_score_equals_hmean_over_machines_with_one_section_each():
+    clips, scores = random_truth()
+    res = evaluate(scores, clips)
+    per_machine = []
+    for m in res.machines():
+        (sec,) = [s for s in res.sections if s.machine == m]
+        per_machine.append(hmean([sec.metrics["AUC (source)"], sec.metrics["AUC (target)"], sec.metrics["pAUC"]]))
+    assert res.official_score == pytest.approx(hmean(per_machine), rel=1e-12)
+    # the flat definition, recomputed from sklearn directly
+    flat = []
+    for m in res.machines():
+        cs = [c for c in clips if c.machine == m]
+        sc = dict(scores)
+        y = np.array([c.label for c in cs])
+        s = np.array([sc[c.name] for c in cs])
+        dom = np.array([c.domain for c in cs])
+        for d in ("source", "target"):
+            keep = (dom == d) | (y == 1)
+            flat.append(roc_auc_score(y[keep], s[keep]))
+        flat.append(roc_auc_score(y, s, max_fpr=0.1))
+    assert res.official_score == pytest.approx(hmean(flat), rel=1e-12)
+    summary = res.machine_summary()
+    assert [r["machine"] for r in summary] == ["bearing", "fan", "valve"]
+    assert [r["hmean"] for r in summary] == pytest.approx(per_machine)
+    assert res.formula == "dcase2022"
+
+
+def test_unknown_formula_lists_known_ones():
+    clips, scores = random_truth(("fan",))
+    with pytest.raises(EvaluationError, match="dcase2022"):
+        evaluate(scores, clips, formula="dcase2019")
+    assert evaluate(scores, clips, formula="dcase2024").official_score == evaluate(scores, clips).official_score
+
+
+# ------------------------------------------------------------------------------------------
+# joining by name
+# ------------------------------------------------------------------------------------------
+
+
+def test_shuffled_scores_give_identical_results():
+    clips, scores = random_truth(sections=("00", "01"))
+    shuffled = list(scores)
+    random.Random(1).shuffle(shuffled)
+    a = evaluate(sorted(scores), clips)
+    b = evaluate(shuffled, clips)
+    assert a.official_score == b.official_score
+    assert [s.metrics for s in a.sections] == [s.metrics for s in b.sections]
+    # pairing by position would have given a different answer
+    fan = [i for i, c in enumerate(clips) if c.machine == "fan" and c.section == "00"]
+    y = [clips[i].label for i in fan]
+    by_position = auc(y, [shuffled[i][1] for i in fan])
+    assert by_position != pytest.approx(a.sections[2].metrics["AUC"])
+    # join_by_name returns truth order and aligned values
+    got_clips, values = join_by_name(shuffled, clips)
+    assert got_clips == clips
+    assert values.dtype == np.float64
+    assert values.tolist() == [dict(scores)[c.name] for c in clips]
+
+
+def test_missing_extra_duplicated_names_are_reported():
+    clips, scores = make_section([("source", 0, 0.1), ("source", 1, 0.9), ("target", 0, 0.2), ("target", 1, 0.8)])
+    names = [n for n, _ in scores]
+
+    with pytest.raises(EvaluationError) as err:  # missing
+        join_by_name(scores[1:], clips)
+    assert names[0] in str(err.value) and "1 missing" in str(err.value)
+
+    with pytest.raises(EvaluationError) as err:  # extra
+        evaluate(scores + [("section_00_source_test_normal_9999.wav", 0.3)], clips)
+    assert "section_00_source_test_normal_9999.wav" in str(err.value) and "1 extra" in str(err.value)
+
+    with pytest.raises(EvaluationError) as err:  # duplicated in the scores (even with same value)
+        join_by_name(scores + [scores[2]], clips, what="decisions")
+    assert names[2] in str(err.value) and "duplicated in the decisions" in str(err.value)
+
+    with pytest.raises(EvaluationError) as err:  # duplicated in the truth
+        join_by_name(scores, clips + [clips[1]])
+    assert names[1] in str(err.value) and "duplicated in the ground truth" in str(err.value)
+
+    with pytest.raises(EvaluationError) as err:  # NaN / inf score
+        join_by_name([(n, float("nan") if i == 3 else v) for i, (n, v) in enumerate(scores)], clips)
+    assert names[3] in str(err.value) and "NaN" in str(err.value)
+
+
+def test_long_problem_lists_are_truncated_with_counts():
+    clips, scores = make_section([("source", 0, float(i)) for i in range(50)])
+    with pytest.raises(EvaluationError) as err:
+        join_by_name([], clips)
+    msg = str(err.value)
+    assert "50 missing" in msg and "and 30 more" in msg
+
+
+def test_per_machine_mapping_handles_names_shared_across_machines():
+    # DCASE evaluation sets name every machine's files alike
+    rows = [("source", 0, 0.1), ("source", 1, 0.9), ("target", 0, 0.2), ("target", 1, 0.8)]
+    fan, fan_scores = make_section(rows, "fan")
+    pump, _ = make_section(rows, "pump")
+    pump_scores = [(n, 1 - v) for n, v in fan_scores]
+    with pytest.raises(EvaluationError, match="duplicated in the ground truth"):
+        evaluate(fan_scores + pump_scores, fan + pump)
+    res = evaluate({"fan": fan_scores, "pump": pump_scores}, fan + pump)
+    assert res.machines() == ["fan", "pump"]
+    assert res.sections[0].metrics["AUC"] == 1.0 and res.sections[1].metrics["AUC"] == 0.0
+    with pytest.raises(EvaluationError, match="pump"):
+        evaluate({"fan": fan_scores}, fan + pump)
+
+
+def test_decisions_joined_strictly_and_must_be_binary():
+    clips, scores = make_section([("source", 0, 0.1), ("source", 1, 0.9), ("target", 0, 0.2), ("target", 1, 0.8)])
+    names = [n for n, _ in scores]
+    good = [(n, int(v > 0.5)) for n, v in scores]
+    res = evaluate(scores, clips, decisions=list(reversed(good)))
+    assert res.sections[0].metrics["F1 score (source)"] == 1.0
+    with pytest.raises(EvaluationError, match="decisions"):
+        evaluate(scores, clips, decisions=good[:-1])
+    with pytest.raises(EvaluationError) as err:
+        evaluate(scores, clips, decisions=[(n, 2 if n == names[0] else d) for n, d in good])
+    assert names[0] in str(err.value)
+
+
+def test_unlabeled_truth_is_rejected():
+    clips, scores = make_section([("source", 0, 0.1), ("source", 1, 0.9)])
+    unlabeled = clip("section_00_0001.wav", None)
+    with pytest.raises(EvaluationError, match="section_00_0001.wav"):
+        evaluate(scores + [("section_00_0001.wav", 0.5)], clips + [unlabeled])
+
+
+# ------------------------------------------------------------------------------------------
+# result tables, edge cases
+# ------------------------------------------------------------------------------------------
+
+
+def test_table_mean_rows_on_two_section_hand_example():
+    # section 00: source normal 0.1, target normal 0.5, source anomaly 0.3, target anomaly 0.6
+    #   AUC (source) = {0.3, 0.6} vs {0.1} = 1;  AUC (target) = {0.3, 0.6} vs {0.5} = 1/2
+    #   pAUC: 0.6 A, 0.5 N, ... -> TPR 0.5 on FPR [0, 0.1] -> pa 0.05 -> 14/19
+    # section 01: every anomaly above every normal -> all 1
+    c0, s0 = make_section([("source", 0, 0.1), ("target", 0, 0.5), ("source", 1, 0.3), ("target", 1, 0.6)], section="00")
+    c1, s1 = make_section([("source", 0, 0.1), ("target", 0, 0.2), ("source", 1, 0.9), ("target", 1, 0.8)], section="01")
+    res = evaluate(s1 + s0, c1 + c0)
+    assert [s.section for s in res.sections] == ["00", "01"]
+    rows = res.table("fan")
+    assert [r["section"] for r in rows] == ["00", "01", ARITHMETIC_MEAN, HARMONIC_MEAN]
+    assert all(tuple(r) == TABLE_COLUMNS for r in rows)
+    am, hm = rows[2], rows[3]
+    assert rows[0]["AUC (target)"] == pytest.approx(0.5) and rows[0]["pAUC"] == pytest.approx(14 / 19)
+    assert am["AUC (source)"] == pytest.approx(1.0) and hm["AUC (source)"] == pytest.approx(1.0)
+    assert am["AUC (target)"] == pytest.approx(0.75)  # (0.5 + 1) / 2
+    assert hm["AUC (target)"] == pytest.approx(2 / 3)  # 2 / (2 + 1)
+    assert am["pAUC"] == pytest.approx(33 / 38)  # (14/19 + 1) / 2
+    assert hm["pAUC"] == pytest.approx(28 / 33)  # 2 / (19/14 + 1)
+    for k in TABLE_COLUMNS[6:]:  # no decisions: these columns stay NaN
+        assert math.isnan(am[k]) and math.isnan(hm[k])
+    # official: hmean(1, 1/2, 14/19, 1, 1, 1) = 6 / (5 + 2 + 19/14 - 1) = 84/103
+    assert res.official_score == pytest.approx(84 / 103)
+    (summary,) = res.machine_summary()
+    assert summary["AUC (target)"] == pytest.approx(0.75) and summary["hmean"] == pytest.approx(84 / 103)
+    assert "precision (source)" not in summary
+    with pytest.raises(EvaluationError, match="fan"):
+        res.table("pump")
+
+
+def test_table_harmonic_mean_row_floors_zero():
+    metrics = {k: 1.0 for k in METRIC_KEYS}
+    zero = dict(metrics, **{"AUC (source)": 0.0})
+    res = EvaluationResult(
+        [SectionResult("fan", "00", metrics, 4), SectionResult("fan", "01", zero, 4)], official_score=0.0, formula="dcase2022"
+    )
+    hm = res.table("fan")[-1]
+    assert 0 < hm["AUC (source)"] < 1e-10
+    assert hm["AUC (target)"] == 1.0
+
+
+def test_section_without_anomalies_gives_nan_and_official_uses_finite_values(caplog):
+    c0, s0 = make_section([("source", 0, 0.1), ("source", 1, 0.9), ("target", 0, 0.2), ("target", 1, 0.3)], section="00")
+    c1, s1 = make_section([("source", 0, 0.1), ("target", 0, 0.2)], section="01")
+    with caplog.at_level(logging.WARNING, logger="stetho.metrics"):
+        res = evaluate(s0 + s1, c0 + c1)
+    sec1 = res.sections[1].metrics
+    assert math.isnan(sec1["AUC (source)"]) and math.isnan(sec1["AUC (target)"]) and math.isnan(sec1["pAUC"])
+    assert "fan section 01" in caplog.text and "left out" in caplog.text
+    # section 00 is perfect -> the finite values are all 1
+    assert res.official_score == pytest.approx(1.0)
+
+
+def test_target_domain_without_anomalies_gives_nan_ptarget(caplog):
+    rows = [("source", 0, 0.1), ("source", 1, 0.9), ("target", 0, 0.2), ("target", 0, 0.4)]
+    d, y, s = zip(*rows)
+    with caplog.at_level(logging.WARNING, logger="stetho.metrics"):
+        m = section_metrics(y, s, d, where="fan section 00")
+    assert math.isnan(m["pAUC (target)"])
+    assert m["AUC (target)"] == pytest.approx(1.0)  # all anomalies enter: 0.9 vs {0.2, 0.4}
+    assert "fan section 00: pAUC (target)" in caplog.text
+
+
+def test_dataset_without_domains():
+    # AUC: {0.35, 0.8} vs {0.1, 0.4} -> 3/4; pAUC -> 14/19; official = hmean(3/4, 14/19)
+    clips, scores = make_section([(None, 0, 0.1), (None, 0, 0.4), (None, 1, 0.35), (None, 1, 0.8)])
+    res = evaluate(scores, clips)
+    m = res.sections[0].metrics
+    assert m["AUC"] == pytest.approx(0.75) and m["pAUC"] == pytest.approx(14 / 19)
+    assert math.isnan(m["AUC (source)"]) and math.isnan(m["pAUC (target)"])
+    assert res.official_score == pytest.approx(hmean([0.75, 14 / 19]))
+    rows = res.table("fan")
+    assert all(tuple(r) == NO_DOMAIN_COLUMNS for r in rows)
+    (summary,) = res.machine_summary()
+    assert summary["AUC"] == pytest.approx(0.75) and summary["hmean"] == pytest.approx(hmean([0.75, 14 / 19]))
