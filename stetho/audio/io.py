@@ -50,6 +50,8 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
     path = Path(path)
     if not path.is_file():
         raise AudioError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "zero-length file (0 bytes)")
     try:
         return sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:

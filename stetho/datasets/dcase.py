@@ -22,9 +22,9 @@ SPLITS = ("train", "test")
 
 LABELED_PATTERN = re.compile(
     r"^section_(?P<section>\d{2})_(?P<domain>source|target)_(?P<split>train|test)_"
-    r"(?P<label>normal|anomaly)_(?P<index>\d+)(?:_(?P<attrs>.*))?\.wav$"
+    r"(?P<label>normal|anomaly)_(?P<index>\d+)(?:_(?P<attrs>.*))?\.(?i:wav)$"
 )
-UNLABELED_PATTERN = re.compile(r"^section_(?P<section>\d{2})_(?P<index>\d+)\.wav$")
+UNLABELED_PATTERN = re.compile(r"^section_(?P<section>\d{2})_(?P<index>\d+)\.(?i:wav)$")
 EXPECTED_NAME = (
     "section_<XX>_<source|target>_<train|test>_<normal|anomaly>_<NNNN>[_<attributes>].wav "
     "or, for unlabeled evaluation clips, section_<XX>_<NNNN>.wav"

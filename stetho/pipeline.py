@@ -1,0 +1,340 @@
+"""Train → test → evaluate, as the CLI and the Python API run it.
+
+A run folder (``RUN/``) holds everything a run produced::
+
+    config.yaml          resolved configuration (data root, model, params, seed, ...)
+    versions.json        stetho / Python / library versions, device, start time
+    train_files.csv      the training files in the (sorted) order used
+    skipped.csv          files left out with --skip-bad, with the reason (header only if none)
+    models/<machine>.pt  one trained detector per machine type
+    history_<machine>.csv   training / validation loss per epoch
+    results/<mode>/      anomaly_score_* / decision_result_* per machine and section,
+                         result_<machine>.csv and summary.csv (when test labels are known)
+    summary.csv          official score per score mode
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import inspect
+import json
+import logging
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import stetho
+from stetho.config import dump, resolve
+from stetho.datasets import Clip, scan_dcase
+from stetho.errors import AudioError, AudioValidationError, ConfigError, DatasetError, StethoError
+from stetho.features import FeatureCache, default_cache_dir, extract_logmels
+from stetho.metrics import EvaluationResult, evaluate
+from stetho.models import Detector, get_model
+from stetho.models.training import resolve_device
+from stetho.outputs import read_submission, write_csv, write_dict_csv, write_results, write_submission
+from stetho.outputs.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SKIPPED_HEADER = ("file", "stage", "reason")
+
+
+@dataclass
+class TestOutcome:
+    """What :func:`test` produced: the results folder and evaluation of each score mode."""
+
+    run_dir: Path
+    folders: dict[str, Path] = field(default_factory=dict)
+    results: dict[str, EvaluationResult | None] = field(default_factory=dict)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def make_detector(cfg: Mapping[str, Any]) -> Detector:
+    """A fresh detector from a resolved config (model params + seed/device/channel/progress)."""
+    cls = get_model(cfg["model"])
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    params = dict(cfg["params"])
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter(s) {', '.join(unknown)} for model '{cfg['model']}'; "
+            f"accepted: {', '.join(sorted(accepted))}"
+        )
+    common = {"seed": cfg["seed"], "device": cfg["device"], "channel": cfg["channel"], "progress": cfg["progress"]}
+    params.update({k: v for k, v in common.items() if k in accepted and k not in cfg["params"]})
+    return cls(**params)
+
+
+def _cache(cfg: Mapping[str, Any]) -> FeatureCache | None:
+    if not cfg["cache"]:
+        return None
+    return FeatureCache(cfg["cache_dir"] or default_cache_dir())
+
+
+def _scan(cfg: Mapping[str, Any], root: Path, split: str, machines: list[str] | None) -> tuple[list[Clip], list[tuple[Path, str]]]:
+    """Clips of one split; unparseable names are fatal unless skip_bad (then returned)."""
+    scan = scan_dcase(root, machines, splits=(split,))
+    if scan.problems and not cfg["skip_bad"]:
+        lines = [f"  {p}: {r}" for p, r in scan.problems[:20]]
+        more = f"\n  ... and {len(scan.problems) - 20} more" if len(scan.problems) > 20 else ""
+        raise DatasetError(
+            f"{len(scan.problems)} file name(s) in {root} do not parse (use --skip-bad to leave them "
+            "out; they are then listed in skipped.csv):\n" + "\n".join(lines) + more
+        )
+    return scan.clips, list(scan.problems)
+
+
+def _features(cfg, detector: Detector, clips: list[Clip], desc: str):
+    """Log-mels of ``clips`` with the detector's front end; bad audio fatal unless skip_bad."""
+    ex = extract_logmels(
+        clips, detector.logmel_params, detector.audio_options, cache=_cache(cfg),
+        progress=cfg["progress"], raise_on_error=not cfg["skip_bad"], desc=desc,
+    )
+    return ex.clips, ex.features, [(p.path, p.reason) for p in ex.problems]
+
+
+def _write_skipped(run_dir: Path, stage: str, skipped: Sequence[tuple[Path, str]]) -> None:
+    """Record skipped files of ``stage`` in RUN/skipped.csv, keeping other stages' rows."""
+    path = run_dir / "skipped.csv"
+    rows: list[list[str]] = []
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in list(csv.reader(fh))[1:] if r and r[1] != stage]
+    rows += [[str(p), stage, reason] for p, reason in skipped]
+    write_csv(path, rows, header=SKIPPED_HEADER)
+    for p, reason in skipped:
+        log.warning("skipped %s: %s", p, reason)
+
+
+def _versions(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    import librosa
+    import scipy
+    import sklearn
+    import soundfile
+
+    return {
+        "stetho": stetho.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "numpy": np.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
+        "librosa": librosa.__version__, "soundfile": soundfile.__version__,
+        "platform": platform.platform(), "device": str(resolve_device(cfg["device"])),
+        "torch_threads": torch.get_num_threads(), "seed": cfg["seed"],
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved config a run was trained with."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a stetho run folder (no config.yaml); train one with `stetho train`")
+    from stetho.config import load_recipe
+
+    return resolve(load_recipe(path), where=str(path))
+
+
+# -- train ----------------------------------------------------------------------------------------
+def train(cfg: Mapping[str, Any]) -> Path:
+    """Train one detector per machine type on the ``train`` split of ``cfg["data"]``.
+
+    All training audio is read and validated before any model is trained; every problem is
+    reported at once (or, with ``skip_bad``, the files are left out and listed in skipped.csv).
+
+    Returns:
+        The run folder.
+    """
+    cfg = resolve(cfg)
+    if not cfg["data"]:
+        raise ConfigError("no data folder given (--data ROOT or `data:` in the recipe)")
+    if not cfg["out"]:
+        raise ConfigError("no run folder given (--out RUN or `out:` in the recipe)")
+    data, run_dir = Path(cfg["data"]), Path(cfg["out"])
+    if (run_dir / "config.yaml").exists() and not cfg["overwrite"]:
+        raise ConfigError(f"{run_dir} already holds a run; choose another --out or pass --overwrite")
+    probe = make_detector(cfg)  # checks model params before any work
+
+    clips, skipped = _scan(cfg, data, "train", cfg["machines"])
+    if not clips:
+        raise DatasetError(f"{data}: no training clips found in <machine>/train/")
+    t0 = time.perf_counter()
+    clips, feats, bad = _features(cfg, probe, clips, "train features")
+    skipped += bad
+    log.info("features of %d training clips ready in %.1f s", len(clips), time.perf_counter() - t0)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {**cfg, "data": str(data.resolve()), "out": str(run_dir)}
+    atomic_write_text(run_dir / "config.yaml", dump(cfg))
+    atomic_write_text(run_dir / "versions.json", json.dumps(_versions(cfg), indent=2) + "\n")
+    write_csv(run_dir / "train_files.csv",
+              ([str(c.path), c.machine, c.section, c.domain or "", c.label] for c in clips),
+              header=("file", "machine", "section", "domain", "label"))
+    _write_skipped(run_dir, "train", skipped)
+
+    machines = sorted({c.machine for c in clips})
+    wanted = cfg["machines"] or machines
+    empty = [m for m in wanted if m not in machines]
+    if empty:
+        raise DatasetError(f"{data}: no usable training clips for machine type(s) {', '.join(empty)}")
+    for machine in machines:
+        idx = [i for i, c in enumerate(clips) if c.machine == machine]
+        mclips, mfeats = [clips[i] for i in idx], [feats[i] for i in idx]
+        t0 = time.perf_counter()
+        det = make_detector(cfg).fit(mclips, mfeats)
+        det.save(run_dir / "models" / f"{machine}.pt")
+        hist = det.history_
+        write_csv(run_dir / f"history_{machine}.csv",
+                  zip(hist["epoch"], hist["train_loss"], hist["val_loss"]),
+                  header=("epoch", "train_loss", "val_loss"))
+        n_target = sum(c.domain == "target" for c in mclips)
+        thr = ", ".join(f"{m} {v:.4g}" for m, v in det.thresholds_.items())
+        log.info(
+            "%s: %d clips (%d target), %d epochs in %.1f s, loss %.4g (val %.4g), threshold %s",
+            machine, len(mclips), n_target, len(hist["epoch"]), time.perf_counter() - t0,
+            hist["train_loss"][-1] if hist["train_loss"] else float("nan"),
+            hist["val_loss"][-1] if hist["val_loss"] else float("nan"), thr,
+        )
+    return run_dir
+
+
+# -- test -----------------------------------------------------------------------------------------
+def _modes(det: Detector, score: str | Sequence[str]) -> list[str]:
+    if isinstance(score, str):
+        score = list(det.score_modes) if score in ("all", "both") else [s for s in score.split(",") if s]
+    bad = [s for s in score if s not in det.score_modes]
+    if bad:
+        raise ConfigError(f"unknown score mode(s) {', '.join(bad)} for model '{det.name}'; "
+                          f"choose from {', '.join(det.score_modes)}, or all")
+    return list(score)
+
+
+def test(
+    run_dir: str | Path, score: str | Sequence[str] | None = None, data: str | Path | None = None,
+    **overrides: Any,
+) -> TestOutcome:
+    """Score the ``test`` split with a trained run; write DCASE files; evaluate when labeled.
+
+    Args:
+        run_dir: a folder written by :func:`train`.
+        score: score modes (``"all"``, ``"both"``, a mode, or a list); default from the config.
+        data: test data root (default: the run's test data, else its training data).
+        overrides: config keys to change for this test (e.g. ``skip_bad=True``, ``progress=False``).
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    cfg = resolve(cfg, {k: v for k, v in overrides.items() if v is not None})
+    root = Path(data or cfg["test"]["data"] or cfg["data"])
+    models = sorted((run_dir / "models").glob("*.pt"))
+    if not models:
+        raise StethoError(f"{run_dir}: no trained models in models/")
+    detectors = {p.stem: Detector.load(p) for p in models}
+    for det in detectors.values():
+        det.progress = cfg["progress"]
+    first = next(iter(detectors.values()))
+    modes = _modes(first, score or cfg["test"]["score"])
+
+    clips, skipped = _scan(cfg, root, "test", sorted(detectors))
+    if not clips:
+        raise DatasetError(f"{root}: no test clips found in <machine>/test/ for {', '.join(detectors)}")
+    clips, feats, bad = _features(cfg, first, clips, "test features")
+    skipped += bad
+    _write_skipped(run_dir, "test", skipped)
+
+    out = TestOutcome(run_dir=run_dir, skipped=skipped)
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for machine, det in detectors.items():
+        idx = [i for i, c in enumerate(clips) if c.machine == machine]
+        if not idx:
+            log.warning("%s: no test clips in %s", machine, root)
+            continue
+        mclips = [clips[i] for i in idx]
+        all_scores = det.score_all(mclips, [feats[i] for i in idx])
+        for mode in modes:
+            folder = run_dir / "results" / mode
+            s = all_scores[mode]
+            decisions = (s > det.thresholds_[mode]).astype(np.int64)
+            for section in sorted({c.section for c in mclips}):
+                sel = [j for j, c in enumerate(mclips) if c.section == section]
+                write_submission(folder, machine, section, [mclips[j].name for j in sel], s[sel], decisions[sel])
+            scores.setdefault(mode, {})[machine] = s
+            out.folders[mode] = folder
+
+    labeled = all(c.label is not None for c in clips)
+    summary_rows = []
+    for mode in modes:
+        if not labeled:
+            log.info("test clips carry no labels: %s scores written to %s, no metrics", mode, out.folders[mode])
+            out.results[mode] = None
+            continue
+        result = evaluate_folder(out.folders[mode], root, truth=clips)
+        write_results(out.folders[mode], result)
+        out.results[mode] = result
+        summary_rows.append({"score": mode, "formula": result.formula,
+                             "official score": result.official_score,
+                             "machines": " ".join(result.machines())})
+    if summary_rows:
+        write_dict_csv(run_dir / "summary.csv", summary_rows)
+    return out
+
+
+# -- evaluate -------------------------------------------------------------------------------------
+def evaluate_folder(
+    scores_dir: str | Path, data: str | Path, truth: Sequence[Clip] | None = None,
+    formula: str = "dcase2022",
+) -> EvaluationResult:
+    """Evaluate the ``anomaly_score_*`` (and ``decision_result_*``) files of a folder.
+
+    Ground truth is parsed from the test file names under ``data`` (or given as ``truth``);
+    scores are joined to it by file name per machine type, and a missing, extra or duplicated
+    file is an error that lists the files.
+    """
+    sub = read_submission(scores_dir)
+    machines = sorted({m for m, _ in sub.scores})
+    if truth is None:
+        truth, problems = _scan({"skip_bad": False}, Path(data), "test", machines)
+    truth = [c for c in truth if c.machine in machines]
+    sections_scored = {(m, s) for m, s in sub.scores}
+    sections_truth = {(c.machine, c.section) for c in truth}
+    unscored = sorted(sections_truth - sections_scored)
+    if unscored:
+        raise StethoError(
+            f"{scores_dir}: no score file for "
+            + ", ".join(f"{m} section {s}" for m, s in unscored)
+        )
+    per_machine: dict[str, list[tuple[str, float]]] = {}
+    for (m, _), rows in sorted(sub.scores.items()):
+        per_machine.setdefault(m, []).extend(rows)
+    decisions = None
+    if sub.decisions:
+        if set(sub.decisions) != sections_scored:
+            missing = sorted(sections_scored - set(sub.decisions))
+            raise StethoError(f"{scores_dir}: decision files missing for "
+                              + ", ".join(f"{m} section {s}" for m, s in missing))
+        decisions = {}
+        for (m, _), rows in sorted(sub.decisions.items()):
+            decisions.setdefault(m, []).extend(rows)
+    return evaluate(per_machine, truth, decisions, formula=formula)
+
+
+# -- run ------------------------------------------------------------------------------------------
+def run(cfg: Mapping[str, Any]) -> TestOutcome:
+    """``stetho run``: generate toy data if the recipe asks for it, then train, test, evaluate."""
+    cfg = resolve(cfg)
+    if cfg["toy"] is not None:
+        from stetho.datasets.toy import make_toy_dataset
+
+        data = Path(cfg["data"] or "toy_data")
+        if not data.exists():
+            toy = dict(cfg["toy"])
+            log.info("generating toy data in %s (%s)", data, ", ".join(f"{k}={v}" for k, v in toy.items()))
+            make_toy_dataset(data, progress=cfg["progress"], **toy)
+        cfg["data"] = str(data)
+    run_dir = train(cfg)
+    return test(run_dir, progress=cfg["progress"])

@@ -1,0 +1,32 @@
+"""Shared pytest fixtures.
+
+* ``real_data``: the folder of real machine recordings kept next to the repository
+  (``../shared/data/real``); tests using it are skipped in a clone that does not have it.
+* An autouse session fixture points ``STETHO_CACHE_DIR`` at a temporary folder so no test ever
+  writes to the user's ``~/.cache``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """``../shared/data/real`` (see its README.md), or skip the test when it is absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip("../shared/data/real not present (a user's clone has no shared data)")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache_dir(tmp_path_factory):
+    """Send every cache write of the test session to a temporary folder, not ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STETHO_CACHE_DIR", str(tmp_path_factory.mktemp("stetho_cache")))
+    yield
+    mp.undo()
