@@ -23,7 +23,7 @@ import logging
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,9 @@ def _scan(cfg: Mapping[str, Any], root: Path, split: str, machines: list[str] | 
 
 def _features(cfg, detector: Detector, clips: list[Clip], desc: str):
     """Log-mels of ``clips`` with the detector's front end; bad audio fatal unless skip_bad."""
+    audio = replace(detector.audio_options, resample=cfg["resample"])
     ex = extract_logmels(
-        clips, detector.logmel_params, detector.audio_options, cache=_cache(cfg),
+        clips, detector.logmel_params, audio, cache=_cache(cfg),
         progress=cfg["progress"], raise_on_error=not cfg["skip_bad"], desc=desc,
     )
     return ex.clips, ex.features, [(p.path, p.reason) for p in ex.problems]

@@ -70,7 +70,8 @@ def read_audio(
     Args:
         path: audio file (any format libsndfile reads; WAV in practice).
         sr: wanted sample rate in Hz.
-        channel: channel to keep (0-based) when the file has several.
+        channel: channel to keep (0-based) when the file has several; a mono file is read as
+            it is whatever ``channel`` says (the option selects among several channels).
         resample: resample other rates with soxr HQ; if False, such files are refused.
         min_samples: shortest acceptable length in samples, after resampling
             (e.g. ``n_fft`` so at least one full FFT frame fits).
@@ -86,6 +87,8 @@ def read_audio(
     info = audio_info(path)
     if info.frames == 0:
         raise AudioError(path, "zero-length file (no samples)")
+    if info.channels == 1:
+        channel = 0
     if not 0 <= channel < info.channels:
         raise AudioError(
             path, f"has {info.channels} channel(s); channel {channel} was requested (--channel)"

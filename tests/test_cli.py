@@ -1,0 +1,69 @@
+"""The CLI is a thin skin: one-line errors, and train/test/evaluate/toy/run work from the shell."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stetho.cli import main
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse exits for usage errors and --help
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    ((), "the following arguments are required: COMMAND"),
+    (("train", "--data", "x"), "the following arguments are required: --out"),
+    (("train", "--data", "x", "--out", "y", "--epochs", "many"), "argument --epochs: invalid int value: 'many'"),
+    (("frobnicate",), "invalid choice: 'frobnicate'"),
+    (("test",), "the following arguments are required: --run"),
+])
+def test_wrong_arguments_give_a_one_line_error(capsys, argv, fragment):
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and fragment in err and "Traceback" not in err
+
+
+def test_user_errors_are_one_line_without_traceback(capsys, tmp_path):
+    code, _, err = _run(capsys, "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
+    assert code == 2 and err.strip() == f"stetho: error: {tmp_path / 'nope'}: data folder does not exist"
+    code, _, err = _run(capsys, "test", "--run", str(tmp_path))
+    assert code == 2 and "not a stetho run folder (no config.yaml)" in err and err.count("\n") == 1
+    code, _, err = _run(capsys, "run", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "missing.yaml: recipe file does not exist" in err
+    (tmp_path / "bad.yaml").write_text("datta: x\n")
+    code, _, err = _run(capsys, "run", str(tmp_path / "bad.yaml"))
+    assert code == 2 and "unknown key 'datta'" in err
+
+
+def test_toy_train_test_evaluate_from_the_command_line(capsys, tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    code, out, _ = _run(capsys, "-q", "toy", str(data), "--machines", "valve", "--train-clips", "12",
+                        "--target-train-clips", "2", "--test-clips", "3", "--duration", "2", "--seed", "1")
+    assert code == 0 and "wrote 26 clips of 1 machine types (valve)" in out
+    code, out, _ = _run(capsys, "-q", "train", "--data", str(data), "--out", str(run), "--epochs", "2",
+                        "--no-progress", "--param", "batch_size=64")
+    assert code == 0 and (run / "models" / "valve.pt").is_file()
+    code, out, _ = _run(capsys, "-q", "test", "--run", str(run), "--score", "mse", "--no-progress")
+    assert code == 0 and "official score (dcase2022):" in out and "valve" in out
+    assert not (run / "results" / "mahalanobis").exists()
+    code, out, _ = _run(capsys, "-q", "evaluate", str(run / "results" / "mse"), "--data", str(data),
+                        "--out", str(tmp_path / "ev"))
+    assert code == 0 and "official score" in out and (tmp_path / "ev" / "summary.csv").is_file()
+    code, _, err = _run(capsys, "test", "--run", str(run), "--score", "l2")
+    assert code == 2 and "unknown score mode(s) l2 for model 'ae'; choose from mahalanobis, mse" in err
+
+
+def test_console_script_entry_point_runs():
+    proc = subprocess.run([sys.executable, "-m", "stetho.cli", "--version"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.startswith("stetho ")
