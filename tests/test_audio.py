@@ -44,6 +44,21 @@ def test_int16_round_trip_values(tmp_path):
     assert float(np.abs(y).max()) <= 1.0
 
 
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32", "FLOAT", "PCM_U8"])
+def test_every_pcm_subtype_reads_exactly_as_libsndfile_floats(tmp_path, subtype):
+    # PCM_16 takes a faster int16 path; all subtypes must give libsndfile's own float values,
+    # for the requested channel of a multi-channel file too.
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, size=(3000, 3)).astype(np.float32)
+    f = tmp_path / f"{subtype}.wav"
+    sf.write(f, x, SR, subtype=subtype)
+    ref, _ = sf.read(f, dtype="float32", always_2d=True)
+    for ch in range(3):
+        y = read_audio(f, channel=ch)
+        assert y.dtype == np.float32 and y.flags.c_contiguous
+        np.testing.assert_array_equal(y, ref[:, ch])
+
+
 def test_audio_info_reads_header(tmp_path):
     f = tmp_path / "three.wav"
     sf.write(f, np.zeros((1234, 3), dtype=np.float32), 22050, subtype="PCM_16")

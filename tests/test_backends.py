@@ -27,10 +27,7 @@ def streamed(x: np.ndarray, sizes: list[int]) -> StreamingLedoitWolf:
     batches = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     est = StreamingLedoitWolf(x.shape[1])
     for b in batches:
-        est.update_moments(b)
-    est.finish_moments()
-    for b in batches:
-        est.update_fourth(b)
+        est.update(b)
     return est
 
 
@@ -88,28 +85,27 @@ def test_streaming_ledoit_wolf_float32_batches():
     assert shrinkage == pytest.approx(ref_shrinkage, rel=1e-6)
 
 
-def test_second_pass_must_see_the_same_count():
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((100, 4))
-    est = StreamingLedoitWolf(4)
-    est.update_moments(x)
-    est.finish_moments()
-    est.update_fourth(x[:60])
-    with pytest.raises(RuntimeError, match="60 samples.*100"):
-        est.covariance()
-    est.update_fourth(x[60:])
-    est.covariance()  # now consistent
-    est.update_fourth(x[:1])
-    with pytest.raises(RuntimeError):
-        est.covariance()
+def test_streaming_ledoit_wolf_far_from_the_origin():
+    # The one-pass fourth moment expands |x - m|^4; the first-batch shift keeps it exact when the
+    # mean is huge compared with the spread (unshifted, the terms cancel to noise).
+    rng = np.random.default_rng(3)
+    x = correlated(rng, 2000, 10, offset=0.0) + 1e6
+    cov, shrinkage = streamed(x, [500, 1500]).covariance()
+    ref_cov, ref_shrinkage = ledoit_wolf(x)
+    np.testing.assert_allclose(cov, ref_cov, rtol=1e-6, atol=1e-9)
+    assert shrinkage == pytest.approx(ref_shrinkage, rel=1e-5, abs=1e-9)
 
 
-def test_streaming_ledoit_wolf_misuse():
+def test_streaming_ledoit_wolf_empty_batches_and_misuse():
     est = StreamingLedoitWolf(3)
     with pytest.raises(ValueError, match="no samples"):
-        est.finish_moments()
-    with pytest.raises(RuntimeError, match="finish_moments"):
-        est.update_fourth(np.zeros((2, 3)))
+        est.covariance()
+    est.update(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="no samples"):
+        est.empirical()
+    x = np.random.default_rng(4).standard_normal((50, 3))
+    est.update(x)
+    np.testing.assert_allclose(est.covariance()[0], ledoit_wolf(x)[0], rtol=1e-9)
 
 
 # ---------------------------------------------------------------- precision and Mahalanobis

@@ -26,7 +26,7 @@ from stetho.features import (
     min_samples_for,
     stack_frames,
 )
-from stetho.features.logmel import to_db
+from stetho.features.logmel import mel_filterbank, mel_power, to_db
 
 SR = 16000
 FLOAT_EPS = sys.float_info.epsilon
@@ -124,6 +124,21 @@ def test_batch_equals_single():
         np.testing.assert_allclose(batch[i].numpy(), logmel(y).numpy(), atol=1e-4)
     # batch elements really are different signals
     assert not np.allclose(batch[0].numpy(), batch[1].numpy())
+
+
+@pytest.mark.parametrize("n_fft, n_mels, fmin, fmax", [(1024, 128, 0.0, None), (512, 64, 50.0, 7000.0), (2048, 256, 0.0, None)])
+def test_sparse_mel_projection_equals_dense_filterbank(n_fft, n_mels, fmin, fmax):
+    # On CPU the filterbank is applied as a sparse matmul; for one signal and for a batch it must
+    # equal the dense matmul with librosa's filters.
+    params = LogMelParams(n_fft=n_fft, hop_length=n_fft // 2, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    y = torch.from_numpy(np.stack([synthetic(s, seconds=1.0) for s in range(3)]))
+    spec = torch.stft(y, n_fft, n_fft // 2, window=torch.hann_window(n_fft), center=True,
+                      pad_mode="constant", return_complex=True)
+    dense = torch.matmul(spec.abs().square().transpose(1, 2), mel_filterbank(SR, n_fft, n_mels, fmin, fmax))
+    fast = mel_power(y, params)
+    assert fast.shape == dense.shape
+    np.testing.assert_allclose(fast.numpy(), dense.numpy(), rtol=1e-4, atol=1e-9 * float(dense.max()))
+    np.testing.assert_allclose(mel_power(y[1], params).numpy(), dense[1].numpy(), rtol=1e-4, atol=1e-9 * float(dense.max()))
 
 
 def test_ten_seconds_is_313_frames():

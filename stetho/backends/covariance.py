@@ -1,9 +1,18 @@
-"""Streaming covariance with Ledoit-Wolf shrinkage (exactly sklearn's estimate, in two passes).
+"""Streaming covariance with Ledoit-Wolf shrinkage (exactly sklearn's estimate, in one pass).
 
 Selective Mahalanobis needs the covariance of millions of 128-d error blocks; holding them all
-(as sklearn's ``ledoit_wolf`` would) costs gigabytes. Pass 1 accumulates the mean and the
-scatter matrix, pass 2 the fourth-moment term the shrinkage intensity needs. The result equals
-``sklearn.covariance.ledoit_wolf(X)`` on the concatenated samples (a test checks it).
+(as sklearn's ``ledoit_wolf`` would) costs gigabytes. One pass over the batches accumulates the
+sums the estimate needs, and the result equals ``sklearn.covariance.ledoit_wolf(X)`` on the
+concatenated samples (tests check it).
+
+The shrinkage intensity needs ``sum_i ||x_i - m||^4`` around the final mean ``m``. Expanding the
+square gives it from sums known in one pass: with ``a_i = ||x_i||^2`` and ``S = sum_i x_i x_i^T``,
+
+    sum ||x - m||^4 = sum a^2 - 4 m.(sum a x) + 4 m^T S m + 2 |m|^2 sum a
+                      - 4 |m|^2 m.(sum x) + n |m|^4.
+
+To keep this free of cancellation when the data sit far from the origin, every sample is first
+shifted by the mean of the first batch (covariance and shrinkage do not depend on the shift).
 """
 
 from __future__ import annotations
@@ -12,10 +21,7 @@ import numpy as np
 
 
 class StreamingLedoitWolf:
-    """Two-pass Ledoit-Wolf covariance over sample batches.
-
-    Usage: ``update_moments(batch)`` for every batch, ``finish_moments()``, then
-    ``update_fourth(batch)`` for the same batches, then ``covariance()``.
+    """One-pass Ledoit-Wolf covariance over sample batches: ``update(batch)``..., ``covariance()``.
 
     Args:
         dim: sample dimension.
@@ -24,51 +30,68 @@ class StreamingLedoitWolf:
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.n = 0
-        self._sum = np.zeros(dim)
-        self._scatter = np.zeros((dim, dim))
-        self._fourth = 0.0
-        self.mean_: np.ndarray | None = None
-        self._n_fourth = 0
+        self._shift: np.ndarray | None = None
+        self._sum = np.zeros(dim)  # sum y
+        self._scatter = np.zeros((dim, dim))  # sum y y^T
+        self._sum_a = 0.0  # sum |y|^2
+        self._sum_a2 = 0.0  # sum |y|^4
+        self._sum_ay = np.zeros(dim)  # sum |y|^2 y
 
-    def update_moments(self, x: np.ndarray) -> None:
-        """Pass 1: add samples ``(n, dim)``."""
+    def update(self, x: np.ndarray) -> None:
+        """Add samples ``(n, dim)`` (any float dtype; accumulated in float64)."""
         x = np.asarray(x, dtype=np.float64).reshape(-1, self.dim)
-        self.n += x.shape[0]
-        self._sum += x.sum(axis=0)
-        self._scatter += x.T @ x
+        if x.shape[0] == 0:
+            return
+        if self._shift is None:
+            self._shift = x.mean(axis=0)
+        y = x - self._shift
+        a = np.einsum("ij,ij->i", y, y)
+        self.n += y.shape[0]
+        self._sum += y.sum(axis=0)
+        self._scatter += y.T @ y
+        self._sum_a += float(a.sum())
+        self._sum_a2 += float(np.square(a).sum())
+        self._sum_ay += a @ y
 
-    def finish_moments(self) -> None:
-        """End pass 1: fix the mean so pass 2 can centre."""
+    def _check(self) -> None:
         if self.n == 0:
             raise ValueError("no samples were given to the covariance estimate")
-        self.mean_ = self._sum / self.n
 
-    def update_fourth(self, x: np.ndarray) -> None:
-        """Pass 2: add the same samples again (for the shrinkage intensity)."""
-        if self.mean_ is None:
-            raise RuntimeError("call finish_moments() after the first pass")
-        xc = np.asarray(x, dtype=np.float64).reshape(-1, self.dim) - self.mean_
-        self._fourth += float(np.square(np.einsum("ij,ij->i", xc, xc)).sum())
-        self._n_fourth += xc.shape[0]
+    @property
+    def mean_(self) -> np.ndarray:
+        """Sample mean."""
+        self._check()
+        return self._shift + self._sum / self.n
 
     def empirical(self) -> np.ndarray:
         """Maximum-likelihood covariance (divides by n)."""
-        if self.mean_ is None:
-            self.finish_moments()
-        return self._scatter / self.n - np.outer(self.mean_, self.mean_)
+        self._check()
+        m = self._sum / self.n
+        return self._scatter / self.n - np.outer(m, m)
+
+    def _fourth(self) -> float:
+        """``sum_i ||x_i - mean||^4`` from the one-pass sums (see the module docstring)."""
+        m = self._sum / self.n
+        mm = float(m @ m)
+        total = (
+            self._sum_a2
+            - 4.0 * float(m @ self._sum_ay)
+            + 4.0 * float(m @ self._scatter @ m)
+            + 2.0 * mm * self._sum_a
+            - 4.0 * mm * float(m @ self._sum)
+            + self.n * mm**2
+        )
+        return max(total, 0.0)
 
     def covariance(self) -> tuple[np.ndarray, float]:
         """Shrunk covariance and the shrinkage intensity in [0, 1] (sklearn's formula)."""
-        if self._n_fourth != self.n:
-            raise RuntimeError(
-                f"second pass saw {self._n_fourth} samples, first pass {self.n}: give the same data"
-            )
+        self._check()
         n, d = self.n, self.dim
         emp = self.empirical()
         mu = np.trace(emp) / d
         # sklearn.covariance.ledoit_wolf_shrinkage, written with the accumulated sums.
         delta = (np.square(emp).sum() - 2.0 * mu * np.trace(emp) + d * mu**2) / d
-        beta = (self._fourth / n - np.square(emp).sum()) / (d * n)
+        beta = (self._fourth() / n - np.square(emp).sum()) / (d * n)
         shrinkage = 0.0 if delta == 0 else min(beta, delta) / delta
         cov = (1.0 - shrinkage) * emp
         cov.flat[:: d + 1] += shrinkage * mu

@@ -67,7 +67,7 @@ def extract_logmels(
     params: LogMelParams = LogMelParams(),
     audio: AudioOptions = AudioOptions(),
     cache: FeatureCache | None = None,
-    batch_size: int = 8,
+    batch_size: int = 1,
     workers: int | None = None,
     progress: bool = False,
     raise_on_error: bool = True,
@@ -80,8 +80,8 @@ def extract_logmels(
         params: log-mel parameters.
         audio: channel / resampling / minimum length.
         cache: feature cache, or ``None`` to always compute.
-        batch_size: clips per work unit; equal-length clips of a unit share one torch batch
-            (8 was fastest on 2 cores, see ``make bench``).
+        batch_size: clips per work unit; equal-length clips of a unit share one torch batch.
+            On CPU one clip at a time is fastest (cache-friendly; ``make bench`` sweeps it).
         workers: worker threads, each decoding and computing the log-mels of its clips
             (libsndfile and torch release the GIL); ``None``: one per CPU core.
         progress: show a progress bar.

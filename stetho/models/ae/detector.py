@@ -161,8 +161,14 @@ class AEDetector(Detector):
                 x = x.to(device)
                 yield (x - self.net_(x)).float().cpu(), owner
 
-    def _clip_errors(self, vectors: FrameVectors) -> tuple[np.ndarray, np.ndarray]:
-        """Per clip: MSE score ``(n,)`` and clip-mean error block ``ē`` ``(n, n_mels)``."""
+    def _clip_errors(
+        self, vectors: FrameVectors, covariances: dict[str, tuple[torch.Tensor, StreamingLedoitWolf]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per clip: MSE score ``(n,)`` and clip-mean error block ``ē`` ``(n, n_mels)``.
+
+        ``covariances`` maps a domain to ``(clip mask, estimator)``; when given, the same pass
+        feeds every error block of that domain's clips to its estimator.
+        """
         n = vectors.n_clips
         sq = torch.zeros(n, dtype=torch.float64)
         blocks = torch.zeros(n, self.n_mels, dtype=torch.float64)
@@ -171,29 +177,21 @@ class AEDetector(Detector):
             sq.index_add_(0, owner, err.square().mean(dim=1).double())
             blocks.index_add_(0, owner, err.view(len(err), self.n_frames, self.n_mels).mean(dim=1).double())
             counts.index_add_(0, owner, torch.ones(len(owner), dtype=torch.float64))
+            for mask, est in (covariances or {}).values():
+                sel = mask[owner]
+                if sel.any():
+                    est.update(err[sel].reshape(-1, self.n_mels).numpy())
         return (sq / counts).numpy(), (blocks / counts[:, None]).numpy()
 
     def _fit_scoring(self, clips: Sequence[Clip], vectors: FrameVectors) -> None:
-        """Covariances per domain (two streaming passes) and the Gamma thresholds."""
+        """Covariances per domain and training-clip scores (one pass), then the Gamma thresholds."""
         is_target = torch.tensor([c.domain == TARGET for c in clips])
         domains = {SOURCE: ~is_target, TARGET: is_target}
-        present = {d: m for d, m in domains.items() if bool(m.any())}
-        est = {d: StreamingLedoitWolf(self.n_mels) for d in present}
-        for err, owner in self._errors(vectors):
-            for d, mask in present.items():
-                sel = mask[owner]
-                if sel.any():
-                    est[d].update_moments(err[sel].reshape(-1, self.n_mels).numpy())
-        for e in est.values():
-            e.finish_moments()
-        for err, owner in self._errors(vectors):  # second pass: the shrinkage intensity
-            for d, mask in present.items():
-                sel = mask[owner]
-                if sel.any():
-                    est[d].update_fourth(err[sel].reshape(-1, self.n_mels).numpy())
+        est = {d: (m, StreamingLedoitWolf(self.n_mels)) for d, m in domains.items() if bool(m.any())}
+        mse, mean_err = self._clip_errors(vectors, est)
         self.covariances_: dict[str, np.ndarray] = {}
         self.shrinkage_: dict[str, float] = {}
-        for d, e in est.items():
+        for d, (_, e) in est.items():
             self.covariances_[d], self.shrinkage_[d] = e.covariance()
         if TARGET not in self.covariances_:
             log.info("no target-domain training clips: the target covariance is the source one")
@@ -204,7 +202,6 @@ class AEDetector(Detector):
             self.covariances_.setdefault(d, only)
         self.precisions_ = {d: precision_from_covariance(c) for d, c in self.covariances_.items()}
 
-        mse, mean_err = self._clip_errors(vectors)
         self.train_scores_ = {"mse": mse, "mahalanobis": selective_mahalanobis(mean_err, self.precisions_)}
         self.thresholds_ = {m: gamma_threshold(s, self.decision_quantile) for m, s in self.train_scores_.items()}
 

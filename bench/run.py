@@ -1,0 +1,766 @@
+"""stetho benchmarks: ``make bench`` (or ``python bench/run.py [--quick] [--out PATH]``).
+
+Prints a table ``benchmark | figure | value | target | PASS/MISS`` and writes every figure, with
+the machine description and the raw measurements, to ``bench/results.json`` (or ``--out``). It
+never fails on a missed target: the targets are reported, not asserted. All data is generated in
+a temporary folder that is deleted at the end. Timings on a shared machine are noisy, and
+multi-threaded ones (torch/OpenMP, OpenBLAS) collapse when other processes compete for the cores:
+every benchmark reports how much CPU *other* processes used meanwhile (from ``/proc/stat``), and
+the load average is recorded; compare runs only at similar contention.
+
+1. **Feature extraction** (decode + log-mel). ``N`` ten-second 16 kHz int16 mono WAV clips (the
+   toy dataset when :mod:`stetho.datasets.toy` works, else noise + tones). Measured, best of 3
+   after one warm-up call:
+
+   * stetho's ``extract_logmels(clips, LogMelParams(), AudioOptions(), cache=None)`` with its
+     defaults (one clip per work unit, one worker thread per core, each decoding and computing the
+     log-mels of its chunk with torch single-threaded; clips/s; targets >= 1,000 clips/s and
+     >= 2x librosa);
+   * a plain per-file librosa pipeline in the same run (``librosa.load`` ->
+     ``librosa.feature.melspectrogram`` -> ``10 log10(max(mel, eps))``), sequential, as installed
+     and with NumPy's BLAS limited to 1 thread (threadpoolctl); the ratio uses the faster one;
+   * the cache-hit path (second call with a :class:`FeatureCache` in the temp folder);
+   * a sweep over ``batch_size`` x ``workers`` (repeats interleaved,
+     so slow drifts in the machine load hit every configuration alike), the best one reported,
+     with the process CPU time per clip (robust to contention; spinning thread pools inflate it);
+   * stetho's defaults in fresh subprocesses with and without ``OMP_WAIT_POLICY=PASSIVE``.
+
+2. **AE training** of one machine type: ``M`` clips (1,000 in a full run: 309,000 vectors of 640)
+   given as synthetic float32 log-mels ``(313, 128)``, ``AEDetector(epochs=E, device="cpu")
+   .fit(clips, features)``, in a fresh subprocess so its peak RSS (``VmHWM``, cross-checked with
+   ``getrusage(RUSAGE_CHILDREN)``) is not polluted by benchmark 1. Before training, a short probe
+   times optimiser steps at 1 and 2 torch threads; ``--train-threads auto`` trains with the
+   faster one. Reports training vectors/s from the epoch timings (one epoch = the training steps
+   plus the validation pass), the fit total (adds precise-BN and the scoring passes) and the
+   peak RSS (target <= 1.5 GB) beside the 1.58 GB the original's float64 stacked vectors take.
+
+3. **Scoring latency** for one 10 s clip: an AE trained briefly on real log-mels is saved and
+   loaded with ``Detector.load``; ``det.score_all([clip])`` is timed from the WAV file (features
+   computed by the detector) and with precomputed log-mels; median of 50 runs after warm-up (fewer
+   if a 10 s budget runs out), at torch's default threads and at 1 thread (target < 20 ms).
+
+Sizes are in :data:`FULL` / :data:`QUICK`; a full run takes about 3-4 minutes on 2 cores,
+``--quick`` 30-50 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmark this checkout, also without an editable install
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from stetho.datasets.clip import SOURCE, TARGET, Clip  # noqa: E402
+
+GB = 1e9  # decimal gigabytes, as in the "1.58 GB" of the original's float64 vectors
+SR = 16000
+DURATION = 10.0
+LOGMEL_SHAPE = (313, 128)  # 10 s at 16 kHz, hop 512, 128 mels
+N_FRAMES = 5  # stacked frames per AE vector
+VECTORS_PER_CLIP = LOGMEL_SHAPE[0] - N_FRAMES + 1  # 309
+DEFAULT_TORCH_THREADS = torch.get_num_threads()
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Problem sizes of one run."""
+
+    extract_clips: int
+    repeats: int
+    batch_sizes: tuple[int, ...]
+    workers: tuple[int, ...]
+    train_clips: int
+    train_epochs: int
+    probe_steps: int
+    child_rounds: int
+    latency_runs: int
+    latency_budget_s: float
+    latency_fit_clips: int
+
+
+FULL = Sizes(
+    extract_clips=200, repeats=3, batch_sizes=(1, 4, 16), workers=(1, 2, 4),
+    train_clips=1000, train_epochs=1, probe_steps=30, child_rounds=2,
+    latency_runs=50, latency_budget_s=10.0, latency_fit_clips=20,
+)
+QUICK = Sizes(
+    extract_clips=40, repeats=3, batch_sizes=(1, 8), workers=(2,),
+    train_clips=100, train_epochs=1, probe_steps=10, child_rounds=1,
+    latency_runs=20, latency_budget_s=3.0, latency_fit_clips=10,
+)
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    benchmark: str
+    figure: str
+    value: float | None
+    unit: str
+    target: str = ""
+    status: str = ""  # PASS / MISS, or "" for information only
+
+    def shown(self) -> str:
+        if self.value is None:
+            return "n/a"
+        v = self.value
+        text = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+        return f"{text} {self.unit}".strip()
+
+
+def verdict(ok: bool | None) -> str:
+    return "" if ok is None else "PASS" if ok else "MISS"
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class CpuMeter:
+    """CPU time used by *other* processes while a benchmark runs (Linux ``/proc/stat``).
+
+    System-wide busy time minus this process's and its children's CPU time, divided by the wall
+    time: 0.0 means the machine was ours alone, 1.0 means other processes kept one CPU busy on
+    average. More telling than the load average, which lags and counts our own threads.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as fh:
+                v = [int(x) for x in fh.readline().split()[1:9]]  # user .. steal
+        except (OSError, ValueError):
+            return None
+        busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+        t = os.times()
+        return busy, t.user + t.system + t.children_user + t.children_system, time.monotonic()
+
+    def other_cpus(self) -> float | None:
+        end = self._snapshot()
+        if self.start is None or end is None or end[2] <= self.start[2]:
+            return None
+        busy, own, wall = (e - s for e, s in zip(end, self.start))
+        return round(max(0.0, busy - own) / wall, 2)
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Smallest wall time of ``repeats`` calls of ``fn`` (seconds)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def process_cpu() -> float:
+    """CPU seconds used so far by this process, all threads (user + system)."""
+    return time.process_time()
+
+
+def proc_status_kb(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmHWM``, ``VmRSS``) in kB (0 if unavailable)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def machine_info() -> dict:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cpus": affinity,
+        "torch": torch.__version__,
+        "torch_threads": DEFAULT_TORCH_THREADS,
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "omp_wait_policy_env": os.environ.get("OMP_WAIT_POLICY"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "numpy": np.__version__,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run_child(kind: str, args: dict, env: dict[str, str | None] | None = None) -> tuple[dict, int]:
+    """Run this script as ``--child kind``; return (its JSON answer, parent's RUSAGE_CHILDREN kB).
+
+    ``env`` entries are set in the child's environment (``None`` removes the variable).
+    """
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--child-args", json.dumps(args)]
+    child_env = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = value
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child '{kind}' failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    return answer, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+
+
+def make_clips(folder: Path, n: int) -> tuple[list[Clip], str]:
+    """``n`` ten-second 16 kHz int16 mono WAVs: the toy dataset's fan, else noise + tones."""
+    try:
+        from stetho.datasets.toy import make_toy_dataset
+
+        clips = make_toy_dataset(
+            folder / "toy", machines=["fan"], train_clips=n, target_train_clips=0, test_clips=0,
+            duration=DURATION, seed=0, sr=SR, progress=False,
+        )
+        if len(clips) == n:
+            return list(clips), "stetho.datasets.toy (fan, train)"
+    except Exception as exc:  # noqa: BLE001 - any failure: fall back to our own clips
+        print(f"  toy dataset unavailable ({type(exc).__name__}: {exc}); writing noise + tones")
+    return noise_tone_clips(folder / "noise", n), "noise + tones (soundfile, int16)"
+
+
+def noise_tone_clips(folder: Path, n: int) -> list[Clip]:
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(DURATION * SR)) / SR
+    clips = []
+    for i in range(n):
+        f0 = rng.uniform(80, 400)
+        y = 0.05 * rng.standard_normal(t.size)
+        for k in range(1, 6):
+            y += 0.1 / k * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi))
+        path = folder / f"section_00_source_train_normal_{i:04d}.wav"
+        sf.write(path, np.round(np.clip(y, -1, 1) * 32767).astype(np.int16), SR, subtype="PCM_16")
+        clips.append(Clip(path, "bench", "00", "train", SOURCE, 0))
+    return clips
+
+
+def synth_logmels(n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` plausible float32 log-mels ``(313, 128)`` in dB: spectral tilt, tonal bands, a slow
+    modulation of the tones, per-clip level and frame noise (cheap, no audio needed)."""
+    rng = np.random.default_rng(seed)
+    frames, n_mels = LOGMEL_SHAPE
+    tones = np.zeros(n_mels, np.float32)
+    tones[rng.choice(n_mels, 6, replace=False)] = 1.0
+    base = (-25.0 - 0.25 * np.arange(n_mels) + 12.0 * tones).astype(np.float32)
+    t = np.arange(frames, dtype=np.float32)[:, None]
+    out = []
+    for _ in range(n):
+        lm = rng.standard_normal((frames, n_mels), dtype=np.float32)
+        lm *= 4.0
+        lm += base
+        lm += np.float32(rng.normal(0.0, 2.0))
+        lm += (3.0 * np.sin(2 * np.pi * t / rng.uniform(20, 60) + rng.uniform(0, 6.3))).astype(np.float32) * tones
+        out.append(lm)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Feature extraction
+# ------------------------------------------------------------------------------------------------
+
+
+def librosa_logmel(path: Path) -> np.ndarray:
+    """The plain per-file pipeline stetho is compared with (frequency-major, as librosa gives)."""
+    import librosa
+
+    y, sr = librosa.load(path, sr=None, mono=True)
+    mel = librosa.feature.melspectrogram(y=y, sr=SR, n_fft=1024, hop_length=512, n_mels=128, power=2.0)
+    return 10.0 * np.log10(np.maximum(mel, sys.float_info.epsilon))
+
+
+def librosa_single_blas_thread(clips: Sequence[Clip]) -> Callable[[], object] | None:
+    """The librosa pipeline with NumPy's BLAS limited to one thread (``None`` without
+    threadpoolctl): librosa's mel projection is a BLAS matmul whose spinning thread pool collapses
+    when other processes load the cores, so this is the stronger baseline on a busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+
+    def run():
+        with threadpool_limits(1, user_api="blas"):
+            return [librosa_logmel(c.path) for c in clips]
+
+    return run
+
+
+def bench_extraction(clips: list[Clip], sizes: Sizes, tmp: Path) -> tuple[list[Row], dict]:
+    from stetho.features import AudioOptions, FeatureCache, LogMelParams, extract_logmels
+
+    n, reps = len(clips), sizes.repeats
+    info: dict = {"clips": n, "repeats": reps, "load_start": load()}
+
+    def stetho_default():
+        return extract_logmels(clips, LogMelParams(), AudioOptions(), cache=None)
+
+    # Warm-up: imports, mel filterbank, FFT plans, thread pools.
+    ref = extract_logmels(clips[:2], LogMelParams(), AudioOptions(), cache=None).features
+    lib_ref = librosa_logmel(clips[0].path)
+    info["max_abs_diff_vs_librosa_db"] = float(np.abs(ref[0] - lib_ref.T).max())
+
+    # Every variant runs once per round, rounds repeated ``reps`` times and the best time kept:
+    # slow drifts of the machine load then hit all variants alike.
+    def timed(fn: Callable[[], object], threads: int = DEFAULT_TORCH_THREADS) -> Callable[[], object]:
+        def run():
+            torch.set_num_threads(threads)
+            try:
+                return fn()
+            finally:
+                torch.set_num_threads(DEFAULT_TORCH_THREADS)
+        return run
+
+    configs = [(bs, w) for bs in sizes.batch_sizes for w in sizes.workers]
+    variants: dict[object, Callable[[], object]] = {
+        "stetho": timed(stetho_default),
+        "librosa": timed(lambda: [librosa_logmel(c.path) for c in clips]),
+    }
+    lib1 = librosa_single_blas_thread(clips)
+    if lib1 is not None:
+        variants["librosa_blas1"] = timed(lib1)
+    for bs, w in configs:
+        variants[(bs, w)] = timed(
+            lambda bs=bs, w=w: extract_logmels(clips, LogMelParams(), AudioOptions(), cache=None, batch_size=bs, workers=w)
+        )
+    best = {k: float("inf") for k in variants}
+    cpu = {}  # process CPU seconds (all threads) of the best run: robust to contention, shows spinning
+    for _ in range(reps):
+        for key, fn in variants.items():
+            c0, t0 = process_cpu(), time.perf_counter()
+            fn()
+            wall = time.perf_counter() - t0
+            if wall < best[key]:
+                best[key], cpu[key] = wall, process_cpu() - c0
+    info["cpu_ms_per_clip"] = {
+        str(k) if not isinstance(k, tuple) else "bs%d_workers%d" % k: round(cpu[k] / n * 1e3, 2)
+        for k in variants
+    }
+    stetho_cps = n / best["stetho"]
+    librosa_default_cps = n / best["librosa"]
+    librosa_blas1_cps = n / best["librosa_blas1"] if lib1 is not None else None
+    librosa_cps = max(librosa_default_cps, librosa_blas1_cps or 0.0)  # the stronger baseline
+
+    cache = FeatureCache(tmp / "cache")
+    t0 = time.perf_counter()
+    extract_logmels(clips, LogMelParams(), AudioOptions(), cache=cache)
+    cold = time.perf_counter() - t0
+    t_hit = best_time(lambda: extract_logmels(clips, LogMelParams(), AudioOptions(), cache=cache), reps)
+    info["cache_hits"] = cache.hits
+
+    sweep = [
+        {"batch_size": bs, "workers": w, "clips_per_s": round(n / best[(bs, w)], 1),
+         "cpu_ms_per_clip": round(cpu[(bs, w)] / n * 1e3, 2), "cores_used": round(cpu[(bs, w)] / best[(bs, w)], 2)}
+        for bs, w in configs
+    ]
+    info["sweep"] = sorted(sweep, key=lambda r: -r["clips_per_s"])
+    top = info["sweep"][0]
+    default_cfg = next(
+        (r for r in sweep if (r["batch_size"], r["workers"]) == (1, os.cpu_count())), None
+    )
+
+    # stetho's defaults in fresh processes, with the default OpenMP wait policy and with PASSIVE
+    # (the policy is read once, when the OpenMP runtime starts); alternating rounds, best kept.
+    child_args = {"paths": [str(c.path) for c in clips], "repeats": reps}
+    omp = {"default": 0.0, "PASSIVE": 0.0}
+    for _ in range(sizes.child_rounds):
+        for policy in omp:
+            answer, _ = run_child("extract", child_args, {"OMP_WAIT_POLICY": None if policy == "default" else policy})
+            omp[policy] = max(omp[policy], answer["clips_per_s"])
+    info["subprocess_default_threads"] = omp
+    info.update(
+        stetho_clips_per_s=stetho_cps, librosa_clips_per_s=librosa_default_cps,
+        librosa_blas1_clips_per_s=librosa_blas1_cps, cache_hit_clips_per_s=n / t_hit,
+        cache_cold_clips_per_s=n / cold, best=top, default_config=default_cfg,
+        load_end=load(),
+    )
+
+    ratio = stetho_cps / librosa_cps
+    b = "features"
+    rows = [
+        Row(b, f"stetho extract_logmels, defaults (bs 1, {os.cpu_count()} workers, 1 torch thread each)",
+            stetho_cps, "clips/s", ">= 1,000", verdict(stetho_cps >= 1000)),
+        Row(b, "librosa per-file pipeline (sequential), BLAS threads as installed", librosa_default_cps, "clips/s"),
+        Row(b, "librosa per-file pipeline (sequential), BLAS limited to 1 thread", librosa_blas1_cps, "clips/s"),
+        Row(b, "stetho defaults / faster librosa variant", ratio, "x", ">= 2x", verdict(ratio >= 2)),
+        Row(b, "cache-hit path (2nd call, FeatureCache)", n / t_hit, "clips/s", ">= 1,000", verdict(n / t_hit >= 1000)),
+        Row(b, "cache cold path (compute + write)", n / cold, "clips/s"),
+        Row(b, f"best sweep config: bs {top['batch_size']}, {top['workers']} workers", top["clips_per_s"], "clips/s", ">= 1,000",
+            verdict(top["clips_per_s"] >= 1000)),
+        Row(b, "best sweep config / faster librosa variant", top["clips_per_s"] / librosa_cps, "x", ">= 2x",
+            verdict(top["clips_per_s"] / librosa_cps >= 2)),
+        Row(b, "defaults, fresh process, OMP wait policy default", omp["default"], "clips/s"),
+        Row(b, "defaults, fresh process, OMP_WAIT_POLICY=PASSIVE", omp["PASSIVE"], "clips/s"),
+    ]
+    return rows, info
+
+
+def child_extract(args: dict) -> dict:
+    from stetho.features import AudioOptions, LogMelParams, extract_logmels
+
+    clips = [Clip(Path(p), "bench", "00", "train", SOURCE, 0) for p in args["paths"]]
+    extract_logmels(clips[:2], LogMelParams(), AudioOptions(), cache=None)
+    t = best_time(lambda: extract_logmels(clips, LogMelParams(), AudioOptions(), cache=None), args["repeats"])
+    return {"clips_per_s": len(clips) / t, "torch_threads": torch.get_num_threads()}
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. AE training (runs in a child process)
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_training(sizes: Sizes, train_threads: str) -> tuple[list[Row], dict]:
+    load_start = load()
+    args = {"clips": sizes.train_clips, "epochs": sizes.train_epochs, "probe_steps": sizes.probe_steps,
+            "threads": train_threads}
+    res, rusage_kb = run_child("train", args)
+    res.update(load_start=load_start, load_end=load(), parent_rusage_children_maxrss_kb=rusage_kb)
+    vectors = sizes.train_clips * VECTORS_PER_CLIP
+    original_gb = vectors * N_FRAMES * LOGMEL_SHAPE[1] * 8 / GB
+    peak_gb = res["vmhwm_kb"] * 1024 / GB
+    b = "training"
+    probe = res["probe_ms_per_step"]
+    rows = [
+        Row(b, f"train vectors/s ({res['train_vectors']:,} vectors/epoch, torch threads {res['threads']}"
+               f"{', faster in probe' if train_threads == 'auto' else ''})",
+            res["train_vectors_per_s"], "vec/s"),
+        Row(b, f"epoch time (training + validation), mean of {len(res['epoch_s'] or [])}",
+            statistics.mean(res["epoch_s"]) if res["epoch_s"] else None, "s"),
+        Row(b, f"fit total, {sizes.train_clips:,} clips, {sizes.train_epochs} epoch(s)", res["fit_s"], "s"),
+        Row(b, "  after the epochs: precise-BN + covariance/threshold passes", res["post_epochs_s"], "s"),
+        Row(b, "    of which covariance/threshold passes (_fit_scoring)", res["scoring_setup_s"], "s"),
+        Row(b, "probe: optimiser step, 1 torch thread", probe.get("1"), "ms/step"),
+        Row(b, "probe: optimiser step, 2 torch threads", probe.get("2"), "ms/step"),
+        Row(b, f"peak RSS of the training process ({vectors:,} vectors)", peak_gb, "GB", "<= 1.5 GB",
+            verdict(peak_gb <= 1.5)),
+        Row(b, "  cross-check: parent's getrusage(RUSAGE_CHILDREN).ru_maxrss (max of all children)",
+            rusage_kb * 1024 / GB, "GB"),
+        Row(b, "  RSS after imports", res["rss_after_import_kb"] * 1024 / GB, "GB"),
+        Row(b, "  RSS with the synthetic log-mels in memory", res["rss_after_features_kb"] * 1024 / GB, "GB"),
+        Row(b, "  float32 log-mels alone", res["features_bytes"] / GB, "GB"),
+        Row(b, "original's float64 stacked vectors (for comparison)", original_gb, "GB"),
+    ]
+    return rows, res
+
+
+def child_train(args: dict) -> dict:
+    import stetho.models.ae.detector as ae_detector
+    from stetho.models import AEDetector
+    from stetho.models.ae.torch_model import AENet
+    from stetho.models.training import FrameVectors
+
+    rss_import = proc_status_kb("VmRSS")
+
+    # Probe: optimiser steps at 1 and 2 intra-op threads (alternating rounds, best per setting).
+    probe_feats = synth_logmels(40, seed=1)
+    vec = FrameVectors(probe_feats, N_FRAMES)
+    net = AENet(vec.dim)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def steps(k: int, budget_s: float = 2.0) -> float:
+        """Mean ms per optimiser step over ``k`` steps (fewer if ``budget_s`` runs out)."""
+        batches = vec.batches(torch.arange(len(vec)), 256, shuffle=True, generator=gen, min_batch=2)
+        t = time.perf_counter()
+        done = 0
+        for _, (x, _) in zip(range(k), batches):
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(net(x), x)
+            loss.backward()
+            opt.step()
+            loss.item()
+            done += 1
+            if time.perf_counter() - t > budget_s:
+                break
+        return (time.perf_counter() - t) / done * 1e3
+
+    candidates = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
+    probe: dict[str, float] = {}
+    for th in candidates:
+        torch.set_num_threads(th)
+        steps(3)  # warm-up
+    half = max(1, args["probe_steps"] // 2)
+    for _ in range(2):
+        for th in candidates:
+            torch.set_num_threads(th)
+            probe[str(th)] = min(probe.get(str(th), float("inf")), steps(half))
+    del vec, net, opt, probe_feats
+    threads = args["threads"]
+    threads = int(min(probe, key=probe.get)) if threads == "auto" else int(threads) or DEFAULT_TORCH_THREADS
+    torch.set_num_threads(threads)
+
+    n = args["clips"]
+    feats = synth_logmels(n)
+    clips = [
+        Clip(Path(f"/nonexistent/section_00_{TARGET if i % 100 == 0 else SOURCE}_train_normal_{i:04d}.wav"),
+             "bench", "00", "train", TARGET if i % 100 == 0 else SOURCE, 0)
+        for i in range(n)
+    ]
+    rss_features = proc_status_kb("VmRSS")
+
+    # Time every epoch: wrap the detector's run_epochs and add a checkpoint callback.
+    marks: list[float] = []
+    original = getattr(ae_detector, "run_epochs", None)
+    if original is not None:
+        def timed_run_epochs(*a, **kw):
+            inner = kw.get("checkpoint")
+
+            def checkpoint(done, history):
+                marks.append(time.perf_counter())
+                if inner is not None:
+                    inner(done, history)
+
+            kw["checkpoint"] = checkpoint
+            marks.append(time.perf_counter())
+            return original(*a, **kw)
+
+        ae_detector.run_epochs = timed_run_epochs
+
+    det = AEDetector(epochs=args["epochs"], device="cpu", progress=False)
+    scoring_setup: list[float] = []  # time of the covariance + threshold passes after training
+    if hasattr(det, "_fit_scoring"):
+        fit_scoring = det._fit_scoring
+
+        def timed_fit_scoring(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fit_scoring(*a, **kw)
+            finally:
+                scoring_setup.append(time.perf_counter() - t)
+
+        det._fit_scoring = timed_fit_scoring
+    t0 = time.perf_counter()
+    det.fit(clips, feats)
+    fit_s = time.perf_counter() - t0
+
+    total_vectors = n * VECTORS_PER_CLIP
+    train_vectors = total_vectors - int(round(total_vectors * det.validation_split))
+    epoch_s = [b - a for a, b in zip(marks[:-1], marks[1:])] if len(marks) > 1 else None
+    return {
+        "clips": n, "epochs": args["epochs"], "threads": threads, "probe_ms_per_step": probe,
+        "train_vectors": train_vectors, "fit_s": fit_s, "epoch_s": epoch_s,
+        "post_epochs_s": (t0 + fit_s - marks[-1]) if epoch_s else None,
+        "scoring_setup_s": scoring_setup[0] if scoring_setup else None,
+        "train_vectors_per_s": train_vectors / statistics.mean(epoch_s) if epoch_s else None,
+        "train_loss": det.history_["train_loss"], "val_loss": det.history_["val_loss"],
+        "features_bytes": sum(f.nbytes for f in feats),
+        "rss_after_import_kb": rss_import, "rss_after_features_kb": rss_features,
+        "vmhwm_kb": proc_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "ru_maxrss_self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Scoring latency
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_latency(clips: list[Clip], sizes: Sizes, tmp: Path) -> tuple[list[Row], dict]:
+    from stetho.features import AudioOptions, LogMelParams, extract_logmels
+    from stetho.models import AEDetector, Detector
+
+    info: dict = {"runs": sizes.latency_runs, "load_start": load()}
+    # Setup (not timed): a briefly trained AE, saved and loaded. One torch thread, because a
+    # 2-thread pool can be 100x slower per step when other processes compete for the cores.
+    torch.set_num_threads(1)
+    fit_clips = clips[: sizes.latency_fit_clips]
+    feats = extract_logmels(fit_clips, LogMelParams(), AudioOptions(min_frames=N_FRAMES)).features
+    AEDetector(epochs=1, device="cpu", progress=False).fit(fit_clips, feats).save(tmp / "ae.pt")
+    det = Detector.load(tmp / "ae.pt")
+    clip = clips[-1]
+    lm = extract_logmels([clip], LogMelParams(), AudioOptions(min_frames=N_FRAMES)).features
+
+    def median_ms(fn: Callable[[], object]) -> dict:
+        """Median etc. of ``latency_runs`` calls after 3 warm-ups, stopping early (at least 5
+        runs) when ``latency_budget_s`` is spent: a contended 2-thread pool can take 0.5 s a call."""
+        for _ in range(3):
+            fn()
+        times: list[float] = []
+        deadline = time.perf_counter() + sizes.latency_budget_s
+        while len(times) < sizes.latency_runs and (len(times) < 5 or time.perf_counter() < deadline):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        q = np.percentile(times, [10, 50, 90])
+        return {"median_ms": float(q[1]), "p10_ms": float(q[0]), "p90_ms": float(q[2]), "min_ms": min(times),
+                "runs": len(times)}
+
+    results = {}
+    for th in sorted({DEFAULT_TORCH_THREADS, 1}, reverse=True):
+        torch.set_num_threads(th)
+        results[th] = {
+            "from_file": median_ms(lambda: det.score_all([clip])),
+            "precomputed": median_ms(lambda: det.score_all([clip], lm)),
+        }
+    torch.set_num_threads(DEFAULT_TORCH_THREADS)
+    info["by_threads"] = {str(k): v for k, v in results.items()}
+    info["load_end"] = load()
+
+    b = "latency"
+    rows = []
+    for th, r in results.items():
+        f, p = r["from_file"], r["precomputed"]
+        for what, t in (("1 clip from WAV", f), ("precomputed log-mel", p)):
+            rows.append(Row(b, f"score_all, {what}, {th} torch thr (median of {t['runs']}; p90 {t['p90_ms']:.1f})",
+                            t["median_ms"], "ms", "< 20 ms", verdict(t["median_ms"] < 20)))
+    return rows, info
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("benchmark", "figure", "value", "target", "")
+    cells = [header] + [(r.benchmark, r.figure, r.shown(), r.target, r.status) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    line = lambda c: " | ".join(  # noqa: E731 - values right-aligned, the rest left-aligned
+        x.rjust(w) if i == 2 else x.ljust(w) for i, (x, w) in enumerate(zip(c, widths))
+    ).rstrip()
+    print(line(header))
+    print("-+-".join("-" * w for w in widths))
+    previous = None
+    for c in cells[1:]:
+        if previous is not None and c[0] != previous:
+            print("-+-".join("-" * w for w in widths))
+        print(line(c))
+        previous = c[0]
+
+
+def print_sweep(info: dict) -> None:
+    print("\nextraction sweep (clips/s, best of repeats; default config is "
+          f"batch_size 1, workers {os.cpu_count()}):")
+    print("  batch_size  workers   clips/s   CPU ms/clip   cores used")
+    for r in info["sweep"]:
+        print(f"  {r['batch_size']:>10}  {r['workers']:>7}  {r['clips_per_s']:8.1f}  "
+              f"{r['cpu_ms_per_clip']:12.2f}  {r['cores_used']:11.2f}")
+    c = info["cpu_ms_per_clip"]
+    print(f"  CPU ms/clip: stetho defaults {c['stetho']}, librosa {c['librosa']}"
+          + (f", librosa with 1 BLAS thread {c['librosa_blas1']}" if "librosa_blas1" in c else ""))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 1 min)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results.json",
+                        help="where to write the JSON results (default: bench/results.json)")
+    parser.add_argument("--train-threads", default="auto",
+                        help="torch threads for training: 'auto' (faster in a short probe), 0 (torch's "
+                             "default), or a number")
+    parser.add_argument("--child", choices=("extract", "train"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-args", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        fn = child_extract if args.child == "extract" else child_train
+        print(json.dumps(fn(json.loads(args.child_args))))
+        return 0
+
+    sizes = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    meta = {"mode": "quick" if args.quick else "full", "sizes": asdict(sizes), "machine": machine_info(),
+            "load_start": load(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    m = meta["machine"]
+    print(f"stetho bench ({meta['mode']}): nproc {m['nproc']}, torch {m['torch']} with {m['torch_threads']} "
+          f"intra-op threads, load average {meta['load_start']}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="stetho-bench-"))
+    rows: list[Row] = []
+    details: dict = {}
+    whole_run = CpuMeter()
+
+    def measure(key: str, title: str, bench: Callable[[], tuple[list[Row], dict]]) -> None:
+        print(title, flush=True)
+        meter, t = CpuMeter(), time.perf_counter()
+        r, details[key] = bench()
+        details[key]["seconds"] = round(time.perf_counter() - t, 1)
+        other = details[key]["other_cpus"] = meter.other_cpus()
+        rows.extend(r)
+        rows.append(Row(r[0].benchmark, "CPU used by other processes meanwhile (contention)", other,
+                        f"of {m['nproc']} CPUs"))
+
+    try:
+        print(f"[data] writing {sizes.extract_clips} WAV clips ...", flush=True)
+        t0 = time.perf_counter()
+        clips, source = make_clips(tmp / "data", sizes.extract_clips)
+        details["data"] = {"source": source, "clips": len(clips), "seconds": round(time.perf_counter() - t0, 1)}
+        measure("extraction", "[1/3] feature extraction ...", lambda: bench_extraction(clips, sizes, tmp))
+        measure("training", f"[2/3] AE training ({sizes.train_clips} clips, subprocess) ...",
+                lambda: bench_training(sizes, args.train_threads))
+        measure("latency", "[3/3] scoring latency ...", lambda: bench_latency(clips, sizes, tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    meta["other_cpus"] = whole_run.other_cpus()
+
+    meta["load_end"] = load()
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    print()
+    print_table(rows)
+    print_sweep(details["extraction"])
+    ex = details["extraction"]
+    if ex["default_config"]:
+        print(f"best extraction config is {ex['best']['clips_per_s'] / ex['default_config']['clips_per_s']:.1f}x "
+              "stetho's default configuration in the same sweep")
+    print(f"\nstetho vs librosa log-mel max |diff| on one clip: {ex['max_abs_diff_vs_librosa_db']:.2e} dB")
+    other = meta["other_cpus"]
+    if other is not None and other > 0.25:
+        print(f"NOTE: other processes used {other} of {m['nproc']} CPUs on average during this run: "
+              "multi-threaded figures (torch/OpenMP, OpenBLAS) degrade sharply under contention; "
+              "compare runs at similar contention.")
+    print(f"data: {details['data']['source']}; load average start {meta['load_start']} end {meta['load_end']}; "
+          f"other processes' CPU use {other} of {m['nproc']}")
+    print("wall time: " + ", ".join(f"{k} {details[k]['seconds']:.0f} s" for k in details)
+          + f"; total {meta['seconds']:.0f} s")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "details": details},
+                                   indent=2, default=str) + "\n")
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
