@@ -8,6 +8,9 @@ multi-threaded ones (torch/OpenMP, OpenBLAS) collapse when other processes compe
 every benchmark reports how much CPU *other* processes used meanwhile (from ``/proc/stat``), and
 the load average is recorded; compare runs only at similar contention.
 
+0. **Toy data**: ``stetho toy`` speed, every machine type, 10 s clips written as WAV (clips/s;
+   target 1,000 clips in under a minute).
+
 1. **Feature extraction** (decode + log-mel). ``N`` ten-second 16 kHz int16 mono WAV clips (the
    toy dataset when :mod:`stetho.datasets.toy` works, else noise + tones). Measured, best of 3
    after one warm-up call:
@@ -84,6 +87,7 @@ class Sizes:
 
     extract_clips: int
     repeats: int
+    toy_clips: int
     batch_sizes: tuple[int, ...]
     workers: tuple[int, ...]
     train_clips: int
@@ -96,12 +100,12 @@ class Sizes:
 
 
 FULL = Sizes(
-    extract_clips=200, repeats=3, batch_sizes=(1, 4, 16), workers=(1, 2, 4),
+    extract_clips=200, repeats=3, toy_clips=350, batch_sizes=(1, 4, 16), workers=(1, 2, 4),
     train_clips=1000, train_epochs=1, probe_steps=30, child_rounds=2,
     latency_runs=50, latency_budget_s=10.0, latency_fit_clips=20,
 )
 QUICK = Sizes(
-    extract_clips=40, repeats=3, batch_sizes=(1, 8), workers=(2,),
+    extract_clips=40, repeats=3, toy_clips=35, batch_sizes=(1, 8), workers=(2,),
     train_clips=100, train_epochs=1, probe_steps=10, child_rounds=1,
     latency_runs=20, latency_budget_s=3.0, latency_fit_clips=10,
 )
@@ -241,6 +245,23 @@ def run_child(kind: str, args: dict, env: dict[str, str | None] | None = None) -
 # ------------------------------------------------------------------------------------------------
 # Data
 # ------------------------------------------------------------------------------------------------
+
+
+def bench_toy(sizes: Sizes, tmp: Path) -> tuple[list[Row], dict]:
+    """Toy dataset generation, every machine type, 10 s clips (target: 1,000 clips in < 60 s)."""
+    from stetho.datasets.toy import MACHINES, make_toy_dataset
+
+    machines = sorted(MACHINES)
+    per = max(1, sizes.toy_clips // (len(machines) * 5))  # train, 4 test groups of `per`
+    t0 = time.perf_counter()
+    clips = make_toy_dataset(tmp / "toy-bench", machines=machines, train_clips=per, target_train_clips=0,
+                             test_clips=per, duration=DURATION, seed=0, progress=False)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(tmp / "toy-bench", ignore_errors=True)
+    rate = len(clips) / seconds
+    rows = [Row("toy", f"stetho toy: {len(clips)} clips of 10 s, {len(machines)} machine types, written",
+                rate, "clips/s", ">= 16.7 (1,000/min)", verdict(rate >= 1000 / 60))]
+    return rows, {"clips": len(clips), "machines": machines, "clips_per_s": rate}
 
 
 def make_clips(folder: Path, n: int) -> tuple[list[Clip], str]:
@@ -727,6 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         clips, source = make_clips(tmp / "data", sizes.extract_clips)
         details["data"] = {"source": source, "clips": len(clips), "seconds": round(time.perf_counter() - t0, 1)}
+        measure("toy", "[0/3] toy dataset generation ...", lambda: bench_toy(sizes, tmp))
         measure("extraction", "[1/3] feature extraction ...", lambda: bench_extraction(clips, sizes, tmp))
         measure("training", f"[2/3] AE training ({sizes.train_clips} clips, subprocess) ...",
                 lambda: bench_training(sizes, args.train_threads))

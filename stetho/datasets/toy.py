@@ -1375,7 +1375,7 @@ def make_toy_dataset(
     from tqdm import tqdm
 
     with ThreadPoolExecutor(workers) as pool, tqdm(
-        total=len(plans), disable=not progress, desc="toy dataset", unit="clip"
+        total=len(plans), disable=None if progress else True, desc="toy dataset", unit="clip"
     ) as bar:
         for _ in pool.map(work, plans):
             bar.update(1)

@@ -124,7 +124,8 @@ def extract_logmels(
 
     chunks = [todo[s : s + batch_size] for s in range(0, len(todo), max(1, batch_size))]
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    bar = tqdm(total=len(clips), desc=desc, unit="clip", disable=not progress, leave=False)
+    # disable=None: no bar when stderr is not a terminal (CI logs, pipes), as pip does.
+    bar = tqdm(total=len(clips), desc=desc, unit="clip", disable=None if progress else True, leave=False)
     bar.update(len(clips) - len(todo))
     # Parallel over clips, not inside ops: each worker runs torch single-threaded (the setting is
     # process-wide, so it is restored afterwards). At most 2 chunks per worker are in flight, which

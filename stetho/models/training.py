@@ -159,7 +159,8 @@ def run_epochs(
         ``{"epoch": [...], "train_loss": [...], "val_loss": [...]}``.
     """
     history = history or {"epoch": [], "train_loss": [], "val_loss": []}
-    bar = tqdm(range(start_epoch, epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(start_epoch, epochs), desc=desc, unit="epoch", leave=False,
+               disable=None if progress else True)  # None: no bar when stderr is not a terminal
     for epoch in bar:
         total, count = 0.0, 0
         for batch in epoch_batches(epoch):
