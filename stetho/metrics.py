@@ -29,20 +29,40 @@ higher = more anomalous, ``d`` = ``"source"`` / ``"target"`` domain of the clip)
     ``precision_recall_fscore_support(average="binary", zero_division=0)``; NaN when no decisions
     are given.
 
-Official score, formula ``"dcase2022"`` (used unchanged in 2022, 2023, 2024 and 2025): the harmonic
-mean (``scipy.stats.hmean``) of the flat list of every ``AUC (source)``, ``AUC (target)`` and
-``pAUC`` of every machine type and section, each value floored at ``sys.float_info.epsilon`` so that
-a 0 does not make the harmonic mean fail. With one section per machine type (2023-2025) this equals
-the harmonic mean over machine types of ``hmean(AUC (source), AUC (target), pAUC)``.
+``AUC (source only)`` / ``AUC (target only)``
+    ROC AUC over that domain's files only (its normals and *its own* anomalies): the DCASE 2021
+    AUC, computed on ``source_test`` / ``target_test`` separately.
 
-Datasets without domains (every clip's domain is ``None``, e.g. DCASE 2020): the domain-wise
-metrics are not defined (NaN); ``AUC`` and ``pAUC`` are computed over all files of the section and
-such a section contributes its ``AUC`` and ``pAUC`` to the official score instead. (The year-specific
-2020/2021 formulas can be added as further ``formula`` names in :data:`FORMULAS`.)
+Official scores, one per ``formula`` name in :data:`FORMULAS` (each with its own result table):
+
+``"dcase2022"`` (used unchanged in 2022, 2023, 2024 and 2025)
+    the harmonic mean (``scipy.stats.hmean``) of the flat list of every ``AUC (source)``,
+    ``AUC (target)`` and ``pAUC`` of every machine type and section, each value floored at
+    ``sys.float_info.epsilon`` so that a 0 does not make the harmonic mean fail. With one
+    section per machine type (2023-2025) this equals the harmonic mean over machine types of
+    ``hmean(AUC (source), AUC (target), pAUC)``. A section without domains contributes its
+    ``AUC`` and ``pAUC`` instead.
+``"dcase2021"``
+    the eps-floored harmonic mean of the flat list of every ``AUC (d only)`` and ``pAUC (d)``,
+    ``d`` in source/target, of every machine type and section: the row "harmonic mean over all
+    machine types, sections, and domains" of the 2021 evaluator (y-kawagu/dcase2021_task2_evaluator).
+    Unlike 2022+, each AUC sees only its own domain's anomalies. Every section needs domains.
+``"dcase2020"``
+    the unit is the machine ID (stored in ``Clip.section``). Per ID, ``AUC`` and ``pAUC`` over
+    all its files; per machine type, the arithmetic mean over its IDs of each (the "Average" row
+    of y-kawagu/dcase2020_task2_evaluator); the score is the arithmetic mean of the flat list of
+    those per-type ``AUC`` and ``pAUC`` values (= the mean over machine types of
+    ``(AUC + pAUC) / 2``). Each machine type weighs the same however many IDs it has. A section
+    that has domains also uses its ``AUC`` and ``pAUC`` over all its files (both domains).
+    (The 2020 challenge itself ranked teams by their average rank over machine types; this single
+    number is the "average of AUC and pAUC over all machine types" that papers report.)
+
+Datasets without domains (every clip's domain is ``None``, e.g. DCASE 2020 and MIMII): the
+domain-wise metrics are not defined (NaN); ``AUC`` and ``pAUC`` are computed over all files of the
+section.
 
 Undefined values: an AUC over a subset containing only one class (or no files) is NaN, with a
-logged warning; the official score is then the harmonic mean of the finite values, again with a
-warning.
+logged warning; the official score is then computed from the finite values, again with a warning.
 """
 
 from __future__ import annotations
@@ -87,11 +107,36 @@ TABLE_COLUMNS: tuple[str, ...] = (
 )
 #: Result-table columns for machine types whose data has no domains.
 NO_DOMAIN_COLUMNS: tuple[str, ...] = ("section", "AUC", "pAUC")
-#: Keys of :func:`section_metrics`: the table columns (without ``section``) plus ``AUC``.
-METRIC_KEYS: tuple[str, ...] = TABLE_COLUMNS[1:] + ("AUC",)
+#: Result-table columns of the 2021 evaluator: one row per (section, domain), within-domain values.
+TABLE_COLUMNS_2021: tuple[str, ...] = ("section", "domain", "AUC", "pAUC", "precision", "recall", "F1 score")
+#: Result-table columns of the 2020 evaluator: one row per machine ID.
+TABLE_COLUMNS_2020: tuple[str, ...] = ("id", "AUC", "pAUC")
+#: Keys of :func:`section_metrics`: the 2022 table columns (without ``section``), ``AUC`` over
+#: all files, and the within-domain AUCs of 2021.
+METRIC_KEYS: tuple[str, ...] = TABLE_COLUMNS[1:] + ("AUC", "AUC (source only)", "AUC (target only)")
 #: Names of the two summary rows of :meth:`EvaluationResult.table`.
 ARITHMETIC_MEAN = "arithmetic mean"
 HARMONIC_MEAN = "harmonic mean"
+#: Every column :meth:`EvaluationResult.machine_summary` may hold that is worth printing in a
+#: one-screen table (the remaining precision/recall columns are in the CSVs); a printer keeps
+#: the keys of the summary rows that are in this set, in the rows' order.
+SUMMARY_PRINT_COLUMNS: tuple[str, ...] = (
+    "machine",
+    "AUC (source)",
+    "pAUC (source)",
+    "AUC (target)",
+    "pAUC (target)",
+    "pAUC",
+    "AUC",
+    "hmean",
+    "score",
+    "precision (source)",
+    "recall (source)",
+    "F1 score (source)",
+    "F1 score (target)",
+)
+#: The precision/recall/F1 keys of :func:`section_metrics` (per domain).
+_PRF_KEYS: tuple[str, ...] = TABLE_COLUMNS[6:]
 
 _LIST_LIMIT = 20
 
@@ -191,8 +236,8 @@ def section_metrics(
 
     Subsets (see the module docstring): ``AUC (source)`` = source normals + all anomalies (both
     domains); ``AUC (target)`` = target normals + all anomalies; ``pAUC`` and ``AUC`` = all files;
-    ``pAUC (d)`` and precision/recall/F1 ``(d)`` = the files of domain ``d`` only. A subset with
-    one class only gives NaN and a logged warning.
+    ``AUC (d only)``, ``pAUC (d)`` and precision/recall/F1 ``(d)`` = the files of domain ``d``
+    only. A subset with one class only gives NaN and a logged warning.
     """
     max_fpr = _check_max_fpr(max_fpr)
     prefix = f"{where}: " if where else ""
@@ -222,6 +267,7 @@ def section_metrics(
         in_domain = dom == name
         auc_subset = in_domain | anomaly  # this domain's normals + ALL anomalies (both domains)
         out[f"AUC ({name})"] = _roc(y[auc_subset], s[auc_subset], None, f"{prefix}AUC ({name})")
+        out[f"AUC ({name} only)"] = _roc(y[in_domain], s[in_domain], None, f"{prefix}AUC ({name} only)")
         out[f"pAUC ({name})"] = _roc(y[in_domain], s[in_domain], max_fpr, f"{prefix}pAUC ({name})")
         if dec is not None:
             p, r, f = _prf(y[in_domain], dec[in_domain])
@@ -264,45 +310,242 @@ def _nanmean(values: Iterable[float]) -> float:
     return float(v.mean()) if v.size else math.nan
 
 
-def official_score(values: Iterable[float]) -> float:
-    """Harmonic mean of ``values``, each floored at ``sys.float_info.epsilon`` (as the official
-    evaluators do, so that a 0 does not fail). NaN values are left out with a logged warning;
-    NaN (with a warning) when no finite value remains.
-    """
+def _defined(values: Iterable[float], mean: str) -> list[float]:
+    """The values as floats, warning once when some are NaN (they are left out of ``mean``)."""
     v = [float(x) for x in values]
     n_bad = sum(1 for x in v if not math.isfinite(x))
     if n_bad:
         log.warning(
-            "official score: %d of %d value(s) are undefined (NaN) and are left out of the harmonic mean",
+            "official score: %d of %d value(s) are undefined (NaN) and are left out of the %s",
             n_bad,
             len(v),
+            mean,
         )
-    result = _hmean_floor(v)
+    return v
+
+
+def official_score(values: Iterable[float]) -> float:
+    """Harmonic mean of ``values``, each floored at ``sys.float_info.epsilon`` (as the official
+    evaluators do, so that a 0 does not fail). NaN values are left out with a logged warning;
+    NaN (with a warning) when no finite value remains. The 2021-2025 official scores.
+    """
+    result = _hmean_floor(_defined(values, "harmonic mean"))
     if math.isnan(result):
         log.warning("official score: no defined value to average; reported as NaN")
     return result
 
 
-def _values_dcase2022(sections: Sequence[SectionResult]) -> list[float]:
-    """AUC (source), AUC (target), pAUC of every section; AUC, pAUC for sections without domains."""
-    out: list[float] = []
-    for sec in sections:
-        keys = ("AUC (source)", "AUC (target)", "pAUC") if sec.has_domains else ("AUC", "pAUC")
-        out.extend(sec.metrics[k] for k in keys)
-    return out
+def official_mean(values: Iterable[float]) -> float:
+    """Arithmetic mean of ``values`` (no floor needed), the 2020 official score's combination.
+    NaN values are left out with a logged warning; NaN (with a warning) when none is finite.
+    """
+    result = _nanmean(_defined(values, "arithmetic mean"))
+    if math.isnan(result):
+        log.warning("official score: no defined value to average; reported as NaN")
+    return result
 
 
-#: Official-score formulas: name -> function giving the flat list of values whose (eps-floored)
-#: harmonic mean is the score. 2023-2025 use the 2022 formula unchanged.
-FORMULAS: dict[str, Callable[[Sequence["SectionResult"]], list[float]]] = {
-    "dcase2022": _values_dcase2022,
-    "dcase2023": _values_dcase2022,
-    "dcase2024": _values_dcase2022,
-    "dcase2025": _values_dcase2022,
+# ---------------------------------------------------------------------------------------------
+# Official-score formulas, one per DCASE year, each with its evaluator's result table
+# ---------------------------------------------------------------------------------------------
+# Every function below takes SectionResults: ``score`` those of all machine types, the table
+# functions those of one machine type (in section order).
+
+
+def _prf_means(secs: Sequence[SectionResult]) -> dict[str, float]:
+    """Means over sections of the precision/recall/F1 columns that have a finite value."""
+    return {
+        k: _nanmean(s.metrics[k] for s in secs)
+        for k in _PRF_KEYS
+        if any(math.isfinite(s.metrics[k]) for s in secs)
+    }
+
+
+def _mean_rows(
+    label_key: str, body: Sequence[dict[str, object]], cols: Sequence[str], **fill: object
+) -> list[dict[str, object]]:
+    """The "arithmetic mean" and "harmonic mean" rows over ``body`` (finite values; the harmonic
+    mean floors each at eps; a column without a finite value stays NaN)."""
+    return [
+        {label_key: ARITHMETIC_MEAN, **fill, **{c: _nanmean(r[c] for r in body) for c in cols}},
+        {label_key: HARMONIC_MEAN, **fill, **{c: _hmean_floor(r[c] for r in body) for c in cols}},
+    ]
+
+
+# -- 2022-2025 ---------------------------------------------------------------------------------
+
+
+def _keys_2022(sec: SectionResult) -> tuple[str, ...]:
+    return ("AUC (source)", "AUC (target)", "pAUC") if sec.has_domains else ("AUC", "pAUC")
+
+
+def _score_2022(sections: Sequence[SectionResult]) -> float:
+    """hmean of AUC (source), AUC (target), pAUC of every section (AUC, pAUC without domains)."""
+    return official_score(sec.metrics[k] for sec in sections for k in _keys_2022(sec))
+
+
+def _columns_2022(secs: Sequence[SectionResult]) -> tuple[str, ...]:
+    return TABLE_COLUMNS if any(s.has_domains for s in secs) else NO_DOMAIN_COLUMNS
+
+
+def _table_2022(secs: Sequence[SectionResult]) -> list[dict[str, object]]:
+    cols = _columns_2022(secs)
+    rows: list[dict[str, object]] = [{"section": s.section, **{c: s.metrics[c] for c in cols[1:]}} for s in secs]
+    return rows + _mean_rows("section", rows, cols[1:])
+
+
+def _summary_2022(secs: Sequence[SectionResult]) -> dict[str, object]:
+    keys = ("AUC (source)", "AUC (target)", "pAUC") if any(s.has_domains for s in secs) else ("AUC", "pAUC")
+    row: dict[str, object] = {k: _nanmean(s.metrics[k] for s in secs) for k in keys}
+    row["hmean"] = _hmean_floor(s.metrics[k] for s in secs for k in keys)
+    return {**row, **_prf_means(secs)}
+
+
+# -- 2021 --------------------------------------------------------------------------------------
+
+
+def _require_domains(secs: Sequence[SectionResult]) -> None:
+    bad = [f"{s.machine} section {s.section}" for s in secs if not s.has_domains]
+    if bad:
+        raise EvaluationError(
+            "formula 'dcase2021' scores the source and target domain of every section separately, "
+            f"but {len(bad)} section(s) have no domains: {_listing(bad)}. DCASE 2021 data always has "
+            "domains; for data without domains use formula 'dcase2020' (or 'dcase2022')."
+        )
+
+
+def _values_2021(secs: Sequence[SectionResult]) -> list[float]:
+    """AUC (d only) and pAUC (d) of every section and domain d: the within-domain values."""
+    _require_domains(secs)
+    return [s.metrics[k] for s in secs for d in DOMAINS for k in (f"AUC ({d} only)", f"pAUC ({d})")]
+
+
+def _score_2021(sections: Sequence[SectionResult]) -> float:
+    # The flat list holds as many AUCs as pAUCs, so this also equals hmean(hmean of the AUCs,
+    # hmean of the pAUCs), the two cells of the evaluator's last row.
+    return official_score(_values_2021(sections))
+
+
+def _columns_2021(secs: Sequence[SectionResult]) -> tuple[str, ...]:
+    return TABLE_COLUMNS_2021
+
+
+def _table_2021(secs: Sequence[SectionResult]) -> list[dict[str, object]]:
+    _require_domains(secs)
+    rows: list[dict[str, object]] = []
+    for d in DOMAINS:  # the evaluator's order: every section's source_test, then target_test
+        for s in secs:
+            m = s.metrics
+            rows.append({
+                "section": s.section, "domain": d, "AUC": m[f"AUC ({d} only)"], "pAUC": m[f"pAUC ({d})"],
+                "precision": m[f"precision ({d})"], "recall": m[f"recall ({d})"], "F1 score": m[f"F1 score ({d})"],
+            })
+    return rows + _mean_rows("section", rows, TABLE_COLUMNS_2021[2:], domain="")
+
+
+def _summary_2021(secs: Sequence[SectionResult]) -> dict[str, object]:
+    _require_domains(secs)
+    row: dict[str, object] = {}
+    for d in DOMAINS:
+        row[f"AUC ({d})"] = _nanmean(s.metrics[f"AUC ({d} only)"] for s in secs)
+        row[f"pAUC ({d})"] = _nanmean(s.metrics[f"pAUC ({d})"] for s in secs)
+    row["hmean"] = _hmean_floor(_values_2021(secs))
+    return {**row, **_prf_means(secs)}
+
+
+# -- 2020 --------------------------------------------------------------------------------------
+
+
+def _type_means_2020(secs: Sequence[SectionResult]) -> tuple[float, float]:
+    """The evaluator's "Average" row: means over the machine IDs of AUC and of pAUC."""
+    return _nanmean(s.metrics["AUC"] for s in secs), _nanmean(s.metrics["pAUC"] for s in secs)
+
+
+def _score_2020(sections: Sequence[SectionResult]) -> float:
+    by_machine: dict[str, list[SectionResult]] = {}
+    for s in sections:
+        by_machine.setdefault(s.machine, []).append(s)
+    # Averaging per machine type first weighs every type equally, whatever its number of IDs.
+    return official_mean(v for m in sorted(by_machine) for v in _type_means_2020(by_machine[m]))
+
+
+def _columns_2020(secs: Sequence[SectionResult]) -> tuple[str, ...]:
+    return TABLE_COLUMNS_2020
+
+
+def _table_2020(secs: Sequence[SectionResult]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = [
+        {"id": s.section, "AUC": s.metrics["AUC"], "pAUC": s.metrics["pAUC"]} for s in secs
+    ]
+    a, p = _type_means_2020(secs)
+    return rows + [{"id": ARITHMETIC_MEAN, "AUC": a, "pAUC": p}]
+
+
+def _summary_2020(secs: Sequence[SectionResult]) -> dict[str, object]:
+    a, p = _type_means_2020(secs)
+    return {"AUC": a, "pAUC": p, "score": (a + p) / 2}
+
+
+@dataclass(frozen=True)
+class Formula:
+    """An official-score formula and the result tables of the evaluator of its year.
+
+    Attributes:
+        name: the key in :data:`FORMULAS` (``"dcase2020"`` ... ``"dcase2025"``).
+        description: one sentence saying what the score averages, to print next to it.
+        score: all :class:`SectionResult` s (every machine type) -> the official score.
+        columns: one machine type's sections -> its result-table columns.
+        table: one machine type's sections -> its result-table rows (:meth:`EvaluationResult.table`).
+        summary: one machine type's sections -> its summary row without ``"machine"``
+            (:meth:`EvaluationResult.machine_summary`).
+        naming: the submission-file naming of that year's baseline and evaluator
+            (``"section"``, ``"section_domain"`` or ``"id"``, see :mod:`stetho.outputs.dcase`).
+    """
+
+    name: str
+    description: str
+    score: Callable[[Sequence[SectionResult]], float]
+    columns: Callable[[Sequence[SectionResult]], tuple[str, ...]]
+    table: Callable[[Sequence[SectionResult]], list[dict[str, object]]]
+    summary: Callable[[Sequence[SectionResult]], dict[str, object]]
+    naming: str
+
+
+def _dcase2022_like(year: int) -> Formula:
+    return Formula(
+        name=f"dcase{year}",
+        description=(
+            f"DCASE {year}: harmonic mean of the AUC (source), AUC (target) and pAUC of every machine "
+            "type and section, each AUC using the anomalies of both domains"
+        ),
+        score=_score_2022, columns=_columns_2022, table=_table_2022, summary=_summary_2022, naming="section",
+    )
+
+
+#: Official-score formulas by name. 2023-2025 use the 2022 formula (and tables) unchanged.
+FORMULAS: dict[str, Formula] = {
+    "dcase2020": Formula(
+        name="dcase2020",
+        description=(
+            "DCASE 2020: arithmetic mean over machine types of the AUC and pAUC, each averaged over "
+            "the machine IDs of its type"
+        ),
+        score=_score_2020, columns=_columns_2020, table=_table_2020, summary=_summary_2020, naming="id",
+    ),
+    "dcase2021": Formula(
+        name="dcase2021",
+        description=(
+            "DCASE 2021: harmonic mean of the within-domain AUC and pAUC of every machine type, "
+            "section and domain"
+        ),
+        score=_score_2021, columns=_columns_2021, table=_table_2021, summary=_summary_2021,
+        naming="section_domain",
+    ),
+    **{f"dcase{y}": _dcase2022_like(y) for y in (2022, 2023, 2024, 2025)},
 }
 
 
-def _formula(name: str) -> Callable[[Sequence["SectionResult"]], list[float]]:
+def _formula(name: str) -> Formula:
     try:
         return FORMULAS[name]
     except (KeyError, TypeError):
@@ -478,7 +721,7 @@ class EvaluationResult:
     Attributes:
         sections: one result per (machine type, section), sorted by machine type then section.
         official_score: the official score of ``formula`` (see the module docstring).
-        formula: the formula name.
+        formula: the formula name, a key of :data:`FORMULAS`.
         max_fpr: upper FPR bound used for the partial AUCs.
     """
 
@@ -499,50 +742,60 @@ class EvaluationResult:
             )
         return secs
 
+    @property
+    def formula_description(self) -> str:
+        """One sentence saying what :attr:`official_score` averages (:attr:`Formula.description`)."""
+        return _formula(self.formula).description
+
     def columns(self, machine: str) -> tuple[str, ...]:
-        """The table columns of ``machine``: :data:`TABLE_COLUMNS`, or :data:`NO_DOMAIN_COLUMNS`
-        when none of its sections has domains."""
-        return TABLE_COLUMNS if any(s.has_domains for s in self._of(machine)) else NO_DOMAIN_COLUMNS
+        """The table columns of ``machine`` under :attr:`formula`.
+
+        ``"dcase2022"``-``"dcase2025"``: :data:`TABLE_COLUMNS`, or :data:`NO_DOMAIN_COLUMNS` when
+        none of its sections has domains; ``"dcase2021"``: :data:`TABLE_COLUMNS_2021`;
+        ``"dcase2020"``: :data:`TABLE_COLUMNS_2020`.
+        """
+        return _formula(self.formula).columns(self._of(machine))
 
     def table(self, machine: str) -> list[dict[str, object]]:
-        """The DCASE-baseline result table of one machine type.
+        """The result table of one machine type, as the evaluator of :attr:`formula`'s year writes it.
 
-        One row per section (keys = :meth:`columns`, ``"section"`` first), then an
-        ``"arithmetic mean"`` row and a ``"harmonic mean"`` row: the mean over sections of each
-        column, over its finite values (the harmonic mean floors each value at eps); a column
+        Every row has the keys :meth:`columns`, in that order.
+
+        - ``"dcase2022"``-``"dcase2025"`` (the baseline's ``result.csv``): one row per section,
+          then an ``"arithmetic mean"`` and a ``"harmonic mean"`` row (in the ``section`` column):
+          the mean over sections of each column.
+        - ``"dcase2021"``: one row per (section, domain), every section's source rows first then
+          its target rows as the 2021 evaluator orders them; ``AUC`` = ``AUC (d only)``, ``pAUC`` =
+          ``pAUC (d)``, precision/recall/F1 of domain ``d``; then the two mean rows over all those
+          rows (``domain`` empty).
+        - ``"dcase2020"``: one row per machine ID (``id``), then an ``"arithmetic mean"`` row
+          (the 2020 evaluator's "Average").
+
+        Means are over the finite values (the harmonic mean floors each value at eps); a column
         without any finite value (e.g. precision when no decisions were given) stays NaN.
         """
-        secs = self._of(machine)
-        cols = self.columns(machine)
-        rows: list[dict[str, object]] = [
-            {"section": s.section, **{c: s.metrics[c] for c in cols[1:]}} for s in secs
-        ]
-        rows.append({"section": ARITHMETIC_MEAN, **{c: _nanmean(s.metrics[c] for s in secs) for c in cols[1:]}})
-        rows.append({"section": HARMONIC_MEAN, **{c: _hmean_floor(s.metrics[c] for s in secs) for c in cols[1:]}})
-        return rows
+        return _formula(self.formula).table(self._of(machine))
 
     def machine_summary(self) -> list[dict[str, object]]:
-        """One row per machine type.
+        """One row per machine type; keys depend on :attr:`formula` (all in
+        :data:`SUMMARY_PRINT_COLUMNS` or the precision/recall/F1 columns):
 
-        Keys: ``machine``; ``AUC (source)``, ``AUC (target)``, ``pAUC`` (arithmetic means over
-        its sections; ``AUC`` and ``pAUC`` for machine types without domains); ``hmean`` = the
-        eps-floored harmonic mean of that machine type's flat list of those values over its
-        sections (its share of the official score); then the arithmetic means of the
-        precision/recall/F1 columns when decisions were evaluated.
+        - ``"dcase2022"``-``"dcase2025"``: ``machine``; ``AUC (source)``, ``AUC (target)``,
+          ``pAUC`` (arithmetic means over its sections; ``AUC`` and ``pAUC`` for machine types
+          without domains); ``hmean`` = the eps-floored harmonic mean of that machine type's flat
+          list of those values over its sections (its share of the official score).
+        - ``"dcase2021"``: ``machine``; ``AUC (source)``, ``pAUC (source)``, ``AUC (target)``,
+          ``pAUC (target)``: arithmetic means over sections of the *within-domain* values
+          (``AUC (d only)``, ``pAUC (d)``); ``hmean`` = the eps-floored harmonic mean of that
+          machine type's flat list of within-domain AUCs and pAUCs (its share of the score).
+        - ``"dcase2020"``: ``machine``; ``AUC``, ``pAUC`` (means over its machine IDs);
+          ``score`` = ``(AUC + pAUC) / 2`` (the official score is the mean of these).
+
+        2021-2025 rows end with the arithmetic means of the precision/recall/F1 columns when
+        decisions were evaluated.
         """
-        out: list[dict[str, object]] = []
-        for m in self.machines():
-            secs = self._of(m)
-            domains = any(s.has_domains for s in secs)
-            keys = ("AUC (source)", "AUC (target)", "pAUC") if domains else ("AUC", "pAUC")
-            row: dict[str, object] = {"machine": m}
-            row.update({k: _nanmean(s.metrics[k] for s in secs) for k in keys})
-            row["hmean"] = _hmean_floor(s.metrics[k] for s in secs for k in keys)
-            for k in TABLE_COLUMNS[6:]:
-                if any(math.isfinite(s.metrics[k]) for s in secs):
-                    row[k] = _nanmean(s.metrics[k] for s in secs)
-            out.append(row)
-        return out
+        formula = _formula(self.formula)
+        return [{"machine": m, **formula.summary(self._of(m))} for m in self.machines()]
 
 
 def evaluate(
@@ -564,8 +817,9 @@ def evaluate(
         truth: labeled clips (``label`` 0 or 1, never ``None``).
         decisions: optional ``(file name, 0|1)`` pairs (or a mapping as for ``scores``), joined
             with the same strictness; give precision/recall/F1 per domain.
-        formula: official-score formula, one of :data:`FORMULAS` (``"dcase2022"``, also used for
-            2023-2025).
+        formula: official-score formula, one of :data:`FORMULAS`: ``"dcase2020"``,
+            ``"dcase2021"`` or ``"dcase2022"`` (= ``"dcase2023"``, ``"dcase2024"``,
+            ``"dcase2025"``); see the module docstring.
         max_fpr: upper FPR bound of the partial AUCs (0.1 in DCASE).
 
     Returns:
@@ -573,10 +827,11 @@ def evaluate(
         official score.
 
     Raises:
-        EvaluationError: unknown formula, unlabeled clips, empty truth, or values that do not
-            match the truth (see :func:`join_by_name`).
+        EvaluationError: unknown formula, unlabeled clips, empty truth, values that do not
+            match the truth (see :func:`join_by_name`), or a section without domains under
+            ``"dcase2021"``.
     """
-    values_of = _formula(formula)
+    spec = _formula(formula)
     max_fpr = _check_max_fpr(max_fpr)
     truth = list(truth)
     if not truth:
@@ -636,7 +891,7 @@ def evaluate(
         )
     return EvaluationResult(
         sections=sections,
-        official_score=official_score(values_of(sections)),
+        official_score=spec.score(sections),
         formula=formula,
         max_fpr=max_fpr,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -17,11 +18,16 @@ from stetho.datasets.clip import Clip
 from stetho.errors import EvaluationError
 from stetho.metrics import (
     ARITHMETIC_MEAN,
+    FORMULAS,
     HARMONIC_MEAN,
     METRIC_KEYS,
     NO_DOMAIN_COLUMNS,
+    SUMMARY_PRINT_COLUMNS,
     TABLE_COLUMNS,
+    TABLE_COLUMNS_2020,
+    TABLE_COLUMNS_2021,
     EvaluationResult,
+    Formula,
     SectionResult,
     auc,
     evaluate,
@@ -143,6 +149,10 @@ def test_auc_source_and_target_use_own_normals_and_all_anomalies():
     assert m["pAUC (source)"] == pytest.approx(1.0)
     # pAUC (target): 0.6 N, 0.3 N, 0.2 A -> TPR 0 on [0, 0.1] -> 9/19
     assert m["pAUC (target)"] == pytest.approx(9 / 19)
+    # The 2021 within-domain AUCs see their own domain's anomaly only:
+    # source: 0.5 vs {0.1, 0.4} -> 1 (not 3/4); target: 0.2 vs {0.3, 0.6} -> 0 (not 1/4).
+    assert m["AUC (source only)"] == pytest.approx(1.0)
+    assert m["AUC (target only)"] == pytest.approx(0.0)
     # no decisions -> precision/recall/F1 NaN
     for k in TABLE_COLUMNS[6:]:
         assert math.isnan(m[k])
@@ -250,9 +260,36 @@ def test_official_score_equals_hmean_over_machines_with_one_section_each():
 
 def test_unknown_formula_lists_known_ones():
     clips, scores = random_truth(("fan",))
-    with pytest.raises(EvaluationError, match="dcase2022"):
+    with pytest.raises(EvaluationError, match="dcase2022") as err:
         evaluate(scores, clips, formula="dcase2019")
+    for name in ("dcase2020", "dcase2021", "dcase2022", "dcase2023", "dcase2024", "dcase2025"):
+        assert name in str(err.value)
     assert evaluate(scores, clips, formula="dcase2024").official_score == evaluate(scores, clips).official_score
+    res = EvaluationResult([], official_score=0.5, formula="dcase2019")
+    with pytest.raises(EvaluationError, match="dcase2021"):
+        res.formula_description
+
+
+def test_formulas_have_names_descriptions_and_namings():
+    assert list(FORMULAS) == ["dcase2020", "dcase2021", "dcase2022", "dcase2023", "dcase2024", "dcase2025"]
+    for name, f in FORMULAS.items():
+        assert isinstance(f, Formula) and f.name == name
+        # one sentence naming the year and what is averaged
+        assert f.description.startswith(f"DCASE {name[-4:]}: ") and "mean" in f.description
+        assert ". " not in f.description  # one sentence
+    assert "harmonic" in FORMULAS["dcase2021"].description and "within-domain" in FORMULAS["dcase2021"].description
+    assert "arithmetic" in FORMULAS["dcase2020"].description
+    assert [FORMULAS[n].naming for n in FORMULAS] == ["id", "section_domain"] + ["section"] * 4
+    # 2023-2025 compute exactly what 2022 computes
+    for y in (2023, 2024, 2025):
+        assert FORMULAS[f"dcase{y}"].score is FORMULAS["dcase2022"].score
+        assert FORMULAS[f"dcase{y}"].table is FORMULAS["dcase2022"].table
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FORMULAS["dcase2022"].name = "x"  # type: ignore[misc]
+    clips, scores = random_truth(("fan",))
+    for name in FORMULAS:
+        res = evaluate(scores, clips, formula=name)
+        assert res.formula == name and res.formula_description == FORMULAS[name].description
 
 
 # ------------------------------------------------------------------------------------------
@@ -428,3 +465,231 @@ def test_dataset_without_domains():
     assert all(tuple(r) == NO_DOMAIN_COLUMNS for r in rows)
     (summary,) = res.machine_summary()
     assert summary["AUC"] == pytest.approx(0.75) and summary["hmean"] == pytest.approx(hmean([0.75, 14 / 19]))
+
+
+# ------------------------------------------------------------------------------------------
+# DCASE 2020: per machine ID, averaged per machine type, then over machine types
+# ------------------------------------------------------------------------------------------
+
+
+def id_section(rows, machine, machine_id):
+    """rows: (label, score) of one machine ID, DCASE2020 names -> (clips, [(name, score)])."""
+    clips, scores = [], []
+    for i, (label, score) in enumerate(rows):
+        name = f"{'anomaly' if label else 'normal'}_id_{machine_id}_{i:08d}.wav"
+        clips.append(clip(name, label, None, machine, machine_id))
+        scores.append((name, score))
+    return clips, scores
+
+
+# fan id 00: normals 0.1, 0.4, anomalies 0.35, 0.8 -> AUC 3/4, pAUC 14/19 (test_pauc_hand_values)
+# fan id 02: normals 0.1, 0.2, anomalies 0.8, 0.9 -> AUC 1, pAUC 1
+# pump id 00: normals 0.2, 0.6, anomalies 0.4, 0.1 -> AUC: 0.4 beats 0.2 only -> 1/4;
+#   pAUC: 0.6 N is on top -> TPR 0 on FPR [0, 0.1] -> pa 0 -> 9/19
+ROWS_2020 = {
+    ("fan", "00"): [(0, 0.1), (0, 0.4), (1, 0.35), (1, 0.8)],
+    ("fan", "02"): [(0, 0.1), (0, 0.2), (1, 0.8), (1, 0.9)],
+    ("pump", "00"): [(0, 0.2), (0, 0.6), (1, 0.4), (1, 0.1)],
+}
+
+
+def truth_2020():
+    clips, scores = {}, {}
+    for (machine, mid), rows in ROWS_2020.items():
+        c, s = id_section(rows, machine, mid)
+        clips.setdefault(machine, []).extend(c)
+        scores.setdefault(machine, []).extend(s)  # pump and fan share file names: per machine
+    return [c for m in sorted(clips) for c in clips[m]], scores
+
+
+def test_dcase2020_official_score_averages_ids_within_each_machine_type():
+    clips, scores = truth_2020()
+    res = evaluate(scores, clips, formula="dcase2020")
+    # per ID, against sklearn directly
+    for sec in res.sections:
+        y, s = zip(*ROWS_2020[(sec.machine, sec.section)])
+        assert sec.metrics["AUC"] == pytest.approx(roc_auc_score(y, s))
+        assert sec.metrics["pAUC"] == pytest.approx(roc_auc_score(y, s, max_fpr=0.1))
+        assert not sec.has_domains
+    # fan: AUC (3/4 + 1)/2 = 7/8, pAUC (14/19 + 1)/2 = 33/38; pump: 1/4, 9/19.
+    # official = mean(7/8, 33/38, 1/4, 9/19) = (9/8 + 51/38) / 4 = (375/152) / 4 = 375/608
+    assert res.official_score == pytest.approx(375 / 608)
+    # Averaging over the three IDs directly would weigh fan twice:
+    # (3/4 + 1 + 1/4 + 14/19 + 1 + 9/19) / 6 = (3 + 23/19) / 6 = 40/57 = 0.70, not 375/608 = 0.62.
+    per_id = np.mean([s.metrics[k] for s in res.sections for k in ("AUC", "pAUC")])
+    assert per_id == pytest.approx(40 / 57) and abs(res.official_score - per_id) > 0.08
+
+    fan = res.table("fan")
+    assert res.columns("fan") == TABLE_COLUMNS_2020 == ("id", "AUC", "pAUC")
+    assert all(tuple(r) == TABLE_COLUMNS_2020 for r in fan)
+    assert [r["id"] for r in fan] == ["00", "02", ARITHMETIC_MEAN]  # the evaluator's "Average" row
+    assert fan[-1]["AUC"] == pytest.approx(7 / 8) and fan[-1]["pAUC"] == pytest.approx(33 / 38)
+    assert [r["id"] for r in res.table("pump")] == ["00", ARITHMETIC_MEAN]
+
+    summary = res.machine_summary()
+    assert [tuple(r) for r in summary] == [("machine", "AUC", "pAUC", "score")] * 2
+    assert summary[0]["machine"] == "fan" and summary[0]["score"] == pytest.approx((7 / 8 + 33 / 38) / 2)
+    assert summary[1]["AUC"] == pytest.approx(1 / 4) and summary[1]["pAUC"] == pytest.approx(9 / 19)
+    # the official score is the mean over machine types of their (AUC + pAUC) / 2
+    assert res.official_score == pytest.approx(np.mean([r["score"] for r in summary]))
+
+
+def test_dcase2020_section_with_domains_uses_all_its_files():
+    d, y, s = zip(*SUBSET_ROWS)
+    clips, scores = make_section(SUBSET_ROWS)
+    res = evaluate(scores, clips, formula="dcase2020")
+    # AUC over all files = 1/2 (test_auc_source_and_target_...); pAUC over all files: the top
+    # score 0.6 is a normal -> TPR 0 on [0, 0.1] -> 9/19. Score = (1/2 + 9/19) / 2 = 37/76.
+    assert res.sections[0].metrics["pAUC"] == pytest.approx(roc_auc_score(y, s, max_fpr=0.1))
+    assert res.official_score == pytest.approx(37 / 76)
+
+
+# ------------------------------------------------------------------------------------------
+# DCASE 2021: within-domain AUC and pAUC per section and domain, one harmonic mean
+# ------------------------------------------------------------------------------------------
+
+# section 00: source normals 0.1, 0.4, anomalies 0.5, 0.2; target normals 0.3, 0.6, anomalies 0.7, 0.05
+# section 01: source normals 0.1, 0.2, anomalies 0.9, 0.8; target normals 0.5, 0.85, anomalies 0.95, 0.6
+ROWS_2021 = {
+    "00": [("source", 0, 0.1), ("source", 0, 0.4), ("source", 1, 0.5), ("source", 1, 0.2),
+           ("target", 0, 0.3), ("target", 0, 0.6), ("target", 1, 0.7), ("target", 1, 0.05)],
+    "01": [("source", 0, 0.1), ("source", 0, 0.2), ("source", 1, 0.9), ("source", 1, 0.8),
+           ("target", 0, 0.5), ("target", 0, 0.85), ("target", 1, 0.95), ("target", 1, 0.6)],
+}
+THRESHOLD_2021 = 0.45  # decisions: score > 0.45
+
+
+def truth_2021():
+    clips, scores = [], []
+    for sec, rows in ROWS_2021.items():
+        c, s = make_section(rows, section=sec)
+        clips += c
+        scores += s
+    decisions = [(n, int(v > THRESHOLD_2021)) for n, v in scores]
+    return clips, scores, decisions
+
+
+def test_dcase2021_official_score_uses_within_domain_values():
+    clips, scores, decisions = truth_2021()
+    res = evaluate(scores, clips, decisions, formula="dcase2021")
+    s00, s01 = (s.metrics for s in res.sections)
+    # section 00, within source: {0.5, 0.2} vs {0.1, 0.4}: 0.5 beats 2, 0.2 beats 1 -> 3/4;
+    #   descending 0.5 A, 0.4 N -> TPR 1/2 on FPR [0, 0.1] -> pAUC 14/19.
+    # within target: {0.7, 0.05} vs {0.3, 0.6}: 2 + 0 -> 1/2; 0.7 A on top -> pAUC 14/19.
+    assert s00["AUC (source only)"] == pytest.approx(3 / 4) and s00["pAUC (source)"] == pytest.approx(14 / 19)
+    assert s00["AUC (target only)"] == pytest.approx(1 / 2) and s00["pAUC (target)"] == pytest.approx(14 / 19)
+    # The 2022 AUCs differ because the other domain's anomalies enter:
+    # AUC (source) = {0.5, 0.2, 0.7, 0.05} vs {0.1, 0.4}: 2 + 1 + 2 + 0 -> 5/8;
+    # AUC (target) = {0.5, 0.2, 0.7, 0.05} vs {0.3, 0.6}: 1 + 0 + 2 + 0 -> 3/8.
+    assert s00["AUC (source)"] == pytest.approx(5 / 8) and s00["AUC (target)"] == pytest.approx(3 / 8)
+    # section 01: source perfect -> 1, 1; target {0.95, 0.6} vs {0.5, 0.85}: 2 + 1 -> 3/4, 0.95 A on
+    # top then 0.85 N -> 14/19.
+    assert s01["AUC (source only)"] == 1.0 and s01["pAUC (source)"] == 1.0
+    assert s01["AUC (target only)"] == pytest.approx(3 / 4) and s01["pAUC (target)"] == pytest.approx(14 / 19)
+    # against sklearn on each domain's own files
+    for sec, m in zip(("00", "01"), (s00, s01)):
+        for dom in ("source", "target"):
+            y, s = zip(*[(lab, v) for d, lab, v in ROWS_2021[sec] if d == dom])
+            assert m[f"AUC ({dom} only)"] == pytest.approx(roc_auc_score(y, s))
+            assert m[f"pAUC ({dom})"] == pytest.approx(roc_auc_score(y, s, max_fpr=0.1))
+
+    # official = hmean(3/4, 14/19, 1/2, 14/19, 1, 1, 3/4, 14/19)
+    #          = 8 / (4/3 + 19/14 + 2 + 19/14 + 1 + 1 + 4/3 + 19/14) = 8 / (20/3 + 57/14) = 336/451
+    assert res.official_score == pytest.approx(336 / 451)
+    within = [3 / 4, 14 / 19, 1 / 2, 14 / 19, 1, 1, 3 / 4, 14 / 19]
+    assert res.official_score == pytest.approx(hmean(within))
+    # = hmean(hmean of the AUCs, hmean of the pAUCs): the evaluator's last row, combined
+    assert res.official_score == pytest.approx(hmean([hmean(within[0::2]), hmean(within[1::2])]))
+    assert res.official_score != pytest.approx(evaluate(scores, clips, formula="dcase2022").official_score)
+
+
+def test_dcase2021_table_and_machine_summary():
+    clips, scores, decisions = truth_2021()
+    res = evaluate(scores, clips, decisions, formula="dcase2021")
+    rows = res.table("fan")
+    assert res.columns("fan") == TABLE_COLUMNS_2021
+    assert TABLE_COLUMNS_2021 == ("section", "domain", "AUC", "pAUC", "precision", "recall", "F1 score")
+    assert all(tuple(r) == TABLE_COLUMNS_2021 for r in rows)
+    # the 2021 evaluator's order: every section's source rows, then the target rows
+    assert [(r["section"], r["domain"]) for r in rows] == [
+        ("00", "source"), ("01", "source"), ("00", "target"), ("01", "target"),
+        (ARITHMETIC_MEAN, ""), (HARMONIC_MEAN, ""),
+    ]
+    assert [r["AUC"] for r in rows[:4]] == pytest.approx([3 / 4, 1, 1 / 2, 3 / 4])
+    assert [r["pAUC"] for r in rows[:4]] == pytest.approx([14 / 19, 1, 14 / 19, 14 / 19])
+    # decisions (score > 0.45):
+    # 00 source: anomalies 0.5 -> 1, 0.2 -> 0, normals 0 -> TP 1, FP 0, FN 1: P 1, R 1/2, F1 2/3
+    # 01 source: perfect -> 1, 1, 1
+    # 00 target: normal 0.6 -> 1, anomaly 0.7 -> 1, 0.05 -> 0 -> TP 1, FP 1, FN 1: P 1/2, R 1/2, F1 1/2
+    # 01 target: both normals 0.5, 0.85 -> 1, both anomalies -> 1: TP 2, FP 2: P 1/2, R 1, F1 2/3
+    assert [r["precision"] for r in rows[:4]] == pytest.approx([1, 1, 1 / 2, 1 / 2])
+    assert [r["recall"] for r in rows[:4]] == pytest.approx([1 / 2, 1, 1 / 2, 1])
+    assert [r["F1 score"] for r in rows[:4]] == pytest.approx([2 / 3, 1, 1 / 2, 2 / 3])
+    am, hm = rows[4], rows[5]
+    assert am["AUC"] == pytest.approx(3 / 4)  # (3/4 + 1 + 1/2 + 3/4) / 4
+    assert hm["AUC"] == pytest.approx(12 / 17)  # 4 / (4/3 + 1 + 2 + 4/3)
+    assert am["pAUC"] == pytest.approx(61 / 76)  # (3 * 14/19 + 1) / 4
+    assert hm["pAUC"] == pytest.approx(56 / 71)  # 4 / (3 * 19/14 + 1)
+    assert am["F1 score"] == pytest.approx(17 / 24)  # (2/3 + 1 + 1/2 + 2/3) / 4
+    assert hm["precision"] == pytest.approx(2 / 3)  # 4 / (1 + 1 + 2 + 2)
+
+    (summary,) = res.machine_summary()
+    assert list(summary) == [
+        "machine", "AUC (source)", "pAUC (source)", "AUC (target)", "pAUC (target)", "hmean",
+        "precision (source)", "precision (target)", "recall (source)", "recall (target)",
+        "F1 score (source)", "F1 score (target)",
+    ]
+    assert summary["AUC (source)"] == pytest.approx(7 / 8)  # mean of the within-source AUCs 3/4, 1
+    assert summary["pAUC (source)"] == pytest.approx(33 / 38)  # (14/19 + 1) / 2
+    assert summary["AUC (target)"] == pytest.approx(5 / 8)  # (1/2 + 3/4) / 2
+    assert summary["pAUC (target)"] == pytest.approx(14 / 19)
+    assert summary["hmean"] == pytest.approx(336 / 451)  # one machine type: its share is the score
+    assert summary["precision (target)"] == pytest.approx(1 / 2) and summary["F1 score (target)"] == pytest.approx(7 / 12)
+    # without decisions the precision/recall/F1 columns stay NaN in the table and leave the summary
+    plain = evaluate(scores, clips, formula="dcase2021")
+    assert math.isnan(plain.table("fan")[4]["precision"]) and math.isnan(plain.table("fan")[5]["F1 score"])
+    assert list(plain.machine_summary()[0])[-1] == "hmean"
+
+
+def test_dcase2021_eps_floor():
+    # SUBSET_ROWS: within source 0.5 vs {0.1, 0.4} -> AUC 1, pAUC 1; within target 0.2 vs
+    # {0.3, 0.6} -> AUC 0, pAUC 9/19. The 0 is floored at eps: 4 / (1 + 1 + 1/eps + 19/9).
+    clips, scores = make_section(SUBSET_ROWS)
+    res = evaluate(scores, clips, formula="dcase2021")
+    assert res.official_score == pytest.approx(4 / (2 + 1 / EPS + 19 / 9))
+    assert 0 < res.official_score < 1e-10
+    assert 0 < res.table("fan")[-1]["AUC"] < 1e-10  # the harmonic-mean row floors too
+
+
+def test_dcase2021_needs_domains():
+    clips, scores = make_section([(None, 0, 0.1), (None, 0, 0.4), (None, 1, 0.35), (None, 1, 0.8)])
+    with pytest.raises(EvaluationError, match=r"dcase2021.*no domains: fan section 00.*dcase2020"):
+        evaluate(scores, clips, formula="dcase2021")
+    # a result built by hand fails the same way in its tables
+    res = evaluate(scores, clips, formula="dcase2020")
+    res.formula = "dcase2021"
+    with pytest.raises(EvaluationError, match="no domains"):
+        res.table("fan")
+    with pytest.raises(EvaluationError, match="no domains"):
+        res.machine_summary()
+
+
+def test_machine_summary_columns_per_formula_are_printable():
+    clips, scores, decisions = truth_2021()
+    expected = {
+        "dcase2022": ["machine", "AUC (source)", "AUC (target)", "pAUC", "hmean"],
+        "dcase2021": ["machine", "AUC (source)", "pAUC (source)", "AUC (target)", "pAUC (target)", "hmean"],
+        "dcase2020": ["machine", "AUC", "pAUC", "score"],
+    }
+    for formula, keys in expected.items():
+        (row,) = evaluate(scores, clips, formula=formula).machine_summary()
+        assert list(row) == keys
+        assert set(keys) <= set(SUMMARY_PRINT_COLUMNS)
+        # the mean rows exist in every formula's table
+        assert ARITHMETIC_MEAN in [next(iter(r.values())) for r in evaluate(scores, clips, formula=formula).table("fan")]
+    # what stetho/cli.py printed before must stay printable
+    for c in ("machine", "AUC (source)", "AUC (target)", "pAUC", "AUC", "hmean", "precision (source)",
+              "recall (source)", "F1 score (source)", "F1 score (target)"):
+        assert c in SUMMARY_PRINT_COLUMNS
+    # 2022 tables are unchanged by the other formulas
+    assert evaluate(scores, clips).columns("fan") == TABLE_COLUMNS

@@ -1,0 +1,285 @@
+"""Mean and spread of the results of several independent runs (``stetho summarize RUN [RUN ...]``).
+
+A run folder holds ``results/<mode>/summary.csv`` per score mode, as :func:`stetho.outputs.write_results`
+writes it: one row per machine type and a last ``official score`` row. Runs are independent
+experiments of one setup (other seeds, say): for every score mode that all runs have, this
+module gives per machine type and numeric column the mean over runs and the sample standard
+deviation (``ddof=1``), and the same for the official score.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stetho.errors import EvaluationError
+from stetho.metrics import FORMULAS, SUMMARY_PRINT_COLUMNS
+from stetho.outputs.dcase import OFFICIAL_SCORE_ROW, SUMMARY_FORMULA_COLUMN, SUMMARY_SCORE_COLUMN
+from stetho.outputs.io import write_dict_csv
+
+log = logging.getLogger(__name__)
+
+#: ``summary.csv`` columns that are not per-machine metrics.
+_NOT_METRICS = ("machine", SUMMARY_FORMULA_COLUMN, SUMMARY_SCORE_COLUMN)
+
+
+@dataclass
+class _RunMode:
+    """One run's ``results/<mode>/summary.csv``."""
+
+    path: Path
+    formula: str  # "" when the file predates the formula column
+    columns: list[str]  # metric columns, in file order
+    machines: dict[str, dict[str, float]]
+    official: float
+
+
+def _float(text: str, path: Path, lineno: int, column: str) -> float:
+    if text.strip() == "":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise EvaluationError(f"{path}:{lineno}: {column} {text!r} is not a number") from None
+
+
+def _read_summary(path: Path) -> _RunMode:
+    with open(path, newline="", encoding="utf-8") as fh:
+        table = [r for r in csv.reader(fh) if r and "".join(r).strip()]
+    if not table or table[0][0] != "machine":
+        raise EvaluationError(f"{path}: not a stetho summary.csv (its header must start with 'machine')")
+    header, body = table[0], table[1:]
+    if not body or body[-1][0] != OFFICIAL_SCORE_ROW:
+        raise EvaluationError(f"{path}: the last row must be the {OFFICIAL_SCORE_ROW!r} row")
+    columns = [c for c in header if c not in _NOT_METRICS]
+    col_index = {c: header.index(c) for c in header}
+    last = body[-1]
+    formula = last[col_index[SUMMARY_FORMULA_COLUMN]] if SUMMARY_FORMULA_COLUMN in col_index else ""
+    official = _float(last[-1], path, len(table), OFFICIAL_SCORE_ROW)
+    machines: dict[str, dict[str, float]] = {}
+    for lineno, row in enumerate(body[:-1], 2):
+        if len(row) != len(header):
+            raise EvaluationError(f"{path}:{lineno}: {len(row)} cells for {len(header)} columns")
+        if row[0] in machines:
+            raise EvaluationError(f"{path}:{lineno}: machine type {row[0]!r} appears twice")
+        machines[row[0]] = {c: _float(row[col_index[c]], path, lineno, c) for c in columns}
+    return _RunMode(path, formula, columns, machines, official)
+
+
+def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation (ddof=1) over axis 0; std NaN for a single run.
+    A NaN in any run makes that cell NaN (it is not silently averaged away)."""
+    mean = values.mean(axis=0)
+    if values.shape[0] < 2:
+        return mean, np.full_like(mean, math.nan)
+    return mean, values.std(axis=0, ddof=1)
+
+
+def format_mean_std(mean: float, std: float, digits: int = 4) -> str:
+    """``"0.7123 ± 0.0150"``; ``"-"`` for an undefined mean, ``"0.7123 ± -"`` for one run."""
+    if not math.isfinite(mean):
+        return "-"
+    spread = "-" if not math.isfinite(std) else f"{std:.{digits}f}"
+    return f"{mean:.{digits}f} ± {spread}"
+
+
+@dataclass
+class ModeSummary:
+    """The runs' results of one score mode.
+
+    Attributes:
+        mode: the score mode (the folder name under ``results/``).
+        formula: the official-score formula all runs used (``""`` if their files predate it).
+        machines: the machine types, sorted.
+        metrics: the numeric summary columns (``AUC (source)``, ``hmean`` ...), in file order.
+        values: shape ``(n_runs, len(machines), len(metrics))``, run order as given.
+        official: the official score of each run, shape ``(n_runs,)``.
+    """
+
+    mode: str
+    formula: str
+    machines: list[str]
+    metrics: list[str]
+    values: np.ndarray
+    official: np.ndarray
+
+
+@dataclass
+class RunsSummary:
+    """Mean and sample standard deviation over runs, per score mode (see :func:`summarize_runs`).
+
+    Attributes:
+        runs: the run folders, in the order given.
+        modes: score mode -> :class:`ModeSummary`, for the modes present in every run (sorted).
+    """
+
+    runs: list[Path]
+    modes: dict[str, ModeSummary]
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.runs)
+
+    def _mode(self, mode: str) -> ModeSummary:
+        if mode not in self.modes:
+            raise EvaluationError(f"no score mode {mode!r} in the summary; modes: {', '.join(self.modes)}")
+        return self.modes[mode]
+
+    def official(self, mode: str) -> tuple[float, float]:
+        """Mean and sample standard deviation (NaN for one run) of the official score."""
+        mean, std = _mean_std(self._mode(mode).official[:, None])
+        return float(mean[0]), float(std[0])
+
+    def columns(self, mode: str) -> list[str]:
+        """The keys of :meth:`rows`, in order."""
+        ms = self._mode(mode)
+        cols = ["machine"] + [f"{m} {stat}" for m in ms.metrics for stat in ("mean", "std")]
+        return cols + [f"{OFFICIAL_SCORE_ROW} mean", f"{OFFICIAL_SCORE_ROW} std", "n_runs", "formula"]
+
+    def rows(self, mode: str) -> list[dict[str, object]]:
+        """One row per machine type (``machine``, ``<metric> mean``, ``<metric> std`` for every
+        metric, ``n_runs``, ``formula``), then an ``"official score"`` row holding
+        ``official score mean`` / ``official score std``. Cells a row does not have are ``None``."""
+        ms = self._mode(mode)
+        cols = self.columns(mode)
+        mean, std = _mean_std(ms.values)
+        out: list[dict[str, object]] = []
+        for i, machine in enumerate(ms.machines):
+            row: dict[str, object] = dict.fromkeys(cols)
+            row["machine"] = machine
+            for j, metric in enumerate(ms.metrics):
+                row[f"{metric} mean"] = float(mean[i, j])
+                row[f"{metric} std"] = float(std[i, j])
+            row.update(n_runs=self.n_runs, formula=ms.formula)
+            out.append(row)
+        o_mean, o_std = self.official(mode)
+        last: dict[str, object] = dict.fromkeys(cols)
+        last.update({"machine": OFFICIAL_SCORE_ROW, f"{OFFICIAL_SCORE_ROW} mean": o_mean,
+                     f"{OFFICIAL_SCORE_ROW} std": o_std, "n_runs": self.n_runs, "formula": ms.formula})
+        out.append(last)
+        return out
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """Write ``summary_runs_<mode>.csv`` per score mode into ``out_dir``, atomically.
+        Returns the written paths in mode order."""
+        out_dir = Path(out_dir)
+        return [
+            write_dict_csv(out_dir / f"summary_runs_{mode}.csv", self.rows(mode), self.columns(mode))
+            for mode in self.modes
+        ]
+
+    def format_text(self, columns: Sequence[str] = SUMMARY_PRINT_COLUMNS, digits: int = 4) -> str:
+        """A text table per score mode with ``"mean ± std"`` cells and the official score.
+
+        Args:
+            columns: the metric columns to show, when present (default: the ones the CLI prints
+                for a single run).
+            digits: decimals of means and standard deviations.
+        """
+        blocks: list[str] = []
+        for mode, ms in self.modes.items():
+            mean, std = _mean_std(ms.values)
+            shown = [j for j, m in enumerate(ms.metrics) if m in columns]
+            header = ["machine"] + [ms.metrics[j] for j in shown]
+            body = [
+                [machine] + [format_mean_std(float(mean[i, j]), float(std[i, j]), digits) for j in shown]
+                for i, machine in enumerate(ms.machines)
+            ]
+            widths = [max(len(r[k]) for r in [header, *body]) for k in range(len(header))]
+            lines = [f"{mode} ({ms.formula or 'formula unknown'}, {self.n_runs} run{'s' * (self.n_runs != 1)})"]
+            lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *body]]
+            o_mean, o_std = self.official(mode)
+            lines.append(f"official score: {format_mean_std(o_mean, o_std, digits)}")
+            if ms.formula in FORMULAS:
+                lines.append(f"  ({FORMULAS[ms.formula].description})")
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks)
+
+
+def summarize_runs(run_dirs: Sequence[str | Path]) -> RunsSummary:
+    """Mean and sample standard deviation over independent runs, per score mode.
+
+    Args:
+        run_dirs: run folders, each with ``results/<mode>/summary.csv`` for its score modes.
+
+    Returns:
+        A :class:`RunsSummary` over the score modes present in every run (a mode missing from
+        some runs is left out with a logged warning). Metric columns present in only some runs
+        are left out with a warning too. One run gives NaN standard deviations.
+
+    Raises:
+        EvaluationError: no runs, a run given twice, a run without any ``summary.csv``, no mode
+            common to all runs, or, for a mode, runs that used different official-score formulas
+            or evaluated different machine types (the runs are named).
+    """
+    runs = [Path(r) for r in run_dirs]
+    if not runs:
+        raise EvaluationError("no runs to summarize: give at least one run folder")
+    seen: dict[Path, Path] = {}
+    for r in runs:
+        key = r.resolve()
+        if key in seen:
+            raise EvaluationError(f"run {r} is given twice (as {seen[key]} and {r}); runs must be distinct")
+        seen[key] = r
+
+    per_run: list[dict[str, _RunMode]] = []
+    for r in runs:
+        files = sorted((r / "results").glob("*/summary.csv"))
+        if not files:
+            raise EvaluationError(
+                f"{r}: no results/<mode>/summary.csv (not a run folder, or it was tested on unlabeled data)"
+            )
+        per_run.append({f.parent.name: _read_summary(f) for f in files})
+
+    all_modes = sorted(set().union(*per_run))
+    common = [m for m in all_modes if all(m in pr for pr in per_run)]
+    partial = [m for m in all_modes if m not in common]
+    if partial:
+        log.warning(
+            "score mode(s) %s are not in every run and are left out of the summary",
+            ", ".join(partial),
+        )
+    if not common:
+        listing = "; ".join(f"{r}: {', '.join(sorted(pr))}" for r, pr in zip(runs, per_run))
+        raise EvaluationError(f"the runs have no score mode in common ({listing})")
+
+    modes: dict[str, ModeSummary] = {}
+    for mode in common:
+        files = [pr[mode] for pr in per_run]
+        formulas = {f.formula for f in files}
+        if len(formulas) > 1:
+            listing = "; ".join(f"{r}: {f.formula or 'unknown'}" for r, f in zip(runs, files))
+            raise EvaluationError(
+                f"score mode {mode!r}: the runs used different official-score formulas ({listing}); "
+                "only runs scored the same way can be averaged"
+            )
+        machine_sets = [sorted(f.machines) for f in files]
+        if any(ms != machine_sets[0] for ms in machine_sets):
+            listing = "; ".join(f"{r}: {', '.join(ms) or 'none'}" for r, ms in zip(runs, machine_sets))
+            raise EvaluationError(
+                f"score mode {mode!r}: the runs evaluated different machine types ({listing}); "
+                "only runs on the same machine types can be averaged"
+            )
+        metrics = [c for c in files[0].columns if all(c in f.columns for f in files)]
+        dropped = sorted({c for f in files for c in f.columns} - set(metrics))
+        if dropped:
+            log.warning("score mode %s: column(s) %s are not in every run and are left out", mode, ", ".join(dropped))
+        machines = machine_sets[0]
+        values = np.array(
+            [[[f.machines[m][c] for c in metrics] for m in machines] for f in files], dtype=np.float64
+        ).reshape(len(files), len(machines), len(metrics))
+        modes[mode] = ModeSummary(
+            mode=mode,
+            formula=files[0].formula,
+            machines=machines,
+            metrics=metrics,
+            values=values,
+            official=np.array([f.official for f in files], dtype=np.float64),
+        )
+    return RunsSummary(runs=runs, modes=modes)
