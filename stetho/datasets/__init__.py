@@ -1,9 +1,14 @@
-"""Datasets: clip records, layouts and file-name parsers, synthetic data."""
+"""Datasets: clip records, every layout's file-name parser and scanner, ground truth, synthetic data."""
 
+from stetho.datasets.base import Scan, resolve_root
 from stetho.datasets.clip import ANOMALY, DOMAINS, NORMAL, SOURCE, TARGET, Clip
-from stetho.datasets.dcase import Scan, list_machines, parse_filename, scan_dcase
+from stetho.datasets.dcase import list_machines, parse_filename, scan_dcase
+from stetho.datasets.ground_truth import GroundTruth, label_clips, read_ground_truth
+from stetho.datasets.layouts import DATASETS, LAYOUTS, Layout, detect, get_layout, official_formula, scan_dataset
+from stetho.datasets.manifest import read_manifest, write_manifest
 
 __all__ = [
-    "ANOMALY", "DOMAINS", "NORMAL", "SOURCE", "TARGET", "Clip", "Scan",
-    "list_machines", "parse_filename", "scan_dcase",
+    "ANOMALY", "DATASETS", "DOMAINS", "LAYOUTS", "NORMAL", "SOURCE", "TARGET", "Clip", "GroundTruth", "Layout",
+    "Scan", "detect", "get_layout", "label_clips", "list_machines", "official_formula", "parse_filename",
+    "read_ground_truth", "read_manifest", "resolve_root", "scan_dataset", "scan_dcase", "write_manifest",
 ]

@@ -19,11 +19,19 @@ class Clip:
     Attributes:
         path: the WAV file.
         machine: machine type, e.g. ``"fan"``.
-        section: two-digit section id, e.g. ``"00"``.
+        section: the evaluation unit within the machine type: the two-digit DCASE section
+            (2021-2025), the machine ID (DCASE 2020, e.g. ``"00"``), or ID and SNR for MIMII
+            (``"00_-6dB"``).
         split: ``"train"`` or ``"test"``.
         domain: ``"source"``, ``"target"`` or ``None`` when the dataset has no domains.
         label: 0 normal, 1 anomaly, ``None`` when unknown (unlabeled evaluation data).
-        attributes: ``(name, value)`` pairs parsed from the file name, in file-name order.
+        attributes: ``(name, value)`` pairs describing the operating condition (from the file
+            name or a table), in their original order.
+        key: the name this clip has in score files, when the file name alone is not unique
+            within its machine type (MIMII's ``00000000.wav`` in every folder; files in
+            sub-folders of one's own recordings); ``None`` = the file name.
+        meta: other ``(name, value)`` facts that are not operating conditions (``snr``,
+            ``id``, ``subset`` ...); never used as class labels.
     """
 
     path: Path
@@ -33,12 +41,21 @@ class Clip:
     domain: str | None = None
     label: int | None = None
     attributes: tuple[tuple[str, str], ...] = field(default=())
+    key: str | None = None
+    meta: tuple[tuple[str, str], ...] = field(default=())
 
     @property
     def name(self) -> str:
-        """The file name (the key that scores are joined by)."""
-        return self.path.name
+        """The name scores are written and joined by: ``key`` if set, else the file name."""
+        return self.key if self.key is not None else self.path.name
 
     @property
     def is_target(self) -> bool:
         return self.domain == TARGET
+
+    def get_meta(self, name: str, default: str | None = None) -> str | None:
+        """The value of metadata ``name`` (e.g. ``"snr"``), or ``default``."""
+        for k, v in self.meta:
+            if k == name:
+                return v
+        return default

@@ -1,4 +1,4 @@
-"""DCASE Task 2 layouts (2022-2025 naming): ``ROOT/<machine>/{train,test}/section_XX_...wav``.
+"""DCASE Task 2 layouts of 2022-2025: ``ROOT/<machine>/{train,test}/section_XX_...wav``.
 
 File names, as the organisers write them::
 
@@ -7,18 +7,24 @@ File names, as the organisers write them::
 
 ``<attributes>`` is ``name_value_name_value...`` (e.g. ``car_A2_spd_28V_mic_1``), may be empty,
 ``noAttribute``, or a token list of odd length (then kept whole under the name ``attributes``).
+2022 has sections 00-02 (dev) and 03-05 (eval) per machine type; 2023-2025 one section (00) and
+an ``attributes_00.csv`` beside ``train/`` and ``test/``.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from stetho.datasets.base import (
+    SPLITS, Scan, check_unique_names, choose_machines, machine_dirs, nested_wav_problems, warn_unfamiliar_machines,
+    wav_files,
+)
 from stetho.datasets.clip import Clip
-from stetho.errors import ConfigError, DatasetError
+from stetho.errors import DatasetError
 
-SPLITS = ("train", "test")
+log = logging.getLogger(__name__)
 
 LABELED_PATTERN = re.compile(
     r"^section_(?P<section>\d{2})_(?P<domain>source|target)_(?P<split>train|test)_"
@@ -29,6 +35,21 @@ EXPECTED_NAME = (
     "section_<XX>_<source|target>_<train|test>_<normal|anomaly>_<NNNN>[_<attributes>].wav "
     "or, for unlabeled evaluation clips, section_<XX>_<NNNN>.wav"
 )
+
+#: Machine types of each year's development and evaluation sets (for spelling warnings only).
+MACHINES = {
+    "dcase2022": ("ToyCar", "ToyTrain", "bearing", "fan", "gearbox", "slider", "valve"),
+    "dcase2023": ("ToyCar", "ToyTrain", "bearing", "fan", "gearbox", "slider", "valve",
+                  "ToyDrone", "ToyNscale", "ToyTank", "Vacuum", "bandsaw", "grinder", "shaker"),
+    "dcase2024": ("ToyCar", "ToyTrain", "bearing", "fan", "gearbox", "slider", "valve",
+                  "3DPrinter", "AirCompressor", "BrushlessMotor", "HairDryer", "HoveringDrone",
+                  "RoboticArm", "Scanner", "ToothBrush", "ToyCircuit"),
+    "dcase2025": ("ToyCar", "ToyTrain", "bearing", "fan", "gearbox", "slider", "valve",
+                  "AutoTrash", "BandSealer", "CoffeeGrinder", "HomeCamera", "Polisher",
+                  "ScrewFeeder", "ToyPet", "ToyRCCar"),
+}
+#: Years whose machine folders carry an ``attributes_00.csv``.
+ATTRIBUTE_TABLE_YEARS = ("dcase2023", "dcase2024", "dcase2025")
 
 
 def parse_attributes(text: str | None) -> tuple[tuple[str, str], ...]:
@@ -74,12 +95,9 @@ def parse_filename(path: str | Path, machine: str, split: str) -> Clip:
     raise DatasetError(f"{path}: file name does not parse; expected {EXPECTED_NAME}")
 
 
-@dataclass
-class Scan:
-    """What a dataset scan found: parsed clips (sorted by path) and files that did not parse."""
-
-    clips: list[Clip] = field(default_factory=list)
-    problems: list[tuple[Path, str]] = field(default_factory=list)
+def matches(name: str) -> bool:
+    """True when ``name`` follows the 2022-2025 naming (labeled or unlabeled)."""
+    return bool(LABELED_PATTERN.match(name) or UNLABELED_PATTERN.match(name))
 
 
 def list_machines(root: str | Path) -> list[str]:
@@ -87,9 +105,7 @@ def list_machines(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: data folder does not exist")
-    found = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and any((p / s).is_dir() for s in SPLITS)
-    )
+    found = machine_dirs(root, SPLITS)
     if not found:
         raise DatasetError(
             f"{root}: no machine folders found; expected {root}/<machine>/train/*.wav "
@@ -98,10 +114,11 @@ def list_machines(root: str | Path) -> list[str]:
     return found
 
 
-def scan_dcase(
+def scan(
     root: str | Path,
     machines: list[str] | None = None,
     splits: tuple[str, ...] = SPLITS,
+    year: str = "dcase2023",
 ) -> Scan:
     """Scan a DCASE 2022-2025 style folder.
 
@@ -109,6 +126,8 @@ def scan_dcase(
         root: folder holding ``<machine>/{train,test}/``.
         machines: machine types to keep (default: all found). Unknown names are an error.
         splits: which split folders to read.
+        year: ``"dcase2022"`` ... ``"dcase2025"``: which machine-type list spelling warnings use,
+            and whether a missing ``attributes_00.csv`` is worth a warning (2023-2025).
 
     Returns:
         A :class:`Scan`. Files whose names do not parse are reported in ``problems`` (never
@@ -116,30 +135,27 @@ def scan_dcase(
     """
     root = Path(root)
     available = list_machines(root)
-    if machines:
-        unknown = [m for m in machines if m not in available]
-        if unknown:
-            raise ConfigError(
-                f"unknown machine type(s) {', '.join(unknown)} in {root}; "
-                f"available: {', '.join(available)}"
-            )
-        chosen = list(machines)
-    else:
-        chosen = available
-    scan = Scan()
+    chosen = choose_machines(available, machines, root)
+    warn_unfamiliar_machines(chosen, MACHINES.get(year, MACHINES["dcase2023"]), year.upper())
+    out = Scan(dataset=year, root=root)
+    no_table = [m for m in chosen if not any((root / m).glob("attributes_*.csv"))]
+    if year in ATTRIBUTE_TABLE_YEARS and no_table:
+        log.warning(
+            "%s: no attributes_00.csv beside train/ and test/ of %s (DCASE 2023-2025 ship one per "
+            "machine type); attributes are read from the file names", root, ", ".join(no_table),
+        )
     for machine in chosen:
         for split in splits:
-            folder = root / machine / split
-            if not folder.is_dir():
-                continue
-            for path in sorted(folder.iterdir()):
-                if path.name.startswith(".") or path.is_dir():
-                    continue
-                if path.suffix.lower() != ".wav":
-                    continue
+            out.problems += nested_wav_problems(root / machine / split)
+            for path in wav_files(root / machine / split):
                 try:
-                    scan.clips.append(parse_filename(path, machine, split))
+                    out.clips.append(parse_filename(path, machine, split))
                 except DatasetError as exc:
-                    scan.problems.append((path, str(exc).split(": ", 1)[1]))
-    scan.clips.sort(key=lambda c: str(c.path))
-    return scan
+                    out.problems.append((path, str(exc).split(": ", 1)[1]))
+    check_unique_names(out.clips, root)
+    return out.sort()
+
+
+def scan_dcase(root: str | Path, machines: list[str] | None = None, splits: tuple[str, ...] = SPLITS) -> Scan:
+    """:func:`scan` with the 2023 settings (kept for the Python API of earlier versions)."""
+    return scan(root, machines, splits, year="dcase2023")

@@ -41,7 +41,6 @@ machine generated next to others, and clips can be synthesised in parallel threa
 
 from __future__ import annotations
 
-import csv
 import itertools
 import logging
 import math
@@ -64,6 +63,7 @@ from scipy import signal as sps
 from stetho.audio.io import write_wav
 from stetho.datasets.clip import ANOMALY, DOMAINS, NORMAL, SOURCE, TARGET, Clip
 from stetho.errors import ConfigError
+from stetho.fileio import atomic_write_text, csv_text
 
 log = logging.getLogger(__name__)
 
@@ -1412,12 +1412,8 @@ def _write_attributes(machine_dir: Path, plans: Sequence[ToyClipPlan]) -> None:
     """Write ``attributes_00.csv`` (DCASE2023: ``file_name,d1p,d1v,d2p,d2v,...``), atomically."""
     width = max((len(p.attributes) for p in plans), default=len(MACHINES[machine_dir.name].attribute_names))
     header = ["file_name"] + [f"d{i}{s}" for i in range(1, width + 1) for s in ("p", "v")]
-    machine_dir.mkdir(parents=True, exist_ok=True)
-    tmp = machine_dir / f".attributes_{SECTION}.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(header)
-        for p in sorted(plans, key=lambda p: p.relative_path):
-            cells = [x for kv in p.attributes for x in kv]
-            w.writerow([p.relative_path, *cells, *[""] * (2 * width - len(cells))])
-    os.replace(tmp, machine_dir / f"attributes_{SECTION}.csv")
+    rows = []
+    for p in sorted(plans, key=lambda p: p.relative_path):
+        cells = [x for kv in p.attributes for x in kv]
+        rows.append([p.relative_path, *cells, *[""] * (2 * width - len(cells))])
+    atomic_write_text(machine_dir / f"attributes_{SECTION}.csv", csv_text(rows, header=header))

@@ -1,0 +1,221 @@
+"""What every dataset layout shares: the scan result, root resolution, common checks.
+
+Each layout (DCASE 2020, 2021, 2022-2025, MIMII, one's own folders, a manifest CSV) is a module
+with a ``scan(root, machines, splits, **options) -> Scan`` function; :mod:`stetho.datasets.layouts`
+registers them and detects which one a folder follows.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stetho.datasets.clip import ANOMALY, NORMAL, Clip
+from stetho.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+#: How many items an error message lists before "... and N more".
+LIST_LIMIT = 20
+
+
+@dataclass
+class Scan:
+    """What a dataset scan found.
+
+    Attributes:
+        clips: parsed clips, sorted by path.
+        problems: ``(file, reason)`` for files that could not be used (names that do not parse);
+            never dropped silently: the caller decides whether they are fatal.
+        dataset: the layout name (``"dcase2021"``, ``"mimii"`` ...), after auto-detection.
+        root: the folder (or manifest file) actually scanned, after ``dev_data``/``eval_data``
+            and ``raw`` resolution.
+    """
+
+    clips: list[Clip] = field(default_factory=list)
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+    dataset: str = ""
+    root: Path | None = None
+
+    def sort(self) -> "Scan":
+        self.clips.sort(key=lambda c: str(c.path))
+        return self
+
+
+def listing(items: Sequence[object], limit: int = LIST_LIMIT, sep: str = "\n  ") -> str:
+    """``items`` joined by ``sep``, at most ``limit`` of them, then "... and N more"."""
+    shown = [str(x) for x in items[:limit]]
+    if len(items) > limit:
+        shown.append(f"... and {len(items) - limit} more")
+    return sep.join(shown)
+
+
+def wav_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """``.wav`` files (any case) in ``folder``, sorted; hidden files and folders are skipped."""
+    if not folder.is_dir():
+        return []
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p for p in found
+        if p.suffix.lower() == ".wav" and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def nested_wav_problems(folder: Path) -> list[tuple[Path, str]]:
+    """``.wav`` files in sub-folders of ``folder``, as problems: DCASE layouts keep clips directly
+    in their split folder, and a file that is not read must not vanish without a word."""
+    if not folder.is_dir():
+        return []
+    return [(p, f"lies in a sub-folder of {folder.name}/; this layout reads only files directly in it "
+                "(use --dataset folder for nested recordings)")
+            for p in wav_files(folder, recursive=True) if p.parent != folder]
+
+
+def machine_dirs(root: Path, split_dirs: Iterable[str]) -> list[str]:
+    """Sub-folders of ``root`` holding at least one of ``split_dirs``, sorted.
+
+    Raises:
+        DatasetError: ``root`` is not a folder.
+    """
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data folder does not exist" if not root.exists()
+                           else f"{root}: is a file, not a data folder")
+    split_dirs = tuple(split_dirs)
+    return sorted(
+        p.name for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and any((p / s).is_dir() for s in split_dirs)
+    )
+
+
+def choose_machines(available: Sequence[str], machines: Sequence[str] | None, root: Path) -> list[str]:
+    """``machines`` checked against ``available`` (all of them when ``machines`` is empty)."""
+    if not machines:
+        return list(available)
+    machines = list(dict.fromkeys(machines))  # "fan,fan" would scan fan twice
+    unknown = [m for m in machines if m not in available]
+    if unknown:
+        hints = []
+        for m in unknown:
+            close = difflib.get_close_matches(m, available, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"'{m}' (did you mean '{close[0]}'?)")
+            else:
+                hints.append(f"'{m}'")
+        raise ConfigError(
+            f"unknown machine type(s) {', '.join(hints)} in {root}; available: {', '.join(available)}"
+        )
+    return list(machines)
+
+
+def warn_unfamiliar_machines(names: Iterable[str], known: Sequence[str], title: str) -> None:
+    """Log a warning for machine folders that look like a misspelt known machine type."""
+    lower = {k.lower(): k for k in known}
+    for name in names:
+        if name in known:
+            continue
+        if name.lower() in lower:
+            close = [lower[name.lower()]]
+        else:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            log.warning(
+                "machine type folder '%s' is not a %s machine type; did you mean '%s'? "
+                "(it is used as it is)", name, title, close[0],
+            )
+
+
+LABEL_WORDS = {
+    "0": NORMAL, "normal": NORMAL, "ok": NORMAL, "good": NORMAL,
+    "1": ANOMALY, "anomaly": ANOMALY, "anomalous": ANOMALY, "abnormal": ANOMALY,
+}
+
+
+def parse_label(text: str) -> int:
+    """``normal``/``0`` → 0 and ``anomaly``/``abnormal``/``1`` → 1 (case-insensitive).
+
+    Raises:
+        ValueError: any other text (the caller adds the file and line).
+    """
+    value = LABEL_WORDS.get(str(text).strip().lower())
+    if value is None:
+        raise ValueError(f"label '{text}' is not one of normal/anomaly/abnormal/0/1")
+    return value
+
+
+def parse_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    """``"speed=28V;load=high"`` → ``(("speed", "28V"), ("load", "high"))``; empty → ``()``."""
+    out = []
+    for item in filter(None, (s.strip() for s in str(text or "").split(";"))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"'{item}' is not name=value")
+        out.append((name.strip(), value.strip()))
+    return tuple(out)
+
+
+def format_pairs(pairs: Iterable[tuple[str, str]]) -> str:
+    """Inverse of :func:`parse_pairs`."""
+    return ";".join(f"{k}={v}" for k, v in pairs)
+
+
+def check_unique_names(clips: Sequence[Clip], root: Path) -> None:
+    """Scores are joined by name per machine type and split: a repeated name is an error."""
+    seen: dict[tuple[str, str, str], list[Path]] = defaultdict(list)
+    for c in clips:
+        seen[(c.machine, c.split, c.name)].append(c.path)
+    dups = [(k, v) for k, v in seen.items() if len(v) > 1]
+    if dups:
+        lines = [f"{m}/{s}: '{n}' is the name of {', '.join(str(p) for p in paths)}" for (m, s, n), paths in dups]
+        raise DatasetError(
+            f"{root}: {len(dups)} clip name(s) occur more than once within a machine type and split; "
+            "scores are joined by name, so names must be unique (give a `key` column in a manifest, "
+            "or rename the files):\n  " + listing(lines)
+        )
+
+
+def resolve_root(root: str | Path, subset: str | None = None) -> Path:
+    """The folder that holds the machine folders.
+
+    DCASE downloads unpack as ``dev_data/`` and ``eval_data/`` (and the baselines' scripts put
+    them under ``.../dev_data/raw/``): when ``root`` holds ``dev_data``/``eval_data``, ``subset``
+    (``"dev"`` or ``"eval"``) chooses one (required when both exist); a ``raw/`` folder alone
+    below it is entered as well.
+
+    Raises:
+        DatasetError: the folder does not exist, or the subset is ambiguous or missing.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: data folder does not exist")
+    if subset is not None and subset not in ("dev", "eval"):
+        raise ConfigError(f"subset must be dev or eval, got {subset!r}")
+    if root.is_file():
+        return root
+    present = [s for s in ("dev", "eval") if (root / f"{s}_data").is_dir()]
+    if present:
+        if subset is None:
+            if len(present) > 1:
+                raise DatasetError(
+                    f"{root} holds both dev_data/ and eval_data/: choose one with --subset dev|eval "
+                    "(or `subset:` in the recipe)"
+                )
+            subset = present[0]
+            log.info("using %s (the only DCASE subset folder in %s)", f"{subset}_data", root)
+        elif subset not in present:
+            raise DatasetError(f"{root}: --subset {subset} asks for {subset}_data/, which is not there "
+                               f"(found: {', '.join(s + '_data' for s in present)})")
+        root = root / f"{subset}_data"
+    elif subset is not None:
+        log.info("--subset %s ignored: %s has no dev_data/ or eval_data/ folder", subset, root)
+    raw = root / "raw"
+    if raw.is_dir() and not any(
+        p.is_dir() and p.name != "raw" and not p.name.startswith(".") for p in root.iterdir()
+    ):
+        root = raw
+    return root

@@ -1,0 +1,134 @@
+"""A manifest CSV: one row per clip, for any layout (``--data clips.csv``).
+
+Columns (header required, any order):
+
+==============  ===========================================================================
+``path``        the audio file, absolute or relative to the manifest's folder (required)
+``machine``     machine type (required)
+``split``       ``train`` or ``test`` (required)
+``label``       normal/anomaly (0/1, abnormal); empty = unknown (unlabeled test clip)
+``domain``      source/target; empty = no domains
+``section``     evaluation unit (DCASE section, machine ID ...); default ``00``
+``attributes``  operating condition, ``name=value;name=value``
+``key``         the name used in score files (default: the file name); needed when file
+                names repeat within a machine type
+``meta``        other facts, ``name=value;name=value`` (e.g. ``snr=-6``)
+``dataset``     the layout the clips come from (``dcase2021`` ...), which sets the official
+                score formula and submission file names; the same on every row
+==============  ===========================================================================
+
+``stetho label`` writes such a file for an evaluation set and its ground truth.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+from stetho.datasets.base import (
+    SPLITS, Scan, check_unique_names, choose_machines, format_pairs, listing, parse_label, parse_pairs,
+)
+from stetho.datasets.clip import DOMAINS, NORMAL, Clip
+from stetho.errors import DatasetError
+from stetho.fileio import atomic_write_text, csv_text
+
+REQUIRED = ("path", "machine", "split")
+COLUMNS = ("path", "machine", "split", "label", "domain", "section", "attributes", "key", "meta", "dataset")
+
+
+def read_manifest(path: str | Path) -> tuple[list[Clip], str | None]:
+    """Clips of a manifest (in file order) and its ``dataset`` value (``None`` if absent).
+
+    Raises:
+        DatasetError: unreadable file, missing columns, unknown columns, bad values, duplicated
+            paths or differing ``dataset`` values; every bad row is listed with its line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: manifest file does not exist")
+    base = path.parent
+    clips: list[Clip] = []
+    problems: list[str] = []
+    datasets: set[str] = set()
+    seen: dict[Path, int] = {}
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; a manifest needs a header "
+                               f"with {', '.join(REQUIRED)} (optional: {', '.join(COLUMNS[3:])})")
+        unknown = [c for c in header if c not in COLUMNS]
+        if unknown:
+            raise DatasetError(f"{path}: unknown column(s) {', '.join(unknown)}; known: {', '.join(COLUMNS)}")
+        for raw in reader:
+            lineno = reader.line_num  # physical line: the reader skips blank lines
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            if not any(row.values()):
+                continue
+            where = f"line {lineno}"
+            try:
+                if not row["path"] or not row["machine"]:
+                    raise ValueError("path and machine must not be empty")
+                file = Path(row["path"])
+                file = file if file.is_absolute() else base / file
+                if row["split"] not in SPLITS:
+                    raise ValueError(f"split '{row['split']}' is not train or test")
+                label = parse_label(row["label"]) if row.get("label") else None
+                if row["split"] == "train" and label not in (None, NORMAL):
+                    raise ValueError("training clips must be normal")
+                domain = row.get("domain") or None
+                if domain is not None and domain not in DOMAINS:
+                    raise ValueError(f"domain '{domain}' is not source or target")
+                clip = Clip(
+                    path=file, machine=row["machine"], section=row.get("section") or "00",
+                    split=row["split"], domain=domain,
+                    label=NORMAL if row["split"] == "train" else label,
+                    attributes=parse_pairs(row.get("attributes", "")), key=row.get("key") or None,
+                    meta=parse_pairs(row.get("meta", "")),
+                )
+            except ValueError as exc:
+                problems.append(f"{where} ({row.get('path', '')}): {exc}")
+                continue
+            resolved = file.resolve()
+            if resolved in seen:
+                problems.append(f"{where}: {row['path']} is already listed on line {seen[resolved]}")
+                continue
+            seen[resolved] = lineno
+            if row.get("dataset"):
+                datasets.add(row["dataset"])
+            clips.append(clip)
+    if len(datasets) > 1:
+        problems.append(f"the dataset column holds several values ({', '.join(sorted(datasets))}); "
+                        "one manifest describes one dataset")
+    if problems:
+        raise DatasetError(f"{path}: {len(problems)} bad row(s):\n  " + listing(problems))
+    return clips, (datasets.pop() if datasets else None)
+
+
+def scan(path: str | Path, machines: list[str] | None = None, splits: tuple[str, ...] = SPLITS) -> Scan:
+    """A :class:`Scan` of a manifest's clips (missing files are left to audio validation).
+
+    ``Scan.dataset`` is ``"manifest"``, or ``"manifest:<dataset>"`` when the manifest names the
+    layout its clips come from.
+    """
+    path = Path(path)
+    clips, dataset = read_manifest(path)
+    if not clips:
+        raise DatasetError(f"{path}: the manifest lists no clips")
+    chosen = choose_machines(sorted({c.machine for c in clips}), machines, path)
+    out = Scan(dataset=f"manifest:{dataset}" if dataset else "manifest", root=path)
+    out.clips = [c for c in clips if c.machine in chosen and c.split in splits]
+    check_unique_names(out.clips, path)
+    return out.sort()
+
+
+def write_manifest(path: str | Path, clips: Sequence[Clip], dataset: str | None = None) -> Path:
+    """Write ``clips`` as a manifest (absolute paths), atomically; ``dataset`` fills that column."""
+    rows = (
+        [str(c.path.resolve()), c.machine, c.split, "" if c.label is None else c.label, c.domain or "",
+         c.section, format_pairs(c.attributes), c.key or "", format_pairs(c.meta), dataset or ""]
+        for c in sorted(clips, key=lambda c: (c.machine, c.split, str(c.path)))
+    )
+    return atomic_write_text(path, csv_text(rows, header=COLUMNS))
