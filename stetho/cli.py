@@ -23,6 +23,23 @@ def _csv_list(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
 
 
+def _dataset_options(p: argparse.ArgumentParser, test: bool = False) -> None:
+    from stetho.datasets import DATASETS
+
+    default = "the run's layout, or auto for other --data" if test else "auto"
+    p.add_argument("--dataset", choices=DATASETS, metavar="LAYOUT",
+                   help=f"dataset layout: {', '.join(DATASETS)} (default: {default})")
+    p.add_argument("--subset", choices=("dev", "eval"),
+                   help="dev_data or eval_data, when the data folder holds both")
+    p.add_argument("--mimii-split", choices=("baseline", "cande"),
+                   help="MIMII train/test rule (default baseline: as many test normals as anomalies)")
+
+
+def _formula_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--formula", help="official-score formula: dcase2020, dcase2021, dcase2022 ... dcase2025 "
+                                     "(default: the data's year)")
+
+
 def _common_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel", type=int, help="channel of multi-channel files (default 0)")
     p.add_argument("--skip-bad", action="store_true", default=None,
@@ -74,18 +91,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="model hyper-parameter, repeatable (e.g. --param batch_size=512)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run in --out")
+    _dataset_options(p)
     _common_run_options(p)
 
     p = sub.add_parser("test", help="score test clips with a trained run, write DCASE files, evaluate")
     p.add_argument("--run", type=Path, required=True, help="run folder from `stetho train`")
     p.add_argument("--score", help="score mode(s): mse, mahalanobis, both/all (default: all)")
-    p.add_argument("--data", type=Path, help="test data root (default: the data the run was trained on)")
+    p.add_argument("--data", type=Path, help="test data root or manifest .csv (default: the data the run was "
+                                             "trained on)")
+    _dataset_options(p, test=True)
+    _formula_option(p)
     _common_run_options(p)
 
     p = sub.add_parser("evaluate", help="official metrics of anomaly_score_*.csv files")
     p.add_argument("scores", type=Path, help="folder with anomaly_score_<machine>_section_<XX>_test.csv files")
-    p.add_argument("--data", type=Path, required=True, help="dataset root whose test file names give the labels")
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset root (or manifest .csv) whose test clips give the labels")
     p.add_argument("--out", type=Path, help="also write result_<machine>.csv and summary.csv here")
+    _dataset_options(p)
+    _formula_option(p)
+
+    p = sub.add_parser("label", help="attach the organisers' ground truth to an unlabeled evaluation set")
+    p.add_argument("--data", type=Path, required=True, help="evaluation dataset root (its files are not touched)")
+    p.add_argument("--ground-truth", type=Path, required=True,
+                   help="folder of the ground-truth tables (eval_data_list.csv, or ground_truth_data/ "
+                        "[+ ground_truth_domain/, ground_truth_attributes/])")
+    p.add_argument("--out", type=Path, help="manifest to write (default: labeled_<data folder name>.csv)")
+    p.add_argument("--machines", type=_csv_list, help="comma-separated machine types (default: all)")
+    _dataset_options(p)
+
+    p = sub.add_parser("summarize", help="mean ± std of several runs (e.g. seeds) per machine type")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders tested on labeled data")
+    p.add_argument("--out", type=Path, help="also write summary_runs_<mode>.csv here")
 
     p = sub.add_parser("run", help="train → test → evaluate from a YAML recipe")
     p.add_argument("recipe", type=Path, help="recipe file, e.g. recipes/dcase2023_ae.yaml")
@@ -105,17 +142,18 @@ def _fmt(v: object) -> str:
 
 def print_result(result, title: str) -> None:
     """Per-machine table and the official score, as text on stdout."""
+    from stetho.metrics import SUMMARY_PRINT_COLUMNS
+
     rows = result.machine_summary()
     if rows:
-        cols = [c for c in rows[0] if c in ("machine", "AUC (source)", "AUC (target)", "pAUC", "AUC", "hmean",
-                                            "precision (source)", "recall (source)", "F1 score (source)",
-                                            "F1 score (target)")]
+        cols = [c for c in rows[0] if c in SUMMARY_PRINT_COLUMNS]
         widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
         print(f"\n{title}")
         print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
         for r in rows:
             print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(cols, widths)))
     print(f"official score ({result.formula}): {_fmt(result.official_score)}")
+    print(f"  ({result.formula_description})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,9 +193,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         machines = sorted({c.machine for c in clips})
         print(f"wrote {len(clips)} clips of {len(machines)} machine types ({', '.join(machines)}) to {args.out}")
         return 0
+    data_keys = ("dataset", "subset", "mimii_split")
     if args.command == "train":
         cfg = {"data": str(args.data), "model": args.model, "out": str(args.out), "machines": args.machines}
-        cfg.update(_options(args, ("seed", "overwrite") + run_keys))
+        cfg.update(_options(args, ("seed", "overwrite") + run_keys + data_keys))
         if args.cache_dir is not None:
             cfg["cache_dir"] = str(args.cache_dir)
         params = parse_overrides(args.param)
@@ -168,7 +207,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"trained models written to {run_dir}/models/")
         return 0
     if args.command == "test":
-        over = _options(args, run_keys)
+        over = _options(args, run_keys + data_keys + ("formula",))
         if args.cache_dir is not None:
             over["cache_dir"] = str(args.cache_dir)
         outcome = pipeline.test(args.run, score=args.score, data=args.data, **over)
@@ -179,12 +218,23 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print_result(result, f"{mode} — {outcome.folders[mode]}")
         return 0
     if args.command == "evaluate":
-        result = pipeline.evaluate_folder(args.scores, args.data)
+        result = pipeline.evaluate_folder(args.scores, args.data, formula=args.formula,
+                                          dataset=args.dataset or "auto", subset=args.subset)
         print_result(result, str(args.scores))
         if args.out:
             from stetho.outputs import write_results
 
             write_results(args.out, result)
+        return 0
+    if args.command == "label":
+        out = args.out or Path(f"labeled_{args.data.resolve().name}.csv")
+        path = pipeline.label(args.data, args.ground_truth, out, dataset=args.dataset or "auto",
+                              subset=args.subset, machines=args.machines)
+        print(f"wrote {path}: score it with `stetho test --run RUN --data {path}`")
+        return 0
+    if args.command == "summarize":
+        summary = pipeline.summarize(args.runs, args.out)
+        print(summary.format_text())
         return 0
     if args.command == "run":
         cfg = load_recipe(args.recipe)

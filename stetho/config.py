@@ -14,11 +14,17 @@ from typing import Any
 
 import yaml
 
+from stetho.datasets import DATASETS
+from stetho.datasets.mimii import SPLIT_RULES
 from stetho.errors import ConfigError
+from stetho.metrics import FORMULAS
 
 DEFAULTS: dict[str, Any] = {
-    "data": None,           # dataset root: <machine>/{train,test}/...
-    "dataset": "dcase2023",  # layout / naming family
+    "data": None,           # dataset root (<machine>/{train,test}/...) or a manifest .csv
+    "dataset": "auto",      # layout: auto | dcase2020 ... dcase2025 | mimii | folder | manifest
+    "subset": None,         # dev | eval, when data holds dev_data/ and eval_data/
+    "mimii_split": "baseline",  # MIMII train/test rule: baseline | cande
+    "formula": None,        # official-score formula (default: the dataset's own year)
     "machines": None,       # machine types to use (default: all found)
     "model": "ae",          # registry name
     "params": {},           # model hyper-parameters (constructor arguments)
@@ -35,7 +41,6 @@ DEFAULTS: dict[str, Any] = {
     "test": {"score": "all", "data": None},  # score modes to write; test data root (default: data)
     "toy": None,            # if set, `stetho run` first generates toy data into `data` when missing
 }
-DATASETS = ("dcase2023",)
 
 
 def _merge(base: dict, extra: Mapping, where: str) -> dict:
@@ -103,6 +108,13 @@ def validate(cfg: dict[str, Any]) -> None:
     """Check types and values that can be checked without touching data."""
     if cfg["dataset"] not in DATASETS:
         raise ConfigError(f"dataset '{cfg['dataset']}' is not supported; choose from {', '.join(DATASETS)}")
+    if cfg["subset"] not in (None, "dev", "eval"):
+        raise ConfigError(f"subset must be dev or eval, got {cfg['subset']!r}")
+    if cfg["mimii_split"] not in SPLIT_RULES:
+        raise ConfigError(f"mimii_split must be one of {', '.join(SPLIT_RULES)}, got {cfg['mimii_split']!r}")
+    if cfg["formula"] is not None:
+        if cfg["formula"] not in FORMULAS:
+            raise ConfigError(f"formula '{cfg['formula']}' is unknown; choose from {', '.join(FORMULAS)}")
     if cfg["machines"] is not None:
         if isinstance(cfg["machines"], str):
             cfg["machines"] = [m for m in cfg["machines"].split(",") if m]

@@ -32,18 +32,22 @@ import torch
 
 import stetho
 from stetho.config import dump, resolve
-from stetho.datasets import Clip, scan_dcase
+from stetho.datasets import (
+    Clip, Scan, label_clips, official_formula, read_ground_truth, scan_dataset, write_manifest,
+)
 from stetho.errors import AudioError, AudioValidationError, ConfigError, DatasetError, StethoError
 from stetho.features import FeatureCache, default_cache_dir, extract_logmels
-from stetho.metrics import EvaluationResult, evaluate
+from stetho.metrics import FORMULAS, EvaluationResult, evaluate
 from stetho.models import Detector, get_model
 from stetho.models.training import resolve_device
 from stetho.outputs import read_submission, write_csv, write_dict_csv, write_results, write_submission
 from stetho.outputs.io import atomic_write_text
+from stetho.outputs.summary import RunsSummary, summarize_runs
 
 log = logging.getLogger(__name__)
 
 SKIPPED_HEADER = ("file", "stage", "reason")
+TRAIN_FILES_HEADER = ("file", "machine", "section", "domain", "label")
 
 
 @dataclass
@@ -79,17 +83,19 @@ def _cache(cfg: Mapping[str, Any]) -> FeatureCache | None:
     return FeatureCache(cfg["cache_dir"] or default_cache_dir())
 
 
-def _scan(cfg: Mapping[str, Any], root: Path, split: str, machines: list[str] | None) -> tuple[list[Clip], list[tuple[Path, str]]]:
-    """Clips of one split; unparseable names are fatal unless skip_bad (then returned)."""
-    scan = scan_dcase(root, machines, splits=(split,))
+def _scan(cfg: Mapping[str, Any], root: str | Path, split: str, machines: list[str] | None,
+          dataset: str | None = None) -> tuple[Scan, list[tuple[Path, str]]]:
+    """Clips of one split with the run's layout; unparseable names are fatal unless skip_bad."""
+    scan = scan_dataset(root, dataset or cfg["dataset"], machines, splits=(split,), subset=cfg["subset"],
+                        mimii_split=cfg["mimii_split"])
     if scan.problems and not cfg["skip_bad"]:
         lines = [f"  {p}: {r}" for p, r in scan.problems[:20]]
         more = f"\n  ... and {len(scan.problems) - 20} more" if len(scan.problems) > 20 else ""
         raise DatasetError(
-            f"{len(scan.problems)} file name(s) in {root} do not parse (use --skip-bad to leave them "
+            f"{len(scan.problems)} file name(s) in {scan.root} do not parse (use --skip-bad to leave them "
             "out; they are then listed in skipped.csv):\n" + "\n".join(lines) + more
         )
-    return scan.clips, list(scan.problems)
+    return scan, list(scan.problems)
 
 
 def _features(cfg, detector: Detector, clips: list[Clip], desc: str):
@@ -162,21 +168,23 @@ def train(cfg: Mapping[str, Any]) -> Path:
         raise ConfigError(f"{run_dir} already holds a run; choose another --out or pass --overwrite")
     probe = make_detector(cfg)  # checks model params before any work
 
-    clips, skipped = _scan(cfg, data, "train", cfg["machines"])
+    scan, skipped = _scan(cfg, data, "train", cfg["machines"])
+    clips = scan.clips
     if not clips:
-        raise DatasetError(f"{data}: no training clips found in <machine>/train/")
+        raise DatasetError(f"{scan.root}: no training clips found")
     t0 = time.perf_counter()
     clips, feats, bad = _features(cfg, probe, clips, "train features")
     skipped += bad
     log.info("features of %d training clips ready in %.1f s", len(clips), time.perf_counter() - t0)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {**cfg, "data": str(data.resolve()), "out": str(run_dir)}
+    # The layout found is recorded, so `stetho test` reads the test split the same way.
+    cfg = {**cfg, "data": str(data.resolve()), "out": str(run_dir), "dataset": scan.dataset.split(":")[0]}
     atomic_write_text(run_dir / "config.yaml", dump(cfg))
     atomic_write_text(run_dir / "versions.json", json.dumps(_versions(cfg), indent=2) + "\n")
     write_csv(run_dir / "train_files.csv",
               ([str(c.path), c.machine, c.section, c.domain or "", c.label] for c in clips),
-              header=("file", "machine", "section", "domain", "label"))
+              header=TRAIN_FILES_HEADER)
     _write_skipped(run_dir, "train", skipped)
 
     machines = sorted({c.machine for c in clips})
@@ -225,11 +233,15 @@ def test(
     Args:
         run_dir: a folder written by :func:`train`.
         score: score modes (``"all"``, ``"both"``, a mode, or a list); default from the config.
-        data: test data root (default: the run's test data, else its training data).
-        overrides: config keys to change for this test (e.g. ``skip_bad=True``, ``progress=False``).
+        data: test data root or manifest (default: the run's test data, else its training data).
+            Other data is read with ``dataset="auto"`` unless ``dataset`` is given.
+        overrides: config keys to change for this test (e.g. ``skip_bad=True``, ``progress=False``,
+            ``dataset="dcase2021"``, ``formula="dcase2020"``).
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    if data is not None and "dataset" not in overrides:
+        overrides = {**overrides, "dataset": "auto"}
     cfg = resolve(cfg, {k: v for k, v in overrides.items() if v is not None})
     root = Path(data or cfg["test"]["data"] or cfg["data"])
     models = sorted((run_dir / "models").glob("*.pt"))
@@ -241,19 +253,25 @@ def test(
     first = next(iter(detectors.values()))
     modes = _modes(first, score or cfg["test"]["score"])
 
-    clips, skipped = _scan(cfg, root, "test", sorted(detectors))
+    scan, skipped = _scan(cfg, root, "test", sorted(detectors))
+    clips = scan.clips
     if not clips:
-        raise DatasetError(f"{root}: no test clips found in <machine>/test/ for {', '.join(detectors)}")
+        raise DatasetError(f"{scan.root}: no test clips found for {', '.join(detectors)}")
+    # Score files are named as the data's own year names them, whatever formula is asked for.
+    natural = official_formula(scan.dataset, clips)
+    naming = FORMULAS[natural].naming
+    _warn_unseen_sections(run_dir, clips)
     clips, feats, bad = _features(cfg, first, clips, "test features")
     skipped += bad
     _write_skipped(run_dir, "test", skipped)
 
     out = TestOutcome(run_dir=run_dir, skipped=skipped)
-    scores: dict[str, dict[str, np.ndarray]] = {}
+    for mode in modes:
+        _clear_results(run_dir / "results" / mode)
     for machine, det in detectors.items():
         idx = [i for i, c in enumerate(clips) if c.machine == machine]
         if not idx:
-            log.warning("%s: no test clips in %s", machine, root)
+            log.warning("%s: no test clips in %s", machine, scan.root)
             continue
         mclips = [clips[i] for i in idx]
         all_scores = det.score_all(mclips, [feats[i] for i in idx])
@@ -263,18 +281,19 @@ def test(
             decisions = (s > det.thresholds_[mode]).astype(np.int64)
             for section in sorted({c.section for c in mclips}):
                 sel = [j for j, c in enumerate(mclips) if c.section == section]
-                write_submission(folder, machine, section, [mclips[j].name for j in sel], s[sel], decisions[sel])
-            scores.setdefault(mode, {})[machine] = s
+                write_submission(folder, machine, section, [mclips[j].name for j in sel], s[sel], decisions[sel],
+                                 naming=naming, domains=[mclips[j].domain for j in sel])
             out.folders[mode] = folder
 
     labeled = all(c.label is not None for c in clips)
+    formula = cfg["formula"] or natural
     summary_rows = []
     for mode in modes:
         if not labeled:
             log.info("test clips carry no labels: %s scores written to %s, no metrics", mode, out.folders[mode])
             out.results[mode] = None
             continue
-        result = evaluate_folder(out.folders[mode], root, truth=clips)
+        result = evaluate_folder(out.folders[mode], scan.root, truth=clips, formula=formula)
         write_results(out.folders[mode], result)
         out.results[mode] = result
         summary_rows.append({"score": mode, "formula": result.formula,
@@ -285,21 +304,50 @@ def test(
     return out
 
 
+def _clear_results(folder: Path) -> None:
+    """Remove the score, decision and result files an earlier test wrote into ``folder``."""
+    if not folder.is_dir():
+        return
+    for f in folder.iterdir():
+        if f.suffix == ".csv" and f.name.startswith(("anomaly_score_", "decision_result_", "result_", "summary")):
+            f.unlink()
+
+
+def _warn_unseen_sections(run_dir: Path, clips: Sequence[Clip]) -> None:
+    """Warn about test sections (IDs) of a machine type that had no training clip."""
+    path = run_dir / "train_files.csv"
+    if not path.is_file():
+        return
+    with open(path, newline="", encoding="utf-8") as fh:
+        trained = {(r["machine"], r["section"]) for r in csv.DictReader(fh)}
+    unseen = sorted({(c.machine, c.section) for c in clips} - trained)
+    if unseen:
+        log.warning(
+            "test section(s) without training clips: %s; the model of the machine type scores them, "
+            "but it has never heard them", ", ".join(f"{m} {s}" for m, s in unseen),
+        )
+
+
 # -- evaluate -------------------------------------------------------------------------------------
 def evaluate_folder(
     scores_dir: str | Path, data: str | Path, truth: Sequence[Clip] | None = None,
-    formula: str = "dcase2022",
+    formula: str | None = None, dataset: str = "auto", subset: str | None = None,
 ) -> EvaluationResult:
     """Evaluate the ``anomaly_score_*`` (and ``decision_result_*``) files of a folder.
 
-    Ground truth is parsed from the test file names under ``data`` (or given as ``truth``);
-    scores are joined to it by file name per machine type, and a missing, extra or duplicated
-    file is an error that lists the files.
+    Ground truth is read from the test clips under ``data`` (a dataset folder of any layout, or a
+    manifest; or given as ``truth``); scores are joined to it by file name per machine type, and a
+    missing, extra or duplicated file is an error that lists the files. ``formula`` defaults to
+    the official formula of the data's year.
     """
     sub = read_submission(scores_dir)
     machines = sorted({m for m, _ in sub.scores})
     if truth is None:
-        truth, problems = _scan({"skip_bad": False}, Path(data), "test", machines)
+        cfg = resolve({"dataset": dataset, "subset": subset})
+        scan, _ = _scan(cfg, data, "test", machines)
+        truth = scan.clips
+        formula = formula or official_formula(scan.dataset, truth)
+    formula = formula or official_formula("folder", truth)
     truth = [c for c in truth if c.machine in machines]
     sections_scored = {(m, s) for m, s in sub.scores}
     sections_truth = {(c.machine, c.section) for c in truth}
@@ -322,6 +370,49 @@ def evaluate_folder(
         for (m, _), rows in sorted(sub.decisions.items()):
             decisions.setdefault(m, []).extend(rows)
     return evaluate(per_machine, truth, decisions, formula=formula)
+
+
+# -- label ----------------------------------------------------------------------------------------
+def label(
+    data: str | Path, ground_truth: str | Path, out: str | Path, dataset: str = "auto",
+    subset: str | None = None, machines: list[str] | None = None,
+) -> Path:
+    """Attach the organisers' ground truth to an unlabeled evaluation set; write a manifest.
+
+    The user's files are neither moved nor renamed: the manifest (``out``) lists every training
+    and test clip of ``data`` with the labels and domains of the ground-truth tables, keeps each
+    test clip's evaluation name (so score files use the names the organisers' evaluators expect)
+    and names the layout, so ``stetho test --data MANIFEST`` scores and evaluates it year-exactly.
+
+    Raises:
+        DatasetError: the ground truth does not cover the test files exactly (every problem
+            listed), or the data has no test clips.
+    """
+    cfg = resolve({"dataset": dataset, "subset": subset})
+    train_scan, _ = _scan(cfg, data, "train", machines)
+    test_scan, _ = _scan(cfg, data, "test", machines)
+    if not test_scan.clips:
+        raise DatasetError(f"{test_scan.root}: no test clips to label")
+    truth = read_ground_truth(ground_truth)
+    labeled = label_clips(test_scan.clips, truth)
+    kind = test_scan.dataset.split(":")[-1] if test_scan.dataset.startswith("manifest") else test_scan.dataset
+    if kind == "manifest":
+        kind = truth.format
+    path = write_manifest(out, list(train_scan.clips) + labeled, dataset=kind)
+    n_anomalies = sum(c.label for c in labeled)
+    log.info("labeled %d test clips (%d anomalies) of %s from %s (%s ground truth)", len(labeled), n_anomalies,
+             ", ".join(sorted({c.machine for c in labeled})), truth.source, truth.format)
+    return path
+
+
+# -- summarize ------------------------------------------------------------------------------------
+def summarize(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> RunsSummary:
+    """Mean ± standard deviation over runs (e.g. seeds) per machine type and of the official
+    score, per score mode; written as ``summary_runs_<mode>.csv`` into ``out`` when given."""
+    summary = summarize_runs(run_dirs)
+    if out is not None:
+        summary.write(out)
+    return summary
 
 
 # -- run ------------------------------------------------------------------------------------------

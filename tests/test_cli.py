@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stetho.cli import main
@@ -54,7 +55,7 @@ def test_toy_train_test_evaluate_from_the_command_line(capsys, tmp_path):
                         "--no-progress", "--param", "batch_size=64")
     assert code == 0 and (run / "models" / "valve.pt").is_file()
     code, out, _ = _run(capsys, "-q", "test", "--run", str(run), "--score", "mse", "--no-progress")
-    assert code == 0 and "official score (dcase2022):" in out and "valve" in out
+    assert code == 0 and "official score (dcase2023" in out and "valve" in out
     assert not (run / "results" / "mahalanobis").exists()
     code, out, _ = _run(capsys, "-q", "evaluate", str(run / "results" / "mse"), "--data", str(data),
                         "--out", str(tmp_path / "ev"))
@@ -67,3 +68,25 @@ def test_console_script_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "stetho.cli", "--version"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0 and proc.stdout.startswith("stetho ")
+
+
+def test_summarize_runs_from_the_command_line(capsys, tmp_path):
+    data = tmp_path / "data"
+    assert _run(capsys, "-q", "toy", str(data), "--machines", "fan", "--train-clips", "12",
+                "--target-train-clips", "2", "--test-clips", "4", "--duration", "2")[0] == 0
+    official = []
+    for seed in (1, 2):
+        run = tmp_path / f"run{seed}"
+        assert _run(capsys, "-q", "train", "--data", str(data), "--out", str(run), "--epochs", "2",
+                    "--seed", str(seed), "--no-progress")[0] == 0
+        assert _run(capsys, "-q", "test", "--run", str(run), "--score", "mse", "--no-progress")[0] == 0
+        with open(run / "summary.csv") as fh:
+            official.append(float(fh.read().splitlines()[1].split(",")[2]))
+    code, out, _ = _run(capsys, "summarize", str(tmp_path / "run1"), str(tmp_path / "run2"),
+                        "--out", str(tmp_path / "sum"))
+    assert code == 0 and "mse (dcase2023, 2 runs)" in out
+    mean, std = np.mean(official), np.std(official, ddof=1)
+    assert f"official score: {mean:.4f} ± {std:.4f}" in out
+    assert (tmp_path / "sum" / "summary_runs_mse.csv").is_file()
+    code, _, err = _run(capsys, "summarize", str(tmp_path / "run1"), str(tmp_path / "data"))
+    assert code == 2 and "no results/<mode>/summary.csv" in err
