@@ -310,3 +310,19 @@ def test_real_dcase2023_subset(real_data):
     fan = by_name["section_00_source_test_anomaly_0022_m-n_W.wav"]
     assert fan.attributes == (("m-n", "W"),)
     assert sum(c.label for c in scan.clips) == sum("_anomaly_" in n for n in by_name)
+
+
+def test_missing_attribute_tables_are_one_warning_for_2023_to_2025(tmp_path, caplog):
+    from stetho.datasets.dcase import scan
+
+    for m in ("fan", "valve"):
+        (tmp_path / m / "train").mkdir(parents=True)
+        (tmp_path / m / "train" / "section_00_source_train_normal_0000_a_1.wav").write_bytes(b"")
+    (tmp_path / "valve" / "attributes_00.csv").write_text("file_name,d1p,d1v\n")
+    with caplog.at_level("WARNING"):
+        scan(tmp_path, year="dcase2024")
+    warnings = [r.getMessage() for r in caplog.records if "attributes_00.csv" in r.getMessage()]
+    assert len(warnings) == 1 and "of fan (DCASE 2023-2025 ship one" in warnings[0]
+    caplog.clear()
+    scan(tmp_path, year="dcase2022")  # 2022 has no attribute tables
+    assert not [r for r in caplog.records if "attributes_00.csv" in r.getMessage()]
