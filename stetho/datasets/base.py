@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +75,17 @@ def nested_wav_problems(folder: Path) -> list[tuple[Path, str]]:
     return [(p, f"lies in a sub-folder of {folder.name}/; this layout reads only files directly in it "
                 "(use --dataset folder for nested recordings)")
             for p in wav_files(folder, recursive=True) if p.parent != folder]
+
+
+def parse_folder(scan: Scan, folder: Path, parse: Callable[[Path], Clip]) -> None:
+    """Parse every ``.wav`` directly in ``folder`` into ``scan.clips``; names that do not parse
+    (the parser's :class:`DatasetError`) and files in sub-folders go to ``scan.problems``."""
+    scan.problems += nested_wav_problems(folder)
+    for path in wav_files(folder):
+        try:
+            scan.clips.append(parse(path))
+        except DatasetError as exc:
+            scan.problems.append((path, str(exc).split(": ", 1)[1]))
 
 
 def machine_dirs(root: Path, split_dirs: Iterable[str]) -> list[str]:

@@ -17,8 +17,7 @@ import re
 from pathlib import Path
 
 from stetho.datasets.base import (
-    SPLITS, Scan, check_unique_names, choose_machines, machine_dirs, nested_wav_problems, warn_unfamiliar_machines,
-    wav_files,
+    SPLITS, Scan, check_unique_names, choose_machines, machine_dirs, parse_folder, warn_unfamiliar_machines,
 )
 from stetho.datasets.clip import Clip
 from stetho.errors import DatasetError
@@ -72,11 +71,6 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
     out = Scan(dataset="dcase2020", root=root)
     for machine in chosen:
         for split in splits:
-            out.problems += nested_wav_problems(root / machine / split)
-            for path in wav_files(root / machine / split):
-                try:
-                    out.clips.append(parse_filename(path, machine, split))
-                except DatasetError as exc:
-                    out.problems.append((path, str(exc).split(": ", 1)[1]))
+            parse_folder(out, root / machine / split, lambda p: parse_filename(p, machine, split))
     check_unique_names(out.clips, root)
     return out.sort()

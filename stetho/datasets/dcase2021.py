@@ -18,8 +18,7 @@ import re
 from pathlib import Path
 
 from stetho.datasets.base import (
-    Scan, check_unique_names, choose_machines, machine_dirs, nested_wav_problems, warn_unfamiliar_machines,
-    wav_files,
+    Scan, check_unique_names, choose_machines, machine_dirs, parse_folder, warn_unfamiliar_machines, wav_files,
 )
 from stetho.datasets.clip import Clip
 from stetho.datasets.dcase import parse_attributes
@@ -92,11 +91,6 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
                              for p in wav_files(root / machine / "test", recursive=True)]
         for split in splits:
             for folder in FOLDERS[split]:
-                out.problems += nested_wav_problems(root / machine / folder)
-                for path in wav_files(root / machine / folder):
-                    try:
-                        out.clips.append(parse_filename(path, machine, folder))
-                    except DatasetError as exc:
-                        out.problems.append((path, str(exc).split(": ", 1)[1]))
+                parse_folder(out, root / machine / folder, lambda p: parse_filename(p, machine, folder))
     check_unique_names(out.clips, root)
     return out.sort()
