@@ -23,7 +23,7 @@ import logging
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,8 @@ from stetho.config import dump, resolve
 from stetho.datasets import (
     Clip, Scan, label_clips, official_formula, read_ground_truth, scan_dataset, write_manifest,
 )
-from stetho.errors import AudioError, AudioValidationError, ConfigError, DatasetError, StethoError
-from stetho.features import FeatureCache, default_cache_dir, extract_logmels
+from stetho.errors import ConfigError, DatasetError, StethoError
+from stetho.features import FeatureCache, default_cache_dir
 from stetho.metrics import FORMULAS, EvaluationResult, evaluate
 from stetho.models import Detector, get_model
 from stetho.models.training import resolve_device
@@ -99,12 +99,9 @@ def _scan(cfg: Mapping[str, Any], root: str | Path, split: str, machines: list[s
 
 
 def _features(cfg, detector: Detector, clips: list[Clip], desc: str):
-    """Log-mels of ``clips`` with the detector's front end; bad audio fatal unless skip_bad."""
-    audio = replace(detector.audio_options, resample=cfg["resample"])
-    ex = extract_logmels(
-        clips, detector.logmel_params, audio, cache=_cache(cfg),
-        progress=cfg["progress"], raise_on_error=not cfg["skip_bad"], desc=desc,
-    )
+    """The detector's features of ``clips``; bad audio fatal unless skip_bad."""
+    ex = detector.extract(clips, resample=cfg["resample"], cache=_cache(cfg), progress=cfg["progress"],
+                          raise_on_error=not cfg["skip_bad"], desc=desc)
     return ex.clips, ex.features, [(p.path, p.reason) for p in ex.problems]
 
 
@@ -192,25 +189,36 @@ def train(cfg: Mapping[str, Any]) -> Path:
     empty = [m for m in wanted if m not in machines]
     if empty:
         raise DatasetError(f"{data}: no usable training clips for machine type(s) {', '.join(empty)}")
-    for machine in machines:
-        idx = [i for i, c in enumerate(clips) if c.machine == machine]
+    # One model per machine type, or one for all of them (joint detectors).
+    groups = {"all": list(range(len(clips)))} if probe.joint else {
+        m: [i for i, c in enumerate(clips) if c.machine == m] for m in machines}
+    for name, idx in groups.items():
         mclips, mfeats = [clips[i] for i in idx], [feats[i] for i in idx]
         t0 = time.perf_counter()
-        det = make_detector(cfg).fit(mclips, mfeats)
-        det.save(run_dir / "models" / f"{machine}.pt")
+        det = make_detector(cfg)
+        det.fit(mclips, mfeats, **_fit_extras(cfg, det, run_dir))
+        det.save(run_dir / "models" / f"{name}.pt")
         hist = det.history_
-        write_csv(run_dir / f"history_{machine}.csv",
+        write_csv(run_dir / f"history_{name}.csv",
                   zip(hist["epoch"], hist["train_loss"], hist["val_loss"]),
                   header=("epoch", "train_loss", "val_loss"))
-        n_target = sum(c.domain == "target" for c in mclips)
-        thr = ", ".join(f"{m} {v:.4g}" for m, v in det.thresholds_.items())
         log.info(
-            "%s: %d clips (%d target), %d epochs in %.1f s, loss %.4g (val %.4g), threshold %s",
-            machine, len(mclips), n_target, len(hist["epoch"]), time.perf_counter() - t0,
+            "%s: %d clips (%d target), %d epochs in %.1f s, loss %.4g (val %.4g)", name, len(mclips),
+            sum(c.domain == "target" for c in mclips), len(hist["epoch"]), time.perf_counter() - t0,
             hist["train_loss"][-1] if hist["train_loss"] else float("nan"),
-            hist["val_loss"][-1] if hist["val_loss"] else float("nan"), thr,
+            hist["val_loss"][-1] if hist["val_loss"] else float("nan"),
         )
+        for m in det.machines_:
+            log.info("  %s: threshold %s", m, ", ".join(f"{mode} {det.threshold_for(mode, m):.4g}"
+                                                       for mode in det.score_modes))
     return run_dir
+
+
+def _fit_extras(cfg: Mapping[str, Any], det: Detector, run_dir: Path) -> dict[str, Any]:
+    """Keyword arguments a detector's ``fit`` accepts beyond clips and features: a ``work_dir``
+    (checkpoints, pseudo-labels) inside the run folder."""
+    accepted = inspect.signature(det.fit).parameters
+    return {"work_dir": run_dir / "work"} if "work_dir" in accepted else {}
 
 
 # -- test -----------------------------------------------------------------------------------------
@@ -247,9 +255,12 @@ def test(
     models = sorted((run_dir / "models").glob("*.pt"))
     if not models:
         raise StethoError(f"{run_dir}: no trained models in models/")
-    detectors = {p.stem: Detector.load(p) for p in models}
-    for det in detectors.values():
+    detectors: dict[str, Detector] = {}
+    for path in models:
+        det = Detector.load(path)
         det.progress = cfg["progress"]
+        for machine in getattr(det, "machines_", None) or [path.stem]:
+            detectors[machine] = det
     first = next(iter(detectors.values()))
     modes = _modes(first, score or cfg["test"]["score"])
 
@@ -278,7 +289,7 @@ def test(
         for mode in modes:
             folder = run_dir / "results" / mode
             s = all_scores[mode]
-            decisions = (s > det.thresholds_[mode]).astype(np.int64)
+            decisions = (s > det.threshold_for(mode, machine)).astype(np.int64)
             for section in sorted({c.section for c in mclips}):
                 sel = [j for j, c in enumerate(mclips) if c.section == section]
                 write_submission(folder, machine, section, [mclips[j].name for j in sel], s[sel], decisions[sel],

@@ -12,7 +12,6 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,6 +121,54 @@ def extract_logmels(
             done.extend((i, np.ascontiguousarray(f)) for (i, _), f in zip(group, feats))
         return done
 
+    return _run(clips, todo, work, results, batch_size, workers, progress, desc, raise_on_error,
+                cache=cache, key_params=key_params)
+
+
+def extract_waveforms(
+    clips: Sequence[Clip],
+    sr: int = 16000,
+    audio: AudioOptions = AudioOptions(),
+    min_samples: int = 1,
+    workers: int | None = None,
+    progress: bool = False,
+    raise_on_error: bool = True,
+    desc: str = "audio",
+) -> Extracted:
+    """Validated float32 waveforms ``(n_samples,)`` at ``sr`` Hz of many clips (for models that
+    learn from raw audio), read in parallel; problems are collected as in :func:`extract_logmels`.
+
+    Args:
+        clips: clips to read (output keeps the order).
+        sr: sample rate in Hz (other rates are resampled, or refused with ``audio.resample=False``).
+        audio: channel and resampling options (``audio.min_frames`` is not used here).
+        min_samples: shortest acceptable clip in samples.
+        workers: reader threads (``None``: one per CPU core).
+        progress: show a progress bar.
+        raise_on_error: raise one :class:`AudioValidationError` listing every bad clip, or leave
+            bad clips out and return them in ``problems``.
+    """
+    results: list[np.ndarray | AudioError | None] = [None] * len(clips)
+
+    def work(chunk: list[int]) -> list[tuple[int, np.ndarray | AudioError]]:
+        done: list[tuple[int, np.ndarray | AudioError]] = []
+        for i in chunk:
+            try:
+                done.append((i, read_audio(clips[i].path, sr=sr, channel=audio.channel, resample=audio.resample,
+                                           min_samples=min_samples)))
+            except AudioError as exc:
+                done.append((i, exc))
+        return done
+
+    return _run(clips, list(range(len(clips))), work, results, 8, workers, progress, desc, raise_on_error)
+
+
+def _run(
+    clips: Sequence[Clip], todo: list[int], work, results: list, batch_size: int, workers: int | None,
+    progress: bool, desc: str, raise_on_error: bool, cache: FeatureCache | None = None,
+    key_params: dict | None = None,
+) -> Extracted:
+    """Run ``work`` over chunks of ``todo`` in threads, fill ``results``, gather an :class:`Extracted`."""
     chunks = [todo[s : s + batch_size] for s in range(0, len(todo), max(1, batch_size))]
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     # disable=None: no bar when stderr is not a terminal (CI logs, pipes), as pip does.
@@ -162,7 +209,7 @@ def _collect(
     results: list,
     clips: Sequence[Clip],
     cache: FeatureCache | None,
-    key_params: dict,
+    key_params: dict | None,
     bar: tqdm,
 ) -> None:
     """Store one finished chunk (features cached from this thread only) and advance the bar."""

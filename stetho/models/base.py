@@ -18,6 +18,7 @@ import torch
 
 from stetho.datasets.clip import Clip
 from stetho.errors import NotFittedError, StethoError
+from stetho.features import Extracted, FeatureCache
 from stetho.models.training import atomic_torch_save
 
 FORMAT = "stetho-detector"
@@ -31,6 +32,20 @@ class Detector:
     name: ClassVar[str] = ""
     #: Score modes the detector offers; the first is the default.
     score_modes: ClassVar[tuple[str, ...]] = ("default",)
+    #: One model for all machine types of a dataset (True), or one per machine type (False).
+    joint: ClassVar[bool] = False
+
+    # -- features ---------------------------------------------------------------------------
+    def extract(
+        self, clips: Sequence[Clip], resample: bool = True, cache: FeatureCache | None = None,
+        progress: bool = False, raise_on_error: bool = True, desc: str = "features",
+    ) -> Extracted:
+        """The features this detector learns from (log-mels, waveforms ...) of ``clips``.
+
+        The audio is validated on the way; see :func:`stetho.features.extract_logmels` for
+        ``raise_on_error`` (every bad clip reported at once) and the other arguments.
+        """
+        raise NotImplementedError
 
     # -- hyper-parameters -------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -66,13 +81,27 @@ class Detector:
     ) -> np.ndarray:
         """0/1 decisions: 1 when the score exceeds the mode's threshold."""
         mode = self._mode(mode)
-        return (self.score(clips, features, mode) > self.thresholds_[mode]).astype(np.int64)
+        scores = self.score(clips, features, mode)
+        thresholds = np.array([self.threshold_for(mode, c.machine) for c in clips])
+        return (scores > thresholds).astype(np.int64)
 
     @property
-    def threshold_(self) -> float:
-        """Decision threshold of the default score mode."""
+    def threshold_(self) -> float | dict[str, float]:
+        """Decision threshold of the default score mode (per machine type for joint detectors)."""
         self._check_fitted()
         return self.thresholds_[self._mode(None)]
+
+    def threshold_for(self, mode: str | None = None, machine: str | None = None) -> float:
+        """The decision threshold of ``mode`` for clips of ``machine`` (joint detectors keep one
+        per machine type: ``thresholds_[mode][machine]``)."""
+        self._check_fitted()
+        value = self.thresholds_[self._mode(mode)]
+        if isinstance(value, dict):
+            if machine not in value:
+                raise StethoError(f"{self.name}: no threshold for machine type {machine!r}; "
+                                  f"fitted on {', '.join(value)}")
+            return float(value[machine])
+        return float(value)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -109,6 +138,8 @@ class Detector:
 
     # -- for subclasses ---------------------------------------------------------------------
     thresholds_: dict[str, float]
+    #: The machine types the fitted detector scores.
+    machines_: list[str]
 
     def _mode(self, mode: str | None) -> str:
         mode = mode or getattr(self, "score_mode", None) or self.score_modes[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,11 @@ class AEDetector(Detector):
     def audio_options(self) -> AudioOptions:
         return AudioOptions(channel=self.channel, min_frames=self.n_frames)
 
+    def extract(self, clips, resample=True, cache=None, progress=False, raise_on_error=True, desc="log-mel"):
+        """Log-mels of ``clips`` (see :meth:`Detector.extract`)."""
+        return extract_logmels(clips, self.logmel_params, replace(self.audio_options, resample=resample),
+                               cache=cache, progress=progress, raise_on_error=raise_on_error, desc=desc)
+
     def _features(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None) -> list[np.ndarray]:
         if features is None:
             return extract_logmels(clips, self.logmel_params, self.audio_options).features
@@ -150,6 +156,7 @@ class AEDetector(Detector):
             )
         net.eval()
         self.net_ = net
+        self.machines_ = sorted({c.machine for c in clips})
         self._fit_scoring(clips, vectors)
         return self
 
@@ -223,6 +230,7 @@ class AEDetector(Detector):
             "thresholds": dict(self.thresholds_),
             "train_scores": {m: t(s) for m, s in self.train_scores_.items()},
             "history": {k: list(v) for k, v in self.history_.items()},
+            "machines": list(self.machines_),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -235,3 +243,4 @@ class AEDetector(Detector):
         self.thresholds_ = dict(state["thresholds"])
         self.train_scores_ = {m: s.numpy() for m, s in state["train_scores"].items()}
         self.history_ = {k: list(v) for k, v in state["history"].items()}
+        self.machines_ = list(state.get("machines", []))
