@@ -1,0 +1,230 @@
+"""Anomaly scores from embeddings: k-means + target centres, kNN, per-domain Mahalanobis.
+
+Each backend is fitted on the training embeddings of one machine type, split by domain, and
+scores test embeddings (higher = more anomalous). They hold no network, so any method that
+produces embeddings can use them (the discriminative models, later ones, or features).
+
+- :class:`KMeansBackend` (DCASE 2023/2024 winners' default, METHODS.md §6): k-means with
+  ``n_clusters`` centres on the L2-normalised *source* embeddings, plus every *target* embedding
+  as a centre of its own (the target domain has ~10 clips); score = the smallest cosine distance
+  to a centre.
+- :class:`KNNBackend`: per domain, the mean cosine distance to the ``k`` nearest training
+  embeddings of that domain; score = the minimum over domains.
+- :class:`MahalanobisBackend`: per domain, mean and Ledoit-Wolf covariance of the embeddings;
+  score = the minimum over domains of the squared Mahalanobis distance (Selective Mahalanobis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.covariance import LedoitWolf
+
+from stetho.backends.mahalanobis import precision_from_covariance
+
+DOMAIN_NAMES = ("source", "target")
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows of ``x`` ``(n, d)`` scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def cosine_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``1 - cos`` between every row of ``x`` ``(n, d)`` and of ``centres`` ``(m, d)``: ``(n, m)``."""
+    return 1.0 - l2_normalize(x) @ l2_normalize(centres).T
+
+
+def _split(embeddings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {d: np.asarray(e, dtype=np.float64) for d, e in embeddings.items() if d in DOMAIN_NAMES and len(e)}
+    unknown = sorted(set(embeddings) - set(DOMAIN_NAMES))
+    if unknown:
+        raise ValueError(f"embeddings must be keyed by domain (source/target), got {', '.join(unknown)}")
+    if not out:
+        raise ValueError("no training embeddings to fit a backend on")
+    return out
+
+
+class EmbeddingBackend:
+    """Base: ``fit({"source": (n_s, d), "target": (n_t, d)})`` → ``score((n, d))``."""
+
+    name = ""
+
+    def fit(self, embeddings: Mapping[str, np.ndarray]) -> "EmbeddingBackend":
+        raise NotImplementedError
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def train_scores(self, embeddings: Mapping[str, np.ndarray], folds: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+        """Out-of-sample scores of the training embeddings, per domain: each domain's embeddings
+        are split into ``folds`` parts and every part is scored by a backend fitted on the rest
+        (the other domain whole). In-sample scores would be biased low (a target clip is its own
+        k-means centre, a kNN memory holds itself, k-means centres sit on their own clips), and
+        a decision threshold fitted to them would call most normal test clips anomalous."""
+        parts = _split(embeddings)
+        rng = np.random.default_rng(seed)
+        out: dict[str, np.ndarray] = {}
+        for d, e in parts.items():
+            k = min(folds, len(e))
+            if k < 2 or (len(parts) == 1 and len(e) - len(e) // k < 2):
+                out[d] = self.score(e)  # too few to hold any out
+                continue
+            fold_of = rng.permutation(len(e)) % k
+            s = np.empty(len(e))
+            for f in range(k):
+                rest = {**parts, d: e[fold_of != f]}
+                s[fold_of == f] = self.clone().fit(rest).score(e[fold_of == f])
+            out[d] = s
+        return out
+
+    def clone(self) -> "EmbeddingBackend":
+        """An unfitted backend with the same settings."""
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def set_state(self, state: Mapping[str, Any]) -> "EmbeddingBackend":
+        raise NotImplementedError
+
+
+class KMeansBackend(EmbeddingBackend):
+    """k-means centres of the source embeddings + every target embedding; min cosine distance.
+
+    Args:
+        n_clusters: source centres (16); fewer when there are fewer source embeddings.
+        seed: k-means seed.
+    """
+
+    name = "kmeans"
+
+    def __init__(self, n_clusters: int = 16, seed: int = 0) -> None:
+        self.n_clusters = n_clusters
+        self.seed = seed
+
+    def clone(self):
+        return KMeansBackend(self.n_clusters, self.seed)
+
+    def fit(self, embeddings):
+        parts = _split(embeddings)
+        centres = []
+        if "source" in parts:
+            src = l2_normalize(parts["source"])
+            k = min(self.n_clusters, len(src))
+            km = KMeans(n_clusters=k, n_init=10, random_state=self.seed).fit(src)
+            centres.append(km.cluster_centers_)
+        if "target" in parts:
+            centres.append(l2_normalize(parts["target"]))
+        self.centres_ = l2_normalize(np.concatenate(centres))
+        return self
+
+    def score(self, x):
+        return cosine_distances(x, self.centres_).min(axis=1)
+
+    def get_state(self):
+        return {"centres": self.centres_}
+
+    def set_state(self, state):
+        self.centres_ = np.asarray(state["centres"], dtype=np.float64)
+        return self
+
+
+class KNNBackend(EmbeddingBackend):
+    """Mean cosine distance to the ``k`` nearest training embeddings of each domain; min over domains."""
+
+    name = "knn"
+
+    def __init__(self, k: int = 1) -> None:
+        self.k = k
+
+    def clone(self):
+        return KNNBackend(self.k)
+
+    def fit(self, embeddings):
+        self.memory_ = {d: l2_normalize(e) for d, e in _split(embeddings).items()}
+        return self
+
+    def score(self, x):
+        per_domain = []
+        for mem in self.memory_.values():
+            d = cosine_distances(x, mem)
+            k = min(self.k, mem.shape[0])
+            per_domain.append(np.sort(d, axis=1)[:, :k].mean(axis=1))
+        return np.min(per_domain, axis=0)
+
+    def get_state(self):
+        return {f"memory_{d}": m for d, m in self.memory_.items()}
+
+    def set_state(self, state):
+        self.memory_ = {k.removeprefix("memory_"): np.asarray(v, dtype=np.float64)
+                        for k, v in state.items() if k.startswith("memory_")}
+        return self
+
+
+class MahalanobisBackend(EmbeddingBackend):
+    """Per domain, squared Mahalanobis distance to the domain mean (Ledoit-Wolf covariance of the
+    L2-normalised embeddings); min over domains. A domain with fewer than 2 embeddings borrows
+    the other domain's covariance (with its own mean)."""
+
+    name = "mahalanobis"
+
+    def clone(self):
+        return MahalanobisBackend()
+
+    def fit(self, embeddings):
+        parts = {d: l2_normalize(e) for d, e in _split(embeddings).items()}
+        covs = {d: LedoitWolf().fit(e).covariance_ for d, e in parts.items() if len(e) >= 2}
+        if not covs:
+            raise ValueError("Mahalanobis backend needs at least 2 training embeddings in one domain")
+        fallback = covs.get("source", next(iter(covs.values())))
+        self.means_ = {d: e.mean(axis=0) for d, e in parts.items()}
+        self.precisions_ = {d: precision_from_covariance(covs.get(d, fallback)) for d in parts}
+        return self
+
+    def score(self, x):
+        x = l2_normalize(x)
+        out = []
+        for d, mean in self.means_.items():
+            e = x - mean
+            out.append(np.einsum("ij,jk,ik->i", e, self.precisions_[d], e))
+        return np.min(out, axis=0)
+
+    def get_state(self):
+        state = {f"mean_{d}": m for d, m in self.means_.items()}
+        state.update({f"precision_{d}": p for d, p in self.precisions_.items()})
+        return state
+
+    def set_state(self, state):
+        self.means_ = {k.removeprefix("mean_"): np.asarray(v) for k, v in state.items() if k.startswith("mean_")}
+        self.precisions_ = {k.removeprefix("precision_"): np.asarray(v)
+                            for k, v in state.items() if k.startswith("precision_")}
+        return self
+
+
+#: Backends by name (the score modes of embedding detectors).
+BACKENDS: dict[str, type[EmbeddingBackend]] = {
+    KMeansBackend.name: KMeansBackend, KNNBackend.name: KNNBackend, MahalanobisBackend.name: MahalanobisBackend,
+}
+
+
+def make_backend(name: str, seed: int = 0, n_clusters: int = 16, k: int = 1) -> EmbeddingBackend:
+    """A fresh backend by name."""
+    if name == "kmeans":
+        return KMeansBackend(n_clusters=n_clusters, seed=seed)
+    if name == "knn":
+        return KNNBackend(k=k)
+    if name == "mahalanobis":
+        return MahalanobisBackend()
+    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+def ensemble(scores: list[np.ndarray]) -> np.ndarray:
+    """The mean of the score arrays of several models (e.g. epochs 12, 14 and 16)."""
+    if not scores:
+        raise ValueError("no scores to average")
+    return np.mean(np.stack([np.asarray(s, dtype=np.float64) for s in scores]), axis=0)
