@@ -370,3 +370,26 @@ def test_synthesize_clip_bad_arguments():
 def test_no_output_on_stdout(tmp_path, capsys):
     make_toy_dataset(tmp_path, ["gearbox"], train_clips=1, target_train_clips=0, test_clips=0, duration=0.2)
     assert capsys.readouterr().out == ""
+
+
+def test_strong_domain_shift_changes_only_the_target_site(small, tmp_path):
+    out, _ = small
+    strong = tmp_path / "strong"
+    make_toy_dataset(strong, **SMALL, seed=0, domain_shift="strong")
+    mild, shifted = _hashes(out), _hashes(strong)
+    assert mild.keys() == shifted.keys()
+    for name, h in mild.items():
+        if name.endswith(".wav"):  # source clips are the same bytes; target clips are not
+            assert (h == shifted[name]) == ("_source_" in name), name
+    # the target site is louder relative to the machine: more energy below 200 Hz (brown noise, hum)
+    def low_share(path):
+        y, sr = sf.read(path)
+        spec = np.abs(np.fft.rfft(y)) ** 2
+        return spec[: int(200 * len(y) / sr)].sum() / spec.sum()
+
+    targets = sorted((out / "fan" / "train").glob("*_target_*.wav"))
+    assert targets
+    for p in targets:
+        assert low_share(strong / "fan" / "train" / p.name) > 2 * low_share(p)
+    with pytest.raises(ConfigError, match="domain_shift must be one of mild, strong"):
+        make_toy_dataset(tmp_path / "x", **SMALL, domain_shift="huge")
