@@ -97,6 +97,8 @@ class Sizes:
     latency_runs: int
     latency_budget_s: float
     latency_fit_clips: int
+    disc_clips: int = 200
+    disc_epochs: int = 2
 
 
 FULL = Sizes(
@@ -107,7 +109,7 @@ FULL = Sizes(
 QUICK = Sizes(
     extract_clips=40, repeats=3, toy_clips=35, batch_sizes=(1, 8), workers=(2,),
     train_clips=100, train_epochs=1, probe_steps=10, child_rounds=1,
-    latency_runs=20, latency_budget_s=3.0, latency_fit_clips=10,
+    latency_runs=20, latency_budget_s=3.0, latency_fit_clips=10, disc_clips=40, disc_epochs=1,
 )
 
 
@@ -613,6 +615,79 @@ def child_train(args: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+# 2b. Discriminative model, CPU recipe
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_discriminative(sizes: Sizes) -> tuple[list[Row], dict]:
+    """Training speed and peak memory of recipes/dcase2023_discriminative_cpu.yaml's model."""
+    res, _ = run_child("disc", {"clips": sizes.disc_clips, "epochs": sizes.disc_epochs})
+    b = "discrim."
+    epoch = statistics.mean(res["epoch_s"]) if res["epoch_s"] else None
+    rows = [
+        Row(b, f"training clips/s (CPU recipe: {res['branches']}, {res['tile_seconds']} s tiles, "
+               f"batch {res['batch_size']}, torch threads {res['threads']})",
+            res["clips"] / epoch if epoch else None, "clips/s"),
+        Row(b, f"epoch time, {res['clips']} clips of 10 s, mean of {len(res['epoch_s'] or [])}", epoch, "s"),
+        Row(b, "20-epoch recipe on the toy data (330 train clips), estimated", 20 * 330 / (res["clips"] / epoch)
+            if epoch else None, "s"),
+        Row(b, f"fit total ({res['epochs']} epoch(s) + embeddings + backends)", res["fit_s"], "s"),
+        Row(b, "peak RSS of the training process", res["vmhwm_kb"] * 1024 / GB, "GB"),
+        Row(b, "  waveforms in memory (int16)", res["wave_bytes"] / GB, "GB"),
+    ]
+    return rows, res
+
+
+def child_disc(args: dict) -> dict:
+    import yaml
+
+    import stetho.models.discriminative.detector as disc_detector
+    from stetho.models.discriminative import DiscriminativeDetector
+
+    params = yaml.safe_load((REPO / "recipes" / "dcase2023_discriminative_cpu.yaml").read_text())["params"]
+    n, epochs = args["clips"], args["epochs"]
+    params.update(epochs=epochs, ensemble_epochs=[epochs], device="cpu", progress=False)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(SR * DURATION)) / SR
+    clips, waves = [], []
+    for i in range(n):  # 2 machine types x 3 attributes: tones over noise
+        machine, attr = ("a", "b")[i % 2], i % 3
+        f0 = (200.0 if machine == "a" else 650.0) * (1 + 0.2 * attr)
+        y = 0.2 * np.sin(2 * np.pi * f0 * t + rng.uniform(0, 6.3)) + 0.05 * rng.normal(size=t.size)
+        waves.append(y.astype(np.float32))
+        domain = TARGET if i % 50 == 0 else SOURCE
+        clips.append(Clip(Path(f"/nonexistent/{machine}/{i}.wav"), machine, "00", "train", domain, 0,
+                          (("f", str(attr)),)))
+    marks: list[float] = []
+    original = disc_detector.run_epochs
+
+    def timed_run_epochs(*a, **kw):
+        inner = kw.get("checkpoint")
+
+        def checkpoint(done, history):
+            marks.append(time.perf_counter())
+            if inner is not None:
+                inner(done, history)
+
+        kw["checkpoint"] = checkpoint
+        marks.append(time.perf_counter())
+        return original(*a, **kw)
+
+    disc_detector.run_epochs = timed_run_epochs
+    det = DiscriminativeDetector(**params)
+    t0 = time.perf_counter()
+    det.fit(clips, waves)
+    fit_s = time.perf_counter() - t0
+    epoch_s = [b - a for a, b in zip(marks[:-1], marks[1:])] if len(marks) > 1 else None
+    return {
+        "clips": n, "epochs": epochs, "epoch_s": epoch_s, "fit_s": fit_s, "threads": torch.get_num_threads(),
+        "branches": "+".join(params["branches"]), "tile_seconds": params["tile_seconds"],
+        "batch_size": params["batch_size"], "wave_bytes": 2 * sum(len(w) for w in waves),
+        "vmhwm_kb": proc_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
 # 3. Scoring latency
 # ------------------------------------------------------------------------------------------------
 
@@ -711,12 +786,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-threads", default="auto",
                         help="torch threads for training: 'auto' (faster in a short probe), 0 (torch's "
                              "default), or a number")
-    parser.add_argument("--child", choices=("extract", "train"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("extract", "train", "disc"), help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        fn = child_extract if args.child == "extract" else child_train
+        fn = {"extract": child_extract, "train": child_train, "disc": child_disc}[args.child]
         print(json.dumps(fn(json.loads(args.child_args))))
         return 0
 
@@ -753,6 +828,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         measure("training", f"[2/3] AE training ({sizes.train_clips} clips, subprocess) ...",
                 lambda: bench_training(sizes, args.train_threads))
         measure("latency", "[3/3] scoring latency ...", lambda: bench_latency(clips, sizes, tmp))
+        measure("discriminative", f"[4/4] discriminative CPU recipe ({sizes.disc_clips} clips, subprocess) ...",
+                lambda: bench_discriminative(sizes))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta["other_cpus"] = whole_run.other_cpus()

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-clips", type=int, default=20, help="test clips per domain and label")
     p.add_argument("--duration", type=float, default=10.0, help="clip length in seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--domain-shift", choices=("mild", "strong"), default="mild",
+                   help="how different the target site sounds (strong: louder, browner, humming background)")
 
     p = sub.add_parser("train", help="train one detector per machine type")
     p.add_argument("--data", type=Path, required=True, help="dataset root: <machine>/train/*.wav")
@@ -96,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("test", help="score test clips with a trained run, write DCASE files, evaluate")
     p.add_argument("--run", type=Path, required=True, help="run folder from `stetho train`")
-    p.add_argument("--score", help="score mode(s): mse, mahalanobis, both/all (default: all)")
+    p.add_argument("--score", "--backend", dest="score",
+                   help="score mode(s) / backend(s), comma-separated, or all (default): ae: mahalanobis, mse; "
+                        "discriminative: kmeans, knn, mahalanobis")
     p.add_argument("--data", type=Path, help="test data root or manifest .csv (default: the data the run was "
                                              "trained on)")
     _dataset_options(p, test=True)
@@ -188,7 +192,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         clips = make_toy_dataset(
             args.out, machines=args.machines, train_clips=args.train_clips,
             target_train_clips=args.target_train_clips, test_clips=args.test_clips,
-            duration=args.duration, seed=args.seed, progress=not args.quiet,
+            duration=args.duration, seed=args.seed, progress=not args.quiet, domain_shift=args.domain_shift,
         )
         machines = sorted({c.machine for c in clips})
         print(f"wrote {len(clips)} clips of {len(machines)} machine types ({', '.join(machines)}) to {args.out}")

@@ -218,7 +218,15 @@ def _fit_extras(cfg: Mapping[str, Any], det: Detector, run_dir: Path) -> dict[st
     """Keyword arguments a detector's ``fit`` accepts beyond clips and features: a ``work_dir``
     (checkpoints, pseudo-labels) inside the run folder."""
     accepted = inspect.signature(det.fit).parameters
-    return {"work_dir": run_dir / "work"} if "work_dir" in accepted else {}
+    extras: dict[str, Any] = {}
+    if "work_dir" in accepted:
+        extras["work_dir"] = run_dir / "work"
+    if "unlabeled" in accepted and getattr(det, "transductive", False):
+        # The seed's transductive pseudo-labelling lets the test clips shape the clustering.
+        scan, _ = _scan(cfg, cfg["data"], "test", cfg["machines"])
+        clips, feats, _ = _features({**cfg, "skip_bad": True}, det, scan.clips, "test features (transductive)")
+        extras["unlabeled"] = (clips, feats)
+    return extras
 
 
 # -- test -----------------------------------------------------------------------------------------

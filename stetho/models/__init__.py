@@ -5,10 +5,12 @@ from __future__ import annotations
 from stetho.errors import ConfigError
 from stetho.models.ae import AEDetector
 from stetho.models.base import Detector
+from stetho.models.discriminative import DiscriminativeDetector
 
 #: Name used in recipes and ``--model`` → detector class. Adding a method: one folder + one line.
 MODELS: dict[str, type[Detector]] = {
     AEDetector.name: AEDetector,
+    DiscriminativeDetector.name: DiscriminativeDetector,
 }
 
 
@@ -20,4 +22,4 @@ def get_model(name: str) -> type[Detector]:
         raise ConfigError(f"unknown model '{name}'; available: {', '.join(sorted(MODELS))}") from None
 
 
-__all__ = ["MODELS", "AEDetector", "Detector", "get_model"]
+__all__ = ["MODELS", "AEDetector", "Detector", "DiscriminativeDetector", "get_model"]

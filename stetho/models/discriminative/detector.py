@@ -1,0 +1,553 @@
+"""Discriminative feature-space training (Fujimura et al. 2024; METHODS.md §6), as a detector.
+
+One network for all machine types learns to tell apart the classes (machine type, attributes,
+domain) of the training clips from their raw waveforms; a clip's anomaly score is how far its
+embedding lies from the training embeddings of its machine type (a backend, per machine type).
+Scores of several epochs (12, 14, 16) are averaged. Machine types without attributes can get
+pseudo-attributes from clustering (``pseudo_labels="gmm"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stetho.backends import BACKENDS, ensemble, gamma_threshold, l2_normalize, make_backend
+from stetho.datasets.clip import SOURCE, TARGET, Clip
+from stetho.errors import ConfigError, StethoError
+from stetho.features import AudioOptions, extract_waveforms
+from stetho.models.base import Detector
+from stetho.models.discriminative.augment import feature_exchange, mixup
+from stetho.models.discriminative.pseudo_labels import cluster_machine, read_pseudo_labels, write_pseudo_labels
+from stetho.models.discriminative.torch_model import FFTBranch, MultiResolutionNet, SCAdaCosHead
+from stetho.models.training import atomic_torch_save, resolve_device, run_epochs, seed_everything
+
+log = logging.getLogger(__name__)
+
+LABEL_MODES = ("attributes", "machine_domain")
+
+
+class WaveBank:
+    """Waveforms of many clips in one int16 array (half the memory of float32; exact for the
+    16-bit PCM audio of every DCASE and MIMII file), cut or tiled to a fixed length on demand."""
+
+    def __init__(self, waves: Sequence[np.ndarray]) -> None:
+        lengths = np.array([len(w) for w in waves], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.data = np.empty(int(self.offsets[-1]), dtype=np.int16)
+        for i, w in enumerate(waves):
+            self.data[self.offsets[i]:self.offsets[i + 1]] = np.round(
+                np.clip(np.asarray(w, dtype=np.float32), -1.0, 32767 / 32768) * 32768.0)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def length(self, i: int) -> int:
+        return int(self.offsets[i + 1] - self.offsets[i])
+
+    def crop(self, i: int, n: int, start: int = 0) -> np.ndarray:
+        """``n`` float32 samples of clip ``i`` from ``start``; a clip shorter than ``n`` is
+        repeated from its beginning (the seed's "tile")."""
+        w = self.data[self.offsets[i]:self.offsets[i + 1]]
+        if len(w) < n:
+            w = np.tile(w, math.ceil(n / len(w)))
+            start = 0
+        return w[start:start + n].astype(np.float32) / 32768.0
+
+
+class DiscriminativeDetector(Detector):
+    """Multi-resolution embedding network + SCAdaCos (+ subspace loss), embeddings scored by a
+    backend per machine type; one model for every machine type (``joint``).
+
+    Args:
+        branches: branch specs: ``"fft"`` and ``"stft:<n_fft>:<hop>"`` (paper: FFT, 4096/2048, 256/128).
+        tile_seconds: input length; shorter clips are tiled, longer ones cropped (paper: 18 s).
+        sr: sample rate, Hz.
+        emb_dim: embedding size per branch (128).
+        channels: STFT ResNet stage channels ((16, 32, 64, 128)).
+        fft_channels: FFT branch conv channels (128).
+        fft_dense_layers: FFT branch dense layers (5).
+        n_subclusters: SCAdaCos centres per class (16).
+        subspace_weight: weight of the per-branch SCAdaCos losses (1.0; 0 turns them off).
+        featex: add the feature-exchange loss (FeatEx).
+        featex_prob: share of samples whose branch embeddings are exchanged.
+        featex_weight: weight of the FeatEx loss.
+        mixup_prob: share of samples mixed with a partner (0.5).
+        epochs: training epochs (16).
+        batch_size: clips per batch (64).
+        lr: AdamW learning rate (1e-3).
+        weight_decay: AdamW weight decay (0.01, PyTorch's default, as the seed).
+        ensemble_epochs: epochs whose scores are averaged ((12, 14, 16)); each ≤ ``epochs``.
+        checkpoint_every: save a resumable checkpoint every this many epochs (needs ``work_dir``).
+        resume: continue from the latest checkpoint in ``work_dir``.
+        labels: ``"attributes"`` (classes = machine type × attributes × domain; machine types
+            without attributes: machine × domain) or ``"machine_domain"``.
+        pseudo_labels: ``"none"``, ``"gmm"`` (train once with machine × domain classes for the
+            machine types to pseudo-label, cluster their embeddings, retrain with the clusters as
+            attributes), or the path of a pseudo-label CSV written earlier.
+        pseudo_label_machines: ``"no_attributes"`` (machine types whose clips carry none) or ``"all"``.
+        pseudo_label_embedding: what is clustered: ``"classifier"`` (the first-stage model's
+            embeddings) or ``"triplet"`` (a self-supervised model per machine type, see
+            :mod:`stetho.models.discriminative.triplet`).
+        triplet_epochs: epochs of the triplet models (6).
+        transductive: let the test clips shape the UMAP map (the seed's variant; off by default).
+        n_clusters: k-means centres per machine type on source embeddings (16).
+        knn_k: neighbours of the kNN backend (1).
+        score_mode: default backend: ``"kmeans"``, ``"knn"`` or ``"mahalanobis"``.
+        test_hop: crops of a clip longer than the tile are this fraction of a tile apart at test
+            time; their normalised embeddings are averaged.
+        decision_quantile: Gamma quantile of the per-machine thresholds (0.9).
+        seed: seed of initialisation, batches, augmentation, k-means, UMAP and GMM.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        channel: channel of multi-channel files.
+        progress: progress bars.
+    """
+
+    name = "discriminative"
+    score_modes = ("kmeans", "knn", "mahalanobis")
+    joint = True
+
+    def __init__(
+        self, branches: Sequence[str] = ("fft", "stft:4096:2048", "stft:256:128"), tile_seconds: float = 18.0,
+        sr: int = 16000, emb_dim: int = 128, channels: Sequence[int] = (16, 32, 64, 128), fft_channels: int = 128,
+        fft_dense_layers: int = 5, n_subclusters: int = 16, subspace_weight: float = 1.0, featex: bool = False,
+        featex_prob: float = 0.5, featex_weight: float = 1.0, mixup_prob: float = 0.5, epochs: int = 16,
+        batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.01,
+        ensemble_epochs: Sequence[int] = (12, 14, 16), checkpoint_every: int = 2, resume: bool = False,
+        labels: str = "attributes", pseudo_labels: str = "none", pseudo_label_machines: str = "no_attributes",
+        pseudo_label_embedding: str = "classifier", triplet_epochs: int = 6, transductive: bool = False, n_clusters: int = 16, knn_k: int = 1, score_mode: str = "kmeans",
+        test_hop: float = 0.5, decision_quantile: float = 0.9, seed: int = 13711, device: str = "auto",
+        channel: int = 0, progress: bool = False,
+    ) -> None:
+        self.branches = list(branches)
+        self.tile_seconds = tile_seconds
+        self.sr = sr
+        self.emb_dim = emb_dim
+        self.channels = list(channels)
+        self.fft_channels = fft_channels
+        self.fft_dense_layers = fft_dense_layers
+        self.n_subclusters = n_subclusters
+        self.subspace_weight = subspace_weight
+        self.featex = featex
+        self.featex_prob = featex_prob
+        self.featex_weight = featex_weight
+        self.mixup_prob = mixup_prob
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.ensemble_epochs = list(ensemble_epochs)
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.labels = labels
+        self.pseudo_labels = pseudo_labels
+        self.pseudo_label_machines = pseudo_label_machines
+        self.pseudo_label_embedding = pseudo_label_embedding
+        self.triplet_epochs = triplet_epochs
+        self.transductive = transductive
+        self.n_clusters = n_clusters
+        self.knn_k = knn_k
+        self.score_mode = score_mode
+        self.test_hop = test_hop
+        self.decision_quantile = decision_quantile
+        self.seed = seed
+        self.device = device
+        self.channel = channel
+        self.progress = progress
+
+    # -- configuration checks ---------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        """Input length in samples."""
+        return int(round(self.tile_seconds * self.sr))
+
+    def _check(self) -> None:
+        self._mode(self.score_mode)
+        if self.labels not in LABEL_MODES:
+            raise ConfigError(f"labels must be one of {', '.join(LABEL_MODES)}, got {self.labels!r}")
+        if self.pseudo_label_machines not in ("no_attributes", "all"):
+            raise ConfigError("pseudo_label_machines must be no_attributes or all")
+        if self.pseudo_label_embedding not in ("classifier", "triplet"):
+            raise ConfigError("pseudo_label_embedding must be classifier or triplet")
+        bad = [e for e in self.ensemble_epochs if not 1 <= int(e) <= self.epochs]
+        if bad or not self.ensemble_epochs:
+            raise ConfigError(f"ensemble_epochs {self.ensemble_epochs} must be non-empty and within 1..{self.epochs} "
+                              "(the training epochs)")
+        if "fft" in [str(b).lower() for b in self.branches] and self.n_samples < FFTBranch.min_samples():
+            raise ConfigError(f"tile_seconds={self.tile_seconds}: the FFT branch needs at least "
+                              f"{FFTBranch.min_samples() / self.sr:.2f} s")
+
+    # -- features ---------------------------------------------------------------------------
+    def extract(self, clips, resample=True, cache=None, progress=False, raise_on_error=True, desc="audio"):
+        """Waveforms of ``clips`` (see :meth:`Detector.extract`; ``cache`` is not used: decoding
+        is as fast as reading a cache)."""
+        return extract_waveforms(clips, self.sr, AudioOptions(channel=self.channel, resample=resample),
+                                 min_samples=1024, progress=progress, raise_on_error=raise_on_error, desc=desc)
+
+    def _waves(self, clips, features) -> list[np.ndarray]:
+        if features is None:
+            return self.extract(clips).features
+        if len(features) != len(clips):
+            raise ValueError(f"{len(features)} waveforms for {len(clips)} clips")
+        return list(features)
+
+    # -- class labels -----------------------------------------------------------------------
+    def _pseudo_targets(self, clips: Sequence[Clip]) -> set[str]:
+        machines = {c.machine for c in clips}
+        if self.pseudo_label_machines == "all":
+            return machines
+        return {m for m in machines if not any(c.attributes for c in clips if c.machine == m)}
+
+    def _class_names(self, clips: Sequence[Clip], pseudo: dict[str, str] | None = None,
+                     plain: set[str] = frozenset()) -> list[str]:
+        """Class of each clip: ``machine|attributes|domain`` (pseudo-attributes when given,
+        ``machine|domain`` for machine types in ``plain``, without attributes, or in
+        ``labels="machine_domain"`` mode)."""
+        names = []
+        for c in clips:
+            domain = c.domain or SOURCE
+            if pseudo is not None and str(c.path.resolve()) in pseudo:
+                names.append(f"{c.machine}|pseudo-{pseudo[str(c.path.resolve())]}|{domain}")
+                continue
+            attrs = "_".join(f"{k}_{v}" for k, v in c.attributes)
+            if self.labels == "machine_domain" or c.machine in plain or not attrs:
+                names.append(f"{c.machine}|{domain}")
+            else:
+                names.append(f"{c.machine}|{attrs}|{domain}")
+        return names
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(
+        self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
+        work_dir: str | Path | None = None, unlabeled: tuple[Sequence[Clip], Sequence[np.ndarray]] | None = None,
+    ) -> "DiscriminativeDetector":
+        """Train on the normal training clips of every machine type at once.
+
+        Args:
+            clips: training clips (all machine types).
+            features: their waveforms (read from the files when ``None``).
+            work_dir: folder for checkpoints and the pseudo-label file (none written if ``None``).
+            unlabeled: ``(clips, waveforms)`` of test clips, used only by ``transductive`` pseudo-labelling.
+        """
+        self._check()
+        if not clips:
+            raise ValueError("fit() needs at least one training clip")
+        bank = WaveBank(self._waves(clips, features))
+        work = Path(work_dir) if work_dir is not None else None
+        pseudo: dict[str, str] | None = None
+        if self.pseudo_labels == "gmm":
+            pseudo = self._pseudo_label(clips, bank, work, unlabeled)
+        elif self.pseudo_labels not in ("none", "", None):
+            pseudo = read_pseudo_labels(self.pseudo_labels)
+        names = self._class_names(clips, pseudo)
+        self.classes_ = sorted(set(names))
+        if len(self.classes_) < 2:
+            log.warning("only one class (%s): the network has nothing to discriminate", self.classes_[0])
+        y = np.array([self.classes_.index(n) for n in names])
+        nets, self.history_ = self._train(bank, y, work, stage="main")
+        self.machines_ = sorted({c.machine for c in clips})
+        self._fit_backends(clips, bank, nets)
+        return self
+
+    def fit_pseudo_labels(
+        self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
+        work_dir: str | Path | None = None,
+        unlabeled: tuple[Sequence[Clip], Sequence[np.ndarray]] | None = None,
+    ) -> dict[str, str]:
+        """Pseudo-attributes of the training clips of the machine types without attributes (or
+        all, see ``pseudo_label_machines``): ``{absolute file: cluster}``, also written to
+        ``work_dir/pseudo_labels.csv``. This is the first stage of ``pseudo_labels="gmm"``."""
+        self._check()
+        return self._pseudo_label(clips, WaveBank(self._waves(clips, features)),
+                                  Path(work_dir) if work_dir is not None else None, unlabeled)
+
+    def _pseudo_label(self, clips, bank, work, unlabeled) -> dict[str, str]:
+        """Stage 1 (machine × domain classes for the machine types to pseudo-label), embeddings,
+        UMAP + GMM per machine type; returns ``{file: label}`` and writes it to ``work``."""
+        targets = self._pseudo_targets(clips)
+        if not targets:
+            log.info("pseudo-labels: every machine type has attributes; nothing to cluster")
+            return {}
+        extra_bank = None
+        if self.transductive and unlabeled is not None and len(unlabeled[0]):
+            extra_bank = WaveBank(unlabeled[1])
+        if self.pseudo_label_embedding == "triplet":
+            emb, extra_emb = self._triplet_embeddings(clips, bank, targets, unlabeled, extra_bank)
+        else:
+            names = self._class_names(clips, plain=targets)
+            classes = sorted(set(names))
+            nets, _ = self._train(bank, np.array([classes.index(n) for n in names]), work, stage="pseudo",
+                                  keep_last=True)
+            net = nets[max(nets)]
+            emb = self._embed(net, bank)
+            extra_emb = self._embed(net, extra_bank) if extra_bank is not None else None
+        out: dict[str, str] = {}
+        rows = []
+        for m in sorted(targets):
+            idx = [i for i, c in enumerate(clips) if c.machine == m]
+            extra = None
+            if extra_emb is not None:
+                extra = extra_emb[[i for i, c in enumerate(unlabeled[0]) if c.machine == m]]
+            result = cluster_machine(emb[idx], [clips[i].domain for i in idx], extra, seed=self.seed)
+            log.info("pseudo-labels of %s: %s", m, ", ".join(f"{d} {k} cluster(s)" for d, k in result.n_components.items()))
+            for i, k in zip(idx, result.labels):
+                key = str(clips[i].path.resolve())
+                out[key] = str(int(k))
+                rows.append((key, m, clips[i].domain or SOURCE, str(int(k))))
+        if work is not None:
+            path = write_pseudo_labels(work / "pseudo_labels.csv", rows)
+            log.info("pseudo-labels written to %s", path)
+        self.pseudo_labels_ = out
+        return out
+
+    def _triplet_embeddings(self, clips, bank, targets, unlabeled, extra_bank):
+        """Embeddings of every training clip (rows of ``targets`` machine types filled) by one
+        self-supervised triplet model per machine type; the same for the unlabeled clips."""
+        from stetho.models.discriminative.triplet import TripletNet, train_triplet_embeddings
+
+        device = resolve_device(self.device)
+        gen = seed_everything(self.seed)
+        emb = np.zeros((len(bank), self.emb_dim))
+        extra = np.zeros((len(extra_bank), self.emb_dim)) if extra_bank is not None else None
+        for m in sorted(targets):
+            net = TripletNet(self.n_samples, self.sr, self.emb_dim, self.channels)
+            idx = [i for i, c in enumerate(clips) if c.machine == m]
+            others = [i for i, c in enumerate(clips) if c.machine != m]
+            others = [others[int(j)] for j in torch.randperm(len(others), generator=gen)[:256]]
+
+            def specs(b: WaveBank, rows: list[int]) -> torch.Tensor:
+                with torch.no_grad():
+                    return torch.cat([net.spectrogram(torch.from_numpy(np.stack(
+                        [b.crop(i, self.n_samples) for i in rows[s:s + 64]]))) for s in range(0, len(rows), 64)])
+
+            mine = specs(bank, idx)
+            rows = [i for i, c in enumerate(unlabeled[0]) if c.machine == m] if extra is not None else []
+            n_extra = len(rows)
+            if n_extra:
+                mine = torch.cat([mine, specs(extra_bank, rows)])  # transductive: test clips train it too
+            noise = specs(bank, others) if others else None
+            out = train_triplet_embeddings(mine, noise, net, self.triplet_epochs, generator=gen, device=device)
+            emb[idx] = out[:len(idx)]
+            if n_extra:
+                extra[rows] = out[len(idx):]
+        return emb, extra
+
+    def _new_net(self) -> MultiResolutionNet:
+        return MultiResolutionNet(self.n_samples, self.branches, self.sr, self.emb_dim, self.channels,
+                                  self.fft_channels, self.fft_dense_layers)
+
+    def _train(self, bank: WaveBank, y: np.ndarray, work: Path | None, stage: str, keep_last: bool = False):
+        """Train a fresh network on classes ``y``; returns ``({epoch: state_dict}, history)`` for
+        the ensemble epochs (or the last one)."""
+        device = resolve_device(self.device)
+        gen = seed_everything(self.seed)
+        n_classes = int(y.max()) + 1
+        net = self._new_net().to(device)
+        heads = torch.nn.ModuleDict({"main": SCAdaCosHead(net.dim, n_classes, self.n_subclusters, trainable=False)})
+        if self.subspace_weight > 0:
+            for i in range(len(net.branches)):
+                heads[f"branch{i}"] = SCAdaCosHead(self.emb_dim, n_classes, self.n_subclusters, trainable=True)
+        if self.featex:
+            heads["featex"] = SCAdaCosHead(net.dim, (1 + len(net.branches)) * n_classes, self.n_subclusters,
+                                           trainable=True)
+        heads = heads.to(device)
+        params = [p for p in list(net.parameters()) + list(heads.parameters()) if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(y), n_classes).float()
+        keep = {int(e) for e in self.ensemble_epochs} if not keep_last else {self.epochs}
+        saved: dict[int, dict[str, torch.Tensor]] = {}
+        ckpt_dir = work / "checkpoints" if work is not None else None
+        start, history = 0, None
+        if self.resume and ckpt_dir is not None:
+            start, history, saved = self._resume(ckpt_dir, stage, net, heads, opt, gen, keep)
+        n, size = len(bank), self.n_samples
+
+        def batches(epoch: int):
+            order = torch.randperm(n, generator=gen).numpy()
+            for s in range(0, n, self.batch_size):
+                idx = order[s:s + self.batch_size]
+                if len(idx) < 2:  # BatchNorm cannot train on one clip
+                    continue
+                starts = [int(torch.randint(0, max(1, bank.length(i) - size + 1), (1,), generator=gen))
+                          for i in idx]
+                x = torch.from_numpy(np.stack([bank.crop(i, size, st) for i, st in zip(idx, starts)]))
+                yield x, onehot[idx]
+
+        def step(batch) -> float:
+            x, t = batch
+            x, t = mixup(x, t, self.mixup_prob, gen)
+            x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
+            joint, parts = net(x)
+            loss = heads["main"](joint, t)
+            if self.subspace_weight > 0:
+                loss = loss + self.subspace_weight * sum(heads[f"branch{i}"](p, t) for i, p in enumerate(parts))
+            if self.featex:
+                ex, tx = feature_exchange(parts, t, self.featex_prob, gen)
+                loss = loss + self.featex_weight * heads["featex"](ex, tx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+        def checkpoint(epoch: int, hist: dict) -> None:
+            if epoch in keep:
+                saved[epoch] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            if ckpt_dir is not None and self.checkpoint_every > 0 and epoch % self.checkpoint_every == 0:
+                atomic_torch_save({"epoch": epoch, "net": net.state_dict(), "heads": heads.state_dict(),
+                                   "opt": opt.state_dict(), "history": hist, "generator": gen.get_state(),
+                                   "kept": saved}, ckpt_dir / f"{stage}_epoch_{epoch:03d}.pt")
+
+        net.train()
+        heads.train()
+        history = run_epochs(step, None, batches, self.epochs, progress=self.progress,
+                             desc=f"{self.name} {stage} epochs", checkpoint=checkpoint, start_epoch=start,
+                             history=history)
+        missing = sorted(keep - set(saved))
+        if missing:
+            raise StethoError(f"epochs {missing} of the ensemble were not kept (resumed past them without "
+                              "their checkpoints)")
+        nets = {}
+        for epoch, state in sorted(saved.items()):
+            m = self._new_net().to(device)
+            m.load_state_dict(state)
+            nets[epoch] = m.eval()
+        return nets, history
+
+    def _resume(self, ckpt_dir: Path, stage: str, net, heads, opt, gen, keep):
+        files = sorted(ckpt_dir.glob(f"{stage}_epoch_*.pt"))
+        if not files:
+            return 0, None, {}
+        blob = torch.load(files[-1], map_location="cpu", weights_only=True)
+        net.load_state_dict(blob["net"])
+        heads.load_state_dict(blob["heads"])
+        opt.load_state_dict(blob["opt"])
+        gen.set_state(blob["generator"])
+        log.info("resuming %s training after epoch %d (%s)", stage, blob["epoch"], files[-1])
+        return int(blob["epoch"]), blob["history"], dict(blob["kept"])
+
+    # -- embeddings -------------------------------------------------------------------------
+    def _crop_starts(self, length: int) -> list[int]:
+        size = self.n_samples
+        if length <= size:
+            return [0]
+        hop = max(1, int(size * self.test_hop))
+        n = math.ceil((length - size) / hop) + 1
+        return [int(round(s)) for s in np.linspace(0, length - size, n)]
+
+    def _embed(self, net: MultiResolutionNet, bank: WaveBank, batch: int = 32) -> np.ndarray:
+        """L2-normalised joint embedding of every clip ``(n, dim)`` (crops averaged)."""
+        device = next(net.parameters()).device
+        crops = [(i, st) for i in range(len(bank)) for st in self._crop_starts(bank.length(i))]
+        out = np.zeros((len(bank), net.dim))
+        net.eval()
+        with torch.no_grad():
+            for s in range(0, len(crops), batch):
+                part = crops[s:s + batch]
+                x = torch.from_numpy(np.stack([bank.crop(i, self.n_samples, st) for i, st in part])).to(device)
+                emb = l2_normalize(net(x)[0].cpu().numpy())
+                np.add.at(out, [i for i, _ in part], emb)
+        return l2_normalize(out)
+
+    def embed(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
+              epoch: int | None = None) -> np.ndarray:
+        """L2-normalised embeddings ``(n, dim)`` of ``clips`` by the model of ``epoch`` (default:
+        the last ensemble epoch)."""
+        self._check_fitted()
+        epoch = epoch or max(self.nets_)
+        if epoch not in self.nets_:
+            raise StethoError(f"no model of epoch {epoch}; kept: {', '.join(map(str, sorted(self.nets_)))}")
+        return self._embed(self.nets_[epoch], WaveBank(self._waves(clips, features)))
+
+    # -- backends and thresholds ------------------------------------------------------------
+    def _fit_backends(self, clips: Sequence[Clip], bank: WaveBank, nets: dict[int, MultiResolutionNet]) -> None:
+        self.nets_ = nets
+        self.train_embeddings_: dict[int, np.ndarray] = {e: self._embed(net, bank) for e, net in nets.items()}
+        self.train_domains_ = [c.domain or SOURCE for c in clips]
+        self.train_machine_of_ = [c.machine for c in clips]
+        self._build_backends()
+
+    def _build_backends(self) -> None:
+        """Backends of every epoch, machine type and mode from the stored training embeddings;
+        thresholds from the (leave-own-out) training scores averaged over the epochs."""
+        self.backends_: dict[int, dict[str, dict[str, Any]]] = {}
+        train_scores: dict[str, dict[str, list[np.ndarray]]] = {}
+        for epoch, emb in self.train_embeddings_.items():
+            self.backends_[epoch] = {}
+            for m in self.machines_:
+                parts = self._parts(emb, m)
+                self.backends_[epoch][m] = {}
+                for mode in self.score_modes:
+                    be = make_backend(mode, seed=self.seed, n_clusters=self.n_clusters, k=self.knn_k).fit(parts)
+                    self.backends_[epoch][m][mode] = be
+                    s = be.train_scores(parts, seed=self.seed)
+                    train_scores.setdefault(m, {}).setdefault(mode, []).append(
+                        np.concatenate([s[d] for d in (SOURCE, TARGET) if d in s]))
+        self.thresholds_ = {mode: {} for mode in self.score_modes}
+        self.train_scores_ = {}
+        for m, per_mode in train_scores.items():
+            for mode, arrays in per_mode.items():
+                s = ensemble(arrays)
+                self.train_scores_[f"{m}/{mode}"] = s
+                self.thresholds_[mode][m] = gamma_threshold(s, self.decision_quantile)
+
+    def _parts(self, emb: np.ndarray, machine: str) -> dict[str, np.ndarray]:
+        idx = [i for i, m in enumerate(self.train_machine_of_) if m == machine]
+        return {d: emb[[i for i in idx if self.train_domains_[i] == d]]
+                for d in (SOURCE, TARGET) if any(self.train_domains_[i] == d for i in idx)}
+
+    # -- scoring ----------------------------------------------------------------------------
+    def _score_all(self, clips, features) -> dict[str, np.ndarray]:
+        unknown = sorted({c.machine for c in clips} - set(self.machines_))
+        if unknown:
+            raise StethoError(f"{self.name}: no training clips of machine type(s) {', '.join(unknown)}; "
+                              f"trained on {', '.join(self.machines_)}")
+        if not clips:
+            return {m: np.zeros(0) for m in self.score_modes}
+        bank = WaveBank(self._waves(clips, features))
+        per_epoch = {mode: [] for mode in self.score_modes}
+        for epoch, net in self.nets_.items():
+            emb = self._embed(net, bank)
+            for mode in self.score_modes:
+                s = np.empty(len(clips))
+                for m in {c.machine for c in clips}:
+                    idx = [i for i, c in enumerate(clips) if c.machine == m]
+                    s[idx] = self.backends_[epoch][m][mode].score(emb[idx])
+                per_epoch[mode].append(s)
+        return {mode: ensemble(v) for mode, v in per_epoch.items()}
+
+    # -- persistence ------------------------------------------------------------------------
+    def _get_state(self) -> dict[str, Any]:
+        t = lambda a: torch.as_tensor(np.asarray(a))  # noqa: E731
+        return {
+            "nets": {int(e): {k: v.cpu() for k, v in n.state_dict().items()} for e, n in self.nets_.items()},
+            "classes": list(self.classes_),
+            "machines": list(self.machines_),
+            "train_embeddings": {int(e): t(x) for e, x in self.train_embeddings_.items()},  # float64: exact refit
+            "train_domains": list(self.train_domains_),
+            "train_machines": list(self.train_machine_of_),
+            "history": {k: list(v) for k, v in self.history_.items()},
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        device = resolve_device(self.device)
+        self.nets_ = {}
+        for epoch, sd in state["nets"].items():
+            net = self._new_net()
+            net.load_state_dict(sd)
+            self.nets_[int(epoch)] = net.to(device).eval()
+        self.classes_ = list(state["classes"])
+        self.machines_ = list(state["machines"])
+        self.train_embeddings_ = {int(e): x.double().numpy() for e, x in state["train_embeddings"].items()}
+        self.train_domains_ = list(state["train_domains"])
+        self.train_machine_of_ = list(state["train_machines"])
+        self.history_ = {k: list(v) for k, v in state["history"].items()}
+        self._build_backends()  # backends are cheap to refit from the stored embeddings
+
+
+__all__ = ["BACKENDS", "DiscriminativeDetector", "WaveBank"]
