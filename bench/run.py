@@ -823,11 +823,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         clips, source = make_clips(tmp / "data", sizes.extract_clips)
         details["data"] = {"source": source, "clips": len(clips), "seconds": round(time.perf_counter() - t0, 1)}
-        measure("toy", "[0/3] toy dataset generation ...", lambda: bench_toy(sizes, tmp))
-        measure("extraction", "[1/3] feature extraction ...", lambda: bench_extraction(clips, sizes, tmp))
-        measure("training", f"[2/3] AE training ({sizes.train_clips} clips, subprocess) ...",
+        measure("toy", "[0/4] toy dataset generation ...", lambda: bench_toy(sizes, tmp))
+        measure("extraction", "[1/4] feature extraction ...", lambda: bench_extraction(clips, sizes, tmp))
+        measure("training", f"[2/4] AE training ({sizes.train_clips} clips, subprocess) ...",
                 lambda: bench_training(sizes, args.train_threads))
-        measure("latency", "[3/3] scoring latency ...", lambda: bench_latency(clips, sizes, tmp))
+        measure("latency", "[3/4] scoring latency ...", lambda: bench_latency(clips, sizes, tmp))
         measure("discriminative", f"[4/4] discriminative CPU recipe ({sizes.disc_clips} clips, subprocess) ...",
                 lambda: bench_discriminative(sizes))
     finally:
