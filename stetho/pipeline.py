@@ -175,6 +175,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
     log.info("features of %d training clips ready in %.1f s", len(clips), time.perf_counter() - t0)
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    _clear_run(run_dir)
     # The layout found is recorded, so `stetho test` reads the test split the same way.
     cfg = {**cfg, "data": str(data.resolve()), "out": str(run_dir), "dataset": scan.dataset.split(":")[0]}
     atomic_write_text(run_dir / "config.yaml", dump(cfg))
@@ -212,6 +213,21 @@ def train(cfg: Mapping[str, Any]) -> Path:
             log.info("  %s: threshold %s", m, ", ".join(f"{mode} {det.threshold_for(mode, m):.4g}"
                                                        for mode in det.score_modes))
     return run_dir
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove the models, histories and results of an earlier run in ``run_dir`` (``--overwrite``),
+    so `stetho test` never mixes them with the new ones. ``work/`` (checkpoints) stays for resuming."""
+    import shutil
+
+    for f in list((run_dir / "models").glob("*.pt")) + list(run_dir.glob("history_*.csv")):
+        f.unlink()
+    for name in ("results", "summary.csv"):
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def _fit_extras(cfg: Mapping[str, Any], det: Detector, run_dir: Path) -> dict[str, Any]:

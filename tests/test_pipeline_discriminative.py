@@ -95,3 +95,17 @@ def test_recipes_resolve_to_valid_detectors(recipe):
     else:  # the paper's settings
         assert det.branches == ["fft", "stft:4096:2048", "stft:256:128"] and det.tile_seconds == 18.0
         assert (det.epochs, det.batch_size, det.ensemble_epochs, det.n_subclusters) == (16, 64, [12, 14, 16], 16)
+
+
+def test_overwriting_a_run_removes_the_old_models_and_results(toy, tmp_path):
+    run = tmp_path / "run"
+    pipeline.train({"data": str(toy), "out": str(run), "params": {"epochs": 1}, "progress": False})
+    pipeline.test(run, progress=False, score="mse")
+    assert sorted(p.name for p in (run / "models").iterdir()) == ["fan.pt", "valve.pt"]
+    params = {k: v for k, v in (p.split("=", 1) for p in TINY)}
+    import yaml
+
+    pipeline.train({"data": str(toy), "out": str(run), "model": "discriminative", "overwrite": True,
+                    "progress": False, "params": {k: yaml.safe_load(v) for k, v in params.items()}})
+    assert sorted(p.name for p in (run / "models").iterdir()) == ["all.pt"]
+    assert not (run / "results").exists() and not (run / "history_fan.csv").exists()
