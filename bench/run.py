@@ -507,6 +507,28 @@ def bench_training(sizes: Sizes, train_threads: str) -> tuple[list[Row], dict]:
     return rows, res
 
 
+def time_epochs(module) -> list[float]:
+    """Wrap ``module.run_epochs`` so that the start and the end of every epoch are appended to the
+    returned list (through the training loop's checkpoint callback)."""
+    marks: list[float] = []
+    original = module.run_epochs
+
+    def timed_run_epochs(*a, **kw):
+        inner = kw.get("checkpoint")
+
+        def checkpoint(done, history):
+            marks.append(time.perf_counter())
+            if inner is not None:
+                inner(done, history)
+
+        kw["checkpoint"] = checkpoint
+        marks.append(time.perf_counter())
+        return original(*a, **kw)
+
+    module.run_epochs = timed_run_epochs
+    return marks
+
+
 def child_train(args: dict) -> dict:
     import stetho.models.ae.detector as ae_detector
     from stetho.models import AEDetector
@@ -562,23 +584,7 @@ def child_train(args: dict) -> dict:
     ]
     rss_features = proc_status_kb("VmRSS")
 
-    # Time every epoch: wrap the detector's run_epochs and add a checkpoint callback.
-    marks: list[float] = []
-    original = getattr(ae_detector, "run_epochs", None)
-    if original is not None:
-        def timed_run_epochs(*a, **kw):
-            inner = kw.get("checkpoint")
-
-            def checkpoint(done, history):
-                marks.append(time.perf_counter())
-                if inner is not None:
-                    inner(done, history)
-
-            kw["checkpoint"] = checkpoint
-            marks.append(time.perf_counter())
-            return original(*a, **kw)
-
-        ae_detector.run_epochs = timed_run_epochs
+    marks = time_epochs(ae_detector)  # start and end of every epoch
 
     det = AEDetector(epochs=args["epochs"], device="cpu", progress=False)
     scoring_setup: list[float] = []  # time of the covariance + threshold passes after training
@@ -658,22 +664,7 @@ def child_disc(args: dict) -> dict:
         domain = TARGET if i % 50 == 0 else SOURCE
         clips.append(Clip(Path(f"/nonexistent/{machine}/{i}.wav"), machine, "00", "train", domain, 0,
                           (("f", str(attr)),)))
-    marks: list[float] = []
-    original = disc_detector.run_epochs
-
-    def timed_run_epochs(*a, **kw):
-        inner = kw.get("checkpoint")
-
-        def checkpoint(done, history):
-            marks.append(time.perf_counter())
-            if inner is not None:
-                inner(done, history)
-
-        kw["checkpoint"] = checkpoint
-        marks.append(time.perf_counter())
-        return original(*a, **kw)
-
-    disc_detector.run_epochs = timed_run_epochs
+    marks = time_epochs(disc_detector)
     det = DiscriminativeDetector(**params)
     t0 = time.perf_counter()
     det.fit(clips, waves)

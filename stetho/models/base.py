@@ -47,6 +47,14 @@ class Detector:
         """
         raise NotImplementedError
 
+    def _features(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+        """``features`` when given (one per clip), else :meth:`extract` of the clips (validated)."""
+        if features is None:
+            return self.extract(clips).features
+        if len(features) != len(clips):
+            raise ValueError(f"{len(features)} feature arrays for {len(clips)} clips")
+        return list(features)
+
     # -- hyper-parameters -------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments as a plain dict."""

@@ -99,13 +99,6 @@ class AEDetector(Detector):
         return extract_logmels(clips, self.logmel_params, replace(self.audio_options, resample=resample),
                                cache=cache, progress=progress, raise_on_error=raise_on_error, desc=desc)
 
-    def _features(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None) -> list[np.ndarray]:
-        if features is None:
-            return extract_logmels(clips, self.logmel_params, self.audio_options).features
-        if len(features) != len(clips):
-            raise ValueError(f"{len(features)} feature arrays for {len(clips)} clips")
-        return list(features)
-
     # -- training ---------------------------------------------------------------------------
     def fit(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None) -> "AEDetector":
         """Train on normal clips of one machine type (log-mels are computed if not given)."""

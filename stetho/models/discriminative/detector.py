@@ -190,13 +190,6 @@ class DiscriminativeDetector(Detector):
         return extract_waveforms(clips, self.sr, AudioOptions(channel=self.channel, resample=resample),
                                  min_samples=1024, progress=progress, raise_on_error=raise_on_error, desc=desc)
 
-    def _waves(self, clips, features) -> list[np.ndarray]:
-        if features is None:
-            return self.extract(clips).features
-        if len(features) != len(clips):
-            raise ValueError(f"{len(features)} waveforms for {len(clips)} clips")
-        return list(features)
-
     # -- class labels -----------------------------------------------------------------------
     def _pseudo_targets(self, clips: Sequence[Clip]) -> set[str]:
         machines = {c.machine for c in clips}
@@ -238,7 +231,7 @@ class DiscriminativeDetector(Detector):
         self._check()
         if not clips:
             raise ValueError("fit() needs at least one training clip")
-        bank = WaveBank(self._waves(clips, features))
+        bank = WaveBank(self._features(clips, features))
         work = Path(work_dir) if work_dir is not None else None
         pseudo: dict[str, str] | None = None
         if self.pseudo_labels == "gmm":
@@ -264,7 +257,7 @@ class DiscriminativeDetector(Detector):
         all, see ``pseudo_label_machines``): ``{absolute file: cluster}``, also written to
         ``work_dir/pseudo_labels.csv``. This is the first stage of ``pseudo_labels="gmm"``."""
         self._check()
-        return self._pseudo_label(clips, WaveBank(self._waves(clips, features)),
+        return self._pseudo_label(clips, WaveBank(self._features(clips, features)),
                                   Path(work_dir) if work_dir is not None else None, unlabeled)
 
     def _pseudo_label(self, clips, bank, work, unlabeled) -> dict[str, str]:
@@ -462,7 +455,7 @@ class DiscriminativeDetector(Detector):
         epoch = epoch or max(self.nets_)
         if epoch not in self.nets_:
             raise StethoError(f"no model of epoch {epoch}; kept: {', '.join(map(str, sorted(self.nets_)))}")
-        return self._embed(self.nets_[epoch], WaveBank(self._waves(clips, features)))
+        return self._embed(self.nets_[epoch], WaveBank(self._features(clips, features)))
 
     # -- backends and thresholds ------------------------------------------------------------
     def _fit_backends(self, clips: Sequence[Clip], bank: WaveBank, nets: dict[int, MultiResolutionNet]) -> None:
@@ -509,7 +502,7 @@ class DiscriminativeDetector(Detector):
                               f"trained on {', '.join(self.machines_)}")
         if not clips:
             return {m: np.zeros(0) for m in self.score_modes}
-        bank = WaveBank(self._waves(clips, features))
+        bank = WaveBank(self._features(clips, features))
         per_epoch = {mode: [] for mode in self.score_modes}
         for epoch, net in self.nets_.items():
             emb = self._embed(net, bank)
