@@ -430,7 +430,7 @@ def label(
         raise DatasetError(f"{test_scan.root}: no test clips to label")
     truth = read_ground_truth(ground_truth)
     labeled = label_clips(test_scan.clips, truth)
-    kind = test_scan.dataset.split(":")[-1] if test_scan.dataset.startswith("manifest") else test_scan.dataset
+    kind = test_scan.dataset.partition(":")[2] or test_scan.dataset  # a manifest names its layout
     if kind == "manifest":
         kind = truth.format
     path = write_manifest(out, list(train_scan.clips) + labeled, dataset=kind)

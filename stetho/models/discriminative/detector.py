@@ -465,9 +465,10 @@ class DiscriminativeDetector(Detector):
         self.train_machine_of_ = [c.machine for c in clips]
         self._build_backends()
 
-    def _build_backends(self) -> None:
+    def _build_backends(self, thresholds: bool = True) -> None:
         """Backends of every epoch, machine type and mode from the stored training embeddings;
-        thresholds from the (leave-own-out) training scores averaged over the epochs."""
+        with ``thresholds``, also the thresholds from the cross-fitted training scores averaged
+        over the epochs (the costly part; a loaded model reads its thresholds instead)."""
         self.backends_: dict[int, dict[str, dict[str, Any]]] = {}
         train_scores: dict[str, dict[str, list[np.ndarray]]] = {}
         for epoch, emb in self.train_embeddings_.items():
@@ -478,9 +479,12 @@ class DiscriminativeDetector(Detector):
                 for mode in self.score_modes:
                     be = make_backend(mode, seed=self.seed, n_clusters=self.n_clusters, k=self.knn_k).fit(parts)
                     self.backends_[epoch][m][mode] = be
-                    s = be.train_scores(parts, seed=self.seed)
-                    train_scores.setdefault(m, {}).setdefault(mode, []).append(
-                        np.concatenate([s[d] for d in (SOURCE, TARGET) if d in s]))
+                    if thresholds:
+                        s = be.train_scores(parts, seed=self.seed)
+                        train_scores.setdefault(m, {}).setdefault(mode, []).append(
+                            np.concatenate([s[d] for d in (SOURCE, TARGET) if d in s]))
+        if not thresholds:
+            return
         self.thresholds_ = {mode: {} for mode in self.score_modes}
         self.train_scores_ = {}
         for m, per_mode in train_scores.items():
@@ -525,6 +529,8 @@ class DiscriminativeDetector(Detector):
             "train_domains": list(self.train_domains_),
             "train_machines": list(self.train_machine_of_),
             "history": {k: list(v) for k, v in self.history_.items()},
+            "thresholds": {mode: dict(v) for mode, v in self.thresholds_.items()},
+            "train_scores": {k: t(v) for k, v in self.train_scores_.items()},
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -540,7 +546,9 @@ class DiscriminativeDetector(Detector):
         self.train_domains_ = list(state["train_domains"])
         self.train_machine_of_ = list(state["train_machines"])
         self.history_ = {k: list(v) for k, v in state["history"].items()}
-        self._build_backends()  # backends are cheap to refit from the stored embeddings
+        self.thresholds_ = {mode: dict(v) for mode, v in state["thresholds"].items()}
+        self.train_scores_ = {k: v.numpy() for k, v in state["train_scores"].items()}
+        self._build_backends(thresholds=False)  # refitting the backends is quick and deterministic
 
 
 __all__ = ["BACKENDS", "DiscriminativeDetector", "WaveBank"]
