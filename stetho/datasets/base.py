@@ -7,10 +7,11 @@ registers them and detects which one a folder follows.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +174,30 @@ def parse_pairs(text: str) -> tuple[tuple[str, str], ...]:
 def format_pairs(pairs: Iterable[tuple[str, str]]) -> str:
     """Inverse of :func:`parse_pairs`."""
     return ";".join(f"{k}={v}" for k, v in pairs)
+
+
+def table_rows(
+    path: Path, required: Sequence[str], known: Sequence[str], missing_hint: str, unknown_hint: str,
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` of a CSV with a header (cells stripped, blank rows skipped), after
+    checking that every ``required`` column is there and no column is outside ``known``.
+
+    Raises:
+        DatasetError: a missing or unknown column, named with the hint that says what is expected.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; {missing_hint}")
+        unknown = [c for c in header if c not in known]
+        if unknown:
+            raise DatasetError(f"{path}: unknown column(s) {', '.join(unknown)}; {unknown_hint}")
+        for raw in reader:
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            if any(row.values()):
+                yield reader.line_num, row  # the physical line: the reader skips blank lines
 
 
 def check_unique_names(clips: Sequence[Clip], root: Path) -> None:

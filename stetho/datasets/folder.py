@@ -15,11 +15,10 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from stetho.datasets.base import (
-    SPLITS, Scan, check_unique_names, choose_machines, listing, machine_dirs, parse_label, wav_files,
+    SPLITS, Scan, check_unique_names, choose_machines, listing, machine_dirs, parse_label, table_rows, wav_files,
 )
 from stetho.datasets.clip import DOMAINS, NORMAL, Clip
 from stetho.errors import DatasetError
@@ -36,42 +35,29 @@ def read_labels(path: Path) -> dict[Path, tuple[int, str | None, str | None]]:
         DatasetError: missing columns, bad values or duplicated files, all listed with line numbers.
     """
     base = path.parent
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; expected a header "
-                               "file,label[,domain][,section]")
-        unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
-        if unknown:
-            raise DatasetError(f"{path}: unknown column(s) {', '.join(unknown)}; expected "
-                               "file,label[,domain][,section]")
-        out: dict[Path, tuple[int, str | None, str | None]] = {}
-        problems: list[str] = []
-        for raw in reader:
-            lineno = reader.line_num  # physical line: the reader skips blank lines
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            if not any(row.values()):
-                continue
-            name = row["file"]
-            if not name:
-                problems.append(f"line {lineno}: empty file name")
-                continue
-            try:
-                label = parse_label(row["label"])
-            except ValueError as exc:
-                problems.append(f"line {lineno} ({name}): {exc}")
-                continue
-            domain = row.get("domain") or None
-            if domain is not None and domain not in DOMAINS:
-                problems.append(f"line {lineno} ({name}): domain '{domain}' is not source or target")
-                continue
-            file = (base / name).resolve()
-            if file in out:
-                problems.append(f"line {lineno}: {name} is listed twice")
-                continue
-            out[file] = (label, domain, row.get("section") or None)
+    out: dict[Path, tuple[int, str | None, str | None]] = {}
+    problems: list[str] = []
+    expected = "file,label[,domain][,section]"
+    for lineno, row in table_rows(path, REQUIRED, REQUIRED + OPTIONAL, f"expected a header {expected}",
+                                  f"expected {expected}"):
+        name = row["file"]
+        if not name:
+            problems.append(f"line {lineno}: empty file name")
+            continue
+        try:
+            label = parse_label(row["label"])
+        except ValueError as exc:
+            problems.append(f"line {lineno} ({name}): {exc}")
+            continue
+        domain = row.get("domain") or None
+        if domain is not None and domain not in DOMAINS:
+            problems.append(f"line {lineno} ({name}): domain '{domain}' is not source or target")
+            continue
+        file = (base / name).resolve()
+        if file in out:
+            problems.append(f"line {lineno}: {name} is listed twice")
+            continue
+        out[file] = (label, domain, row.get("section") or None)
     if problems:
         raise DatasetError(f"{path}: {len(problems)} bad row(s):\n  " + listing(problems))
     return out

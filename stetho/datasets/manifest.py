@@ -22,12 +22,11 @@ Columns (header required, any order):
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
 from stetho.datasets.base import (
-    SPLITS, Scan, check_unique_names, choose_machines, format_pairs, listing, parse_label, parse_pairs,
+    SPLITS, Scan, check_unique_names, choose_machines, format_pairs, listing, parse_label, parse_pairs, table_rows,
 )
 from stetho.datasets.clip import DOMAINS, NORMAL, Clip
 from stetho.errors import DatasetError
@@ -52,53 +51,44 @@ def read_manifest(path: str | Path) -> tuple[list[Clip], str | None]:
     problems: list[str] = []
     datasets: set[str] = set()
     seen: dict[Path, int] = {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; a manifest needs a header "
-                               f"with {', '.join(REQUIRED)} (optional: {', '.join(COLUMNS[3:])})")
-        unknown = [c for c in header if c not in COLUMNS]
-        if unknown:
-            raise DatasetError(f"{path}: unknown column(s) {', '.join(unknown)}; known: {', '.join(COLUMNS)}")
-        for raw in reader:
-            lineno = reader.line_num  # physical line: the reader skips blank lines
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            if not any(row.values()):
-                continue
-            where = f"line {lineno}"
-            try:
-                if not row["path"] or not row["machine"]:
-                    raise ValueError("path and machine must not be empty")
-                file = Path(row["path"])
-                file = file if file.is_absolute() else base / file
-                if row["split"] not in SPLITS:
-                    raise ValueError(f"split '{row['split']}' is not train or test")
-                label = parse_label(row["label"]) if row.get("label") else None
-                if row["split"] == "train" and label not in (None, NORMAL):
-                    raise ValueError("training clips must be normal")
-                domain = row.get("domain") or None
-                if domain is not None and domain not in DOMAINS:
-                    raise ValueError(f"domain '{domain}' is not source or target")
-                clip = Clip(
-                    path=file, machine=row["machine"], section=row.get("section") or "00",
-                    split=row["split"], domain=domain,
-                    label=NORMAL if row["split"] == "train" else label,
-                    attributes=parse_pairs(row.get("attributes", "")), key=row.get("key") or None,
-                    meta=parse_pairs(row.get("meta", "")),
-                )
-            except ValueError as exc:
-                problems.append(f"{where} ({row.get('path', '')}): {exc}")
-                continue
-            resolved = file.resolve()
-            if resolved in seen:
-                problems.append(f"{where}: {row['path']} is already listed on line {seen[resolved]}")
-                continue
-            seen[resolved] = lineno
-            if row.get("dataset"):
-                datasets.add(row["dataset"])
-            clips.append(clip)
+    rows = table_rows(
+        path, REQUIRED, COLUMNS,
+        f"a manifest needs a header with {', '.join(REQUIRED)} (optional: {', '.join(COLUMNS[3:])})",
+        f"known: {', '.join(COLUMNS)}",
+    )
+    for lineno, row in rows:
+        where = f"line {lineno}"
+        try:
+            if not row["path"] or not row["machine"]:
+                raise ValueError("path and machine must not be empty")
+            file = Path(row["path"])
+            file = file if file.is_absolute() else base / file
+            if row["split"] not in SPLITS:
+                raise ValueError(f"split '{row['split']}' is not train or test")
+            label = parse_label(row["label"]) if row.get("label") else None
+            if row["split"] == "train" and label not in (None, NORMAL):
+                raise ValueError("training clips must be normal")
+            domain = row.get("domain") or None
+            if domain is not None and domain not in DOMAINS:
+                raise ValueError(f"domain '{domain}' is not source or target")
+            clip = Clip(
+                path=file, machine=row["machine"], section=row.get("section") or "00",
+                split=row["split"], domain=domain,
+                label=NORMAL if row["split"] == "train" else label,
+                attributes=parse_pairs(row.get("attributes", "")), key=row.get("key") or None,
+                meta=parse_pairs(row.get("meta", "")),
+            )
+        except ValueError as exc:
+            problems.append(f"{where} ({row.get('path', '')}): {exc}")
+            continue
+        resolved = file.resolve()
+        if resolved in seen:
+            problems.append(f"{where}: {row['path']} is already listed on line {seen[resolved]}")
+            continue
+        seen[resolved] = lineno
+        if row.get("dataset"):
+            datasets.add(row["dataset"])
+        clips.append(clip)
     if len(datasets) > 1:
         problems.append(f"the dataset column holds several values ({', '.join(sorted(datasets))}); "
                         "one manifest describes one dataset")
