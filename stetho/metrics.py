@@ -80,6 +80,7 @@ import numpy as np
 from scipy.stats import hmean
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
+from stetho.datasets.base import listing
 from stetho.datasets.clip import ANOMALY, DOMAINS, NORMAL, SOURCE, TARGET, Clip
 from stetho.errors import EvaluationError
 
@@ -138,7 +139,6 @@ SUMMARY_PRINT_COLUMNS: tuple[str, ...] = (
 #: The precision/recall/F1 keys of :func:`section_metrics` (per domain).
 _PRF_KEYS: tuple[str, ...] = TABLE_COLUMNS[6:]
 
-_LIST_LIMIT = 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +409,7 @@ def _require_domains(secs: Sequence[SectionResult]) -> None:
     if bad:
         raise EvaluationError(
             "formula 'dcase2021' scores the source and target domain of every section separately, "
-            f"but {len(bad)} section(s) have no domains: {_listing(bad)}. DCASE 2021 data always has "
+            f"but {len(bad)} section(s) have no domains: {listing(bad, sep=', ')}. DCASE 2021 data always has "
             "domains; for data without domains use formula 'dcase2020' (or 'dcase2022')."
         )
 
@@ -559,13 +559,6 @@ def _formula(name: str) -> Formula:
 # ---------------------------------------------------------------------------------------------
 
 
-def _listing(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_LIST_LIMIT])
-    if len(items) > _LIST_LIMIT:
-        shown += f", ... and {len(items) - _LIST_LIMIT} more"
-    return shown
-
-
 def _key(name) -> str:
     if isinstance(name, os.PathLike):
         return PurePath(name).name
@@ -624,23 +617,25 @@ def join_by_name(
 
     problems: list[str] = []
     if missing:
-        problems.append(f"  {len(missing)} missing (in the ground truth, not in the {what}): {_listing(missing)}")
+        problems.append(
+            f"  {len(missing)} missing (in the ground truth, not in the {what}): {listing(missing, sep=', ')}"
+        )
     if extra:
-        problems.append(f"  {len(extra)} extra (in the {what}, not in the ground truth): {_listing(extra)}")
+        problems.append(f"  {len(extra)} extra (in the {what}, not in the ground truth): {listing(extra, sep=', ')}")
     if dup_scores:
         problems.append(
             f"  {len(dup_scores)} duplicated in the {what}: "
-            + _listing([f"{n} (x{score_count[n]})" for n in dup_scores])
+            + listing([f"{n} (x{score_count[n]})" for n in dup_scores], sep=', ')
         )
     if dup_truth:
         problems.append(
             f"  {len(dup_truth)} duplicated in the ground truth: "
-            + _listing([f"{n} (x{truth_count[n]})" for n in dup_truth])
+            + listing([f"{n} (x{truth_count[n]})" for n in dup_truth], sep=', ')
         )
     if bad_values:
         problems.append(
             f"  {len(bad_values)} with a NaN, infinite or non-numeric value in the {what}: "
-            + _listing(bad_values)
+            + listing(bad_values, sep=', ')
         )
     if problems:
         hints = [f"{what} are joined to the ground truth by file name, never by position."]
@@ -840,12 +835,12 @@ def evaluate(
     if unlabeled:
         raise EvaluationError(
             f"{len(unlabeled)} ground-truth clip(s) have no label (unlabeled evaluation data "
-            f"cannot be scored): {_listing(unlabeled)}"
+            f"cannot be scored): {listing(unlabeled, sep=', ')}"
         )
     bad_labels = [f"{c.name} ({c.label!r})" for c in truth if c.label not in (NORMAL, ANOMALY)]
     if bad_labels:
         raise EvaluationError(
-            f"{len(bad_labels)} ground-truth clip(s) have a label other than 0/1: {_listing(bad_labels)}"
+            f"{len(bad_labels)} ground-truth clip(s) have a label other than 0/1: {listing(bad_labels, sep=', ')}"
         )
 
     s = _join(scores, truth, "scores")
@@ -855,7 +850,7 @@ def evaluate(
         bad = [f"{c.name} ({v:g})" for c, v in zip(truth, dec) if v not in (NORMAL, ANOMALY)]
         if bad:
             raise EvaluationError(
-                f"{len(bad)} decision(s) are not 0 (normal) or 1 (anomaly): {_listing(bad)}"
+                f"{len(bad)} decision(s) are not 0 (normal) or 1 (anomaly): {listing(bad, sep=', ')}"
             )
 
     groups: dict[tuple[str, str], list[int]] = {}
