@@ -25,13 +25,14 @@ def _csv_list(text: str) -> list[str]:
 
 def _dataset_options(p: argparse.ArgumentParser, test: bool = False) -> None:
     from stetho.datasets import DATASETS
+    from stetho.datasets.mimii import SPLIT_RULES
 
     default = "the run's layout, or auto for other --data" if test else "auto"
     p.add_argument("--dataset", choices=DATASETS, metavar="LAYOUT",
                    help=f"dataset layout: {', '.join(DATASETS)} (default: {default})")
     p.add_argument("--subset", choices=("dev", "eval"),
                    help="dev_data or eval_data, when the data folder holds both")
-    p.add_argument("--mimii-split", choices=("baseline", "cande"),
+    p.add_argument("--mimii-split", choices=SPLIT_RULES,
                    help="MIMII train/test rule (default baseline: as many test normals as anomalies)")
 
 
@@ -80,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-clips", type=int, default=20, help="test clips per domain and label")
     p.add_argument("--duration", type=float, default=10.0, help="clip length in seconds")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--domain-shift", choices=("mild", "strong"), default="mild",
+    from stetho.datasets.toy import DOMAIN_SHIFTS
+
+    p.add_argument("--domain-shift", choices=tuple(DOMAIN_SHIFTS), default="mild",
                    help="how different the target site sounds (strong: louder, browner, humming background)")
 
     p = sub.add_parser("train", help="train one detector per machine type")
