@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     from stetho.datasets.toy import DOMAIN_SHIFTS
 
     p.add_argument("--domain-shift", choices=tuple(DOMAIN_SHIFTS), default="mild",
-                   help="how different the target site sounds (strong: louder, browner, humming background)")
+                   help="how different the target site sounds (strong: louder, browner, humming background; "
+                        "factory: strong plus impacts, vehicles and other machines at both sites)")
 
     p = sub.add_parser("train", help="train one detector per machine type")
     p.add_argument("--data", type=Path, required=True, help="dataset root: <machine>/train/*.wav")

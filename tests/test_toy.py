@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 
 from stetho.datasets.clip import ANOMALY, NORMAL, SOURCE, TARGET, Clip
 from stetho.datasets.toy import (
+    factory_events,
     FAULT_LEVEL_DB,
     MACHINES,
     make_toy_dataset,
@@ -391,5 +392,53 @@ def test_strong_domain_shift_changes_only_the_target_site(small, tmp_path):
     assert targets
     for p in targets:
         assert low_share(strong / "fan" / "train" / p.name) > 2 * low_share(p)
-    with pytest.raises(ConfigError, match="domain_shift must be one of mild, strong"):
+    with pytest.raises(ConfigError, match="domain_shift must be one of mild, strong, factory"):
         make_toy_dataset(tmp_path / "x", **SMALL, domain_shift="huge")
+
+
+def _frame_db(y: np.ndarray, frame: int = 1024) -> np.ndarray:
+    frames = y[: len(y) // frame * frame].reshape(-1, frame)
+    return 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+
+
+def test_factory_setting_adds_events_at_both_sites(tmp_path):
+    strong, factory = tmp_path / "strong", tmp_path / "factory"
+    args = dict(machines=["fan"], train_clips=6, target_train_clips=6, test_clips=0, duration=3.0, seed=0)
+    make_toy_dataset(strong, **args, domain_shift="strong")
+    make_toy_dataset(factory, **args, domain_shift="factory")
+    again = tmp_path / "again"
+    make_toy_dataset(again, **args, domain_shift="factory")
+    assert _hashes(factory) == _hashes(again)  # reproducible byte for byte
+    busier, changed = [], collections.Counter()
+    for p in sorted((strong / "fan" / "train").glob("*.wav")):
+        a, _ = sf.read(p)
+        b, _ = sf.read(factory / "fan" / "train" / p.name)
+        if np.array_equal(a, b):  # a quiet moment: no event in this clip (drawn per clip)
+            continue
+        changed["source" if "_source_" in p.name else "target"] += 1
+        # the machine and site are the same sound under the events: most of the clip still matches
+        assert np.corrcoef(a, b)[0, 1] > 0.3, p.name
+        # the events come and go: the frame level varies more over time than without them
+        busier.append(np.std(_frame_db(b)) > np.std(_frame_db(a)))
+    assert changed["source"] >= 4 and changed["target"] >= 4  # both sites get events
+    assert np.mean(busier) >= 0.5
+
+
+def test_factory_events_differ_by_site_and_are_unit_rms():
+    n = 4 * SR
+    for seed in range(6):
+        y = factory_events(n, SR, np.random.default_rng(seed), SOURCE)
+        assert y.shape == (n,) and y.dtype.kind == "f"
+        r = float(np.sqrt(np.mean(y**2)))
+        assert r == pytest.approx(1.0, abs=1e-6) or r == 0.0  # nothing at all happens in some clips
+    np.testing.assert_array_equal(factory_events(n, SR, np.random.default_rng(3), TARGET),
+                                  factory_events(n, SR, np.random.default_rng(3), TARGET))
+    # the target site has more impacts and differently pitched vehicles and machines
+    def spectrum(domain):
+        acc = np.zeros(n // 2 + 1)
+        for seed in range(20):
+            acc += np.abs(np.fft.rfft(factory_events(n, SR, np.random.default_rng(seed), domain))) ** 2
+        return acc / acc.sum()
+
+    src, tgt = spectrum(SOURCE), spectrum(TARGET)
+    assert 0.5 * np.abs(src - tgt).sum() > 0.2  # total-variation distance of the two spectra
