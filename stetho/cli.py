@@ -33,7 +33,9 @@ def _dataset_options(p: argparse.ArgumentParser, test: bool = False) -> None:
     p.add_argument("--subset", choices=("dev", "eval"),
                    help="dev_data or eval_data, when the data folder holds both")
     p.add_argument("--mimii-split", choices=SPLIT_RULES,
-                   help="MIMII train/test rule (default baseline: as many test normals as anomalies)")
+                   help="MIMII train/test rule: baseline (default; as many test normals as anomalies), "
+                        "cande (first half of the normals to test, 10%% of |train| of them held out for "
+                        "validation), cande-overlap (validation normals also tested, as the original)")
 
 
 def _formula_option(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "data": None,           # dataset root (<machine>/{train,test}/...) or a manifest .csv
     "dataset": "auto",      # layout: auto | dcase2020 ... dcase2025 | mimii | folder | manifest
     "subset": None,         # dev | eval, when data holds dev_data/ and eval_data/
-    "mimii_split": "baseline",  # MIMII train/test rule: baseline | cande
+    "mimii_split": "baseline",  # MIMII train/test rule: baseline | cande | cande-overlap
     "formula": None,        # official-score formula (default: the dataset's own year)
     "machines": None,       # machine types to use (default: all found)
     "model": "ae",          # registry name

@@ -196,7 +196,7 @@ def scan_dataset(
         machines: machine types to keep (default: all).
         splits: ``("train",)``, ``("test",)`` or both.
         subset: ``"dev"`` or ``"eval"`` when ``root`` holds both ``dev_data`` and ``eval_data``.
-        mimii_split: MIMII train/test rule, ``"baseline"`` or ``"cande"``.
+        mimii_split: MIMII train/test rule, ``"baseline"``, ``"cande"`` or ``"cande-overlap"``.
 
     Returns:
         The :class:`Scan` (its ``dataset`` is the layout used, its ``root`` the folder read).
