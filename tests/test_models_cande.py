@@ -360,3 +360,25 @@ def test_bad_parameters_and_inputs_are_named():
     with pytest.raises(DatasetError, match="no machine ID"):
         CANDEDetector(context="machine_id", **FAST).fit(
             [Clip(Path("/x/a.wav"), "fan", "00", "train")], [trf[0]])
+
+
+def test_predict_contexts_and_the_window_reset_per_directory(fitted):
+    _, (_, _, te, tef, _), out = fitted
+    det = out["film-onehot"][0]
+    got = det.predict_contexts(te, tef)
+    order = stream_order(te)
+    assert got["order"][order].tolist() == list(range(len(te)))
+    raw = got["predicted"][order]
+    assert got["predicted_window"][order].tolist() == windowed_predictions(raw, 4, 10, 0.1).tolist()
+    det.reset_window_per_directory = True
+    try:
+        reset = det.predict_contexts(te, tef)
+    finally:
+        det.reset_window_per_directory = False
+    dirs = [str(te[i].path.parent) for i in order]
+    assert reset["predicted_window"][order].tolist() == windowed_predictions(raw, 4, 10, 0.1, groups=dirs).tolist()
+    true = context_indices(te, "machine_id", det.contexts_, "test")
+    # one directory per context here: a window that restarts there never carries the last context over
+    assert (reset["predicted_window"] == true).mean() >= (got["predicted_window"] == true).mean()
+    with pytest.raises(StethoError, match="unconditioned variant has no context predictor"):
+        out["unconditioned"][0].predict_contexts(te, tef)
