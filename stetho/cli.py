@@ -33,7 +33,9 @@ def _dataset_options(p: argparse.ArgumentParser, test: bool = False) -> None:
     p.add_argument("--subset", choices=("dev", "eval"),
                    help="dev_data or eval_data, when the data folder holds both")
     p.add_argument("--mimii-split", choices=SPLIT_RULES,
-                   help="MIMII train/test rule (default baseline: as many test normals as anomalies)")
+                   help="MIMII train/test rule: baseline (default; as many test normals as anomalies), "
+                        "cande (first half of the normals to test, 10%% of |train| of them held out for "
+                        "validation), cande-overlap (validation normals also tested, as the original)")
 
 
 def _formula_option(p: argparse.ArgumentParser) -> None:
@@ -87,9 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how different the target site sounds (strong: louder, browner, humming background; "
                         "factory: strong plus impacts, vehicles and other machines at both sites)")
 
-    p = sub.add_parser("train", help="train one detector per machine type")
+    p = sub.add_parser("train", help="train one detector per machine type (or one for all: "
+                                     "discriminative, cande)")
     p.add_argument("--data", type=Path, required=True, help="dataset root: <machine>/train/*.wav")
-    p.add_argument("--model", default="ae", help="model name (default ae)")
+    p.add_argument("--model", default="ae",
+                   help="model name: ae (default), discriminative, cande (CANDE-CP: context-conditioned AEs "
+                        "with a context predictor; --param variant=film-onehot|film-embedding|separate|"
+                        "unconditioned, --param context=auto|machine_id|machine_section|attributes|machine)")
     p.add_argument("--out", type=Path, required=True, help="run folder to create")
     p.add_argument("--machines", type=_csv_list, help="comma-separated machine types (default: all)")
     p.add_argument("--epochs", type=int, help="training epochs (model default: 100)")
@@ -104,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run folder from `stetho train`")
     p.add_argument("--score", "--backend", dest="score",
                    help="score mode(s) / backend(s), comma-separated, or all (default): ae: mahalanobis, mse; "
-                        "discriminative: kmeans, knn, mahalanobis")
+                        "discriminative: kmeans, knn, mahalanobis; cande: predicted_window, predicted, oracle "
+                        "(where the context of a file comes from)")
     p.add_argument("--data", type=Path, help="test data root or manifest .csv (default: the data the run was "
                                              "trained on)")
     _dataset_options(p, test=True)
@@ -132,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders tested on labeled data")
     p.add_argument("--out", type=Path, help="also write summary_runs_<mode>.csv here")
 
-    p = sub.add_parser("run", help="train → test → evaluate from a YAML recipe")
+    p = sub.add_parser("run", help="train → test → evaluate from a YAML recipe (with compare: every "
+                                   "variant × seed and a comparison table)")
     p.add_argument("recipe", type=Path, help="recipe file, e.g. recipes/dcase2023_ae.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. params.epochs=5 out=runs/x")
     return parser
@@ -250,6 +258,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = resolve(cfg, parse_overrides(args.overrides), where=str(args.recipe))
         outcome = pipeline.run(cfg)
+        if isinstance(outcome, pipeline.Comparison):
+            print(outcome.format_text())
+            print(f"\ncomparison tables written to {cfg['out']}/comparison_*.csv")
+            return 0
         for mode, result in outcome.results.items():
             if result is not None:
                 print_result(result, f"{mode} — {outcome.folders[mode]}")

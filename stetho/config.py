@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "data": None,           # dataset root (<machine>/{train,test}/...) or a manifest .csv
     "dataset": "auto",      # layout: auto | dcase2020 ... dcase2025 | mimii | folder | manifest
     "subset": None,         # dev | eval, when data holds dev_data/ and eval_data/
-    "mimii_split": "baseline",  # MIMII train/test rule: baseline | cande
+    "mimii_split": "baseline",  # MIMII train/test rule: baseline | cande | cande-overlap
     "formula": None,        # official-score formula (default: the dataset's own year)
     "machines": None,       # machine types to use (default: all found)
     "model": "ae",          # registry name
@@ -40,7 +40,11 @@ DEFAULTS: dict[str, Any] = {
     "progress": True,       # progress bars
     "test": {"score": "all", "data": None},  # score modes to write; test data root (default: data)
     "toy": None,            # if set, `stetho run` first generates toy data into `data` when missing
+    "compare": None,        # if set, `stetho run` trains and tests every variant × seed, then compares
 }
+#: Keys of ``compare:``: ``variants`` (name -> config overrides, e.g. ``{params: {variant: separate}}``),
+#: ``seeds`` (one run per seed and variant) and ``reuse`` (keep a finished run of the same config).
+COMPARE_KEYS = ("variants", "seeds", "reuse")
 
 
 def _merge(base: dict, extra: Mapping, where: str) -> dict:
@@ -128,6 +132,35 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {cfg['device']!r}")
     if not isinstance(cfg["params"], dict):
         raise ConfigError("params must be a mapping of model hyper-parameters")
+    if cfg["compare"] is not None:
+        _validate_compare(cfg["compare"])
+
+
+def _validate_compare(spec: Any) -> None:
+    """Shape of ``compare:``; each variant's overrides are checked when the comparison starts."""
+    if not isinstance(spec, Mapping):
+        raise ConfigError("compare must be a mapping with variants (name: overrides) and seeds (a list)")
+    unknown = sorted(set(spec) - set(COMPARE_KEYS))
+    if unknown:
+        raise ConfigError(f"compare: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(COMPARE_KEYS)}")
+    seeds = spec.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds
+                              or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+                              or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"compare.seeds must be a non-empty list of distinct integers, got {seeds!r}")
+    variants = spec.get("variants")
+    if variants is not None:
+        if not isinstance(variants, Mapping) or not variants:
+            raise ConfigError("compare.variants must map variant names to config overrides")
+        for name, over in variants.items():
+            if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+                raise ConfigError(f"compare.variants: {name!r} is not a usable name (it names a folder)")
+            if over is not None and not isinstance(over, Mapping):
+                raise ConfigError(f"compare.variants.{name} must be a mapping of config overrides")
+            fixed = sorted({"out", "seed", "compare", "toy"} & set(over or {}))
+            if fixed:
+                raise ConfigError(f"compare.variants.{name} may not set {', '.join(fixed)} "
+                                  "(the comparison sets them for every run)")
 
 
 def dump(cfg: Mapping[str, Any]) -> str:

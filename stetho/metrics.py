@@ -29,6 +29,12 @@ higher = more anomalous, ``d`` = ``"source"`` / ``"target"`` domain of the clip)
     ``precision_recall_fscore_support(average="binary", zero_division=0)``; NaN when no decisions
     are given.
 
+``PR-AUC``
+    the area under the precision-recall curve over all files of the section, anomaly = positive
+    (``sklearn.metrics.average_precision_score``: the step-wise sum ``Σ (R_n − R_{n−1}) P_n``,
+    no interpolation); chance level = the share of anomalies. Not part of any official score;
+    MIMII papers (CANDE-CP, seed 000) report it beside the ROC AUC.
+
 ``AUC (source only)`` / ``AUC (target only)``
     ROC AUC over that domain's files only (its normals and *its own* anomalies): the DCASE 2021
     AUC, computed on ``source_test`` / ``target_test`` separately.
@@ -78,7 +84,7 @@ from pathlib import PurePath
 
 import numpy as np
 from scipy.stats import hmean
-from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
 from stetho.datasets.base import listing
 from stetho.datasets.clip import ANOMALY, DOMAINS, NORMAL, SOURCE, TARGET, Clip
@@ -113,8 +119,8 @@ TABLE_COLUMNS_2021: tuple[str, ...] = ("section", "domain", "AUC", "pAUC", "prec
 #: Result-table columns of the 2020 evaluator: one row per machine ID.
 TABLE_COLUMNS_2020: tuple[str, ...] = ("id", "AUC", "pAUC")
 #: Keys of :func:`section_metrics`: the 2022 table columns (without ``section``), ``AUC`` over
-#: all files, and the within-domain AUCs of 2021.
-METRIC_KEYS: tuple[str, ...] = TABLE_COLUMNS[1:] + ("AUC", "AUC (source only)", "AUC (target only)")
+#: all files, the within-domain AUCs of 2021, and ``PR-AUC`` over all files.
+METRIC_KEYS: tuple[str, ...] = TABLE_COLUMNS[1:] + ("AUC", "AUC (source only)", "AUC (target only)", "PR-AUC")
 #: Names of the two summary rows of :meth:`EvaluationResult.table`.
 ARITHMETIC_MEAN = "arithmetic mean"
 HARMONIC_MEAN = "harmonic mean"
@@ -165,8 +171,8 @@ def _as_scores(scores, n: int, what: str) -> np.ndarray:
     return s
 
 
-def _roc(y: np.ndarray, s: np.ndarray, max_fpr: float | None, what: str) -> float:
-    """roc_auc_score on validated arrays; NaN (with a warning) when only one class is present."""
+def _both_classes(y: np.ndarray, what: str) -> bool:
+    """True when ``y`` holds normals and anomalies; else a warning that ``what`` is NaN."""
     n_anomaly = int(y.sum())
     n_normal = int(y.size - n_anomaly)
     if n_anomaly == 0 or n_normal == 0:
@@ -177,8 +183,22 @@ def _roc(y: np.ndarray, s: np.ndarray, max_fpr: float | None, what: str) -> floa
             n_normal,
             n_anomaly,
         )
+        return False
+    return True
+
+
+def _roc(y: np.ndarray, s: np.ndarray, max_fpr: float | None, what: str) -> float:
+    """roc_auc_score on validated arrays; NaN (with a warning) when only one class is present."""
+    if not _both_classes(y, what):
         return math.nan
     return float(roc_auc_score(y, s, max_fpr=max_fpr))
+
+
+def _pr(y: np.ndarray, s: np.ndarray, what: str) -> float:
+    """average_precision_score on validated arrays; NaN (with a warning) for one class only."""
+    if not _both_classes(y, what):
+        return math.nan
+    return float(average_precision_score(y, s, pos_label=ANOMALY))
 
 
 def _check_max_fpr(max_fpr: float) -> float:
@@ -211,6 +231,17 @@ def pauc(y_true, scores, max_fpr: float = MAX_FPR) -> float:
     return _roc(y, _as_scores(scores, y.size, "pAUC"), max_fpr, "pAUC")
 
 
+def pr_auc(y_true, scores) -> float:
+    """Area under the precision-recall curve (average precision, anomaly = positive).
+
+    ``sklearn.metrics.average_precision_score``: ``Σ_n (R_n − R_{n−1}) P_n`` over the score
+    thresholds, without interpolation. Chance level is the share of anomalies. NaN, with a logged
+    warning, when ``y_true`` holds only one class.
+    """
+    y = _as_labels(y_true, "PR-AUC")
+    return _pr(y, _as_scores(scores, y.size, "PR-AUC"), "PR-AUC")
+
+
 def _prf(y: np.ndarray, decision: np.ndarray) -> tuple[float, float, float]:
     if y.size == 0:
         return math.nan, math.nan, math.nan
@@ -235,9 +266,9 @@ def section_metrics(
         where: prefix for warning messages, e.g. ``"fan section 00"``.
 
     Subsets (see the module docstring): ``AUC (source)`` = source normals + all anomalies (both
-    domains); ``AUC (target)`` = target normals + all anomalies; ``pAUC`` and ``AUC`` = all files;
-    ``AUC (d only)``, ``pAUC (d)`` and precision/recall/F1 ``(d)`` = the files of domain ``d``
-    only. A subset with one class only gives NaN and a logged warning.
+    domains); ``AUC (target)`` = target normals + all anomalies; ``pAUC``, ``AUC`` and ``PR-AUC``
+    = all files; ``AUC (d only)``, ``pAUC (d)`` and precision/recall/F1 ``(d)`` = the files of
+    domain ``d`` only. A subset with one class only gives NaN and a logged warning.
     """
     max_fpr = _check_max_fpr(max_fpr)
     prefix = f"{where}: " if where else ""
@@ -259,6 +290,7 @@ def section_metrics(
     out = {k: math.nan for k in METRIC_KEYS}
     out["AUC"] = _roc(y, s, None, f"{prefix}AUC")
     out["pAUC"] = _roc(y, s, max_fpr, f"{prefix}pAUC")
+    out["PR-AUC"] = _pr(y, s, f"{prefix}PR-AUC")
     if not has_domains:
         return out
     dom = np.array(d, dtype=object)

@@ -4,12 +4,17 @@ A run folder (``RUN/``) holds everything a run produced::
 
     config.yaml          resolved configuration (data root, model, params, seed, ...)
     versions.json        stetho / Python / library versions, device, start time
-    train_files.csv      the training files in the (sorted) order used
+    train_files.csv      the training files in the (sorted) order used, with their role
+                         (train, or validation for detectors that pick their best epoch)
     skipped.csv          files left out with --skip-bad, with the reason (header only if none)
-    models/<machine>.pt  one trained detector per machine type
-    history_<machine>.csv   training / validation loss per epoch
+    models/<machine>.pt  one trained detector per machine type (``all.pt`` for joint detectors)
+    history_<machine>[_<part>].csv   training / validation loss per epoch (parts: CANDE-CP's
+                         predictor ...)
     results/<mode>/      anomaly_score_* / decision_result_* per machine and section,
-                         result_<machine>.csv and summary.csv (when test labels are known)
+                         result_<machine>.csv, summary.csv and sections.csv (AUC, pAUC, PR-AUC
+                         per machine type and section) when test labels are known
+    results/<table>.csv  what a detector reports beyond scores (CANDE-CP: context_stream.csv,
+                         context_accuracy.csv)
     summary.csv          official score per score mode
 """
 
@@ -33,21 +38,24 @@ import torch
 import stetho
 from stetho.config import dump, resolve
 from stetho.datasets import (
-    Clip, Scan, label_clips, official_formula, read_ground_truth, scan_dataset, write_manifest,
+    Clip, Scan, get_layout, label_clips, official_formula, read_ground_truth, scan_dataset, write_manifest,
 )
 from stetho.errors import ConfigError, DatasetError, StethoError
 from stetho.features import FeatureCache, default_cache_dir
 from stetho.metrics import FORMULAS, EvaluationResult, evaluate
 from stetho.models import Detector, get_model
 from stetho.models.training import resolve_device
-from stetho.outputs import read_submission, write_csv, write_dict_csv, write_results, write_submission
+from stetho.outputs import (
+    read_submission, write_csv, write_dict_csv, write_results, write_section_metrics, write_submission,
+)
+from stetho.outputs.compare import Comparison, compare_runs
 from stetho.outputs.io import atomic_write_text
 from stetho.outputs.summary import RunsSummary, summarize_runs
 
 log = logging.getLogger(__name__)
 
 SKIPPED_HEADER = ("file", "stage", "reason")
-TRAIN_FILES_HEADER = ("file", "machine", "section", "domain", "label")
+TRAIN_FILES_HEADER = ("file", "machine", "section", "domain", "label", "role")
 
 
 @dataclass
@@ -74,7 +82,9 @@ def make_detector(cfg: Mapping[str, Any]) -> Detector:
         )
     common = {"seed": cfg["seed"], "device": cfg["device"], "channel": cfg["channel"], "progress": cfg["progress"]}
     params.update({k: v for k, v in common.items() if k in accepted and k not in cfg["params"]})
-    return cls(**params)
+    det = cls(**params)
+    det.check_params()
+    return det
 
 
 def _cache(cfg: Mapping[str, Any]) -> FeatureCache | None:
@@ -157,7 +167,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
     """
     cfg = resolve(cfg)
     if not cfg["data"]:
-        raise ConfigError("no data folder given (--data ROOT or `data:` in the recipe)")
+        raise ConfigError(_missing_data_message(cfg))
     if not cfg["out"]:
         raise ConfigError("no run folder given (--out RUN or `out:` in the recipe)")
     data, run_dir = Path(cfg["data"]), Path(cfg["out"])
@@ -167,6 +177,11 @@ def train(cfg: Mapping[str, Any]) -> Path:
 
     scan, skipped = _scan(cfg, data, "train", cfg["machines"])
     clips = scan.clips
+    if not probe.uses_validation and any(c.is_validation for c in clips):
+        n = sum(c.is_validation for c in clips)
+        log.info("%d validation clip(s) left out: model '%s' does not select epochs on validation data",
+                 n, probe.name)
+        clips = [c for c in clips if not c.is_validation]
     if not clips:
         raise DatasetError(f"{scan.root}: no training clips found")
     t0 = time.perf_counter()
@@ -181,7 +196,8 @@ def train(cfg: Mapping[str, Any]) -> Path:
     atomic_write_text(run_dir / "config.yaml", dump(cfg))
     atomic_write_text(run_dir / "versions.json", json.dumps(_versions(cfg), indent=2) + "\n")
     write_csv(run_dir / "train_files.csv",
-              ([str(c.path), c.machine, c.section, c.domain or "", c.label] for c in clips),
+              ([str(c.path), c.machine, c.section, c.domain or "", c.label,
+                "validation" if c.is_validation else "train"] for c in clips),
               header=TRAIN_FILES_HEADER)
     _write_skipped(run_dir, "train", skipped)
 
@@ -199,10 +215,10 @@ def train(cfg: Mapping[str, Any]) -> Path:
         det = make_detector(cfg)
         det.fit(mclips, mfeats, **_fit_extras(cfg, det, run_dir))
         det.save(run_dir / "models" / f"{name}.pt")
+        for part, table in det.histories().items():
+            write_csv(run_dir / f"history_{name}{'_' + part if part else ''}.csv", zip(*table.values()),
+                      header=list(table))
         hist = det.history_
-        write_csv(run_dir / f"history_{name}.csv",
-                  zip(hist["epoch"], hist["train_loss"], hist["val_loss"]),
-                  header=("epoch", "train_loss", "val_loss"))
         log.info(
             "%s: %d clips (%d target), %d epochs in %.1f s, loss %.4g (val %.4g)", name, len(mclips),
             sum(c.domain == "target" for c in mclips), len(hist["epoch"]), time.perf_counter() - t0,
@@ -303,22 +319,36 @@ def test(
     out = TestOutcome(run_dir=run_dir, skipped=skipped)
     for mode in modes:
         _clear_results(run_dir / "results" / mode)
-    for machine, det in detectors.items():
-        idx = [i for i, c in enumerate(clips) if c.machine == machine]
-        if not idx:
+    for f in (run_dir / "results").glob("*.csv"):  # detector reports of an earlier test
+        f.unlink()
+    for machine in detectors:
+        if not any(c.machine == machine for c in clips):
             log.warning("%s: no test clips in %s", machine, scan.root)
+    reports: dict[str, list[dict[str, Any]]] = {}
+    # Each detector scores all its clips in one call: a joint model (e.g. CANDE-CP's stream of
+    # context predictions) sees every machine type's clips together, in the scan's sorted order.
+    for det in {id(d): d for d in detectors.values()}.values():
+        idx = [i for i, c in enumerate(clips) if detectors[c.machine] is det]
+        if not idx:
             continue
-        mclips = [clips[i] for i in idx]
-        all_scores = det.score_all(mclips, [feats[i] for i in idx])
+        dclips = [clips[i] for i in idx]
+        all_scores = det.score_all(dclips, [feats[i] for i in idx])
+        for name, rows in det.report_tables().items():
+            reports.setdefault(name, []).extend(rows)
         for mode in modes:
             folder = run_dir / "results" / mode
-            s = all_scores[mode]
-            decisions = (s > det.threshold_for(mode, machine)).astype(np.int64)
-            for section in sorted({c.section for c in mclips}):
-                sel = [j for j, c in enumerate(mclips) if c.section == section]
-                write_submission(folder, machine, section, [mclips[j].name for j in sel], s[sel], decisions[sel],
-                                 naming=naming, domains=[mclips[j].domain for j in sel])
+            for machine in sorted({c.machine for c in dclips}):
+                sel = [j for j, c in enumerate(dclips) if c.machine == machine]
+                s = all_scores[mode][sel]
+                decisions = (s > det.threshold_for(mode, machine)).astype(np.int64)
+                mclips = [dclips[j] for j in sel]
+                for section in sorted({c.section for c in mclips}):
+                    part = [j for j, c in enumerate(mclips) if c.section == section]
+                    write_submission(folder, machine, section, [mclips[j].name for j in part], s[part],
+                                     decisions[part], naming=naming, domains=[mclips[j].domain for j in part])
             out.folders[mode] = folder
+    for name, rows in reports.items():
+        write_dict_csv(run_dir / "results" / f"{name}.csv", rows)
 
     labeled = all(c.label is not None for c in clips)
     formula = cfg["formula"] or natural
@@ -330,6 +360,7 @@ def test(
             continue
         result = evaluate_folder(out.folders[mode], scan.root, truth=clips, formula=formula)
         write_results(out.folders[mode], result)
+        write_section_metrics(out.folders[mode] / "sections.csv", result)
         out.results[mode] = result
         summary_rows.append({"score": mode, "formula": result.formula,
                              "official score": result.official_score,
@@ -344,7 +375,8 @@ def _clear_results(folder: Path) -> None:
     if not folder.is_dir():
         return
     for f in folder.iterdir():
-        if f.suffix == ".csv" and f.name.startswith(("anomaly_score_", "decision_result_", "result_", "summary")):
+        if f.suffix == ".csv" and f.name.startswith(("anomaly_score_", "decision_result_", "result_", "summary",
+                                                     "sections")):
             f.unlink()
 
 
@@ -451,8 +483,9 @@ def summarize(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> 
 
 
 # -- run ------------------------------------------------------------------------------------------
-def run(cfg: Mapping[str, Any]) -> TestOutcome:
-    """``stetho run``: generate toy data if the recipe asks for it, then train, test, evaluate."""
+def run(cfg: Mapping[str, Any]) -> TestOutcome | Comparison:
+    """``stetho run``: generate toy data if the recipe asks for it, then train, test, evaluate —
+    or, when the recipe has ``compare:``, every variant × seed and their :func:`compare`."""
     cfg = resolve(cfg)
     if cfg["toy"] is not None:
         from stetho.datasets.toy import make_toy_dataset
@@ -463,5 +496,74 @@ def run(cfg: Mapping[str, Any]) -> TestOutcome:
             log.info("generating toy data in %s (%s)", data, ", ".join(f"{k}={v}" for k, v in toy.items()))
             make_toy_dataset(data, progress=cfg["progress"], **toy)
         cfg["data"] = str(data)
+    if cfg["compare"] is not None:
+        return compare(cfg)
     run_dir = train(cfg)
     return test(run_dir, progress=cfg["progress"])
+
+
+def compare(cfg: Mapping[str, Any]) -> Comparison:
+    """Train and test every variant of ``cfg["compare"]`` with every seed, then compare them.
+
+    Runs go to ``OUT/<variant>/seed_<seed>/`` (ordinary run folders); the comparison of every
+    (variant, score mode) over the seeds to ``OUT/comparison_settings.csv``,
+    ``comparison_models.csv`` and ``comparison.txt`` (see :mod:`stetho.outputs.compare`). A model
+    is named ``<variant>/<mode>``, or ``<variant>`` when the variant is tested in one mode only.
+    Every variant's config is checked before the first run. With ``compare.reuse``, a run
+    folder already tested with the same model, parameters, seed and data is kept as it is.
+    """
+    cfg = resolve(cfg)
+    spec = cfg["compare"] or {}
+    if not cfg["out"]:
+        raise ConfigError("no output folder given (out: in the recipe, or out=DIR)")
+    out = Path(cfg["out"])
+    seeds = spec.get("seeds") or [cfg["seed"]]
+    variants = spec.get("variants") or {cfg["model"]: {}}
+    base = {**cfg, "compare": None, "toy": None}
+    plans = []
+    for name, over in variants.items():
+        for seed in seeds:
+            run_cfg = resolve(base, over or {}, {"seed": seed, "out": str(out / name / f"seed_{seed}"), "overwrite": True},
+                              where=f"compare.variants.{name}")
+            det = make_detector(run_cfg)  # parameter errors before any training
+            plans.append((name, run_cfg, _modes(det, run_cfg["test"]["score"])))
+    if not cfg["data"]:
+        raise ConfigError(_missing_data_message(cfg))
+    models: dict[str, list[tuple[Path, str]]] = {}
+    for name, run_cfg, modes in plans:
+        run_dir = Path(run_cfg["out"])
+        if not (spec.get("reuse") and _finished(run_dir, run_cfg, modes)):
+            log.info("compare: %s, seed %d → %s", name, run_cfg["seed"], run_dir)
+            train(run_cfg)
+            outcome = test(run_dir, score=modes, progress=run_cfg["progress"])
+            if any(r is None for r in outcome.results.values()):
+                raise DatasetError(f"{run_cfg['data']}: the test clips carry no labels; nothing to compare")
+        else:
+            log.info("compare: %s, seed %d: reusing the finished run in %s", name, run_cfg["seed"], run_dir)
+        for mode in modes:
+            models.setdefault(name if len(modes) == 1 else f"{name}/{mode}", []).append((run_dir, mode))
+    comparison = compare_runs(models)
+    comparison.write(out)
+    return comparison
+
+
+def _finished(run_dir: Path, cfg: Mapping[str, Any], modes: Sequence[str]) -> bool:
+    """True when ``run_dir`` holds a tested run of the same model, parameters, seed and data."""
+    if not all((run_dir / "results" / m / "sections.csv").is_file() for m in modes):
+        return False
+    try:
+        done = load_run_config(run_dir)
+    except StethoError:
+        return False
+    same = ("model", "params", "seed", "dataset", "mimii_split", "machines", "channel")
+    return (all(done[k] == cfg[k] for k in same if k != "dataset" or cfg[k] != "auto")
+            and Path(done["data"]) == Path(cfg["data"]).resolve())
+
+
+def _missing_data_message(cfg: Mapping[str, Any]) -> str:
+    """What to point a recipe without ``data`` at, in the words of its layout."""
+    hint = ""
+    if cfg.get("dataset") not in (None, "auto"):
+        layout = get_layout(cfg["dataset"])
+        hint = f": a {layout.title} folder" + (f" ({layout.expected})" if layout.expected else "")
+    return f"no data folder given (--data ROOT, `data:` in the recipe, or data=ROOT after `stetho run RECIPE`){hint}"

@@ -43,28 +43,52 @@ def rel(clips, root):
 def test_split_folder_by_hand():
     normals = [Path(f"{i:08d}.wav") for i in (6, 2, 0, 5, 1, 4, 3)]  # 7, unsorted
     abnormals = [Path(f"a{i}.wav") for i in range(3)]
-    train, test = split_folder(normals, abnormals, "baseline")
-    assert [p.stem for p in test] == ["00000000", "00000001", "00000002"]
+    train, val, test = split_folder(normals, abnormals, "baseline")
+    assert [p.stem for p in test] == ["00000000", "00000001", "00000002"] and val == []
     assert [p.stem for p in train] == ["00000003", "00000004", "00000005", "00000006"]
-    train, test = split_folder(normals, abnormals, "cande")  # 7 // 2 = 3 in test
-    assert [p.stem for p in test] == ["00000000", "00000001", "00000002"]
+    train, val, test = split_folder(normals, abnormals, "cande")  # 7 // 2 = 3 in test; ⌊0.4⌋ = 0 validation
+    assert [p.stem for p in test] == ["00000000", "00000001", "00000002"] and val == []
     assert [p.stem for p in train] == ["00000003", "00000004", "00000005", "00000006"]
     ten = [Path(f"{i:08d}.wav") for i in range(10)]
-    train, test = split_folder(ten, abnormals, "baseline")  # 3 abnormals → 3 test normals
+    train, val, test = split_folder(ten, abnormals, "baseline")  # 3 abnormals → 3 test normals
     assert [p.stem for p in test] == [f"{i:08d}" for i in range(3)]
     assert [p.stem for p in train] == [f"{i:08d}" for i in range(3, 10)]
-    train, test = split_folder(ten, abnormals, "cande")  # first half test
+    train, val, test = split_folder(ten, abnormals, "cande")  # first half test
     assert [p.stem for p in test] == [f"{i:08d}" for i in range(5)]
     assert [p.stem for p in train] == [f"{i:08d}" for i in range(5, 10)]
+    # 40 normals: train = 20-39, validation = the first ⌊0.1 · 20⌋ = 2 test normals
+    forty = [Path(f"{i:08d}.wav") for i in range(40)]
+    train, val, test = split_folder(forty, abnormals, "cande")
+    assert train == forty[20:] and val == forty[:2] and test == forty[2:20]  # disjoint (default)
+    train, val, test = split_folder(forty, abnormals, "cande-overlap")
+    assert train == forty[20:] and val == forty[:2] and test == forty[:20]  # the original: tested too
     # more abnormals than normals: baseline puts every normal in test
     two = ten[:2]
-    assert split_folder(two, abnormals, "baseline") == ([], two)
-    assert split_folder(two, abnormals, "cande") == ([two[1]], [two[0]])
+    assert split_folder(two, abnormals, "baseline") == ([], [], two)
+    assert split_folder(two, abnormals, "cande") == ([two[1]], [], [two[0]])
     # no abnormals: baseline trains on everything
-    assert split_folder(ten, [], "baseline") == (ten, [])
-    assert split_folder([], abnormals, "cande") == ([], [])
-    with pytest.raises(ConfigError, match="must be one of baseline, cande, got 'half'"):
+    assert split_folder(ten, [], "baseline") == (ten, [], [])
+    assert split_folder([], abnormals, "cande") == ([], [], [])
+    with pytest.raises(ConfigError, match="must be one of baseline, cande, cande-overlap, got 'half'"):
         split_folder(ten, abnormals, "half")
+
+
+def test_cande_validation_clips_are_marked_training_clips(tmp_path):
+    root = tmp_path / "mimii"
+    make_tree(root, "6", "valve", "00", 40, 2)
+    for rule, n_test_normals in (("cande", 18), ("cande-overlap", 20)):
+        clips = scan(root, split_rule=rule).clips
+        val = [c for c in clips if c.is_validation]
+        assert [(c.path.name, c.split, c.label) for c in val] == [
+            ("00000000.wav", "train", 0), ("00000001.wav", "train", 0)]
+        assert val[0].meta == (("id", "00"), ("snr", "6"), ("role", "validation"))
+        assert val[0].get_meta("id") == "00"
+        assert sum(c.split == "train" and not c.is_validation for c in clips) == 20
+        test_normals = [c for c in clips if c.split == "test" and c.label == 0]
+        assert len(test_normals) == n_test_normals
+        tested = {c.path.name for c in test_normals}
+        assert ("00000000.wav" in tested) is (rule == "cande-overlap")
+    assert not any(c.is_validation for c in scan(root).clips)  # baseline: none
 
 
 # ---------------------------------------------------------------- a folder of SNR folders
@@ -150,9 +174,9 @@ def test_snr_tree_cande(snr_tree):
     assert [s for p, s in sorted(split.items()) if p.startswith("-6_dB_pump/pump/id_04/normal")] == [
         "test", "test", "train", "train"]
     assert Counter(c.split for c in result.clips) == {"train": 4 + 5 + 1 + 2, "test": 3 + 3 + 5 + 3 + 1 + 5 + 2 + 1}
-    with pytest.raises(ConfigError, match="MIMII split rule must be one of baseline, cande, got 'random'"):
+    with pytest.raises(ConfigError, match="MIMII split rule must be one of baseline, cande, cande-overlap, got 'random'"):
         scan(snr_tree, split_rule="random")
-    assert SPLIT_RULES == ("baseline", "cande")
+    assert SPLIT_RULES == ("baseline", "cande", "cande-overlap")
 
 
 def test_splits_and_machines(snr_tree):
@@ -293,10 +317,12 @@ def test_real_mimii_fan_id00_subset(real_data):
     assert {(c.machine, c.section, c.meta) for c in result.clips} == {("fan", "00", (("id", "00"),))}
     assert Counter((c.split, c.label) for c in result.clips) == {("test", 0): 20, ("test", 1): 20}
     cande = scan(root, split_rule="cande")
-    train = [c.key for c in cande.clips if c.split == "train"]
+    train = [c.key for c in cande.clips if c.split == "train" and not c.is_validation]
     assert train == [f"normal_id_00_{i:08d}.wav" for i in range(10, 20)]
+    # validation: the first ⌊0.1 · 10⌋ = 1 test normal, out of the test set
+    assert [c.key for c in cande.clips if c.is_validation] == ["normal_id_00_00000000.wav"]
     test_normals = [c.key for c in cande.clips if c.split == "test" and c.label == 0]
-    assert test_normals == [f"normal_id_00_{i:08d}.wav" for i in range(10)]
+    assert test_normals == [f"normal_id_00_{i:08d}.wav" for i in range(1, 10)]
     assert scan_dataset(root).dataset == "mimii"
 
 

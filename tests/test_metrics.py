@@ -693,3 +693,24 @@ def test_machine_summary_columns_per_formula_are_printable():
         assert c in SUMMARY_PRINT_COLUMNS
     # 2022 tables are unchanged by the other formulas
     assert evaluate(scores, clips).columns("fan") == TABLE_COLUMNS
+
+
+# ---------------------------------------------------------------------------------------------
+# PR-AUC (average precision)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pr_auc_by_hand_and_in_section_metrics(caplog):
+    from stetho.metrics import pr_auc
+
+    # Scores in decreasing order: 0.9 (anomaly), 0.8 (normal), 0.7 (anomaly), 0.1 (normal).
+    # Recall steps 0 → 1/2 at precision 1/1, then 1/2 → 1 at precision 2/3:
+    # AP = 1/2 · 1 + 1/2 · 2/3 = 5/6.
+    y, s = [1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]
+    assert pr_auc(y, s) == pytest.approx(5 / 6)
+    assert pr_auc([0, 1], [0.2, 0.9]) == 1.0
+    m = section_metrics(y, s, [None] * 4)
+    assert m["PR-AUC"] == pytest.approx(5 / 6) and m["AUC"] == pytest.approx(0.75)
+    with caplog.at_level(logging.WARNING):
+        assert math.isnan(pr_auc([1, 1], [0.1, 0.2]))
+    assert "PR-AUC is undefined" in caplog.text

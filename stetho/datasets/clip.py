@@ -10,6 +10,9 @@ TARGET = "target"
 DOMAINS = (SOURCE, TARGET)
 NORMAL = 0
 ANOMALY = 1
+#: ``meta`` entry of a training-split clip held out for validation (best-epoch selection), e.g.
+#: by the CANDE-CP MIMII split: such clips are not trained on.
+VALIDATION_META = ("role", "validation")
 
 
 @dataclass(frozen=True, order=True)
@@ -31,7 +34,7 @@ class Clip:
             within its machine type (MIMII's ``00000000.wav`` in every folder; files in
             sub-folders of one's own recordings); ``None`` = the file name.
         meta: other ``(name, value)`` facts that are not operating conditions (``snr``,
-            ``id``, ``subset`` ...); never used as class labels.
+            ``id``, ``subset``, ``role=validation`` ...); never used as class labels.
     """
 
     path: Path
@@ -52,6 +55,11 @@ class Clip:
     @property
     def is_target(self) -> bool:
         return self.domain == TARGET
+
+    @property
+    def is_validation(self) -> bool:
+        """A training-split clip held out for validation (``meta`` has ``role=validation``)."""
+        return VALIDATION_META in self.meta
 
     def get_meta(self, name: str, default: str | None = None) -> str | None:
         """The value of metadata ``name`` (e.g. ``"snr"``), or ``default``."""

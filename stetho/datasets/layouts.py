@@ -41,12 +41,14 @@ class Layout:
         formula: official-score formula name (see :mod:`stetho.metrics`), or ``None`` when it
             depends on the data (domains → ``dcase2022``, none → ``dcase2020``).
         scan: ``scan(root, machines, splits, **options) -> Scan``.
+        expected: the folder layout in a few words, for messages (what to point ``--data`` at).
     """
 
     name: str
     title: str
     formula: str | None
     scan: Callable[..., Scan]
+    expected: str = ""
 
 
 def _dcase_year(year: str) -> Callable[..., Scan]:
@@ -57,18 +59,25 @@ def _dcase_year(year: str) -> Callable[..., Scan]:
 
 LAYOUTS: dict[str, Layout] = {
     "dcase2020": Layout("dcase2020", "DCASE 2020 Task 2", "dcase2020",
-                        lambda root, machines=None, splits=SPLITS, **_: dcase2020.scan(root, machines, splits)),
+                        lambda root, machines=None, splits=SPLITS, **_: dcase2020.scan(root, machines, splits),
+                        "<machine>/{train,test}/<normal|anomaly>_id_XX_NNNNNNNN.wav"),
     "dcase2021": Layout("dcase2021", "DCASE 2021 Task 2", "dcase2021",
-                        lambda root, machines=None, splits=SPLITS, **_: dcase2021.scan(root, machines, splits)),
-    **{f"dcase{y}": Layout(f"dcase{y}", f"DCASE {y} Task 2", f"dcase{y}", _dcase_year(f"dcase{y}"))
+                        lambda root, machines=None, splits=SPLITS, **_: dcase2021.scan(root, machines, splits),
+                        "<machine>/{train,source_test,target_test}/section_XX_*.wav"),
+    **{f"dcase{y}": Layout(f"dcase{y}", f"DCASE {y} Task 2", f"dcase{y}", _dcase_year(f"dcase{y}"),
+                           "<machine>/{train,test}/section_XX_<domain>_<split>_<label>_NNNN_<attributes>.wav")
        for y in (2022, 2023, 2024, 2025)},
     "mimii": Layout("mimii", "MIMII", "dcase2020",
                     lambda root, machines=None, splits=SPLITS, mimii_split="baseline", **_:
-                    mimii.scan(root, machines, splits, split_rule=mimii_split)),
+                    mimii.scan(root, machines, splits, split_rule=mimii_split),
+                    "[<snr>_dB_<machine>/]<machine>/id_XX/{normal,abnormal}/*.wav: the MIMII zips of "
+                    "zenodo.org/record/3384388 unpacked side by side"),
     "folder": Layout("folder", "own recordings (<machine>/{train,test}/)", None,
-                     lambda root, machines=None, splits=SPLITS, **_: folder.scan(root, machines, splits)),
+                     lambda root, machines=None, splits=SPLITS, **_: folder.scan(root, machines, splits),
+                     "<machine>/{train,test}/**/*.wav [+ labels.csv]"),
     "manifest": Layout("manifest", "manifest CSV", None,
-                       lambda root, machines=None, splits=SPLITS, **_: manifest.scan(root, machines, splits)),
+                       lambda root, machines=None, splits=SPLITS, **_: manifest.scan(root, machines, splits),
+                       "a CSV with the columns path,machine,split[,label,...]"),
 }
 #: Accepted ``--dataset`` values.
 DATASETS: tuple[str, ...] = ("auto", *LAYOUTS)
@@ -196,7 +205,7 @@ def scan_dataset(
         machines: machine types to keep (default: all).
         splits: ``("train",)``, ``("test",)`` or both.
         subset: ``"dev"`` or ``"eval"`` when ``root`` holds both ``dev_data`` and ``eval_data``.
-        mimii_split: MIMII train/test rule, ``"baseline"`` or ``"cande"``.
+        mimii_split: MIMII train/test rule, ``"baseline"``, ``"cande"`` or ``"cande-overlap"``.
 
     Returns:
         The :class:`Scan` (its ``dataset`` is the layout used, its ``root`` the folder read).

@@ -12,7 +12,14 @@ normal files sorted by name (deterministic, recorded in the run's ``train_files.
 - ``"baseline"`` (default; the MIMII baseline's rule): as many normals as there are abnormal
   files go to test (the first ones), with every abnormal file; the other normals train.
 - ``"cande"`` (CANDE-CP, METHODS.md §4): test = the first half of the normals + every abnormal
-  file; train = the second half.
+  file; train = the second half; validation = the first ``⌊0.1 · |train|⌋`` of the test normals,
+  taken out of the test set (validation disjoint from test, stetho's default).
+- ``"cande-overlap"``: the same, but the validation normals also stay in the test set, as in
+  the original CANDE-CP code (which evaluated on them too).
+
+Validation clips are training-split clips whose ``meta`` has ``role=validation``
+(:data:`stetho.datasets.clip.VALIDATION`): detectors that pick their best epoch on them get them
+in ``fit``; the pipeline leaves them out for the others.
 
 Clips: ``section`` = the ID, with the SNR when known (``"00_-6dB"``), so metrics are per
 (machine, id, SNR) as MIMII papers report them; ``meta`` holds ``id`` and ``snr``; the ``key``
@@ -26,13 +33,15 @@ import re
 from pathlib import Path
 
 from stetho.datasets.base import Scan, check_unique_names, choose_machines, wav_files
-from stetho.datasets.clip import ANOMALY, NORMAL, Clip
+from stetho.datasets.clip import ANOMALY, NORMAL, VALIDATION_META, Clip
 from stetho.errors import ConfigError, DatasetError
 
 SNR_FOLDER = re.compile(r"^(?P<snr>-?\d+)_dB_(?P<machine>.+)$")
 ID_FOLDER = re.compile(r"^id_(?P<id>\d+)$")
 LABEL_FOLDERS = {"normal": NORMAL, "abnormal": ANOMALY}
-SPLIT_RULES = ("baseline", "cande")
+SPLIT_RULES = ("baseline", "cande", "cande-overlap")
+#: Validation size of the CANDE rules, as a share of the folder's training normals (floored).
+CANDE_VALIDATION_SHARE = 0.1
 MACHINES = ("fan", "pump", "slider", "valve")
 
 
@@ -61,15 +70,22 @@ def _id_folders(root: Path, depth_limit: int = 3) -> list[Path]:
     return found
 
 
-def split_folder(normals: list[Path], abnormals: list[Path], rule: str) -> tuple[list[Path], list[Path]]:
-    """(train normals, test normals) of one ``id_XX`` folder under ``rule`` (sorted input)."""
+def split_folder(
+    normals: list[Path], abnormals: list[Path], rule: str
+) -> tuple[list[Path], list[Path], list[Path]]:
+    """(train, validation, test) normals of one ``id_XX`` folder under ``rule`` (input in any
+    order; sorted by name here). Only the CANDE rules have validation normals; under
+    ``"cande-overlap"`` they are in the test list too."""
     normals = sorted(normals)
     if rule == "baseline":
         k = min(len(abnormals), len(normals))
-        return normals[k:], normals[:k]
-    if rule == "cande":
+        return normals[k:], [], normals[:k]
+    if rule in ("cande", "cande-overlap"):
         half = len(normals) // 2
-        return normals[half:], normals[:half]
+        train, test = normals[half:], normals[:half]
+        n_val = int(CANDE_VALIDATION_SHARE * len(train))
+        validation = test[:n_val]
+        return train, validation, test if rule == "cande-overlap" else test[n_val:]
     raise ConfigError(f"MIMII split rule must be one of {', '.join(SPLIT_RULES)}, got {rule!r}")
 
 
@@ -116,17 +132,19 @@ def scan(
     for machine in chosen:
         for folder, mid, snr in by_machine[machine]:
             files = {label: wav_files(folder / d) for d, label in LABEL_FOLDERS.items()}
-            train, test_normals = split_folder(files[NORMAL], files[ANOMALY], split_rule)
+            train, validation, test_normals = split_folder(files[NORMAL], files[ANOMALY], split_rule)
             section = mid if snr is None else f"{mid}_{snr}dB"
             meta = (("id", mid),) + ((("snr", snr),) if snr is not None else ())
             prefix = "" if snr is None else f"{snr}_dB_"
-            assigned = ([(p, "train", NORMAL) for p in train] + [(p, "test", NORMAL) for p in test_normals]
-                        + [(p, "test", ANOMALY) for p in files[ANOMALY]])
-            for path, split, label in assigned:
+            assigned = ([(p, "train", NORMAL, meta) for p in train]
+                        + [(p, "train", NORMAL, meta + (VALIDATION_META,)) for p in validation]
+                        + [(p, "test", NORMAL, meta) for p in test_normals]
+                        + [(p, "test", ANOMALY, meta) for p in files[ANOMALY]])
+            for path, split, label, clip_meta in assigned:
                 if split not in splits:
                     continue
                 key = f"{prefix}{path.parent.name}_id_{mid}_{path.name}"
                 out.clips.append(Clip(path=path, machine=machine, section=section, split=split,
-                                      label=label, key=key, meta=meta))
+                                      label=label, key=key, meta=clip_meta))
     check_unique_names(out.clips, root)
     return out.sort()

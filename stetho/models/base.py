@@ -34,6 +34,9 @@ class Detector:
     score_modes: ClassVar[tuple[str, ...]] = ("default",)
     #: One model for all machine types of a dataset (True), or one per machine type (False).
     joint: ClassVar[bool] = False
+    #: ``fit`` takes validation clips (``Clip.is_validation``, e.g. the CANDE-CP MIMII split) for
+    #: choosing its best epoch; for other detectors the pipeline leaves them out of training.
+    uses_validation: ClassVar[bool] = False
 
     # -- features ---------------------------------------------------------------------------
     def extract(
@@ -60,6 +63,11 @@ class Detector:
         """Constructor arguments as a plain dict."""
         sig = inspect.signature(type(self).__init__)
         return {k: getattr(self, k) for k in sig.parameters if k != "self"}
+
+    def check_params(self) -> None:
+        """Raise :class:`~stetho.errors.ConfigError` for hyper-parameter values that cannot work
+        (checked before any data is read); the base checks the default score mode."""
+        self._mode(None)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -110,6 +118,19 @@ class Detector:
                                   f"fitted on {', '.join(value)}")
             return float(value[machine])
         return float(value)
+
+    # -- what else a run records ------------------------------------------------------------
+    def histories(self) -> dict[str, dict[str, list]]:
+        """Training histories by part, each ``{column: values per epoch}`` with at least
+        ``epoch``, ``train_loss`` and ``val_loss``; ``""`` is the main one (``history_``).
+        Detectors that train several networks add parts (CANDE-CP: ``"predictor"``)."""
+        return {"": self.history_}
+
+    def report_tables(self) -> dict[str, list[dict[str, Any]]]:
+        """Tables about the last :meth:`score_all` call beyond the scores (CANDE-CP: the context
+        predicted for each file in streaming order), by name; the pipeline writes each to
+        ``RUN/results/<name>.csv``. None by default."""
+        return {}
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

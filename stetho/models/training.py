@@ -180,6 +180,42 @@ def run_epochs(
     return history
 
 
+class BestState:
+    """The weights of a network at its best epoch by a validation value.
+
+    ``update(epoch, value)`` after each epoch keeps a copy of the weights when ``value`` is
+    strictly better than every earlier one (so a tie keeps the earliest epoch); NaN never counts.
+    ``restore()`` loads the kept weights back (nothing to restore: the last epoch's stay).
+
+    Args:
+        net: the network being trained.
+        higher_is_better: ``True`` for accuracies, ``False`` for losses.
+    """
+
+    def __init__(self, net: torch.nn.Module, higher_is_better: bool = False) -> None:
+        self.net = net
+        self.higher_is_better = higher_is_better
+        self.epoch: int | None = None
+        self.value = float("nan")
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Record ``value`` of ``epoch``; True when it is the new best."""
+        if not np.isfinite(value):
+            return False
+        if self.epoch is not None and not (value > self.value if self.higher_is_better else value < self.value):
+            return False
+        self.epoch, self.value = epoch, float(value)
+        self._state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return True
+
+    def restore(self) -> int | None:
+        """Load the best weights into the network; returns the best epoch (``None``: none kept)."""
+        if self._state is not None:
+            self.net.load_state_dict(self._state)
+        return self.epoch
+
+
 def atomic_torch_save(obj: object, path: str | Path) -> None:
     """``torch.save`` to a temporary file, then rename (never a half-written model file)."""
     path = Path(path)

@@ -345,3 +345,19 @@ def write_results(out_dir: str | Path, result: EvaluationResult) -> list[Path]:
     rows, columns = summary_rows(result)
     written.append(write_dict_csv(out_dir / "summary.csv", rows, columns))
     return written
+
+
+#: Columns of ``sections.csv`` (:func:`write_section_metrics`).
+SECTION_COLUMNS: tuple[str, ...] = (
+    "machine", "section", "files", "anomalies", "AUC", "pAUC", "PR-AUC", "AUC (source)", "AUC (target)",
+)
+
+
+def write_section_metrics(path: str | Path, result: EvaluationResult) -> Path:
+    """Write ``sections.csv``: one row per (machine type, section) with its number of files and
+    anomalies, ``AUC``, ``pAUC`` and ``PR-AUC`` over all its files, and the domain AUCs (NaN
+    without domains). For MIMII a section is a (machine ID, SNR) setting, so this is the
+    per-setting table MIMII papers report; :mod:`stetho.outputs.compare` reads it."""
+    rows = [{"machine": s.machine, "section": s.section, "files": s.n_files, "anomalies": s.n_anomalies,
+             **{k: s.metrics[k] for k in SECTION_COLUMNS[4:]}} for s in result.sections]
+    return write_dict_csv(path, rows, SECTION_COLUMNS)

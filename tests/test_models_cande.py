@@ -1,0 +1,384 @@
+"""CANDE-CP (stetho.models.cande): networks, FiLM placement, embedding table, per-file votes,
+the weighted window, stream order, best epochs, and the method on synthetic contexts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from stetho.datasets.clip import VALIDATION_META, Clip
+from stetho.errors import ConfigError, DatasetError, NotFittedError, StethoError
+from stetho.features import stack_frames
+from stetho.models import CANDEDetector, Detector, get_model
+from stetho.models.cande import ContextPredictor, FiLMAE, FiLMBlock, PlainAE
+from stetho.models.cande.context import (
+    context_indices, context_of, embedding_table, file_modes, file_votes, resolve_context_column, stream_order,
+    window_weights, windowed_predictions,
+)
+from stetho.models.training import BestState
+
+
+def _linears(net: torch.nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+
+
+# ---------------------------------------------------------------------------------------------
+# networks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_plain_ae_architecture():
+    net = PlainAE()
+    assert _linears(net) == [(320, 64), (64, 64), (64, 8), (8, 64), (64, 64), (64, 320)]
+    layers = list(net.layers)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in layers) == 5  # bottleneck too, not the output
+    assert isinstance(layers[-1], torch.nn.Linear)
+    # 320·64+64 + 64·64+64 + 64·8+8 + 8·64+64 + 64·64+64 + 64·320+320
+    assert sum(p.numel() for p in net.parameters()) == 20_544 + 4_160 + 520 + 576 + 4_160 + 20_800
+    assert net(torch.randn(3, 320)).shape == (3, 320)
+
+
+def test_film_ae_architecture():
+    net = FiLMAE(320, context_dim=16)
+    assert (net.first.in_features, net.first.out_features) == (320, 64)
+    assert [(b.linear.in_features, b.linear.out_features) for b in net.blocks] == [(64, 64), (64, 8), (8, 64), (64, 64)]
+    assert all((b.gamma.in_features, b.beta.in_features) == (16, 16) for b in net.blocks)
+    assert [b.gamma.out_features for b in net.blocks] == [64, 8, 64, 64]
+    assert (net.last.in_features, net.last.out_features) == (64, 320)
+    x = torch.randn(4, 320)
+    a, b = torch.eye(16)[[0, 0, 0, 0]], torch.eye(16)[[3, 3, 3, 3]]
+    assert net(x, a).shape == (4, 320)
+    assert not torch.allclose(net(x, a), net(x, b))  # the context changes the reconstruction
+
+
+def test_film_block_modulates_the_activations_after_relu_then_relu():
+    block = FiLMBlock(2, 2, context_dim=1)
+    with torch.no_grad():
+        block.linear.weight.copy_(torch.eye(2))
+        block.linear.bias.zero_()
+        block.gamma.weight.copy_(torch.tensor([[-1.0], [2.0]]))
+        block.gamma.bias.zero_()
+        block.beta.weight.copy_(torch.tensor([[1.0], [1.0]]))
+        block.beta.bias.copy_(torch.tensor([0.5, 0.5]))
+    x, c = torch.tensor([[2.0, -3.0]]), torch.tensor([[1.0]])
+    # By hand: h = ReLU([2, -3]) = [2, 0]; γ = [-1, 2]; β = [1.5, 1.5];
+    # out = ReLU(γ ⊙ h + β) = ReLU([-0.5, 1.5]) = [0, 1.5].
+    out = block(x, c)
+    assert out.tolist() == [[0.0, 1.5]]
+    # Modulating before the block's ReLU would give ReLU([-2 + 1.5, -6 + 1.5]) = [0, 0]; leaving out
+    # the final ReLU would give [-0.5, 1.5]: both differ from the output.
+    assert out[0, 1] != 0.0 and out[0, 0] == 0.0
+
+
+def test_context_predictor_architecture_and_embedding_layer():
+    net = ContextPredictor(320, 16)
+    assert _linears(net) == [(320, 512), (512, 512), (512, 256), (256, 128), (128, 128), (128, 64), (64, 16)]
+    assert net.embedding_dim == 64
+    x = torch.randn(8, 320) * 10
+    emb = net.embed(x)
+    assert emb.shape == (8, 64) and (emb < 0).any()  # the pre-activation output, before its ReLU
+    assert torch.allclose(net(x), net.head(torch.relu(emb)))
+    small = ContextPredictor(10, 3, hidden=(6, 4))
+    assert _linears(small) == [(10, 6), (6, 4), (4, 3)] and small.embed(torch.randn(2, 10)).shape == (2, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# contexts: table, votes, window, order
+# ---------------------------------------------------------------------------------------------
+
+
+def test_embedding_table_by_hand():
+    emb = np.array([[1, 10, 7], [3, 10, 7], [4, 0, 7], [0, 5, 7], [0, 5, 7]], dtype=float)
+    ctx = np.array([0, 0, 1, 2, 2])
+    # means per context: [2, 10, 7], [4, 0, 7], [0, 5, 7]; per dimension min [0, 0, 7], max [4, 10, 7];
+    # (mean - min) / (max - min), a dimension without range → 0.
+    table = embedding_table(emb, ctx, 3)
+    np.testing.assert_allclose(table, [[0.5, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    np.testing.assert_allclose(embedding_table(emb, np.zeros(5, dtype=int), 1), [[0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"contexts \[3\] have no frames"):
+        embedding_table(emb, ctx, 4)
+
+
+def test_file_votes_and_modes():
+    frames = np.array([2, 2, 1, 0, 0, 1, 1, 3])
+    owners = np.array([0, 0, 0, 1, 1, 1, 1, 2])
+    votes = file_votes(frames, owners, 3, 4)
+    assert votes.tolist() == [[0, 1, 2, 0], [2, 2, 0, 0], [0, 0, 0, 1]]
+    assert file_modes(votes).tolist() == [2, 0, 3]  # file 1: a 2-2 tie goes to the lower index
+
+
+def test_window_weights_by_hand():
+    np.testing.assert_allclose(window_weights(3, 0.1), [0.81, 0.9, 1.0])  # oldest t = 1: 0.9^(3-1)
+    np.testing.assert_allclose(window_weights(1, 0.5), [1.0])
+
+
+def test_windowed_predictions_by_hand():
+    # W = 3, λ = 0.5: weights of a full window 0.25, 0.5, 1 (oldest first).
+    # n=1 [0]: 0 | n=2 [0,1]: 0.5 vs 1 → 1 | n=3 [0,1,1]: 0.25 vs 1.5 → 1
+    # n=4 [1,1,0]: ctx1 0.75, ctx0 1 → 0 | n=5 [1,0,2]: 0.25, 0.5, 1 → 2
+    assert windowed_predictions([0, 1, 1, 0, 2], 3, window=3, lam=0.5).tolist() == [0, 1, 1, 0, 2]
+    # λ = 0.1, W = 50: one dissenting file after three agreeing ones: 0.729 + 0.81 + 0.9 > 1
+    assert windowed_predictions([0, 0, 0, 1], 2, window=50, lam=0.1).tolist() == [0, 0, 0, 0]
+    # the window holds W files only: at n=4 it is [1, 1] → 1; at n=3 [0, 1]: 0.9 vs 1 → 1
+    assert windowed_predictions([0, 0, 0, 1, 1], 2, window=2, lam=0.1).tolist() == [0, 0, 0, 1, 1]
+    # a tie (λ = 0, [0, 1]) goes to the newest prediction
+    assert windowed_predictions([0, 1], 2, window=2, lam=0.0).tolist() == [0, 1]
+    # reset per directory: the window restarts where the group changes
+    preds, groups = [0, 0, 0, 1, 1], ["a", "a", "a", "b", "b"]
+    assert windowed_predictions(preds, 2).tolist() == [0, 0, 0, 0, 0]  # 5th: 0.6561+0.729+0.81 > 0.9+1
+    assert windowed_predictions(preds, 2, groups=groups).tolist() == [0, 0, 0, 1, 1]
+
+
+def _clip(path: str, machine: str = "fan", section: str = "00_6dB", split: str = "test", label: int = 0,
+          meta=(("id", "00"), ("snr", "6")), attributes=()) -> Clip:
+    return Clip(Path(path), machine, section, split, label=label, meta=meta, attributes=attributes)
+
+
+def test_stream_order_is_sorted_by_path_or_seeded():
+    clips = [_clip(p) for p in ("/d/b/2.wav", "/d/a/9.wav", "/d/b/1.wav", "/d/a/10.wav")]
+    assert stream_order(clips).tolist() == [3, 1, 2, 0]  # /d/a/10, /d/a/9, /d/b/1, /d/b/2
+    shuffled = stream_order(clips, "shuffle", seed=5)
+    assert sorted(shuffled.tolist()) == [0, 1, 2, 3] and shuffled.tolist() == stream_order(clips, "shuffle", 5).tolist()
+    with pytest.raises(ConfigError, match="unknown stream order 'random'"):
+        stream_order(clips, "random")
+
+
+def test_context_columns():
+    mimii = _clip("/m/6_dB_fan/fan/id_02/normal/0.wav", section="02_6dB", meta=(("id", "02"), ("snr", "6")))
+    dcase = Clip(Path("/d/fan/test/section_01_x.wav"), "fan", "01", "test", attributes=(("spd", "20"), ("load", "1")))
+    assert context_of(mimii, "machine_id") == "fan_id_02"  # the SNR is not part of it
+    assert context_of(mimii, "machine_section") == "fan_section_02_6dB"
+    assert context_of(dcase, "machine_section") == "fan_section_01"
+    assert context_of(dcase, "attributes") == "fan_spd_20_load_1"
+    assert context_of(replace(dcase, attributes=()), "attributes") == "fan"
+    assert context_of(dcase, "machine") == "fan"
+    assert resolve_context_column([mimii], "auto") == "machine_id"
+    assert resolve_context_column([mimii, dcase], "auto") == "machine_section"
+    with pytest.raises(ConfigError, match="unknown context column 'snr'; choose from auto, machine_id"):
+        resolve_context_column([mimii], "snr")
+    with pytest.raises(DatasetError, match=r"/d/fan/test/section_01_x.wav: no machine ID"):
+        context_of(dcase, "machine_id")
+    with pytest.raises(DatasetError, match=r"1 test clip\(s\) have a context \(machine_id\) that was never seen"
+                                           r"(.|\n)*6_dB_fan/fan/id_02/normal/0.wav \(fan_id_02\)"):
+        context_indices([mimii], "machine_id", ["fan_id_00", "pump_id_00"], "test")
+
+
+def test_best_state_keeps_the_best_epoch():
+    net = torch.nn.Linear(1, 1)
+    best = BestState(net, higher_is_better=True)
+    weights = {}
+    for epoch, value in enumerate([0.5, 0.8, float("nan"), 0.8, 0.7], start=1):
+        with torch.no_grad():
+            net.weight.fill_(float(epoch))
+        weights[epoch] = float(net.weight.detach())
+        best.update(epoch, value)
+    assert best.restore() == 2 and float(net.weight.detach()) == weights[2]  # a tie keeps the earlier epoch
+    lowest = BestState(net, higher_is_better=False)
+    for epoch, value in enumerate([3.0, 1.0, 2.0], start=1):
+        lowest.update(epoch, value)
+    assert lowest.epoch == 2 and lowest.value == 1.0
+    assert BestState(net).restore() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic contexts: normal sounds differ per context
+# ---------------------------------------------------------------------------------------------
+
+PEAKS = (8, 22, 36, 50)  # mel bin of each context's tone
+
+
+def _frames(rng: np.random.Generator, k: int, n: int = 20) -> np.ndarray:
+    """Log-mel-like frames (n, 64) of context k: a tilted noise floor, a tone at PEAKS[k] and a
+    weaker partial 6 bins above, 3 dB frame noise."""
+    mel = np.arange(64)
+    shape = (-60.0 - 0.2 * mel + 30.0 * np.exp(-0.5 * ((mel - PEAKS[k]) / 1.5) ** 2)
+             + 12.0 * np.exp(-0.5 * ((mel - PEAKS[k] - 6) / 1.5) ** 2))
+    return (shape + rng.normal(scale=3.0, size=(n, 64))).astype(np.float32)
+
+
+def synthetic(seed: int, n_train: int = 20, n_val: int = 4, n_test: int = 24):
+    """Four contexts (machine "m", IDs 00-03). Test files of a context, interleaved in path order:
+    normals, contextual anomalies (the normal sound of *another* context) and perturbations (a
+    narrow-band bump). Returns (train clips, train features, test clips, test features)."""
+    rng = np.random.default_rng(seed)
+    tr, trf, te, tef = [], [], [], []
+    for k in range(4):
+        meta = (("id", f"{k:02d}"),)
+        for i in range(n_train + n_val):
+            extra = (VALIDATION_META,) if i >= n_train else ()
+            tr.append(_clip(f"/syn/id_{k:02d}/train/{i:03d}.wav", "m", f"{k:02d}", "train", 0, meta + extra))
+            trf.append(_frames(rng, k))
+        for i in range(n_test):
+            kind = i % 4  # 0, 1 normal; 2 contextual anomaly; 3 perturbation
+            if kind == 2:
+                f = _frames(rng, int((k + 1 + rng.integers(3)) % 4))
+            else:
+                f = _frames(rng, k)
+                if kind == 3:
+                    f[:, 28:31] += 8.0
+            te.append(_clip(f"/syn/id_{k:02d}/test/{i:03d}.wav", "m", f"{k:02d}", "test", int(kind >= 2), meta))
+            tef.append(f)
+    return tr, trf, te, tef
+
+
+FAST = dict(epochs=20, batch_size=64, lr=1e-3, predictor_epochs=8, predictor_batch_size=128, predictor_lr=1e-3,
+            predictor_hidden=(64, 64, 32), window=10, device="cpu")
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["seed0", "seed1"])
+def fitted(request):
+    seed = request.param
+    tr, trf, te, tef = synthetic(seed)
+    y = np.array([c.label for c in te])
+    out = {}
+    for variant in ("film-onehot", "film-embedding", "unconditioned"):
+        det = CANDEDetector(variant=variant, seed=seed, **FAST).fit(tr, trf)
+        rev = list(range(len(te)))[::-1]  # given in reverse: the stream must still run in path order
+        scores = det.score_all([te[i] for i in rev], [tef[i] for i in rev])
+        out[variant] = (det, {m: s[np.argsort(rev)] for m, s in scores.items()}, det.report_tables())
+    return seed, (tr, trf, te, tef, y), out
+
+
+def test_conditioned_ae_with_predicted_context_beats_the_unconditioned_one(fitted):
+    _, (*_, y), out = fitted
+    auc = {(v, m): roc_auc_score(y, s) for v, (_, scores, _) in out.items() for m, s in scores.items()}
+    base = auc[("unconditioned", "oracle")]
+    assert auc[("unconditioned", "predicted_window")] == base  # no context: the same in every mode
+    for variant in ("film-onehot", "film-embedding"):
+        # measured 0.90-0.91 vs 0.64 (seed 0) and 0.71 (seed 1)
+        assert auc[(variant, "predicted_window")] > base + 0.12, (variant, auc)
+        assert auc[(variant, "oracle")] > 0.97
+        # a contextual anomaly sounds like another context: without the window it is predicted
+        # as that context and reconstructed well
+        assert auc[(variant, "predicted")] < auc[(variant, "predicted_window")]
+
+
+def test_windowed_context_accuracy_is_at_least_the_raw_one(fitted):
+    _, _, out = fitted
+    for variant in ("film-onehot", "film-embedding"):
+        acc = out[variant][2]["context_accuracy"][0]
+        assert acc["scope"] == "all" and acc["files"] == 96
+        # raw: the 24 contextual anomalies are predicted as their sound's context (0.75);
+        # windowed: only the first files after each context change are wrong (measured 0.906)
+        assert acc["accuracy"] == pytest.approx(0.75, abs=0.03)
+        assert acc["accuracy (window)"] >= acc["accuracy"] + 0.1
+    assert out["unconditioned"][2] == {}  # no predictor, no context tables
+
+
+def test_context_stream_is_recorded_in_sorted_order(fitted):
+    _, (_, _, te, _, _), out = fitted
+    det, _, tables = out["film-onehot"]
+    rows = tables["context_stream"]
+    assert [r["order"] for r in rows] == list(range(len(te)))
+    assert [r["file"] for r in rows] == sorted(str(c.path) for c in te)
+    assert {r["context"] for r in rows} == {"m_id_00", "m_id_01", "m_id_02", "m_id_03"}
+    raw = [det.contexts_.index(r["predicted"]) for r in rows]
+    assert [det.contexts_[k] for k in windowed_predictions(raw, 4, 10, 0.1)] == [r["predicted_window"] for r in rows]
+    assert all(0 < r["frame share"] <= 1 for r in rows)
+    per_context = [r for r in tables["context_accuracy"] if r["scope"] == "context"]
+    assert [r["name"] for r in per_context] == det.contexts_ and all(r["files"] == 24 for r in per_context)
+
+
+def test_best_epochs_follow_the_validation_clips(fitted):
+    seed, (tr, trf, *_), out = fitted
+    det = out["film-embedding"][0]
+    hist = det.predictor_history_
+    assert det.predictor_best_epoch_ == 1 + int(np.argmax(hist["val_accuracy"]))
+    assert hist["best"].count(1) == 1 and hist["best"][det.predictor_best_epoch_ - 1] == 1
+    # the restored predictor has the best epoch's validation frame accuracy
+    val = [(c, f) for c, f in zip(tr, trf) if c.is_validation]
+    x = torch.from_numpy(np.concatenate([stack_frames(f, 5) for _, f in val]))
+    y = np.concatenate([[det.contexts_.index(context_of(c, "machine_id"))] * (len(f) - 4) for c, f in val])
+    with torch.no_grad():
+        acc = float((det.predictor_(x).argmax(1).numpy() == y).mean())
+    assert acc == pytest.approx(max(hist["val_accuracy"]))
+    ae_hist = det.history_
+    assert det.ae_best_epochs_["film-embedding"] == 1 + int(np.nanargmin(ae_hist["val_loss"]))
+    assert len(det.table_) == 4 and det.table_.min() == 0.0 and det.table_.max() == 1.0  # min-max per dim
+
+
+def test_thresholds_save_load_and_predict(fitted, tmp_path):
+    _, (_, _, te, tef, _), out = fitted
+    det, scores, _ = out["film-embedding"]
+    assert set(det.thresholds_) == {"predicted_window", "predicted", "oracle"}
+    assert det.threshold_for("oracle", "m") == det.threshold_for("predicted", "m") > 0
+    det.save(tmp_path / "cande.pt")
+    loaded = Detector.load(tmp_path / "cande.pt")
+    assert isinstance(loaded, CANDEDetector) and loaded.contexts_ == det.contexts_
+    again = loaded.score_all(te, tef)
+    for mode in det.score_modes:
+        np.testing.assert_allclose(again[mode], scores[mode], rtol=1e-5)
+    np.testing.assert_allclose(loaded.table_, det.table_)
+    assert loaded.report_tables()["context_stream"] == det.report_tables()["context_stream"]
+    pred = loaded.predict(te, tef, mode="oracle")
+    assert pred.tolist() == (scores["oracle"] > det.threshold_for("oracle", "m")).astype(int).tolist()
+    assert get_model("cande") is CANDEDetector
+
+
+def test_separate_variant_trains_one_ae_per_context():
+    tr, trf, te, tef = synthetic(3, n_train=6, n_val=2, n_test=4)
+    det = CANDEDetector(variant="separate", **{**FAST, "epochs": 2, "predictor_epochs": 2}).fit(tr, trf)
+    assert len(det.aes_) == 4 and all(isinstance(n, PlainAE) for n in det.aes_)
+    assert sorted(det.ae_best_epochs_) == det.contexts_
+    parts = det.histories()
+    assert set(parts) == {"", "predictor", "contexts"} and len(parts["contexts"]["context"]) == 4 * 2
+    scores = det.score_all(te, tef)
+    assert all(s.shape == (16,) and np.isfinite(s).all() for s in scores.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bad_parameters_and_inputs_are_named():
+    for kwargs, message in (({"variant": "film"}, "variant must be one of film-onehot"),
+                            ({"context": "snr"}, "unknown context column 'snr'"),
+                            ({"score_mode": "window"}, "unknown score mode 'window'"),
+                            ({"window_lambda": 1.0}, r"window_lambda must be in \[0, 1\)"),
+                            ({"stream_order": "random"}, "stream_order must be one of path, shuffle")):
+        with pytest.raises(StethoError, match=message):
+            CANDEDetector(**kwargs).check_params()
+    with pytest.raises(NotFittedError):
+        CANDEDetector().score_all([], [])
+    tr, trf, te, tef = synthetic(4, n_train=4, n_val=0, n_test=4)
+    train = [(c, f) for c, f in zip(tr, trf) if c.get_meta("id") != "03"]  # context 03 never trained
+    det = CANDEDetector(variant="film-onehot", **{**FAST, "epochs": 1, "predictor_epochs": 1})
+    det.fit([c for c, _ in train], [f for _, f in train])
+    assert det.contexts_ == ["m_id_00", "m_id_01", "m_id_02"]
+    with pytest.raises(DatasetError, match=r"4 test clip\(s\) have a context \(machine_id\) that was never seen "
+                                           r"in training(.|\n)*/syn/id_03/test/000.wav \(m_id_03\)"):
+        det.score_all(te, tef)
+    other = [Clip(c.path, "pump", c.section, "test", label=0, meta=c.meta) for c in te[:2]]
+    with pytest.raises(StethoError, match="no training clips of machine type\\(s\\) pump"):
+        det.score_all(other, tef[:2])
+    with pytest.raises(DatasetError, match="no machine ID"):
+        CANDEDetector(context="machine_id", **FAST).fit(
+            [Clip(Path("/x/a.wav"), "fan", "00", "train")], [trf[0]])
+
+
+def test_predict_contexts_and_the_window_reset_per_directory(fitted):
+    _, (_, _, te, tef, _), out = fitted
+    det = out["film-onehot"][0]
+    got = det.predict_contexts(te, tef)
+    order = stream_order(te)
+    assert got["order"][order].tolist() == list(range(len(te)))
+    raw = got["predicted"][order]
+    assert got["predicted_window"][order].tolist() == windowed_predictions(raw, 4, 10, 0.1).tolist()
+    det.reset_window_per_directory = True
+    try:
+        reset = det.predict_contexts(te, tef)
+    finally:
+        det.reset_window_per_directory = False
+    dirs = [str(te[i].path.parent) for i in order]
+    assert reset["predicted_window"][order].tolist() == windowed_predictions(raw, 4, 10, 0.1, groups=dirs).tolist()
+    true = context_indices(te, "machine_id", det.contexts_, "test")
+    # one directory per context here: a window that restarts there never carries the last context over
+    assert (reset["predicted_window"] == true).mean() >= (got["predicted_window"] == true).mean()
+    with pytest.raises(StethoError, match="unconditioned variant has no context predictor"):
+        out["unconditioned"][0].predict_contexts(te, tef)
