@@ -23,6 +23,9 @@ from stetho.models.training import FrameVectors, atomic_torch_save, resolve_devi
 log = logging.getLogger(__name__)
 
 PATCH_REDUCE = ("mean", "max")
+#: Columns of the training history: ``train_loss`` is ``d_loss + ge_loss`` (D's loss and the
+#: joint G+E loss, epoch means); there is no validation loss (NaN).
+HISTORY = ("epoch", "train_loss", "val_loss", "d_loss", "ge_loss")
 
 
 # -- normalisation ------------------------------------------------------------------------------
@@ -116,7 +119,7 @@ class BiGANDetector(Detector):
         patch_reduce: clip score from patch scores, ``"mean"`` (the method) or ``"max"``.
         norm_scale: standard deviations mapped to ±1 (3).
         collapse_threshold: after training, warn of mode collapse when :func:`generator_diversity`
-            is below this (0.1); the value is kept in ``diversity_``.
+            is below this (0.05: an untrained or collapsed G is at ≤ 0.01, trained ones at 0.1-1 on the toy data); the value is kept in ``diversity_``.
         checkpoint_every: save a resumable checkpoint every this many epochs (needs ``work_dir``).
         resume: continue from the latest checkpoint in ``work_dir``.
         decision_quantile: Gamma quantile for the threshold (0.9).
@@ -136,7 +139,7 @@ class BiGANDetector(Detector):
         dis_channels: int = 64, dis_z_hidden: int = 512, dis_feature: int = 1024, dropout: float = 0.5,
         epochs: int = 100, batch_size: int = 100, lr: float = 1e-5, beta1: float = 0.5, ema_decay: float = 0.999,
         ema_warmup: bool = True, weight: float = 0.1, degree: float = 1.0, score_mode: str = "fm",
-        patch_reduce: str = "mean", norm_scale: float = 3.0, collapse_threshold: float = 0.1,
+        patch_reduce: str = "mean", norm_scale: float = 3.0, collapse_threshold: float = 0.05,
         checkpoint_every: int = 5, resume: bool = False, decision_quantile: float = 0.9, seed: int = 13711,
         device: str = "auto", channel: int = 0, progress: bool = False,
     ) -> None:
@@ -256,7 +259,7 @@ class BiGANDetector(Detector):
         ckpt_dir = (Path(work_dir) / "checkpoints" / f"{self.name}_{'+'.join(self.machines_)}"
                     if work_dir is not None else None)
         state = {"step": 0, "d": 0.0, "ge": 0.0, "n": 0}
-        start, history = 0, None
+        start, history = 0, {k: [] for k in HISTORY}
         if self.resume and ckpt_dir is not None:
             start, history = self._resume(ckpt_dir, net, ema, opt_d, opt_ge, gen, state)
         ones = lambda t: torch.ones_like(t)  # noqa: E731
@@ -298,8 +301,8 @@ class BiGANDetector(Detector):
 
         def checkpoint(epoch: int, hist: dict) -> None:
             n = max(state["n"], 1)
-            hist.setdefault("d_loss", []).append(state["d"] / n)
-            hist.setdefault("ge_loss", []).append(state["ge"] / n)
+            hist["d_loss"].append(state["d"] / n)
+            hist["ge_loss"].append(state["ge"] / n)
             if ckpt_dir is not None and self.checkpoint_every > 0 and epoch % self.checkpoint_every == 0:
                 path = ckpt_dir / f"epoch_{epoch:04d}.pt"
                 atomic_torch_save({"epoch": epoch, "step": state["step"], "net": net.state_dict(),
@@ -325,10 +328,10 @@ class BiGANDetector(Detector):
         self.thresholds_ = {m: gamma_threshold(s, self.decision_quantile) for m, s in self.train_scores_.items()}
         return self
 
-    def _resume(self, ckpt_dir: Path, net, ema, opt_d, opt_ge, gen, state) -> tuple[int, dict | None]:
+    def _resume(self, ckpt_dir: Path, net, ema, opt_d, opt_ge, gen, state) -> tuple[int, dict]:
         files = sorted(ckpt_dir.glob("epoch_*.pt"))
         if not files:
-            return 0, None
+            return 0, {k: [] for k in HISTORY}
         blob = torch.load(files[-1], map_location="cpu", weights_only=True)
         net.load_state_dict(blob["net"])
         ema.load_state_dict(blob["ema"])
