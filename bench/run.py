@@ -538,6 +538,16 @@ def time_epochs(module) -> list[float]:
     return marks
 
 
+def timed_fit(module, det, clips, data) -> tuple[object, float, list[float] | None]:
+    """``det.fit(clips, data)`` with the epochs of ``module.run_epochs`` timed: ``(det, fit seconds,
+    seconds per epoch or None)``."""
+    marks = time_epochs(module)
+    t0 = time.perf_counter()
+    det.fit(clips, data)
+    fit_s = time.perf_counter() - t0
+    return det, fit_s, [b - a for a, b in zip(marks[:-1], marks[1:])] if len(marks) > 1 else None
+
+
 def child_train(args: dict) -> dict:
     import stetho.models.ae.detector as ae_detector
     from stetho.models import AEDetector
@@ -673,12 +683,7 @@ def child_disc(args: dict) -> dict:
         domain = TARGET if i % 50 == 0 else SOURCE
         clips.append(Clip(Path(f"/nonexistent/{machine}/{i}.wav"), machine, "00", "train", domain, 0,
                           (("f", str(attr)),)))
-    marks = time_epochs(disc_detector)
-    det = DiscriminativeDetector(**params)
-    t0 = time.perf_counter()
-    det.fit(clips, waves)
-    fit_s = time.perf_counter() - t0
-    epoch_s = [b - a for a, b in zip(marks[:-1], marks[1:])] if len(marks) > 1 else None
+    det, fit_s, epoch_s = timed_fit(disc_detector, DiscriminativeDetector(**params), clips, waves)
     return {
         "clips": n, "epochs": epochs, "epoch_s": epoch_s, "fit_s": fit_s, "threads": torch.get_num_threads(),
         "branches": "+".join(params["branches"]), "tile_seconds": params["tile_seconds"],
@@ -726,12 +731,7 @@ def child_bigan(args: dict) -> dict:
     n = args["clips"]
     feats = synth_logmels(n)
     clips = [Clip(Path(f"/nonexistent/a/{i}.wav"), "a", "00", "train", SOURCE, 0) for i in range(n)]
-    marks = time_epochs(bigan_detector)
-    det = BiGANDetector(**params)
-    t0 = time.perf_counter()
-    det.fit(clips, feats)
-    fit_s = time.perf_counter() - t0
-    epoch_s = [b - a for a, b in zip(marks[:-1], marks[1:])] if len(marks) > 1 else None
+    det, fit_s, epoch_s = timed_fit(bigan_detector, BiGANDetector(**params), clips, feats)
     patches = sum((len(f) - det.patch_frames) // det.patch_hop + 1 for f in feats)
     return {
         "clips": n, "patches": patches, "epoch_s": epoch_s, "fit_s": fit_s, "threads": torch.get_num_threads(),

@@ -25,13 +25,7 @@ TINY = dict(n_mels=32, patch_frames=16, patch_hop=8, latent=8, enc_channels=(4, 
             device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread, and do not stall on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: fastest on one thread
 
 
 def _clip(i: int, split: str = "train", label: int = 0) -> Clip:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from stetho.cli import main
 from stetho.datasets.toy import make_toy_dataset
@@ -20,12 +19,7 @@ CPU = dict(latent=16, enc_channels=[4, 8, 8], gen_hidden=64, gen_channels=[8, 4]
            dis_z_hidden=32, dis_feature=64, batch_size=32, lr=1e-4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: fastest on one thread
 
 
 def _rows(path: Path) -> list[list[str]]:
