@@ -87,3 +87,21 @@ def test_official_score_on_toy_data_is_above_chance(toy, seed):
     official = _official(toy, seed)
     assert official["fm"] > 0.57, official
     assert official["cross-e"] > 0.57, official
+
+
+def test_recipes_resolve_to_valid_detectors():
+    from stetho import pipeline
+    from stetho.config import load_recipe, resolve
+
+    paper = pipeline.make_detector(resolve(load_recipe("recipes/dcase2023_bigan.yaml")))
+    defaults = BiGANDetector()
+    for key, value in paper.get_params().items():  # the paper's settings are the detector's defaults
+        if key not in ("seed", "device", "channel", "progress"):
+            assert value == getattr(defaults, key), key
+    cfg = resolve(load_recipe("recipes/dcase2023_bigan_cpu.yaml"))
+    cpu = pipeline.make_detector(cfg)
+    # the evidence test above measures exactly the CPU recipe's networks on its toy data
+    assert {k: getattr(cpu, k) for k in CPU} == {k: tuple(v) if isinstance(v, list) else v for k, v in CPU.items()}
+    assert (cpu.epochs, cpu.n_mels, cpu.patch_frames, cpu.patch_hop) == (10, 128, 64, 8)
+    assert cfg["toy"] == dict(machines=["fan", "valve", "slider"], train_clips=20, target_train_clips=2,
+                              test_clips=8, duration=4.0, seed=0)
