@@ -42,6 +42,12 @@ the load average is recorded; compare runs only at similar contention.
    computed by the detector) and with precomputed log-mels; median of 50 runs after warm-up (fewer
    if a 10 s budget runs out), at torch's default threads and at 1 thread (target < 20 ms).
 
+4. **BiGAN training** (``--model bigan``), each in a fresh subprocess on synthetic log-mels
+   ``(313, 128)`` (32 patches of 64x128 per clip), one epoch: the CPU recipe's narrow networks
+   (``recipes/dcase2023_bigan_cpu.yaml``, 100 clips) and the paper's 115 M-parameter ones
+   (4 clips). Reports training patches/s from the epoch timing (each step trains D, then G+E, then
+   updates the weight average) and the peak RSS.
+
 Sizes are in :data:`FULL` / :data:`QUICK`; a full run takes about 3-4 minutes on 2 cores,
 ``--quick`` 30-50 s.
 """
@@ -99,6 +105,8 @@ class Sizes:
     latency_fit_clips: int
     disc_clips: int = 200
     disc_epochs: int = 2
+    bigan_clips: int = 100  # CPU recipe's networks: 3,200 patches
+    bigan_paper_clips: int = 4  # the paper's 115 M-parameter networks: 128 patches
 
 
 FULL = Sizes(
@@ -110,6 +118,7 @@ QUICK = Sizes(
     extract_clips=40, repeats=3, toy_clips=35, batch_sizes=(1, 8), workers=(2,),
     train_clips=100, train_epochs=1, probe_steps=10, child_rounds=1,
     latency_runs=20, latency_budget_s=3.0, latency_fit_clips=10, disc_clips=40, disc_epochs=1,
+    bigan_clips=20, bigan_paper_clips=2,
 )
 
 
@@ -529,6 +538,16 @@ def time_epochs(module) -> list[float]:
     return marks
 
 
+def timed_fit(module, det, clips, data) -> tuple[object, float, list[float] | None]:
+    """``det.fit(clips, data)`` with the epochs of ``module.run_epochs`` timed: ``(det, fit seconds,
+    seconds per epoch or None)``."""
+    marks = time_epochs(module)
+    t0 = time.perf_counter()
+    det.fit(clips, data)
+    fit_s = time.perf_counter() - t0
+    return det, fit_s, [b - a for a, b in zip(marks[:-1], marks[1:])] if len(marks) > 1 else None
+
+
 def child_train(args: dict) -> dict:
     import stetho.models.ae.detector as ae_detector
     from stetho.models import AEDetector
@@ -664,16 +683,59 @@ def child_disc(args: dict) -> dict:
         domain = TARGET if i % 50 == 0 else SOURCE
         clips.append(Clip(Path(f"/nonexistent/{machine}/{i}.wav"), machine, "00", "train", domain, 0,
                           (("f", str(attr)),)))
-    marks = time_epochs(disc_detector)
-    det = DiscriminativeDetector(**params)
-    t0 = time.perf_counter()
-    det.fit(clips, waves)
-    fit_s = time.perf_counter() - t0
-    epoch_s = [b - a for a, b in zip(marks[:-1], marks[1:])] if len(marks) > 1 else None
+    det, fit_s, epoch_s = timed_fit(disc_detector, DiscriminativeDetector(**params), clips, waves)
     return {
         "clips": n, "epochs": epochs, "epoch_s": epoch_s, "fit_s": fit_s, "threads": torch.get_num_threads(),
         "branches": "+".join(params["branches"]), "tile_seconds": params["tile_seconds"],
         "batch_size": params["batch_size"], "wave_bytes": 2 * sum(len(w) for w in waves),
+        "vmhwm_kb": proc_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# 2c. BiGAN
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_bigan(sizes: Sizes) -> tuple[list[Row], dict]:
+    """Training speed and peak memory of BiGAN: the CPU recipe's networks and the paper's."""
+    b = "bigan"
+    rows, info = [], {}
+    for key, clips, what in (("cpu", sizes.bigan_clips, "CPU recipe networks"),
+                             ("paper", sizes.bigan_paper_clips, "paper networks")):
+        res, _ = run_child("bigan", {"clips": clips, "recipe": key})
+        info[key] = res
+        epoch = statistics.mean(res["epoch_s"]) if res["epoch_s"] else None
+        rows += [
+            Row(b, f"training patches/s ({what}: {res['params_m']:.3g} M parameters, batch {res['batch_size']}, "
+                   f"torch threads {res['threads']})", res["patches"] / epoch if epoch else None, "patches/s"),
+            Row(b, f"  peak RSS of the training process ({res['patches']} patches of 64x128)",
+                res["vmhwm_kb"] * 1024 / GB, "GB"),
+        ]
+    cpu = rows[0].value
+    rows.append(Row(b, "CPU recipe's training on its toy data (10 epochs x 3 machines x 22 clips x 8 patches), "
+                       "estimated", 10 * 3 * 22 * 8 / cpu if cpu else None, "s"))
+    return rows, info
+
+
+def child_bigan(args: dict) -> dict:
+    import yaml
+
+    import stetho.models.bigan.detector as bigan_detector
+    from stetho.models.bigan import BiGANDetector
+
+    params = {}
+    if args["recipe"] == "cpu":
+        params = yaml.safe_load((REPO / "recipes" / "dcase2023_bigan_cpu.yaml").read_text())["params"]
+    params.update(epochs=1, device="cpu", progress=False)
+    n = args["clips"]
+    feats = synth_logmels(n)
+    clips = [Clip(Path(f"/nonexistent/a/{i}.wav"), "a", "00", "train", SOURCE, 0) for i in range(n)]
+    det, fit_s, epoch_s = timed_fit(bigan_detector, BiGANDetector(**params), clips, feats)
+    patches = sum((len(f) - det.patch_frames) // det.patch_hop + 1 for f in feats)
+    return {
+        "clips": n, "patches": patches, "epoch_s": epoch_s, "fit_s": fit_s, "threads": torch.get_num_threads(),
+        "batch_size": det.batch_size, "params_m": sum(p.numel() for p in det.net_.parameters()) / 1e6,
         "vmhwm_kb": proc_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
 
@@ -777,12 +839,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-threads", default="auto",
                         help="torch threads for training: 'auto' (faster in a short probe), 0 (torch's "
                              "default), or a number")
-    parser.add_argument("--child", choices=("extract", "train", "disc"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("extract", "train", "disc", "bigan"), help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        fn = {"extract": child_extract, "train": child_train, "disc": child_disc}[args.child]
+        fn = {"extract": child_extract, "train": child_train, "disc": child_disc, "bigan": child_bigan}[args.child]
         print(json.dumps(fn(json.loads(args.child_args))))
         return 0
 
@@ -814,13 +876,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         clips, source = make_clips(tmp / "data", sizes.extract_clips)
         details["data"] = {"source": source, "clips": len(clips), "seconds": round(time.perf_counter() - t0, 1)}
-        measure("toy", "[0/4] toy dataset generation ...", lambda: bench_toy(sizes, tmp))
-        measure("extraction", "[1/4] feature extraction ...", lambda: bench_extraction(clips, sizes, tmp))
-        measure("training", f"[2/4] AE training ({sizes.train_clips} clips, subprocess) ...",
+        measure("toy", "[0/5] toy dataset generation ...", lambda: bench_toy(sizes, tmp))
+        measure("extraction", "[1/5] feature extraction ...", lambda: bench_extraction(clips, sizes, tmp))
+        measure("training", f"[2/5] AE training ({sizes.train_clips} clips, subprocess) ...",
                 lambda: bench_training(sizes, args.train_threads))
-        measure("latency", "[3/4] scoring latency ...", lambda: bench_latency(clips, sizes, tmp))
-        measure("discriminative", f"[4/4] discriminative CPU recipe ({sizes.disc_clips} clips, subprocess) ...",
+        measure("latency", "[3/5] scoring latency ...", lambda: bench_latency(clips, sizes, tmp))
+        measure("discriminative", f"[4/5] discriminative CPU recipe ({sizes.disc_clips} clips, subprocess) ...",
                 lambda: bench_discriminative(sizes))
+        measure("bigan", f"[5/5] BiGAN training ({sizes.bigan_clips} + {sizes.bigan_paper_clips} clips, "
+                "subprocesses) ...", lambda: bench_bigan(sizes))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta["other_cpus"] = whole_run.other_cpus()

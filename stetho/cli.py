@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "discriminative, cande)")
     p.add_argument("--data", type=Path, required=True, help="dataset root: <machine>/train/*.wav")
     p.add_argument("--model", default="ae",
-                   help="model name: ae (default), discriminative, cande (CANDE-CP: context-conditioned AEs "
+                   help="model name: ae (default), bigan (BiGAN/EGBAD on log-mel patches; --param "
+                        "score_mode=fm|cross-e, --param patch_reduce=mean|max), discriminative, "
+                        "cande (CANDE-CP: context-conditioned AEs "
                         "with a context predictor; --param variant=film-onehot|film-embedding|separate|"
                         "unconditioned, --param context=auto|machine_id|machine_section|attributes|machine)")
     p.add_argument("--out", type=Path, required=True, help="run folder to create")

@@ -2,6 +2,8 @@
 
 * ``real_data``: the folder of real machine recordings kept next to the repository
   (``../shared/data/real``); tests using it are skipped in a clone that does not have it.
+* ``one_torch_thread`` (module scope): torch on one thread while a module's tests run; tiny
+  networks train fastest so and do not stall when other processes share the cores.
 * An autouse session fixture points ``STETHO_CACHE_DIR`` at a temporary folder so no test ever
   writes to the user's ``~/.cache``.
 """
@@ -30,3 +32,14 @@ def _isolated_cache_dir(tmp_path_factory):
     mp.setenv("STETHO_CACHE_DIR", str(tmp_path_factory.mktemp("stetho_cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch limited to one intra-op thread for the module's tests (restored afterwards)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

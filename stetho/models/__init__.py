@@ -5,12 +5,14 @@ from __future__ import annotations
 from stetho.errors import ConfigError
 from stetho.models.ae import AEDetector
 from stetho.models.base import Detector
+from stetho.models.bigan import BiGANDetector
 from stetho.models.cande import CANDEDetector
 from stetho.models.discriminative import DiscriminativeDetector
 
 #: Name used in recipes and ``--model`` → detector class. Adding a method: one folder + one line.
 MODELS: dict[str, type[Detector]] = {
     AEDetector.name: AEDetector,
+    BiGANDetector.name: BiGANDetector,
     CANDEDetector.name: CANDEDetector,
     DiscriminativeDetector.name: DiscriminativeDetector,
 }
@@ -24,4 +26,4 @@ def get_model(name: str) -> type[Detector]:
         raise ConfigError(f"unknown model '{name}'; available: {', '.join(sorted(MODELS))}") from None
 
 
-__all__ = ["MODELS", "AEDetector", "CANDEDetector", "Detector", "DiscriminativeDetector", "get_model"]
+__all__ = ["MODELS", "AEDetector", "BiGANDetector", "CANDEDetector", "Detector", "DiscriminativeDetector", "get_model"]

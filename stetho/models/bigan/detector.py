@@ -1,0 +1,400 @@
+"""BiGAN / EGBAD detector on log-mel patches (METHODS.md §5, seed 001)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.functional import binary_cross_entropy_with_logits as bce
+
+from stetho.backends import gamma_threshold
+from stetho.datasets.clip import Clip
+from stetho.errors import ConfigError, StethoError
+from stetho.features import AudioOptions, LogMelParams, extract_logmels
+from stetho.models.base import Detector
+from stetho.models.bigan.torch_model import BiGAN, anomaly_scores, ema_update
+from stetho.models.training import FrameVectors, atomic_torch_save, resolve_device, run_epochs, seed_everything
+
+log = logging.getLogger(__name__)
+
+PATCH_REDUCE = ("mean", "max")
+#: Columns of the training history: ``train_loss`` is ``d_loss + ge_loss`` (D's loss and the
+#: joint G+E loss, epoch means); there is no validation loss (NaN).
+HISTORY = ("epoch", "train_loss", "val_loss", "d_loss", "ge_loss")
+
+
+# -- normalisation ------------------------------------------------------------------------------
+def norm_stats(logmels: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-mel-bin mean and standard deviation ``(n_mels,)`` over every frame of ``logmels``
+    (float64 sums; a constant bin gets std 1 so that it maps to 0)."""
+    n = sum(len(m) for m in logmels)
+    s = sum(np.asarray(m, np.float64).sum(axis=0) for m in logmels)
+    mean = s / n
+    var = sum(np.square(np.asarray(m, np.float64) - mean).sum(axis=0) for m in logmels) / n
+    std = np.sqrt(var)
+    std[std < 1e-8] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalise(logmel: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: float = 3.0) -> np.ndarray:
+    """Log-mel (dB, ``(frames, n_mels)``) → the generator's tanh range: standardise each mel bin
+    with the training ``mean``/``std``, divide by ``scale`` (3: ±3 standard deviations → ±1) and
+    clip to [-1, 1]. Clipping keeps real inputs inside the range G can produce, so D cannot tell
+    real from fake by out-of-range values alone."""
+    return np.clip((np.asarray(logmel, np.float32) - mean) / (std * scale), -1.0, 1.0).astype(np.float32)
+
+
+def denormalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: float = 3.0) -> np.ndarray:
+    """Inverse of :func:`normalise` (exact for log-mels within ±``scale`` standard deviations;
+    clipped values come back as mean ± scale·std)."""
+    return (np.asarray(x, np.float32) * (std * scale) + mean).astype(np.float32)
+
+
+# -- mode collapse --------------------------------------------------------------------------------
+def mean_pairwise_distance(x: torch.Tensor) -> float:
+    """Mean Euclidean distance over all pairs of rows of ``x`` ``(n, ...)`` (n ≥ 2)."""
+    flat = x.reshape(len(x), -1).double()
+    d = torch.cdist(flat, flat)
+    n = len(flat)
+    return float(d.sum() / (n * (n - 1)))
+
+
+@torch.no_grad()
+def generator_diversity(net: BiGAN, data: torch.Tensor, n_samples: int = 64,
+                        generator: torch.Generator | None = None) -> float:
+    """Mode-collapse measure: mean pairwise distance of ``G(z)`` for ``n_samples`` draws
+    ``z ~ N(0, I)`` divided by the mean pairwise distance of the (normalised) ``data`` patches.
+    Near 0: G maps different z to the same output (collapse); about 1: as varied as the data."""
+    device = next(net.parameters()).device
+    was = net.training
+    net.eval()
+    z = torch.randn(n_samples, net.latent, generator=generator).to(device)
+    fake = net.generator(z).cpu()
+    net.train(was)
+    spread = mean_pairwise_distance(data)
+    return mean_pairwise_distance(fake) / spread if spread > 0 else float("inf")
+
+
+class BiGANDetector(Detector):
+    """BiGAN / EGBAD (Zenati et al. 2018) for one machine type (METHODS.md §5).
+
+    Inputs are 64-frame × 128-mel log-mel patches with a hop of 8 frames (32 per 10 s clip),
+    standardised per mel bin with the training statistics, divided by ``norm_scale`` and clipped
+    to the generator's [-1, 1] (:func:`normalise`; the statistics are stored with the model).
+    D learns real pairs ``(E(x), x)`` against fake ``(z, G(z))``, ``z ~ N(0, I)``; G and E learn
+    jointly to fool it (BCE with logits; one Adam per side). Scoring uses an exponential moving
+    average of the weights. Per patch: ``"fm"`` ``(1−w)‖x−G(E(x))‖_p + w‖f(E(x),x) −
+    f(E(x),G(E(x)))‖_p`` or ``"cross-e"`` ``(1−w)‖x−G(E(x))‖_p + w·BCE(D(E(x),x), 1)``; a clip's
+    score is the mean (or max) over its patches. Clips shorter than one patch are refused with an
+    error naming the file (padding would invent content the model then calls anomalous).
+
+    Args:
+        n_mels, n_fft, hop_length, sr: log-mel parameters (128 mels, 1024/512 at 16 kHz).
+        patch_frames: frames per patch (64).
+        patch_hop: frame hop between patches (8).
+        latent: size of z (200).
+        enc_channels: encoder conv widths (32, 64, 128).
+        gen_hidden: generator's first dense width (1024).
+        gen_channels: generator channels after the reshape and the first transposed conv (128, 64).
+        dis_channels: discriminator x-path conv width (64).
+        dis_z_hidden: discriminator z-path width (512).
+        dis_feature: width of the discriminator's feature layer f (1024).
+        dropout: discriminator dropout (0.5).
+        epochs: training epochs (100).
+        batch_size: patches per batch (100).
+        lr: Adam learning rate of D and of G+E (1e-5).
+        beta1: Adam β1 (0.5).
+        ema_decay: decay of the weight average used for scoring (0.999).
+        ema_warmup: use ``min(ema_decay, (1+t)/(10+t))`` at step ``t`` (TensorFlow's
+            ``num_updates``), so that a short training is not scored with weights that are still
+            mostly the initial ones; ``False`` = the fixed decay of the original.
+        weight: w, weight of the discriminator term in the score (0.1).
+        degree: p, norm degree of both score terms (1).
+        score_mode: default score mode, ``"fm"`` or ``"cross-e"``.
+        patch_reduce: clip score from patch scores, ``"mean"`` (the method) or ``"max"``.
+        norm_scale: standard deviations mapped to ±1 (3).
+        collapse_threshold: after training, warn of mode collapse when :func:`generator_diversity`
+            is below this (0.05: an untrained or collapsed G is at ≤ 0.01, trained ones at 0.1-1 on the toy data); the value is kept in ``diversity_``.
+        checkpoint_every: save a resumable checkpoint every this many epochs (needs ``work_dir``).
+        resume: continue from the latest checkpoint in ``work_dir``.
+        decision_quantile: Gamma quantile for the threshold (0.9).
+        seed: seed of initialisation, shuffling, noise and dropout (13711).
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        channel: channel read from multi-channel files.
+        progress: show progress bars.
+    """
+
+    name = "bigan"
+    score_modes = ("fm", "cross-e")
+
+    def __init__(
+        self, n_mels: int = 128, n_fft: int = 1024, hop_length: int = 512, sr: int = 16000,
+        patch_frames: int = 64, patch_hop: int = 8, latent: int = 200,
+        enc_channels: Sequence[int] = (32, 64, 128), gen_hidden: int = 1024, gen_channels: Sequence[int] = (128, 64),
+        dis_channels: int = 64, dis_z_hidden: int = 512, dis_feature: int = 1024, dropout: float = 0.5,
+        epochs: int = 100, batch_size: int = 100, lr: float = 1e-5, beta1: float = 0.5, ema_decay: float = 0.999,
+        ema_warmup: bool = True, weight: float = 0.1, degree: float = 1.0, score_mode: str = "fm",
+        patch_reduce: str = "mean", norm_scale: float = 3.0, collapse_threshold: float = 0.05,
+        checkpoint_every: int = 5, resume: bool = False, decision_quantile: float = 0.9, seed: int = 13711,
+        device: str = "auto", channel: int = 0, progress: bool = False,
+    ) -> None:
+        self.n_mels = n_mels
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.sr = sr
+        self.patch_frames = patch_frames
+        self.patch_hop = patch_hop
+        self.latent = latent
+        self.enc_channels = tuple(int(c) for c in enc_channels)
+        self.gen_hidden = gen_hidden
+        self.gen_channels = tuple(int(c) for c in gen_channels)
+        self.dis_channels = dis_channels
+        self.dis_z_hidden = dis_z_hidden
+        self.dis_feature = dis_feature
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.beta1 = beta1
+        self.ema_decay = ema_decay
+        self.ema_warmup = ema_warmup
+        self.weight = weight
+        self.degree = degree
+        self.score_mode = score_mode
+        self.patch_reduce = patch_reduce
+        self.norm_scale = norm_scale
+        self.collapse_threshold = collapse_threshold
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.decision_quantile = decision_quantile
+        self.seed = seed
+        self.device = device
+        self.channel = channel
+        self.progress = progress
+
+    def check_params(self) -> None:
+        self._mode(self.score_mode)
+        if self.patch_reduce not in PATCH_REDUCE:
+            raise ConfigError(f"patch_reduce must be one of {', '.join(PATCH_REDUCE)}, got {self.patch_reduce!r}")
+        if self.patch_frames < 4 or self.patch_frames % 4 or self.n_mels % 4:
+            raise ConfigError(f"patch {self.patch_frames}×{self.n_mels}: frames and mels must be multiples of 4")
+        if self.patch_hop < 1:
+            raise ConfigError(f"patch_hop must be at least 1, got {self.patch_hop}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ConfigError(f"weight must be in [0, 1], got {self.weight}")
+        if self.degree <= 0:
+            raise ConfigError(f"degree must be positive, got {self.degree}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.norm_scale <= 0:
+            raise ConfigError(f"norm_scale must be positive, got {self.norm_scale}")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be at least 2 (BatchNorm)")
+
+    # -- features ---------------------------------------------------------------------------
+    @property
+    def logmel_params(self) -> LogMelParams:
+        return LogMelParams(sr=self.sr, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels)
+
+    @property
+    def audio_options(self) -> AudioOptions:
+        return AudioOptions(channel=self.channel, min_frames=self.patch_frames)
+
+    def extract(self, clips, resample=True, cache=None, progress=False, raise_on_error=True, desc="log-mel"):
+        """Log-mels of ``clips``; clips shorter than one patch are refused (see :meth:`Detector.extract`)."""
+        return extract_logmels(clips, self.logmel_params, replace(self.audio_options, resample=resample),
+                               cache=cache, progress=progress, raise_on_error=raise_on_error, desc=desc)
+
+    def _patches(self, clips: Sequence[Clip], feats: Sequence[np.ndarray]) -> FrameVectors:
+        """Normalised patches of every clip (gathered on demand as ``(b, frames·mels)``)."""
+        short = [f"{c.path} ({len(f)} frames)" for c, f in zip(clips, feats) if len(f) < self.patch_frames]
+        if short:
+            raise StethoError(f"{len(short)} clip(s) shorter than one {self.patch_frames}-frame patch: "
+                              + ", ".join(short[:5]) + (" ..." if len(short) > 5 else ""))
+        bad = [str(c.path) for c, f in zip(clips, feats) if f.ndim != 2 or f.shape[1] != self.n_mels]
+        if bad:
+            raise StethoError(f"log-mels must be (frames, {self.n_mels}): {', '.join(bad[:5])}")
+        norm = [normalise(f, self.mean_, self.std_, self.norm_scale) for f in feats]
+        return FrameVectors(norm, self.patch_frames, self.patch_hop)
+
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(len(x), 1, self.patch_frames, self.n_mels)
+
+    def _new_net(self) -> BiGAN:
+        return BiGAN(self.patch_frames, self.n_mels, self.latent, self.enc_channels, self.gen_hidden,
+                     self.gen_channels, self.dis_channels, self.dis_z_hidden, self.dis_feature, self.dropout)
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
+            work_dir: str | Path | None = None) -> "BiGANDetector":
+        """Train on normal clips of one machine type (log-mels are computed if not given).
+
+        ``work_dir``: checkpoints go to ``work_dir/checkpoints/bigan_<machine>/`` (none if ``None``).
+        """
+        self.check_params()
+        if not clips:
+            raise ValueError("fit() needs at least one training clip")
+        feats = self._features(clips, features)
+        self.machines_ = sorted({c.machine for c in clips})
+        self.mean_, self.std_ = norm_stats(feats)
+        patches = self._patches(clips, feats)
+        if len(patches) < 2:
+            raise StethoError(f"{len(patches)} training patch: BiGAN training needs at least 2")
+        device = resolve_device(self.device)
+        gen = seed_everything(self.seed)
+        net = self._new_net().to(device)
+        ema = self._new_net().to(device)
+        ema.load_state_dict(net.state_dict())
+        betas = (self.beta1, 0.999)
+        opt_d = torch.optim.Adam(net.discriminator.parameters(), lr=self.lr, betas=betas)
+        # G and E minimise separate losses of disjoint parameters: one Adam over both is the
+        # original's two Adams.
+        opt_ge = torch.optim.Adam(list(net.encoder.parameters()) + list(net.generator.parameters()),
+                                  lr=self.lr, betas=betas)
+        ckpt_dir = (Path(work_dir) / "checkpoints" / f"{self.name}_{'+'.join(self.machines_)}"
+                    if work_dir is not None else None)
+        state = {"step": 0, "d": 0.0, "ge": 0.0, "n": 0}
+        start, history = 0, {k: [] for k in HISTORY}
+        if self.resume and ckpt_dir is not None:
+            start, history = self._resume(ckpt_dir, net, ema, opt_d, opt_ge, gen, state)
+        ones = lambda t: torch.ones_like(t)  # noqa: E731
+        zeros = lambda t: torch.zeros_like(t)  # noqa: E731
+
+        def batches(epoch: int):
+            state.update(d=0.0, ge=0.0, n=0)
+            return patches.batches(torch.arange(len(patches)), self.batch_size, shuffle=True, generator=gen,
+                                   min_batch=2)
+
+        def step(batch) -> float:
+            x = self._view(batch[0]).to(device, non_blocking=True)
+            z = torch.randn(len(x), self.latent, generator=gen).to(device)
+            # discriminator: real pairs (E(x), x) → 1, fake pairs (z, G(z)) → 0
+            with torch.no_grad():
+                ez, gz = net.encoder(x), net.generator(z)
+            l_real, _ = net.discriminator(ez, x)
+            l_fake, _ = net.discriminator(z, gz)
+            d_loss = bce(l_real, ones(l_real)) + bce(l_fake, zeros(l_fake))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            # generator and encoder: the opposite labels
+            l_real, _ = net.discriminator(net.encoder(x), x)
+            l_fake, _ = net.discriminator(z, net.generator(z))
+            ge_loss = bce(l_fake, ones(l_fake)) + bce(l_real, zeros(l_real))
+            opt_ge.zero_grad(set_to_none=True)
+            ge_loss.backward()
+            opt_ge.step()
+            t = state["step"]
+            decay = min(self.ema_decay, (1 + t) / (10 + t)) if self.ema_warmup else self.ema_decay
+            ema_update(ema, net, decay)
+            state["step"] = t + 1
+            d, g = float(d_loss.detach()), float(ge_loss.detach())
+            state["d"] += d
+            state["ge"] += g
+            state["n"] += 1
+            return d + g
+
+        def checkpoint(epoch: int, hist: dict) -> None:
+            n = max(state["n"], 1)
+            hist["d_loss"].append(state["d"] / n)
+            hist["ge_loss"].append(state["ge"] / n)
+            if ckpt_dir is not None and self.checkpoint_every > 0 and epoch % self.checkpoint_every == 0:
+                path = ckpt_dir / f"epoch_{epoch:04d}.pt"
+                atomic_torch_save({"epoch": epoch, "step": state["step"], "net": net.state_dict(),
+                                   "ema": ema.state_dict(), "opt_d": opt_d.state_dict(),
+                                   "opt_ge": opt_ge.state_dict(), "generator": gen.get_state(),
+                                   "torch_rng": torch.get_rng_state(), "history": hist}, path)
+                for old in ckpt_dir.glob("epoch_*.pt"):  # the latest is all resuming needs
+                    if old != path:
+                        old.unlink()
+
+        net.train()
+        ema.train()  # only its parameters are averaged; eval mode below for scoring
+        self.history_ = run_epochs(step, None, batches, self.epochs, progress=self.progress,
+                                   desc=f"{self.name} epochs", checkpoint=checkpoint, start_epoch=start,
+                                   history=history)
+        self.net_ = ema.eval()
+        self.diversity_ = generator_diversity(
+            self.net_, self._view(patches.gather(torch.randperm(len(patches), generator=gen)[:64])), 64, gen)
+        if self.diversity_ < self.collapse_threshold:
+            log.warning("%s: the generator looks collapsed (diversity %.3g < %.3g: G(z) barely depends on z)",
+                        "+".join(self.machines_), self.diversity_, self.collapse_threshold)
+        self.train_scores_ = self._clip_scores(patches)
+        self.thresholds_ = {m: gamma_threshold(s, self.decision_quantile) for m, s in self.train_scores_.items()}
+        return self
+
+    def _resume(self, ckpt_dir: Path, net, ema, opt_d, opt_ge, gen, state) -> tuple[int, dict]:
+        files = sorted(ckpt_dir.glob("epoch_*.pt"))
+        if not files:
+            return 0, {k: [] for k in HISTORY}
+        blob = torch.load(files[-1], map_location="cpu", weights_only=True)
+        net.load_state_dict(blob["net"])
+        ema.load_state_dict(blob["ema"])
+        opt_d.load_state_dict(blob["opt_d"])
+        opt_ge.load_state_dict(blob["opt_ge"])
+        gen.set_state(blob["generator"])
+        torch.set_rng_state(blob["torch_rng"])
+        state["step"] = int(blob["step"])
+        log.info("resuming BiGAN training after epoch %d (%s)", blob["epoch"], files[-1])
+        return int(blob["epoch"]), blob["history"]
+
+    # -- scoring ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def patch_scores(self, patches: FrameVectors, batch: int = 256) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Per-patch scores ``{mode: (n_patches,)}`` and each patch's clip index."""
+        device = next(self.net_.parameters()).device
+        out: dict[str, list[torch.Tensor]] = {m: [] for m in self.score_modes}
+        owners = []
+        for x, owner in patches.batches(torch.arange(len(patches)), batch):
+            s = anomaly_scores(self.net_, self._view(x).to(device), self.weight, self.degree)
+            for m in self.score_modes:
+                out[m].append(s[m].double().cpu())
+            owners.append(owner)
+        return {m: torch.cat(v) for m, v in out.items()}, torch.cat(owners)
+
+    def _clip_scores(self, patches: FrameVectors) -> dict[str, np.ndarray]:
+        scores, owner = self.patch_scores(patches)
+        n = patches.n_clips
+        result = {}
+        for m, s in scores.items():
+            if self.patch_reduce == "max":
+                clip = torch.full((n,), -torch.inf, dtype=torch.float64).scatter_reduce(0, owner, s, "amax")
+            else:
+                clip = torch.zeros(n, dtype=torch.float64).index_add(0, owner, s)
+                clip = clip / torch.bincount(owner, minlength=n).double()
+            result[m] = clip.numpy()
+        return result
+
+    def _score_all(self, clips, features) -> dict[str, np.ndarray]:
+        feats = self._features(clips, features)
+        if not feats:
+            return {m: np.zeros(0) for m in self.score_modes}
+        return self._clip_scores(self._patches(clips, feats))
+
+    # -- persistence ------------------------------------------------------------------------
+    def _get_state(self) -> dict[str, Any]:
+        return {
+            "net": {k: v.cpu() for k, v in self.net_.state_dict().items()},
+            "mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
+            "thresholds": dict(self.thresholds_),
+            "train_scores": {m: torch.from_numpy(np.asarray(s)) for m, s in self.train_scores_.items()},
+            "history": {k: list(v) for k, v in self.history_.items()},
+            "machines": list(self.machines_),
+            "diversity": float(self.diversity_),
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        net = self._new_net()
+        net.load_state_dict(state["net"])
+        self.net_ = net.to(resolve_device(self.device)).eval()
+        self.mean_, self.std_ = state["mean"].numpy(), state["std"].numpy()
+        self.thresholds_ = dict(state["thresholds"])
+        self.train_scores_ = {m: s.numpy() for m, s in state["train_scores"].items()}
+        self.history_ = {k: list(v) for k, v in state["history"].items()}
+        self.machines_ = list(state["machines"])
+        self.diversity_ = float(state["diversity"])
