@@ -27,4 +27,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf build *.egg-info .pytest_cache demo_run demo_data toy_data_strong toy_data_bigan
+	rm -rf build *.egg-info .pytest_cache demo_run demo_data toy_data_strong toy_data_bigan toy_data_cande
