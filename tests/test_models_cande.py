@@ -3,6 +3,7 @@ the weighted window, stream order, best epochs, and the method on synthetic cont
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,10 +70,13 @@ def test_film_block_modulates_the_activations_after_relu_then_relu():
     # By hand: h = ReLU([2, -3]) = [2, 0]; γ = [-1, 2]; β = [1.5, 1.5];
     # out = ReLU(γ ⊙ h + β) = ReLU([-0.5, 1.5]) = [0, 1.5].
     out = block(x, c)
-    assert out.tolist() == [[0.0, 1.5]]
     # Modulating before the block's ReLU would give ReLU([-2 + 1.5, -6 + 1.5]) = [0, 0]; leaving out
-    # the final ReLU would give [-0.5, 1.5]: both differ from the output.
-    assert out[0, 1] != 0.0 and out[0, 0] == 0.0
+    # the final ReLU would give [-0.5, 1.5]; swapping γ and β would give ReLU([1.5·2 - 1, 1.5·0 + 2]) = [2, 2]:
+    # all differ from the output.
+    assert out.tolist() == [[0.0, 1.5]]
+    # c = 0 leaves the biases: γ = a_γ = [0, 0], β = a_β = [0.5, 0.5] → ReLU(0 ⊙ h + 0.5) = [0.5, 0.5]
+    # (γ and β swapped would give ReLU(0.5 ⊙ [2, 0]) = [1, 0]).
+    assert block(x, torch.zeros(1, 1)).tolist() == [[0.5, 0.5]]
 
 
 def test_context_predictor_architecture_and_embedding_layer():
@@ -236,7 +240,7 @@ def fitted(request):
     tr, trf, te, tef = synthetic(seed)
     y = np.array([c.label for c in te])
     out = {}
-    for variant in ("film-onehot", "film-embedding", "unconditioned"):
+    for variant in ("film-onehot", "film-embedding", "separate", "unconditioned"):
         det = CANDEDetector(variant=variant, seed=seed, **FAST).fit(tr, trf)
         rev = list(range(len(te)))[::-1]  # given in reverse: the stream must still run in path order
         scores = det.score_all([te[i] for i in rev], [tef[i] for i in rev])
@@ -249,8 +253,8 @@ def test_conditioned_ae_with_predicted_context_beats_the_unconditioned_one(fitte
     auc = {(v, m): roc_auc_score(y, s) for v, (_, scores, _) in out.items() for m, s in scores.items()}
     base = auc[("unconditioned", "oracle")]
     assert auc[("unconditioned", "predicted_window")] == base  # no context: the same in every mode
-    for variant in ("film-onehot", "film-embedding"):
-        # measured 0.90-0.91 vs 0.64 (seed 0) and 0.71 (seed 1)
+    for variant in ("film-onehot", "film-embedding", "separate"):
+        # measured 0.90-0.91 for each of the three vs 0.642 (seed 0) and 0.706 (seed 1)
         assert auc[(variant, "predicted_window")] > base + 0.12, (variant, auc)
         assert auc[(variant, "oracle")] > 0.97
         # a contextual anomaly sounds like another context: without the window it is predicted
@@ -260,7 +264,7 @@ def test_conditioned_ae_with_predicted_context_beats_the_unconditioned_one(fitte
 
 def test_windowed_context_accuracy_is_at_least_the_raw_one(fitted):
     _, _, out = fitted
-    for variant in ("film-onehot", "film-embedding"):
+    for variant in ("film-onehot", "film-embedding", "separate"):
         acc = out[variant][2]["context_accuracy"][0]
         assert acc["scope"] == "all" and acc["files"] == 96
         # raw: the 24 contextual anomalies are predicted as their sound's context (0.75);
@@ -271,7 +275,7 @@ def test_windowed_context_accuracy_is_at_least_the_raw_one(fitted):
 
 
 def test_context_stream_is_recorded_in_sorted_order(fitted):
-    _, (_, _, te, _, _), out = fitted
+    _, (_, _, te, tef, _), out = fitted
     det, _, tables = out["film-onehot"]
     rows = tables["context_stream"]
     assert [r["order"] for r in rows] == list(range(len(te)))
@@ -279,7 +283,24 @@ def test_context_stream_is_recorded_in_sorted_order(fitted):
     assert {r["context"] for r in rows} == {"m_id_00", "m_id_01", "m_id_02", "m_id_03"}
     raw = [det.contexts_.index(r["predicted"]) for r in rows]
     assert [det.contexts_[k] for k in windowed_predictions(raw, 4, 10, 0.1)] == [r["predicted_window"] for r in rows]
-    assert all(0 < r["frame share"] <= 1 for r in rows)
+    # the prediction is the mode of the predictor's frame argmaxes; the frame share is its share of frames
+    feats = {str(c.path): f for c, f in zip(te, tef)}
+
+    def frame_argmax(logmel):
+        with torch.no_grad():
+            return det.predictor_(torch.from_numpy(np.array(stack_frames(logmel, 5)))).argmax(1).numpy()
+
+    argmax = [frame_argmax(feats[r["file"]]) for r in rows]
+    assert [det.contexts_[np.bincount(a, minlength=4).argmax()] for a in argmax] == [r["predicted"] for r in rows]
+    np.testing.assert_allclose([r["frame share"] for r in rows],
+                               [np.mean(a == det.contexts_.index(r["predicted"])) for a, r in zip(argmax, rows)])
+    # every synthetic file is unanimous (share 1); a file made of 14 frames of context 0 then 6 of context 2
+    # (16 vectors: 10 all context 0, 4 mixed, 2 all context 2) is not
+    mixed = np.concatenate([tef[0][:14], tef[48][:6]])  # te[0]: id_00 normal, te[48]: id_02 normal
+    probe = copy.deepcopy(det)
+    probe.score_all([te[0]], [mixed])
+    share = probe.report_tables()["context_stream"][0]["frame share"]
+    assert share == pytest.approx(np.mean(frame_argmax(mixed) == 0)) and 10 / 16 <= share <= 14 / 16
     per_context = [r for r in tables["context_accuracy"] if r["scope"] == "context"]
     assert [r["name"] for r in per_context] == det.contexts_ and all(r["files"] == 24 for r in per_context)
 
@@ -329,6 +350,61 @@ def test_separate_variant_trains_one_ae_per_context():
     assert set(parts) == {"", "predictor", "contexts"} and len(parts["contexts"]["context"]) == 4 * 2
     scores = det.score_all(te, tef)
     assert all(s.shape == (16,) and np.isfinite(s).all() for s in scores.values())
+
+
+def _direct_mse(net: torch.nn.Module, logmel: np.ndarray) -> float:
+    """Mean per-frame MSE of a plain AE on one clip, computed without the detector."""
+    x = torch.from_numpy(np.array(stack_frames(logmel, 5)))
+    with torch.no_grad():
+        return float((x - net(x)).square().mean(dim=1).mean())
+
+
+def test_separate_variant_scores_a_clip_with_the_ae_of_the_chosen_context(fitted):
+    _, (_, _, te, tef, y), out = fitted
+    det, scores, _ = out["separate"]
+    true = context_indices(te, "machine_id", det.contexts_, "test")
+    chosen = {"oracle": true, **{m: k for m, k in det.predict_contexts(te, tef).items() if m != "order"}}
+    mse = np.array([[_direct_mse(net, f) for net in det.aes_] for f in tef])  # (clip, context's AE)
+    for mode, k in chosen.items():
+        np.testing.assert_allclose(scores[mode], mse[np.arange(len(te)), k], rtol=1e-5, err_msg=mode)
+    # the AEs differ enough for this to tell them apart: any other context's AE reconstructs a normal clip
+    # far worse than its own context's AE
+    normal = y == 0
+    own = mse[np.arange(len(te)), true]
+    others = np.where(np.eye(4, dtype=bool)[true], np.inf, mse)  # (clip, AE), its own context's AE masked
+    assert np.all(others[normal].min(axis=1) > 2 * own[normal])
+    # the contextual anomalies predicted as the context they sound like are scored by that context's AE
+    moved = chosen["predicted"] != true
+    assert moved.sum() >= 20 and not np.allclose(scores["predicted"][moved], scores["oracle"][moved])
+
+
+def test_embedding_table_is_built_from_the_predictor_on_the_training_frames():
+    tr, trf, _, _ = synthetic(5, n_train=6, n_val=2, n_test=0)
+    det = CANDEDetector(variant="film-embedding", seed=5,
+                        **{**FAST, "epochs": 1, "predictor_epochs": 3, "predictor_hidden": (128, 64)}).fit(tr, trf)
+    ctx_of = lambda c: det.contexts_.index(context_of(c, "machine_id"))  # noqa: E731
+
+    def frames(validation: bool):
+        part = [(c, f) for c, f in zip(tr, trf) if validation or not c.is_validation]
+        x = torch.from_numpy(np.concatenate([stack_frames(f, 5) for _, f in part]))
+        with torch.no_grad():
+            emb = det.predictor_.embed(x).double().numpy()  # the 64-unit layer, before its ReLU
+        return emb, np.concatenate([[ctx_of(c)] * (len(f) - 4) for c, f in part])
+
+    emb, ctx = frames(validation=False)
+    assert emb.shape == (6 * 4 * 16, 64) and (emb < 0).any()
+    expected = embedding_table(emb, ctx, 4)
+    np.testing.assert_allclose(det.table_, expected, rtol=0, atol=1e-6)
+    # the FiLM AE is conditioned on exactly these rows
+    np.testing.assert_allclose(det.codes_.numpy(), expected, rtol=0, atol=1e-6)
+    assert all(b.gamma.in_features == b.beta.in_features == 64 for b in det.aes_[0].blocks)
+    # what the table is not (each differs from it by far more than the tolerance above):
+    # the ReLU'd layer output, the validation frames included, the frames' own mean without normalisation
+    relu = embedding_table(np.maximum(emb, 0), ctx, 4)
+    with_val = embedding_table(*frames(validation=True), 4)
+    raw_means = np.stack([emb[ctx == k].mean(axis=0) for k in range(4)])
+    for wrong in (relu, with_val, raw_means):
+        assert np.abs(wrong - det.table_).max() > 1e-2
 
 
 # ---------------------------------------------------------------------------------------------
