@@ -8,6 +8,7 @@ in overrides (``params.epochs=5``). Values of overrides are parsed as YAML (``5`
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,27 @@ DEFAULTS: dict[str, Any] = {
 COMPARE_KEYS = ("variants", "seeds", "reuse")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 numbers: ``1e-3`` and ``5E4`` are floats (PyYAML's YAML 1.1 rules read
+    an exponent without a dot, ``lr: 1e-3``, as the string ``"1e-3"``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                 |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                 |[-+]?\.(?:inf|Inf|INF)
+                 |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text as recipes and overrides are parsed (:class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _merge(base: dict, extra: Mapping, where: str) -> dict:
     out = copy.deepcopy(base)
     for key, value in extra.items():
@@ -63,7 +85,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe (not yet merged with defaults)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe file does not exist") from None
     except yaml.YAMLError as exc:
@@ -83,7 +105,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' must look like key=value (e.g. params.epochs=5)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         node = out

@@ -158,6 +158,20 @@ def test_stetho_run_from_a_recipe_with_overrides(toy_root, tmp_path):
     assert Detector.load(tmp_path / "run" / "models" / "valve.pt").epochs == 2
 
 
+def test_numbers_in_exponent_notation_are_numbers_in_recipes_and_overrides(tmp_path):
+    """PyYAML alone reads ``1e-3`` (no dot) as a string; a learning rate given so must be a float."""
+    from stetho.config import load_recipe, parse_overrides, resolve
+
+    over = parse_overrides(["params.lr=1e-3", "params.eps=-2E+2", "params.list=[5e-1, 2]", "params.name=e5",
+                            "params.n=10"])
+    assert over["params"] == {"lr": 0.001, "eps": -200.0, "list": [0.5, 2], "name": "e5", "n": 10}
+    assert isinstance(over["params"]["n"], int)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: ae\nparams:\n  lr: 1e-3\n  epochs: 2\n")
+    cfg = resolve(load_recipe(recipe))
+    assert cfg["params"]["lr"] == 0.001 and pipeline.make_detector(cfg).lr == 0.001
+
+
 def test_run_refuses_to_overwrite_and_checks_parameters(trained, toy_root):
     run_dir, _ = trained
     with pytest.raises(ConfigError, match="already holds a run"):
