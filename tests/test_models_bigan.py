@@ -242,6 +242,57 @@ def test_the_fit_warns_of_collapse(caplog):
     assert "collapsed" in caplog.text
 
 
+def test_scoring_uses_the_ema_weights_not_the_live_ones(monkeypatch):
+    """The stored network is the EMA of the live weights (recomputed here from the initial weights
+    and the live weights after every step), and the scores are that network's, not the last-step
+    live network's."""
+    import stetho.models.bigan.detector as bigan_detector
+    from stetho.models.training import seed_everything
+
+    steps = []  # (decay, live state after the step) for every EMA update
+    real_update = bigan_detector.ema_update
+
+    def spy(ema, live, decay):
+        steps.append((decay, {k: v.detach().clone() for k, v in live.state_dict().items()}))
+        real_update(ema, live, decay)
+
+    monkeypatch.setattr(bigan_detector, "ema_update", spy)
+    rng = np.random.default_rng(4)
+    clips, feats = [_clip(i) for i in range(12)], _logmels(rng, 12)  # 48 patches: 3 batches of 16
+    det = BiGANDetector(epochs=10, seed=7, **{**TINY, "lr": 1e-3}).fit(clips, feats)
+    assert [d for d, _ in steps] == pytest.approx([(1 + t) / (10 + t) for t in range(30)])  # warm-up decays
+    seed_everything(7)
+    expected = {k: v.clone() for k, v in det._new_net().state_dict().items()}  # the initial weights
+    params = {k for k, _ in det.net_.named_parameters()}
+    for decay, live in steps:
+        for k in params:
+            expected[k] = decay * expected[k] + (1 - decay) * live[k]
+    last = steps[-1][1]
+    expected.update({k: v for k, v in last.items() if k not in params})  # BatchNorm statistics: live
+    got = det.net_.state_dict()
+    for k in params:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-7)
+    gap = max(float((got[k] - last[k]).abs().max()) for k in params)
+    assert gap > 1e-3  # EMA and live weights really differ (measured 0.008)
+
+    test_clips, test = [_clip(i, "test") for i in range(4)], _logmels(rng, 4)  # 4 patches per clip
+    x = det._view(det._patches(test_clips, test).gather(torch.arange(16)))
+
+    def direct(state):  # clip scores computed here with a network holding ``state``
+        net = det._new_net()
+        net.load_state_dict(state)
+        with torch.no_grad():
+            s = anomaly_scores(net.eval(), x, det.weight, det.degree)
+        return {m: v.double().view(4, 4).mean(1).numpy() for m, v in s.items()}
+
+    with_ema, with_live = direct(expected), direct(last)
+    scores = det.score_all(test_clips, test)
+    for m in det.score_modes:
+        np.testing.assert_allclose(scores[m], with_ema[m], rtol=1e-6)
+        # live-network scores: fm measured 0.3-0.8 % away per clip, thousands of times the rtol above
+        assert (np.abs(scores[m] - with_live[m]) / scores[m]).min() > 1e-3, m
+
+
 def test_clip_scores_are_the_mean_or_max_of_patch_scores(trained):
     det, _, rng = trained
     feats = _logmels(rng, 3, frames=40)  # (40 − 16) // 8 + 1 = 4 patches each

@@ -1,5 +1,6 @@
 """BiGAN through the shared CLI/API (train, test, per-machine models, histories, both score modes)
-and the evidence on synthetic machine sounds: official score above chance across 2 seeds."""
+and the evidence on synthetic machine sounds: official score above chance across 2 seeds, measured
+against the same networks untrained (at this scale training does not reliably add to it)."""
 
 from __future__ import annotations
 
@@ -61,32 +62,44 @@ def test_train_and_test_from_the_command_line(toy, tmp_path, capsys):
         assert len(scores) == 32 and all(int(d[1]) == int(float(s[1]) > thr) for s, d in zip(scores, decisions))
 
 
-def _official(toy: Path, seed: int) -> dict[str, float]:
+def _official(toy: Path, seed: int, epochs: int) -> tuple[dict[str, float], list[float]]:
+    """Official scores ``{mode: score}`` of the CPU recipe's networks trained ``epochs`` epochs
+    (0: the initial weights) on each machine type, and each model's ``diversity_``."""
     from stetho.datasets import scan_dataset
 
     clips = scan_dataset(toy, "auto").clips
     scores: dict[str, dict[str, list]] = {"fm": {}, "cross-e": {}}
-    test = []
+    test, diversity = [], []
     for machine in ("fan", "valve", "slider"):
         train = [c for c in clips if c.machine == machine and c.split == "train"]
         te = [c for c in clips if c.machine == machine and c.split == "test"]
-        det = BiGANDetector(epochs=10, seed=seed, device="cpu", **CPU).fit(train)
-        assert det.diversity_ > det.collapse_threshold  # no mode collapse
+        det = BiGANDetector(epochs=epochs, seed=seed, device="cpu", **CPU).fit(train)
         assert np.isfinite(det.history_["d_loss"]).all() and np.isfinite(det.history_["ge_loss"]).all()
+        assert len(det.history_["d_loss"]) == epochs
+        diversity.append(det.diversity_)
         for mode, s in det.score_all(te).items():
             scores[mode][machine] = [(c.path.name, float(v)) for c, v in zip(te, s)]
         test += te
-    return {mode: evaluate(s, test).official_score for mode, s in scores.items()}
+    return {mode: evaluate(s, test).official_score for mode, s in scores.items()}, diversity
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_official_score_on_toy_data_is_above_chance(toy, seed):
-    # Measured (3 machine types, 10 epochs, the CPU recipe's widths): fm 0.610 / 0.611 for seeds
-    # 0 / 1. An untrained network scores 0.599 here (its score is then about ‖x‖₁ of the
-    # standardised patch), so at this scale training adds little: see README.md.
-    official = _official(toy, seed)
-    assert official["fm"] > 0.57, official
-    assert official["cross-e"] > 0.57, official
+def test_official_score_on_toy_data_is_above_chance_trained_and_untrained(toy, seed):
+    # The CPU recipe (10 epochs) against the same networks with 0 training steps, same seed and
+    # data. Measured, fm official score trained / untrained: seed 0 0.610 / 0.599, seed 1
+    # 0.611 / 0.599, but seed 2 0.584 / 0.599 and seed 13711 0.585 / 0.599; longer or faster
+    # training did no better (README.md). So the margin above chance is asserted for both, and
+    # training is only asserted to un-collapse G and not to cost more than 0.03 of score: at this
+    # scale it does not reliably add to the score, and no test claims it does.
+    trained, trained_div = _official(toy, seed, epochs=10)
+    untrained, untrained_div = _official(toy, seed, epochs=0)
+    # the untrained G is near-constant (output ≈ 0, so a patch scores about its L1 distance from
+    # the training mean, the same at every seed); training makes G(z) depend on z
+    assert max(untrained_div) < 1e-3 < 0.05 < min(trained_div), (untrained_div, trained_div)
+    for mode in ("fm", "cross-e"):
+        assert trained[mode] > 0.5 + 0.07, (mode, trained)  # above chance (0.5) by 0.07
+        assert untrained[mode] > 0.5 + 0.07, (mode, untrained)  # ... and so is the untrained network
+        assert trained[mode] > untrained[mode] - 0.03, (mode, trained, untrained)
 
 
 def test_recipes_resolve_to_valid_detectors():

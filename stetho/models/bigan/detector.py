@@ -119,7 +119,10 @@ class BiGANDetector(Detector):
         patch_reduce: clip score from patch scores, ``"mean"`` (the method) or ``"max"``.
         norm_scale: standard deviations mapped to ±1 (3).
         collapse_threshold: after training, warn of mode collapse when :func:`generator_diversity`
-            is below this (0.05: an untrained or collapsed G is at ≤ 0.01, trained ones at 0.1-1 on the toy data); the value is kept in ``diversity_``.
+            is below this (0.05). Measured: a freshly initialised G (BatchNorm statistics not
+            yet fitted) at about 1e-4 or less with narrow networks and 0.017 with the paper's
+            widths, a constant G at 0, trained ones at 0.1-0.25. The value is kept in
+            ``diversity_``.
         checkpoint_every: save a resumable checkpoint every this many epochs (needs ``work_dir``).
         resume: continue from the latest checkpoint in ``work_dir``.
         decision_quantile: Gamma quantile for the threshold (0.9).
