@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from stetho.errors import ConfigError
 from stetho.models.ae import AEDetector
+from stetho.models.arae import ARAEDetector
 from stetho.models.base import Detector
 from stetho.models.bigan import BiGANDetector
 from stetho.models.cande import CANDEDetector
@@ -12,6 +13,7 @@ from stetho.models.discriminative import DiscriminativeDetector
 #: Name used in recipes and ``--model`` → detector class. Adding a method: one folder + one line.
 MODELS: dict[str, type[Detector]] = {
     AEDetector.name: AEDetector,
+    ARAEDetector.name: ARAEDetector,
     BiGANDetector.name: BiGANDetector,
     CANDEDetector.name: CANDEDetector,
     DiscriminativeDetector.name: DiscriminativeDetector,
@@ -26,4 +28,4 @@ def get_model(name: str) -> type[Detector]:
         raise ConfigError(f"unknown model '{name}'; available: {', '.join(sorted(MODELS))}") from None
 
 
-__all__ = ["MODELS", "AEDetector", "BiGANDetector", "CANDEDetector", "Detector", "DiscriminativeDetector", "get_model"]
+__all__ = ["MODELS", "AEDetector", "ARAEDetector", "BiGANDetector", "CANDEDetector", "Detector", "DiscriminativeDetector", "get_model"]
