@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "variant × seed and a comparison table)")
     p.add_argument("recipe", type=Path, help="recipe file, e.g. recipes/dcase2023_ae.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. params.epochs=5 out=runs/x")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write the HTML report (RUN/report.html) at the end")
+
+    p = sub.add_parser("report", help="self-contained HTML report with plots of one or several runs")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders tested on labeled data")
+    p.add_argument("--out", type=Path, help="HTML file (default: RUN/report.html for one run, report.html for several)")
     return parser
 
 
@@ -254,12 +260,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         summary = pipeline.summarize(args.runs, args.out)
         print(summary.format_text())
         return 0
+    if args.command == "report":
+        path = pipeline.report(args.runs, args.out)
+        print(f"report written to {path}")
+        return 0
     if args.command == "run":
         cfg = load_recipe(args.recipe)
         from stetho.config import resolve
 
         cfg = resolve(cfg, parse_overrides(args.overrides), where=str(args.recipe))
-        outcome = pipeline.run(cfg)
+        outcome = pipeline.run(cfg, report=args.report)
         if isinstance(outcome, pipeline.Comparison):
             print(outcome.format_text())
             print(f"\ncomparison tables written to {cfg['out']}/comparison_*.csv")

@@ -16,6 +16,10 @@ A run folder (``RUN/``) holds everything a run produced::
     results/<table>.csv  what a detector reports beyond scores (CANDE-CP: context_stream.csv,
                          context_accuracy.csv)
     summary.csv          official score per score mode
+    test_files.csv       the test files of the last `stetho test` with machine, section, domain and
+                         label (the ground truth of the report's curves and histograms)
+    timings.json         wall-clock seconds of training (features, each model) and of the last test
+    report.html          `stetho report` / `stetho run`: tables and figures (PNGs beside the CSVs)
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SKIPPED_HEADER = ("file", "stage", "reason")
 TRAIN_FILES_HEADER = ("file", "machine", "section", "domain", "label", "role")
+TEST_FILES_HEADER = ("name", "machine", "section", "domain", "label", "file")
 
 
 @dataclass
@@ -144,6 +149,20 @@ def _versions(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _record_timings(run_dir: Path, stage: str, timings: Mapping[str, Any], fresh: bool = False) -> None:
+    """Store the wall-clock seconds of ``stage`` (train/test) in RUN/timings.json, keeping the
+    other stage's unless ``fresh`` (a new training makes an earlier test's timings stale)."""
+    path = run_dir / "timings.json"
+    data: dict[str, Any] = {}
+    if path.is_file() and not fresh:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            data = {}
+    data[stage] = dict(timings)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
 def load_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The resolved config a run was trained with."""
     run_dir = Path(run_dir)
@@ -174,6 +193,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
     if (run_dir / "config.yaml").exists() and not cfg["overwrite"]:
         raise ConfigError(f"{run_dir} already holds a run; choose another --out or pass --overwrite")
     probe = make_detector(cfg)  # checks model params before any work
+    t_start = time.perf_counter()
 
     scan, skipped = _scan(cfg, data, "train", cfg["machines"])
     clips = scan.clips
@@ -187,7 +207,8 @@ def train(cfg: Mapping[str, Any]) -> Path:
     t0 = time.perf_counter()
     clips, feats, bad = _features(cfg, probe, clips, "train features")
     skipped += bad
-    log.info("features of %d training clips ready in %.1f s", len(clips), time.perf_counter() - t0)
+    features_s = time.perf_counter() - t0
+    log.info("features of %d training clips ready in %.1f s", len(clips), features_s)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     _clear_run(run_dir)
@@ -209,12 +230,14 @@ def train(cfg: Mapping[str, Any]) -> Path:
     # One model per machine type, or one for all of them (joint detectors).
     groups = {"all": list(range(len(clips)))} if probe.joint else {
         m: [i for i, c in enumerate(clips) if c.machine == m] for m in machines}
+    fit_s: dict[str, float] = {}
     for name, idx in groups.items():
         mclips, mfeats = [clips[i] for i in idx], [feats[i] for i in idx]
         t0 = time.perf_counter()
         det = make_detector(cfg)
         det.fit(mclips, mfeats, **_fit_extras(cfg, det, run_dir))
         det.save(run_dir / "models" / f"{name}.pt")
+        fit_s[name] = time.perf_counter() - t0
         for part, table in det.histories().items():
             write_csv(run_dir / f"history_{name}{'_' + part if part else ''}.csv", zip(*table.values()),
                       header=list(table))
@@ -228,6 +251,8 @@ def train(cfg: Mapping[str, Any]) -> Path:
         for m in det.machines_:
             log.info("  %s: threshold %s", m, ", ".join(f"{mode} {det.threshold_for(mode, m):.4g}"
                                                        for mode in det.score_modes))
+    _record_timings(run_dir, "train", {"seconds": time.perf_counter() - t_start, "features_seconds": features_s,
+                                       "fit_seconds": fit_s, "clips": len(clips)}, fresh=True)
     return run_dir
 
 
@@ -287,6 +312,7 @@ def test(
             ``dataset="dcase2021"``, ``formula="dcase2020"``).
     """
     run_dir = Path(run_dir)
+    t_start = time.perf_counter()
     cfg = load_run_config(run_dir)
     if data is not None and "dataset" not in overrides:
         overrides = {**overrides, "dataset": "auto"}
@@ -315,6 +341,9 @@ def test(
     clips, feats, bad = _features(cfg, first, clips, "test features")
     skipped += bad
     _write_skipped(run_dir, "test", skipped)
+    write_csv(run_dir / "test_files.csv",
+              ([c.name, c.machine, c.section, c.domain or "", "" if c.label is None else c.label, str(c.path)]
+               for c in clips), header=TEST_FILES_HEADER)
 
     out = TestOutcome(run_dir=run_dir, skipped=skipped)
     for mode in modes:
@@ -367,6 +396,8 @@ def test(
                              "machines": " ".join(result.machines())})
     if summary_rows:
         write_dict_csv(run_dir / "summary.csv", summary_rows)
+    _record_timings(run_dir, "test", {"seconds": time.perf_counter() - t_start, "clips": len(clips),
+                                      "data": str(scan.root), "dataset": scan.dataset})
     return out
 
 
@@ -483,9 +514,12 @@ def summarize(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> 
 
 
 # -- run ------------------------------------------------------------------------------------------
-def run(cfg: Mapping[str, Any]) -> TestOutcome | Comparison:
+def run(cfg: Mapping[str, Any], report: bool = True) -> TestOutcome | Comparison:
     """``stetho run``: generate toy data if the recipe asks for it, then train, test, evaluate —
-    or, when the recipe has ``compare:``, every variant × seed and their :func:`compare`."""
+    or, when the recipe has ``compare:``, every variant × seed and their :func:`compare`.
+
+    With ``report`` (the default) the HTML report follows: ``RUN/report.html`` (or, for a
+    comparison, ``OUT/report.html`` over all its runs), figures also as PNGs beside the CSVs."""
     cfg = resolve(cfg)
     if cfg["toy"] is not None:
         from stetho.datasets.toy import make_toy_dataset
@@ -497,9 +531,34 @@ def run(cfg: Mapping[str, Any]) -> TestOutcome | Comparison:
             make_toy_dataset(data, progress=cfg["progress"], **toy)
         cfg["data"] = str(data)
     if cfg["compare"] is not None:
-        return compare(cfg)
+        comparison = compare(cfg)
+        if report:
+            runs = list(dict.fromkeys(p for pairs in comparison.runs.values() for p, _ in pairs))
+            _report(runs, Path(cfg["out"]) / "report.html")
+        return comparison
     run_dir = train(cfg)
-    return test(run_dir, progress=cfg["progress"])
+    outcome = test(run_dir, progress=cfg["progress"])
+    if report and any(r is not None for r in outcome.results.values()):
+        _report([run_dir], run_dir / "report.html")
+    return outcome
+
+
+def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """``stetho report``: the self-contained HTML report of tested runs (see
+    :mod:`stetho.outputs.report`); returns the HTML file."""
+    from stetho.outputs.report import write_report
+
+    return write_report(run_dirs, out).path
+
+
+def _report(run_dirs: Sequence[Path], out: Path) -> None:
+    """The report at the end of ``stetho run``; a failure to draw it does not fail the finished run."""
+    try:
+        path = report(run_dirs, out)
+    except (StethoError, OSError, ValueError) as exc:
+        log.warning("report not written: %s", exc)
+        return
+    log.info("report: %s", path)
 
 
 def compare(cfg: Mapping[str, Any]) -> Comparison:

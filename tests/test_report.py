@@ -1,0 +1,274 @@
+"""The HTML report (stetho/outputs/report.py): a tiny toy run and two seeds of it, rendered and
+checked against the run's own CSVs and models."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stetho import pipeline
+from stetho.cli import main
+from stetho.datasets.toy import make_toy_dataset
+from stetho.metrics import auc
+from stetho.models import Detector
+from stetho.outputs.report import _embeddings, _png, embedding_figure, load_run, write_report
+
+MACHINES = ["fan", "valve"]
+FAST = {"epochs": 2, "batch_size": 128}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+VOID = {"meta", "img", "br", "hr", "input", "link"}
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toy")
+    make_toy_dataset(root, machines=MACHINES, train_clips=12, target_train_clips=3, test_clips=4,
+                     duration=2.0, seed=0)
+    return root
+
+
+def _train_test(root: Path, out: Path, seed: int) -> Path:
+    cfg = {"data": str(root), "out": str(out), "params": FAST, "seed": seed, "progress": False, "cache": False}
+    pipeline.train(cfg)
+    pipeline.test(out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(toy_root, tmp_path_factory) -> list[Path]:
+    base = tmp_path_factory.mktemp("runs")
+    return [_train_test(toy_root, base / f"seed_{s}", s) for s in (1, 2)]
+
+
+class _Page(HTMLParser):
+    """Collects tags, ids, images, table rows; records any unbalanced closing tag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.ids: dict[str, dict[str, str]] = {}
+        self.images: list[dict[str, str]] = []
+        self.cells: list[tuple[dict[str, str], str]] = []
+        self._cell: dict[str, str] | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        if "id" in a:
+            self.ids[a["id"]] = a
+        if tag == "img":
+            self.images.append(a)
+        if tag == "td":
+            self._cell, self._text = a, []
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+            return
+        self.stack.pop()
+        if tag == "td" and self._cell is not None:
+            self.cells.append((self._cell, "".join(self._text)))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._text.append(data)
+
+
+def _parse(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    assert page.errors == [] and page.stack == [], (page.errors, page.stack)
+    return page
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _official(run: Path) -> dict[str, float]:
+    """Official score per mode from RUN/summary.csv and from results/<mode>/summary.csv (must agree)."""
+    top = {r["score"]: float(r["official score"]) for r in _csv(run / "summary.csv")}
+    for mode, value in top.items():
+        last = _csv(run / "results" / mode / "summary.csv")[-1]
+        assert last["machine"] == "official score" and float(last["official score"]) == value
+    return top
+
+
+def test_report_of_a_toy_run_shows_every_machine_figure_and_the_official_score(runs, tmp_path):
+    run = runs[0]
+    report = write_report([run], tmp_path / "report.html")
+    text = report.path.read_text(encoding="utf-8")
+    page = _parse(text)
+
+    assert not re.search(r"https?://", text), "the report must not refer to the network"
+    assert "<script" not in text and "<link" not in text
+
+    official = _official(run)
+    assert sorted(official) == ["mahalanobis", "mse"]
+    for mode, value in official.items():
+        tag = page.ids[f"official-{mode}"]
+        assert float(tag["data-value"]) == value  # the exact number, not a rounding of it
+        assert f"{value:.4f}" in text
+
+    # every machine in each mode's table, with the CSV's values
+    machine_cells = [(a, t) for a, t in page.cells]
+    for mode in official:
+        summary = _csv(run / "results" / mode / "summary.csv")[:-1]
+        assert [r["machine"] for r in summary] == MACHINES
+        for row in summary:
+            value = float(row["AUC (source)"])
+            assert any(a.get("data-value") == repr(value) for a, _ in machine_cells)
+        for m in MACHINES:
+            assert any(t == m for _, t in machine_cells)
+
+    # best value per column marked: the best AUC (target) cell holds the highest CSV value
+    best = [float(a["data-value"]) for a, _ in machine_cells if a.get("class") == "best"]
+    for mode in official:
+        top = max(float(r["AUC (target)"]) for r in _csv(run / "results" / mode / "summary.csv")[:-1])
+        assert top in best
+
+    # every figure: ROC + histogram per mode, machine and section; one history per machine
+    expected = [f"{kind}-{mode}-{m}-00" for mode in official for m in MACHINES for kind in ("roc", "hist")]
+    expected += [f"history-{m}" for m in MACHINES]
+    for fid in expected:
+        assert fid in page.ids, fid
+    assert sorted(f.id for f in report.figures) == sorted(expected)
+    assert len(page.images) == len(expected)
+    for img in page.images:
+        assert img["src"].startswith("data:image/png;base64,")
+        assert base64.b64decode(img["src"].split(",", 1)[1]).startswith(PNG_MAGIC)
+
+    # the PNGs also next to the CSVs
+    for mode in official:
+        for m in MACHINES:
+            for kind in ("roc", "histogram"):
+                assert (run / "results" / mode / f"{kind}_{m}_section_00.png").read_bytes().startswith(PNG_MAGIC)
+    assert all((run / f"history_{m}.png").is_file() for m in MACHINES)
+
+    # an AE stores no embeddings: the figure is skipped with a note
+    assert "embeddings" not in {f.id for f in report.figures} and "stores no embeddings" in text
+    # config, versions, seed, data root, timings
+    cfg_seed = str(load_run(run).config["seed"])
+    assert any(t == cfg_seed for _, t in page.cells)
+    assert str(toy_root_of(run)) in text
+    assert "training time" in text and "not recorded" not in text
+
+
+def toy_root_of(run: Path) -> Path:
+    import yaml
+
+    return Path(yaml.safe_load((run / "config.yaml").read_text())["data"])
+
+
+def test_curves_and_thresholds_are_the_runs_own(runs):
+    """The curves' data reproduce the CSV's AUC (source/target); the drawn threshold is the model's."""
+    run = runs[0]
+    data = load_run(run)
+    for mode, md in data.modes.items():
+        sections = {(r["machine"], r["section"]): r for r in _csv(run / "results" / mode / "sections.csv")}
+        assert {(s.machine, s.section) for s in md.sections} == set(sections)
+        for sec in md.sections:
+            row = sections[(sec.machine, sec.section)]
+            dom = np.array(sec.domains)
+            for d in ("source", "target"):
+                mask = (dom == d) | (sec.labels == 1)
+                assert auc(sec.labels[mask], sec.scores[mask]) == pytest.approx(float(row[f"AUC ({d})"]), abs=1e-12)
+            det = Detector.load(run / "models" / f"{sec.machine}.pt")
+            assert sec.threshold == det.threshold_for(mode, sec.machine)
+            # the decisions are the scores above that threshold
+            assert np.array_equal(sec.decisions, (sec.scores > sec.threshold).astype(int))
+
+
+def test_run_records_train_and_test_times(runs):
+    timings = json.loads((runs[0] / "timings.json").read_text())
+    assert timings["train"]["seconds"] >= timings["train"]["features_seconds"] > 0
+    assert set(timings["train"]["fit_seconds"]) == set(MACHINES)
+    assert timings["test"]["seconds"] > 0 and timings["test"]["clips"] == 2 * 4 * 4
+    files = _csv(runs[0] / "test_files.csv")
+    assert len(files) == 32 and {r["label"] for r in files} == {"0", "1"}
+
+
+def test_two_runs_give_a_comparison_with_mean_and_std(runs, tmp_path):
+    out = tmp_path / "cmp.html"
+    assert main(["-q", "report", *map(str, runs), "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    page = _parse(text)
+    assert not re.search(r"https?://", text)
+    assert "comparison" in page.ids
+    officials = [_official(r) for r in runs]
+    for mode in ("mahalanobis", "mse"):
+        values = np.array([o[mode] for o in officials])
+        for v in values:  # each run's official score in the comparison table
+            assert any(a.get("data-value") == repr(float(v)) for a, _ in page.cells)
+        mean, std = values.mean(), values.std(ddof=1)
+        assert f"{mean:.4f} ± {std:.4f}" in text
+        for m in MACHINES:
+            assert f"compare-roc-{mode}-{m}-00" in page.ids
+    assert "mean ± std (2 runs: seed_1, seed_2)" in text
+    # both runs' own sections follow, with their figures under distinct ids
+    for i in (0, 1):
+        assert f"run{i}-roc-mse-fan-00" in page.ids
+
+
+def test_stetho_run_writes_the_report_unless_told_not_to(toy_root, tmp_path):
+    cfg = {"data": str(toy_root), "out": str(tmp_path / "a"), "params": {**FAST, "epochs": 1},
+           "progress": False, "cache": False, "test": {"score": "mse"}}
+    pipeline.run(cfg)
+    assert (tmp_path / "a" / "report.html").is_file()
+    pipeline.run({**cfg, "out": str(tmp_path / "b")}, report=False)
+    assert not (tmp_path / "b" / "report.html").exists() and (tmp_path / "b" / "summary.csv").is_file()
+
+
+def test_report_refuses_an_untested_folder(tmp_path):
+    assert main(["-q", "report", str(tmp_path)]) == 2
+
+
+class _EmbeddingModel:
+    name = "fake"
+
+    def __init__(self, x, domains, machines):
+        self.train_embeddings_ = {12: x[::-1] * 0, 16: x}  # the last epoch is shown
+        self.train_domains_ = domains
+        self.train_machine_of_ = machines
+
+
+def test_embedding_projection_is_the_pca_of_the_stored_training_embeddings():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    det = _EmbeddingModel(x, ["source"] * 30 + ["target"] * 10, ["fan"] * 20 + ["valve"] * 20)
+    emb, note = _embeddings({"fan": det, "valve": det})
+    assert emb is not None and emb["epoch"] == 16 and "test embeddings" in note
+    # independent: the first two principal axes by SVD of the centred data (up to sign)
+    centred = x - x.mean(axis=0)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    ref = centred @ vt[:2].T
+    signs = np.sign((emb["x"] * ref).sum(axis=0))
+    assert np.allclose(emb["x"] * signs, ref, atol=1e-8)
+    assert np.allclose(emb["explained"], (sv[:2] ** 2) / (sv ** 2).sum())
+    assert emb["domain"][:30] == ["source"] * 30 and emb["machine"][-1] == "valve"
+    assert math.isclose(sum(emb["explained"]), float((sv[:2] ** 2).sum() / (sv ** 2).sum()))
+    assert _png(embedding_figure(emb)).startswith(PNG_MAGIC)
+
+
+def test_models_without_embeddings_get_a_note():
+    class _AE:
+        name = "ae"
+
+    emb, note = _embeddings({"fan": _AE()})
+    assert emb is None and "(ae)" in note and "stores no embeddings" in note
