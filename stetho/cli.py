@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders tested on labeled data")
     p.add_argument("--out", type=Path, help="also write summary_runs_<mode>.csv here")
 
+    p = sub.add_parser("novelty", help="image novelty detection, ARAE vs plain AE (digits, MNIST, Fashion-MNIST, "
+                                       "COIL-100; protocols p1/p2) from a YAML recipe")
+    p.add_argument("recipe", type=Path, help="novelty recipe, e.g. recipes/digits_arae.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="recipe overrides, e.g. normal_classes=[[3]] seeds=[0,1] models.arae.epochs=5")
+
     p = sub.add_parser("run", help="train → test → evaluate from a YAML recipe (with compare: every "
                                    "variant × seed and a comparison table)")
     p.add_argument("recipe", type=Path, help="recipe file, e.g. recipes/dcase2023_ae.yaml")
@@ -263,6 +269,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         path = pipeline.report(args.runs, args.out)
         print(f"report written to {path}")
+        return 0
+    if args.command == "novelty":
+        from stetho import novelty
+
+        cfg = novelty.apply_overrides(novelty.load_novelty_recipe(args.recipe), parse_overrides(args.overrides))
+        outcome = novelty.run_novelty(cfg)
+        print("AUC (anomaly = positive)")
+        print(novelty.format_table(outcome["rows"]))
+        if cfg["attack"]:
+            print(f"\nAUC with the test normals attacked (L∞ latent PGD, eps {cfg['attack']['eps']})")
+            print(novelty.format_table(outcome["rows"], "auc_attacked"))
+        print("\n" + novelty.format_summary(outcome["summary"]))
+        print(f"tables written to {cfg['out']}/ (results.csv, summary.csv, splits.json, config.json)")
         return 0
     if args.command == "run":
         cfg = load_recipe(args.recipe)

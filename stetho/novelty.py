@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import inspect
 import json
 import logging
 import time
@@ -150,6 +151,21 @@ def resolve_novelty(cfg: Mapping[str, Any] | None = None, where: str = "novelty 
     return out
 
 
+def apply_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any], where: str = "override") -> dict[str, Any]:
+    """``cfg`` with nested ``overrides`` merged in (``{"models": {"arae": {"epochs": 5}}}`` changes one
+    model parameter); top-level keys must be known."""
+    def merge(base: dict, extra: Mapping) -> dict:
+        out = copy.deepcopy(base)
+        for k, v in extra.items():
+            if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+                out[k] = merge(out[k], v)
+            else:
+                out[k] = copy.deepcopy(v)
+        return out
+
+    return resolve_novelty(merge(dict(cfg), overrides), where=where)
+
+
 def load_novelty_recipe(path: str | Path) -> dict[str, Any]:
     """A novelty recipe (YAML with the keys of :data:`NOVELTY_DEFAULTS`)."""
     path = Path(path)
@@ -214,7 +230,11 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
                 params["seed"] = int(seed)
                 params.setdefault("scale", "none")
                 t0 = time.perf_counter()
+                unknown = sorted(set(params) - set(inspect.signature(ARAEDetector.__init__).parameters))
+                if unknown:
+                    raise ConfigError(f"model '{model}': unknown parameter(s) {', '.join(unknown)}")
                 det = ARAEDetector(**params)
+                det.check_params()
                 det.fit_arrays(data.x[sp.train])
                 thr = float(np.quantile(det.score_arrays(data.x[sp.val]), cfg["threshold_quantile"]))
                 scores = det.score_arrays(data.x[sp.test])
@@ -240,6 +260,19 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
         _write(out / "results.csv", rows)
         _write(out / "summary.csv", summary)
     return {"rows": rows, "summary": summary, "splits": splits}
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], metric: str = "auc") -> str:
+    """Per normal set (rows) and model (columns): ``metric`` averaged over seeds, and the mean row."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    sets = list(dict.fromkeys(r["normal"] for r in rows))
+    cell = {(n, m): float(np.mean([r[metric] for r in rows if r["normal"] == n and r["model"] == m]))
+            for n in sets for m in models}
+    width = max(12, *(len(m) + 2 for m in models))
+    lines = ["normal".ljust(8) + "".join(m.rjust(width) for m in models)]
+    lines += [n.ljust(8) + "".join(f"{cell[n, m]:.4f}".rjust(width) for m in models) for n in sets]
+    lines.append("mean".ljust(8) + "".join(f"{np.mean([cell[n, m] for n in sets]):.4f}".rjust(width) for m in models))
+    return "\n".join(lines)
 
 
 def format_summary(summary: Sequence[Mapping[str, Any]]) -> str:
