@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean report-screenshot
 
 venv: $(STAMP)
 
@@ -26,5 +26,25 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
+# A toy run rendered by `stetho report` and photographed by headless Chromium, for a person to
+# look at. Chromium (Debian: chromium, chromium-driver) is installed here only, when missing.
+SHOT_DIR := build/report_screenshot
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+report-screenshot: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
+	rm -rf $(SHOT_DIR)
+	$(VENV)/bin/stetho -q toy $(SHOT_DIR)/data --machines fan,valve --train-clips 30 --target-train-clips 5 \
+		--test-clips 10 --duration 3
+	$(VENV)/bin/stetho -q train --data $(SHOT_DIR)/data --out $(SHOT_DIR)/run --epochs 10 --no-cache --no-progress
+	$(VENV)/bin/stetho -q test --run $(SHOT_DIR)/run --no-cache --no-progress >/dev/null
+	$(VENV)/bin/stetho -q report $(SHOT_DIR)/run
+	rm -f report_screenshot.png
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,3000 \
+		--screenshot=$(CURDIR)/report_screenshot.png file://$(CURDIR)/$(SHOT_DIR)/run/report.html \
+		2>$(SHOT_DIR)/chromium.log
+	test -s report_screenshot.png
+	@echo "screenshot: report_screenshot.png (report: $(SHOT_DIR)/run/report.html)"
+
 clean:
-	rm -rf build *.egg-info .pytest_cache demo_run demo_data toy_data_strong toy_data_bigan toy_data_cande
+	rm -rf build report_screenshot.png *.egg-info .pytest_cache demo_run demo_data toy_data_strong toy_data_bigan toy_data_cande

@@ -65,7 +65,7 @@ TABLE_COLUMNS: tuple[str, ...] = (
 )
 #: Config keys that do not make two runs different settings (a seed's runs share everything else).
 _NOT_SETTING = ("seed", "out", "overwrite", "progress", "device", "cache", "cache_dir")
-_DPI = 90
+_DPI = 80
 
 
 # -- what a run folder holds --------------------------------------------------------------------
@@ -474,8 +474,9 @@ th { background: #f1f3f6; } td:first-child, th:first-child { text-align: left; }
 td.best { background: #d9f2d9; font-weight: bold; }
 td.best::after { content: " \\2605"; color: #2e7d32; }
 .official { font-size: 1.35em; margin: .4em 0; } .official b { color: #1f5fa8; }
-figure { display: inline-block; margin: .4em .6em .8em 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #e3e3e3; }
+figure { display: inline-block; margin: .4em .5em .8em 0; vertical-align: top; width: calc(50% - 1.2em); }
+figure.wide { width: auto; max-width: 100%; }
+figure img { width: 100%; border: 1px solid #e3e3e3; }
 figcaption { font-size: .8em; color: #555; }
 .note { color: #8a5a00; background: #fff6e0; padding: .3em .6em; border-left: 3px solid #e0a800; }
 pre { background: #f6f8fa; padding: .6em; font-size: .8em; overflow-x: auto; }
@@ -508,7 +509,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]], best: Sequen
         if not flag:
             continue
         vals = [r[j] for r in rows if isinstance(r[j], float) and math.isfinite(r[j])]
-        if len(vals) >= 1 and len(rows) > 1:
+        if len(rows) > 1 and len(set(vals)) > 1:  # a column where every row ties marks nothing
             top = max(vals)
             marks |= {(i, j) for i, r in enumerate(rows) if isinstance(r[j], float) and r[j] == top}
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
@@ -529,12 +530,13 @@ class _Raw(str):
     """Cell text that is already HTML."""
 
 
-def _figures_html(figs: Iterable[FigureRef]) -> str:
+def _figures_html(figs: Iterable[FigureRef], cls: str = "") -> str:
     out = []
+    c = f' class="{cls}"' if cls else ""
     for f in figs:
         data = base64.b64encode(f.png).decode("ascii")
         saved = f" — saved as {_e(f.path.name)}" if f.path is not None else ""
-        out.append(f'<figure id="{_e(f.id)}"><img alt="{_e(f.caption)}" src="data:image/png;base64,{data}">'
+        out.append(f'<figure id="{_e(f.id)}"{c}><img alt="{_e(f.caption)}" src="data:image/png;base64,{data}">'
                    f"<figcaption>{_e(f.caption)}{saved}</figcaption></figure>")
     return "\n".join(out)
 
@@ -574,7 +576,10 @@ def _info_html(run: RunData) -> str:
 
 def _run_html(run: RunData, figs: Mapping[str, list[FigureRef]], heading: str = "h2") -> str:
     sub = "h3" if heading == "h2" else "h4"
-    parts = [f"<{heading} id=\"run-{_e(_slug(run.label))}\">Run {_e(run.path)}</{heading}>", _info_html(run)]
+    glance = _table(["score mode", "formula", "official score"],
+                    [[mode, md.formula or "-", md.official] for mode, md in run.modes.items()],
+                    best=[False, False, True], cls="glance")
+    parts = [f"<{heading} id=\"run-{_e(_slug(run.label))}\">Run {_e(run.path)}</{heading}>", glance, _info_html(run)]
     for mode, md in run.modes.items():
         parts.append(f"<{sub}>Score mode {_e(mode)}</{sub}>")
         parts.append(_official_html(md))
@@ -588,10 +593,10 @@ def _run_html(run: RunData, figs: Mapping[str, list[FigureRef]], heading: str = 
             parts.append(f'<p class="note">{_e(md.note)}</p>')
         parts.append(_figures_html(figs.get(mode, [])))
     parts.append(f"<{sub}>Training</{sub}>")
-    parts.append(_figures_html(figs.get("history", [])) or '<p class="note">no training history recorded</p>')
+    parts.append(_figures_html(figs.get("history", []), cls="wide") or '<p class="note">no training history recorded</p>')
     parts.append(f"<{sub}>Embeddings</{sub}>")
     if run.embeddings is not None:
-        parts.append(_figures_html(figs.get("embeddings", [])))
+        parts.append(_figures_html(figs.get("embeddings", []), cls="wide"))
     parts.append(f'<p class="note">{_e(run.embedding_note)}</p>')
     return "\n".join(parts)
 
