@@ -272,3 +272,27 @@ def test_models_without_embeddings_get_a_note():
 
     emb, note = _embeddings({"fan": _AE()})
     assert emb is None and "(ae)" in note and "stores no embeddings" in note
+
+
+def test_a_comparison_recipe_gets_one_report_over_its_runs(toy_root, tmp_path):
+    cfg = {"data": str(toy_root), "out": str(tmp_path / "cmp"), "params": {**FAST, "epochs": 1},
+           "progress": False, "cache": False, "test": {"score": "mse"}, "compare": {"seeds": [1, 2]}}
+    comparison = pipeline.run(cfg)
+    text = (tmp_path / "cmp" / "report.html").read_text(encoding="utf-8")
+    page = _parse(text)
+    assert "comparison" in page.ids and "mean ± std (2 runs: seed_1, seed_2)" in text
+    runs = [p for p, _ in comparison.runs["ae"]]
+    values = np.array([_official(r)["mse"] for r in runs])
+    assert f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" in text
+
+
+def test_runs_with_the_same_folder_name_are_told_apart_and_the_cli_flag_parses(tmp_path):
+    from types import SimpleNamespace
+
+    from stetho.cli import build_parser
+    from stetho.outputs.report import _labels
+
+    runs = [SimpleNamespace(path=tmp_path / v / "seed_1") for v in ("ae", "bigan")]
+    assert _labels(runs) == ["ae/seed_1", "bigan/seed_1"]
+    assert build_parser().parse_args(["run", "r.yaml", "--no-report"]).report is False
+    assert build_parser().parse_args(["run", "r.yaml", "a=1"]).report is True

@@ -377,7 +377,7 @@ def embedding_figure(emb: Mapping[str, Any]) -> Figure:
     ev = emb["explained"]
     ax.set(xlabel=f"PC 1 ({ev[0]:.0%})", ylabel=f"PC 2 ({ev[1]:.0%})",
            title=f"training embeddings (epoch {emb['epoch']}), PCA")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
