@@ -261,9 +261,10 @@ def _clear_run(run_dir: Path) -> None:
     so `stetho test` never mixes them with the new ones. ``work/`` (checkpoints) stays for resuming."""
     import shutil
 
-    for f in list((run_dir / "models").glob("*.pt")) + list(run_dir.glob("history_*.csv")):
+    for f in list((run_dir / "models").glob("*.pt")) + list(run_dir.glob("history_*.csv")) + list(
+            run_dir.glob("history_*.png")):
         f.unlink()
-    for name in ("results", "summary.csv"):
+    for name in ("results", "summary.csv", "test_files.csv", "report.html", "embeddings.png"):
         target = run_dir / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -402,12 +403,15 @@ def test(
 
 
 def _clear_results(folder: Path) -> None:
-    """Remove the score, decision and result files an earlier test wrote into ``folder``."""
+    """Remove the score, decision and result files (and the report's figures of them) an earlier
+    test wrote into ``folder``."""
     if not folder.is_dir():
         return
     for f in folder.iterdir():
         if f.suffix == ".csv" and f.name.startswith(("anomaly_score_", "decision_result_", "result_", "summary",
                                                      "sections")):
+            f.unlink()
+        elif f.suffix == ".png" and f.name.startswith(("roc_", "histogram_")):
             f.unlink()
 
 

@@ -296,3 +296,13 @@ def test_runs_with_the_same_folder_name_are_told_apart_and_the_cli_flag_parses(t
     assert _labels(runs) == ["ae/seed_1", "bigan/seed_1"]
     assert build_parser().parse_args(["run", "r.yaml", "--no-report"]).report is False
     assert build_parser().parse_args(["run", "r.yaml", "a=1"]).report is True
+
+
+def test_a_new_test_removes_the_figures_of_the_earlier_one(runs):
+    run = runs[1]
+    stale = run / "results" / "mse" / "roc_pump_section_07.png"
+    stale.write_bytes(PNG_MAGIC)
+    kept = run / "results" / "mse" / "notes.png"
+    kept.write_bytes(PNG_MAGIC)
+    pipeline.test(run, progress=False)
+    assert not stale.exists() and kept.exists()
