@@ -306,3 +306,19 @@ def test_a_new_test_removes_the_figures_of_the_earlier_one(runs):
     kept.write_bytes(PNG_MAGIC)
     pipeline.test(run, progress=False)
     assert not stale.exists() and kept.exists()
+
+
+def test_a_run_from_before_test_files_and_timings_is_reported_from_its_data(runs, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(runs[0], old)
+    (old / "test_files.csv").unlink()
+    (old / "timings.json").unlink()
+    new, rescanned = load_run(runs[0]), load_run(old)
+    for mode in new.modes:
+        a, b = new.modes[mode].sections, rescanned.modes[mode].sections
+        assert [(s.machine, s.section, s.names, s.labels.tolist(), s.domains) for s in a] == \
+               [(s.machine, s.section, s.names, s.labels.tolist(), s.domains) for s in b]
+    text = write_report([old], save_png=False).path.read_text(encoding="utf-8")
+    assert "not recorded by this run" in text
