@@ -224,7 +224,9 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
             splits.append({"normal": name, "seed": int(seed), "train": len(sp.train), "val": len(sp.val),
                            "test": len(sp.test), "test_anomalies": int(sp.test_labels.sum())})
             for model, params in cfg["models"].items():
-                params = dict(params or {})
+                if params is None:  # `models.<name>=null` leaves a recipe's model out
+                    continue
+                params = dict(params)
                 params.setdefault("image_shape", list(data.image_shape))
                 params.setdefault("device", cfg["device"])
                 params["seed"] = int(seed)

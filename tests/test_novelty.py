@@ -206,6 +206,7 @@ def test_run_writes_tables_and_records_splits(tmp_path):
 
 def test_recipe_overrides_and_bad_config():
     cfg = apply_overrides(load_novelty_recipe(RECIPE), {"models": {"arae": {"epochs": 3}}, "seeds": [2]})
+    assert set(cfg["models"]) == {"arae", "plain_ae", "union", "dae"}
     assert cfg["models"]["arae"]["epochs"] == 3 and cfg["models"]["arae"]["eps"] == 0.2 and cfg["seeds"] == [2]
     with pytest.raises(ConfigError, match="unknown key 'sedes'"):
         resolve_novelty({"sedes": [1]})
@@ -214,7 +215,8 @@ def test_recipe_overrides_and_bad_config():
 
 
 def test_cli_novelty_command(tmp_path, capsys):
-    code = main(["-q", "novelty", str(RECIPE), "normal_classes=[[7]]", f"out={tmp_path}", "models.arae.epochs=2",
+    code = main(["-q", "novelty", str(RECIPE), "normal_classes=[[7]]", f"out={tmp_path}", "models.union=null",
+                 "models.dae=null", "models.arae.epochs=2",
                  "models.arae.steps=2", "models.plain_ae.epochs=2", "attack.steps=2"])
     assert code == 0
     text = capsys.readouterr().out
@@ -228,7 +230,8 @@ def test_cli_novelty_command(tmp_path, capsys):
 def test_digits_arae_is_more_robust_than_a_plain_ae(tmp_path):
     """The recipe as shipped: one-class digits, p2-style, 10 classes, ARAE vs plain AE, both
     attacked on the test normals by L∞ latent PGD (ε 0.2). ARAE's mean AUC must drop less."""
-    cfg = apply_overrides(load_novelty_recipe(RECIPE), {"out": str(tmp_path)})
+    cfg = apply_overrides(load_novelty_recipe(RECIPE), {"out": str(tmp_path), "models": {"union": None, "dae": None}})
+    assert set(m for m, p in cfg["models"].items() if p) == {"arae", "plain_ae"}
     summary = {r["model"]: r for r in run_novelty(cfg)["summary"]}
     arae, plain = summary["arae"], summary["plain_ae"]
     assert arae["normal_sets"] == plain["normal_sets"] == 10
