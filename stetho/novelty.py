@@ -209,13 +209,15 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: bool = True) -> dict[str, Any]:
     """Every model × normal set × seed of a resolved novelty config; returns ``{"rows", "summary"}``
     and, with ``write``, writes ``config.json``, ``results.csv`` (one row per model, normal set and
-    seed), ``summary.csv`` and ``splits.json`` (the sizes of every split) into ``cfg["out"]``."""
+    seed), ``summary.csv``, ``splits.json`` (the sizes of every split) and ``splits.npz`` (the image indices of
+    every split, ``<normal>_seed<seed>_{train,val,test}``) into ``cfg["out"]``."""
     cfg = resolve_novelty(cfg)
     if data is None:
         opts = {"size": cfg["coil_size"]} if cfg["dataset"] == "coil100" else {}
         data = load_image_set(cfg["dataset"], cfg["root"], **opts)
     rows: list[dict[str, Any]] = []
     splits: list[dict[str, Any]] = []
+    indices: dict[str, np.ndarray] = {}
     attack = cfg["attack"]
     for normal in _normal_sets(cfg["normal_classes"], data):
         for seed in cfg["seeds"]:
@@ -223,6 +225,8 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
             name = "+".join(str(c) for c in normal)
             splits.append({"normal": name, "seed": int(seed), "train": len(sp.train), "val": len(sp.val),
                            "test": len(sp.test), "test_anomalies": int(sp.test_labels.sum())})
+            for part in ("train", "val", "test"):
+                indices[f"{name}_seed{seed}_{part}"] = getattr(sp, part)
             for model, params in cfg["models"].items():
                 if params is None:  # `models.<name>=null` leaves a recipe's model out
                     continue
@@ -259,6 +263,7 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n", encoding="utf-8")
         (out / "splits.json").write_text(json.dumps(splits, indent=2) + "\n", encoding="utf-8")
+        np.savez_compressed(out / "splits.npz", **indices)
         _write(out / "results.csv", rows)
         _write(out / "summary.csv", summary)
     return {"rows": rows, "summary": summary, "splits": splits}

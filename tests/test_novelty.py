@@ -200,6 +200,11 @@ def test_run_writes_tables_and_records_splits(tmp_path):
     splits = json.loads((tmp_path / "splits.json").read_text())
     assert [(s["normal"], s["seed"]) for s in splits] == [("0", 0), ("0", 1), ("5", 0), ("5", 1)]
     assert all(s["test"] == 599 for s in splits)
+    with np.load(tmp_path / "splits.npz") as idx:
+        d = load_digits_set()
+        assert idx["5_seed1_test"].tolist() == np.flatnonzero(d.split == "test").tolist()
+        assert set(d.y[idx["5_seed1_train"]]) == {5} and len(idx["5_seed1_val"]) == splits[3]["val"]
+        assert set(idx["0_seed0_val"]) != set(idx["0_seed1_val"])
     assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [0, 1]
     assert {r["model"] for r in out["summary"]} == {"arae", "plain"}
 
