@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _net(dim: int = 64, activation: str = "sigmoid", seed: int = 0) -> ARAENet:
     torch.manual_seed(seed)
-    return ARAENet(dim, (32, 16), 8, activation).eval()
+    net = ARAENet(dim, (32, 16), 8, activation).eval()
+    return net.requires_grad_(False)  # attacks differentiate with respect to the input only
 
 
 def _images(n: int = 16, dim: int = 64, seed: int = 0) -> torch.Tensor:
