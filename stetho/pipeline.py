@@ -15,6 +15,9 @@ A run folder (``RUN/``) holds everything a run produced::
                          per machine type and section) when test labels are known
     results/<table>.csv  what a detector reports beyond scores (CANDE-CP: context_stream.csv,
                          context_accuracy.csv)
+    results/<name>.npz   per-clip arrays a detector reports (discriminative: test_embeddings.npz,
+                         the test clips' embeddings of the last ensemble epoch, with name, machine,
+                         section, domain and label (-1 unknown) of each clip)
     summary.csv          official score per score mode
     test_files.csv       the test files of the last `stetho test` with machine, section, domain and
                          label (the ground truth of the report's curves and histograms)
@@ -262,7 +265,7 @@ def _clear_run(run_dir: Path) -> None:
     import shutil
 
     for f in list((run_dir / "models").glob("*.pt")) + list(run_dir.glob("history_*.csv")) + list(
-            run_dir.glob("history_*.png")):
+            run_dir.glob("history_*.png")) + list(run_dir.glob("embeddings_*.png")):
         f.unlink()
     for name in ("results", "summary.csv", "test_files.csv", "report.html", "embeddings.png"):
         target = run_dir / name
@@ -349,12 +352,13 @@ def test(
     out = TestOutcome(run_dir=run_dir, skipped=skipped)
     for mode in modes:
         _clear_results(run_dir / "results" / mode)
-    for f in (run_dir / "results").glob("*.csv"):  # detector reports of an earlier test
-        f.unlink()
+    for f in [*(run_dir / "results").glob("*.csv"), *(run_dir / "results").glob("*.npz")]:
+        f.unlink()  # detector reports of an earlier test
     for machine in detectors:
         if not any(c.machine == machine for c in clips):
             log.warning("%s: no test clips in %s", machine, scan.root)
     reports: dict[str, list[dict[str, Any]]] = {}
+    arrays: dict[str, list[dict[str, np.ndarray]]] = {}
     # Each detector scores all its clips in one call: a joint model (e.g. CANDE-CP's stream of
     # context predictions) sees every machine type's clips together, in the scan's sorted order.
     for det in {id(d): d for d in detectors.values()}.values():
@@ -365,6 +369,8 @@ def test(
         all_scores = det.score_all(dclips, [feats[i] for i in idx])
         for name, rows in det.report_tables().items():
             reports.setdefault(name, []).extend(rows)
+        for name, part in det.report_arrays().items():
+            arrays.setdefault(name, []).append({**part, **_clip_arrays(dclips)})
         for mode in modes:
             folder = run_dir / "results" / mode
             for machine in sorted({c.machine for c in dclips}):
@@ -379,6 +385,9 @@ def test(
             out.folders[mode] = folder
     for name, rows in reports.items():
         write_dict_csv(run_dir / "results" / f"{name}.csv", rows)
+    for name, parts in arrays.items():
+        _write_npz(run_dir / "results" / f"{name}.npz",
+                   {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
     labeled = all(c.label is not None for c in clips)
     formula = cfg["formula"] or natural
@@ -400,6 +409,34 @@ def test(
     _record_timings(run_dir, "test", {"seconds": time.perf_counter() - t_start, "clips": len(clips),
                                       "data": str(scan.root), "dataset": scan.dataset})
     return out
+
+
+def _clip_arrays(clips: Sequence[Clip]) -> dict[str, np.ndarray]:
+    """What identifies each clip in a detector's report arrays (strings, no pickling needed)."""
+    return {"name": np.array([c.name for c in clips], dtype=str),
+            "machine": np.array([c.machine for c in clips], dtype=str),
+            "section": np.array([c.section for c in clips], dtype=str),
+            "domain": np.array([c.domain or "" for c in clips], dtype=str),
+            "label": np.array([-1 if c.label is None else int(c.label) for c in clips], dtype=np.int64)}
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez`` through a temporary file and a rename (a reader never sees half a file)."""
+    import io
+    import os
+    import tempfile
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _clear_results(folder: Path) -> None:

@@ -45,7 +45,8 @@ def test_train_and_test_from_the_command_line_with_backends(toy, tmp_path, capsy
     code = main(["-q", "test", "--run", str(run), "--backend", "knn", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "knn —" in out and "official score (dcase2023)" in out
-    assert sorted(p.name for p in (run / "results").iterdir()) == ["knn"]
+    # the scores of the asked backend, and the test clips' embeddings for the report
+    assert sorted(p.name for p in (run / "results").iterdir()) == ["knn", "test_embeddings.npz"]
     for machine in ("fan", "valve"):
         scores = _rows(run / "results" / "knn" / f"anomaly_score_{machine}_section_00_test.csv")
         decisions = _rows(run / "results" / "knn" / f"decision_result_{machine}_section_00_test.csv")

@@ -248,22 +248,73 @@ class _EmbeddingModel:
         self.train_machine_of_ = machines
 
 
-def test_embedding_projection_is_the_pca_of_the_stored_training_embeddings():
+def _pca_ref(train: np.ndarray, other: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Independent: the first two principal axes by SVD of the centred training rows; returns the
+    projection of ``other`` (default: the training rows) and the explained variance ratios."""
+    mean = train.mean(axis=0)
+    _, sv, vt = np.linalg.svd(train - mean, full_matrices=False)
+    x = train if other is None else other
+    return (x - mean) @ vt[:2].T, (sv[:2] ** 2) / (sv ** 2).sum()
+
+
+def _same_up_to_sign(a: np.ndarray, b: np.ndarray, atol: float) -> bool:
+    signs = np.sign((a * b).sum(axis=0))
+    return bool(np.allclose(a * signs, b, atol=atol))
+
+
+def _fake_run(tmp_path: Path, n_test: int = 12, epoch: int = 16):
+    """A fake joint embedding model (fan: rows 0-19, valve: 20-39) and a test_embeddings.npz."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
-    det = _EmbeddingModel(x, ["source"] * 30 + ["target"] * 10, ["fan"] * 20 + ["valve"] * 20)
-    emb, note = _embeddings({"fan": det, "valve": det})
-    assert emb is not None and emb["epoch"] == 16 and "test embeddings" in note
-    # independent: the first two principal axes by SVD of the centred data (up to sign)
-    centred = x - x.mean(axis=0)
-    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
-    ref = centred @ vt[:2].T
-    signs = np.sign((emb["x"] * ref).sum(axis=0))
-    assert np.allclose(emb["x"] * signs, ref, atol=1e-8)
-    assert np.allclose(emb["explained"], (sv[:2] ** 2) / (sv ** 2).sum())
-    assert emb["domain"][:30] == ["source"] * 30 and emb["machine"][-1] == "valve"
-    assert math.isclose(sum(emb["explained"]), float((sv[:2] ** 2).sum() / (sv ** 2).sum()))
-    assert _png(embedding_figure(emb)).startswith(PNG_MAGIC)
+    det = _EmbeddingModel(x, (["source"] * 15 + ["target"] * 5) * 2, ["fan"] * 20 + ["valve"] * 20)
+    test = rng.normal(size=(n_test, 6)) * 2.0
+    (tmp_path / "results").mkdir(parents=True, exist_ok=True)
+    machine = np.array(["fan", "valve"] * (n_test // 2))
+    np.savez(tmp_path / "results" / "test_embeddings.npz", embeddings=test.astype(np.float32),
+             epoch=np.full(n_test, epoch), name=np.array([f"clip_{i}.wav" for i in range(n_test)]),
+             machine=machine, section=np.array(["00"] * n_test),
+             domain=np.array(["source", "target", "target", "source"] * (n_test // 4)),
+             label=np.array([0, 0, 1, 1, 0, 1] * (n_test // 6)))
+    return det, x, test.astype(np.float32).astype(np.float64), machine
+
+
+def test_embedding_projection_is_the_pca_of_the_stored_training_embeddings_per_machine(tmp_path):
+    det, x, _, _ = _fake_run(tmp_path / "old")
+    (tmp_path / "old" / "results" / "test_embeddings.npz").unlink()  # a run tested before the npz existed
+    emb, note = _embeddings({"fan": det, "valve": det}, tmp_path / "old")
+    assert emb is not None and emb["epoch"] == 16 and not emb["has_test"]
+    assert "training clips only" in note and "test_embeddings.npz" in note
+    for machine, rows in (("fan", slice(0, 20)), ("valve", slice(20, 40))):
+        entry = emb["machines"][machine]
+        ref, explained = _pca_ref(x[rows])
+        assert _same_up_to_sign(entry["train"], ref, atol=1e-8)
+        assert np.allclose(entry["explained"], explained) and entry["test"].shape == (0, 2)
+        assert entry["train_domain"] == ["source"] * 15 + ["target"] * 5
+        assert _png(embedding_figure(entry, machine)).startswith(PNG_MAGIC)
+
+
+def test_test_embeddings_are_projected_by_the_pca_of_the_training_ones(tmp_path):
+    from sklearn.decomposition import PCA
+
+    det, x, test, machine = _fake_run(tmp_path)
+    emb, note = _embeddings({"fan": det, "valve": det}, tmp_path)
+    assert emb["has_test"] and "train and test embeddings of epoch 16" in note
+    for m, rows in (("fan", slice(0, 20)), ("valve", slice(20, 40))):
+        entry = emb["machines"][m]
+        sel = machine == m
+        direct = PCA(n_components=2).fit(x[rows]).transform(test[sel])
+        assert _same_up_to_sign(entry["test"], direct, atol=1e-6)
+        # not a PCA of train and test together
+        both = PCA(n_components=2).fit(np.vstack([x[rows], test[sel]])).transform(test[sel])
+        assert not _same_up_to_sign(entry["test"], both, atol=1e-3)
+        assert entry["test_label"].tolist() == np.array([0, 0, 1, 1, 0, 1] * 2)[sel].tolist()
+        assert len(entry["test_domain"]) == sel.sum() == len(entry["test_name"])
+        png = _png(embedding_figure(entry, m))
+        assert png.startswith(PNG_MAGIC)
+    # test embeddings of another epoch than the shown training ones are left out, with a note
+    _fake_run(tmp_path, epoch=12)
+    emb, note = _embeddings({"fan": det, "valve": det}, tmp_path)
+    assert not emb["has_test"] and "another epoch" in note
 
 
 def test_models_without_embeddings_get_a_note():
@@ -322,3 +373,82 @@ def test_a_run_from_before_test_files_and_timings_is_reported_from_its_data(runs
                [(s.machine, s.section, s.names, s.labels.tolist(), s.domains) for s in b]
     text = write_report([old], save_png=False).path.read_text(encoding="utf-8")
     assert "not recorded by this run" in text
+
+
+# -- a discriminative run: test embeddings stored by `stetho test` and projected by the report ------
+TINY_DISC = {"branches": ["stft:512:256"], "tile_seconds": 1.0, "channels": [4, 4, 8, 8], "emb_dim": 8,
+             "n_subclusters": 2, "epochs": 2, "batch_size": 16, "ensemble_epochs": [1, 2], "n_clusters": 4}
+
+
+@pytest.fixture(scope="module")
+def disc_run(toy_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("disc") / "run"
+    pipeline.train({"data": str(toy_root), "out": str(out), "model": "discriminative", "params": TINY_DISC,
+                    "seed": 3, "progress": False, "cache": False})
+    pipeline.test(out, progress=False, score="kmeans")
+    return out
+
+
+def test_a_discriminative_test_stores_the_test_embeddings_of_the_last_ensemble_epoch(disc_run, toy_root):
+    from stetho.datasets import scan_dataset
+
+    with np.load(disc_run / "results" / "test_embeddings.npz") as npz:
+        data = {k: npz[k] for k in npz.files}
+    files = _csv(disc_run / "test_files.csv")
+    emb = data["embeddings"]
+    assert emb.dtype == np.float32 and emb.shape == (len(files), 8)
+    assert data["name"].tolist() == [r["name"] for r in files]
+    assert data["machine"].tolist() == [r["machine"] for r in files]
+    assert data["domain"].tolist() == [r["domain"] for r in files]
+    assert data["label"].tolist() == [int(r["label"]) for r in files] and set(data["label"]) == {0, 1}
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    det = Detector.load(disc_run / "models" / "all.pt")
+    assert set(data["epoch"]) == {max(det.nets_)} == {max(det.train_embeddings_)} == {2}
+    # one row per scored clip: the names of every score file, in their order
+    for path in sorted((disc_run / "results" / "kmeans").glob("anomaly_score_*.csv")):
+        machine, section = path.stem.split("_")[2], path.stem.split("_")[4]
+        with open(path, newline="") as fh:
+            names = [r[0] for r in csv.reader(fh)]
+        rows = (data["machine"] == machine) & (data["section"] == section)
+        assert names == data["name"][rows].tolist()
+    # the embeddings of the last ensemble epoch's model
+    clips = {(c.machine, c.name): c for c in scan_dataset(toy_root, splits=("test",)).clips}
+    pick = [0, len(files) - 1, len(files) // 2]
+    ref = det.embed([clips[(data["machine"][i], data["name"][i])] for i in pick], epoch=max(det.nets_))
+    assert np.allclose(emb[pick], ref, atol=1e-5)
+    other = det.embed([clips[(data["machine"][i], data["name"][i])] for i in pick], epoch=1)
+    assert not np.allclose(emb[pick], other, atol=1e-3)
+
+
+def test_the_report_projects_train_and_test_embeddings_of_each_machine(disc_run):
+    from sklearn.decomposition import PCA
+
+    report = write_report([disc_run], save_png=True)
+    text = report.path.read_text(encoding="utf-8")
+    page = _parse(text)
+    figs = {f.id: f for f in report.figures}
+    for machine in MACHINES:
+        fig = figs[f"embeddings-{machine}"]
+        assert f"embeddings-{machine}" in page.ids and fig.caption.startswith("train and test embeddings")
+        assert fig.png.startswith(PNG_MAGIC) and (disc_run / f"embeddings_{machine}.png").is_file()
+    assert "train and test embeddings of epoch 2" in text
+    # the test points: a PCA fitted on the machine's training embeddings, applied to its test ones
+    det = Detector.load(disc_run / "models" / "all.pt")
+    with np.load(disc_run / "results" / "test_embeddings.npz") as npz:
+        test, machines, labels = npz["embeddings"].astype(np.float64), npz["machine"], npz["label"]
+    emb = report.runs[0].embeddings
+    train = det.train_embeddings_[2]
+    for machine in MACHINES:
+        entry = emb["machines"][machine]
+        rows = [i for i, m in enumerate(det.train_machine_of_) if m == machine]
+        pca = PCA(n_components=2).fit(train[rows])
+        assert _same_up_to_sign(entry["test"], pca.transform(test[machines == machine]), atol=1e-6)
+        assert _same_up_to_sign(entry["train"], pca.transform(train[rows]), atol=1e-6)
+        assert entry["test_label"].tolist() == labels[machines == machine].tolist()
+    # an older run without the npz: training clips only, with a note
+    (disc_run / "results" / "test_embeddings.npz").unlink()
+    try:
+        text = write_report([disc_run], save_png=False).path.read_text(encoding="utf-8")
+        assert "training clips only" in text and "training embeddings — fan" in text
+    finally:
+        pipeline.test(disc_run, progress=False, score="kmeans")

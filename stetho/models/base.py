@@ -132,6 +132,13 @@ class Detector:
         ``RUN/results/<name>.csv``. None by default."""
         return {}
 
+    def report_arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        """Arrays about the last :meth:`score_all` call, by name; each array has one row per
+        scored clip, in the order the clips were given (embedding detectors: the test clips'
+        embeddings). The pipeline adds the clips' ``name``, ``machine``, ``section``, ``domain``
+        and ``label`` (-1 unknown) and writes each to ``RUN/results/<name>.npz``. None by default."""
+        return {}
+
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the detector (parameters + learnt state) to ``path`` atomically."""

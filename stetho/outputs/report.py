@@ -14,9 +14,11 @@ styles are inline, and nothing refers to the network. It reads only what a run f
   shaded) and score histograms of normal vs anomalous clips per domain with the decision
   threshold (from the saved model; else the midpoint between the highest score decided normal
   and the lowest decided anomalous);
-- ``history_*.csv``: training curves; ``models/*.pt``: for detectors that keep training
-  embeddings (``train_embeddings_``, the discriminative model), a PCA projection of them
-  coloured by domain — test embeddings are not stored by a run, so only training clips appear;
+- ``history_*.csv``: training curves; ``models/*.pt`` and ``results/test_embeddings.npz``: for
+  detectors that keep training embeddings (``train_embeddings_``, the discriminative model), per
+  machine type a 2-D PCA fitted on the training embeddings of the last ensemble epoch, the test
+  embeddings of that epoch projected with it; colour = domain, marker = train normal / test
+  normal / test anomaly (runs tested before the npz existed: training clips only, with a note);
 - ``config.yaml``, ``versions.json``, ``timings.json``.
 
 With several runs the report starts with a comparison: official score and per-machine hmean of
@@ -107,7 +109,7 @@ class RunData:
     timings: dict[str, Any]
     modes: dict[str, ModeData]
     histories: dict[str, dict[str, list[float]]]
-    embeddings: dict[str, Any] | None  # {"x": (n, 2), "domain": [...], "machine": [...], "explained": ...}
+    embeddings: dict[str, Any] | None  # see _embeddings: {"epoch", "has_test", "machines": {m: ...}}
     embedding_note: str
 
     @property
@@ -218,30 +220,100 @@ def _histories(run_dir: Path) -> dict[str, dict[str, list[float]]]:
     return out
 
 
-def _embeddings(detectors: Mapping[str, Any], max_points: int = 4000) -> tuple[dict[str, Any] | None, str]:
-    """PCA (2-D) of the training embeddings a detector stored, or None and why not."""
+TEST_EMBEDDINGS = "test_embeddings.npz"
+
+
+def _read_test_embeddings(run_dir: Path | None) -> dict[str, np.ndarray] | None:
+    """``results/test_embeddings.npz`` of the run's last test (None when absent or unreadable)."""
+    path = None if run_dir is None else run_dir / "results" / TEST_EMBEDDINGS
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        log.warning("report: %s: %s", path, exc)
+        return None
+    if not {"embeddings", "machine", "domain", "label"} <= set(data):
+        log.warning("report: %s lacks embeddings/machine/domain/label", path)
+        return None
+    return data
+
+
+def _subset(n: int, max_points: int) -> np.ndarray:
+    """A fixed, evenly spaced subset of ``range(n)`` (keeps a figure readable and fast)."""
+    return np.linspace(0, n - 1, max_points).astype(int) if n > max_points else np.arange(n)
+
+
+def _embeddings(detectors: Mapping[str, Any], run_dir: Path | None = None,
+                max_points: int = 4000) -> tuple[dict[str, Any] | None, str]:
+    """Per machine type, the 2-D PCA of the training embeddings a detector stored (last ensemble
+    epoch) with the test embeddings of ``run_dir/results/test_embeddings.npz`` projected by the
+    same PCA; or None and why not.
+
+    Returns ``({"epoch", "has_test", "machines": {machine: {"train", "train_domain", "test",
+    "test_domain", "test_label", "test_name", "explained"}}}, note)``; ``train`` / ``test`` are
+    ``(n, 2)`` coordinates (at most ``max_points`` of each, evenly spaced; the PCA is fitted on
+    all training embeddings of the machine type).
+    """
     dets = {id(d): d for d in detectors.values()}.values()
-    stored = [d for d in dets if getattr(d, "train_embeddings_", None)]
-    if not stored:
+    if not any(getattr(d, "train_embeddings_", None) for d in dets):
         kinds = ", ".join(sorted({getattr(d, "name", "?") for d in dets})) or "none"
         return None, (f"no embedding figure: the model ({kinds}) stores no embeddings "
                       "(only embedding methods such as 'discriminative' do)")
     from sklearn.decomposition import PCA
 
-    det = stored[0]
-    epoch = max(det.train_embeddings_)  # the last ensemble member
-    x = np.asarray(det.train_embeddings_[epoch], dtype=np.float64)
-    domains = list(getattr(det, "train_domains_", [None] * len(x)))
-    machines = list(getattr(det, "train_machine_of_", ["?"] * len(x)))
-    if len(x) > max_points:  # a fixed, evenly spaced subset keeps the figure readable and fast
-        keep = np.linspace(0, len(x) - 1, max_points).astype(int)
-        x, domains, machines = x[keep], [domains[i] for i in keep], [machines[i] for i in keep]
-    if len(x) < 3:
-        return None, "no embedding figure: fewer than 3 training embeddings stored"
-    pca = PCA(n_components=2, random_state=0).fit(x)
-    return ({"x": pca.transform(x), "domain": domains, "machine": machines, "epoch": epoch,
-             "explained": pca.explained_variance_ratio_.tolist()},
-            "training clips only: the run does not store test embeddings")
+    test = _read_test_embeddings(run_dir)
+    machines: dict[str, dict[str, Any]] = {}
+    epochs, mismatched = set(), []
+    for machine in sorted(detectors):
+        det = detectors[machine]
+        if not getattr(det, "train_embeddings_", None):
+            continue
+        epoch = max(det.train_embeddings_)  # the last ensemble member
+        x = np.asarray(det.train_embeddings_[epoch], dtype=np.float64)
+        domains = list(getattr(det, "train_domains_", None) or [None] * len(x))
+        of = getattr(det, "train_machine_of_", None)  # joint models: rows of every machine type
+        rows = np.array([i for i, m in enumerate(of) if m == machine] if of is not None else range(len(x)),
+                        dtype=int)
+        if len(rows) < 3:
+            continue
+        pca = PCA(n_components=2, random_state=0).fit(x[rows])
+        keep = rows[_subset(len(rows), max_points)]
+        entry = {"train": pca.transform(x[keep]), "train_domain": [domains[i] for i in keep],
+                 "test": np.zeros((0, 2)), "test_domain": [], "test_label": np.zeros(0, dtype=np.int64),
+                 "test_name": [], "explained": pca.explained_variance_ratio_.tolist(), "epoch": epoch}
+        if test is not None:
+            sel = np.flatnonzero(test["machine"] == machine)
+            if "epoch" in test and sel.size and np.any(test["epoch"][sel] != epoch):
+                mismatched.append(f"{machine} (test epoch {int(test['epoch'][sel][0])}, training epoch {epoch})")
+                sel = sel[:0]
+            sel = sel[_subset(sel.size, max_points)]
+            if sel.size:
+                entry.update(test=pca.transform(np.asarray(test["embeddings"][sel], dtype=np.float64)),
+                             test_domain=[str(d) or None for d in test["domain"][sel]],
+                             test_label=np.asarray(test["label"][sel], dtype=np.int64),
+                             test_name=[str(n) for n in test["name"][sel]] if "name" in test else [])
+        machines[machine] = entry
+        epochs.add(epoch)
+    if not machines:
+        return None, "no embedding figure: fewer than 3 training embeddings stored per machine type"
+    has_test = any(len(e["test"]) for e in machines.values())
+    ep = ", ".join(map(str, sorted(epochs)))
+    if has_test:
+        note = (f"train and test embeddings of epoch {ep}: PCA fitted per machine type on the training "
+                "embeddings, test embeddings projected with it")
+        missing = [m for m, e in machines.items() if not len(e["test"])]
+        if missing:
+            note += f"; no test embeddings of {', '.join(missing)} (training clips only)"
+    elif test is None:
+        note = (f"training clips only (epoch {ep}): the run has no results/{TEST_EMBEDDINGS} "
+                "(tested before test embeddings were stored; run `stetho test` again to add them)")
+    else:
+        note = f"training clips only (epoch {ep}): results/{TEST_EMBEDDINGS} has no rows of these machine types"
+    if mismatched:
+        note += "; test embeddings left out, of another epoch than the training ones: " + ", ".join(mismatched)
+    return {"epoch": max(epochs), "has_test": has_test, "machines": machines}, note
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -268,7 +340,7 @@ def load_run(run_dir: str | Path) -> RunData:
     truth = _test_truth(run_dir, config)
     detectors = _load_detectors(run_dir)
     modes = {p.parent.name: _mode_data(run_dir, p.parent.name, truth, detectors) for p in summaries}
-    emb, note = _embeddings(detectors)
+    emb, note = _embeddings(detectors, run_dir)
     return RunData(path=run_dir, config=config, config_text=config_text, versions=_json("versions.json"),
                    timings=_json("timings.json"), modes=modes, histories=_histories(run_dir),
                    embeddings=emb, embedding_note=note)
@@ -360,23 +432,38 @@ def history_figure(name: str, table: Mapping[str, Sequence[float]]) -> Figure | 
     return fig
 
 
-def embedding_figure(emb: Mapping[str, Any]) -> Figure:
-    """2-D PCA of the training embeddings, colour = domain, marker = machine type."""
-    fig = Figure(figsize=(5.6, 4.4))
+#: Marker and size of each split + label in the embedding figure.
+_EMB_GROUPS = (("train normal", "o", 10), ("test normal", "^", 28), ("test anomaly", "X", 34),
+               ("test (label unknown)", "s", 22))
+_DOMAIN_COLOURS = {"source": "#1f5fa8", "target": "#e08a1e", None: "#777777"}
+
+
+def embedding_figure(emb: Mapping[str, Any], machine: str) -> Figure:
+    """2-D PCA of one machine type's embeddings (an entry of ``_embeddings(...)["machines"]``):
+    colour = domain, marker = train normal / test normal / test anomaly."""
+    fig = Figure(figsize=(5.8, 4.4))
     ax = fig.add_subplot(1, 1, 1)
-    x = np.asarray(emb["x"])
-    markers = "osD^v<>px*h"
-    colours = {"source": "#1f5fa8", "target": "#e08a1e", None: "#777777"}
-    machines = sorted(set(emb["machine"]))
-    for i, m in enumerate(machines):
+    labels = np.asarray(emb["test_label"], dtype=np.int64)
+    groups = {"train normal": (np.asarray(emb["train"]), list(emb["train_domain"])),
+              "test normal": (np.asarray(emb["test"])[labels == NORMAL],
+                              [d for d, y in zip(emb["test_domain"], labels) if y == NORMAL]),
+              "test anomaly": (np.asarray(emb["test"])[labels == ANOMALY],
+                               [d for d, y in zip(emb["test_domain"], labels) if y == ANOMALY]),
+              "test (label unknown)": (np.asarray(emb["test"])[(labels != NORMAL) & (labels != ANOMALY)],
+                                       [d for d, y in zip(emb["test_domain"], labels) if y not in (NORMAL, ANOMALY)])}
+    for group, marker, size in _EMB_GROUPS:
+        x, domains = groups[group]
         for d in ("source", "target", None):
-            sel = np.array([mm == m and dd == d for mm, dd in zip(emb["machine"], emb["domain"])])
+            sel = np.array([dd == d for dd in domains], dtype=bool)
             if sel.any():
-                ax.scatter(x[sel, 0], x[sel, 1], s=12, alpha=0.7, marker=markers[i % len(markers)],
-                           color=colours[d], label=f"{m} / {d or 'no domain'} / normal (train)")
+                ax.scatter(x[sel, 0], x[sel, 1], s=size, marker=marker, color=_DOMAIN_COLOURS[d],
+                           alpha=0.5 if group == "train normal" else 0.85, linewidths=0.4,
+                           edgecolors="black" if group != "train normal" else "none",
+                           label=f"{d or 'no domain'} / {group} ({int(sel.sum())})")
     ev = emb["explained"]
+    split = "train + test" if len(emb["test"]) else "train only"
     ax.set(xlabel=f"PC 1 ({ev[0]:.0%})", ylabel=f"PC 2 ({ev[1]:.0%})",
-           title=f"training embeddings (epoch {emb['epoch']}), PCA")
+           title=f"{machine}: embeddings ({split}, epoch {emb['epoch']}), PCA of train")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
@@ -454,8 +541,11 @@ def run_figures(run: RunData, save_png: bool = True, prefix: str = "") -> dict[s
               run.path / f"history_{name}.png" if save_png else None, hist)
     emb: list[FigureRef] = groups.setdefault("embeddings", [])
     if run.embeddings is not None:
-        _save(embedding_figure(run.embeddings), _slug(prefix, "embeddings"), "training embeddings (PCA)",
-              run.path / "embeddings.png" if save_png else None, emb)
+        for machine, entry in run.embeddings["machines"].items():
+            what = "train and test" if len(entry["test"]) else "training"
+            _save(embedding_figure(entry, machine), _slug(prefix, "embeddings", machine),
+                  f"{what} embeddings — {machine} (PCA fitted on train)",
+                  run.path / f"embeddings_{machine}.png" if save_png else None, emb)
     return groups
 
 
@@ -702,7 +792,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
         run_dirs: run folders tested on labeled data.
         out: the HTML file (default: ``RUN/report.html`` for one run, ``report.html`` for several).
         save_png: also save each run's figures as PNGs beside its CSVs (``results/<mode>/roc_*.png``,
-            ``histogram_*.png``, ``history_*.png``, ``embeddings.png``).
+            ``histogram_*.png``, ``history_*.png``, ``embeddings_<machine>.png``).
     """
     runs = [load_run(r) for r in run_dirs]
     if out is None:

@@ -504,12 +504,15 @@ class DiscriminativeDetector(Detector):
         if unknown:
             raise StethoError(f"{self.name}: no training clips of machine type(s) {', '.join(unknown)}; "
                               f"trained on {', '.join(self.machines_)}")
+        self.__dict__.pop("test_embeddings_", None)  # report_arrays() describes this call only
         if not clips:
             return {m: np.zeros(0) for m in self.score_modes}
         bank = WaveBank(self._features(clips, features))
         per_epoch = {mode: [] for mode in self.score_modes}
         for epoch, net in self.nets_.items():
             emb = self._embed(net, bank)
+            if epoch == max(self.nets_):  # the epoch of the report's training embeddings
+                self.test_embeddings_ = (epoch, emb.astype(np.float32))
             for mode in self.score_modes:
                 s = np.empty(len(clips))
                 for m in {c.machine for c in clips}:
@@ -517,6 +520,15 @@ class DiscriminativeDetector(Detector):
                     s[idx] = self.backends_[epoch][m][mode].score(emb[idx])
                 per_epoch[mode].append(s)
         return {mode: ensemble(v) for mode, v in per_epoch.items()}
+
+    def report_arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        """``test_embeddings``: the L2-normalised embeddings ``(n, dim)`` (float32) of the clips
+        of the last scoring by the model of the last ensemble epoch (``max(nets_)``, the epoch of
+        the last ``train_embeddings_``) and that ``epoch`` per clip."""
+        if not hasattr(self, "test_embeddings_"):
+            return {}
+        epoch, emb = self.test_embeddings_
+        return {"test_embeddings": {"embeddings": emb, "epoch": np.full(len(emb), epoch, dtype=np.int64)}}
 
     # -- persistence ------------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:
