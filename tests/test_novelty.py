@@ -257,3 +257,23 @@ def test_mnist_p2_one_class_from_idx_files(tmp_path):
                                "epochs": 2, "batch_size": 128}}}
     (row,) = run_novelty(cfg)["rows"]
     assert row["auc"] > 0.8
+
+
+def test_coil100_runs_protocol_p1_end_to_end_and_refuses_p2(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "coil"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for k in (1, 2, 3):
+        base = rng.integers(0, 256, (12, 12), dtype=np.uint8)
+        for angle in range(0, 100, 5):
+            noisy = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(folder / f"obj{k}__{angle}.png")
+    cfg = {"dataset": "coil100", "root": str(folder), "coil_size": 8, "protocol": "p1", "anomaly_fraction": 0.25,
+           "normal_classes": [[1], [2, 3]], "models": {"plain": TINY["plain"]}, "out": str(tmp_path / "out")}
+    out = run_novelty(cfg)
+    assert [(s["normal"], s["train"], s["val"], s["test"], s["test_anomalies"]) for s in out["splits"]] == [
+        ("1", 12, 4, 5, 1), ("2+3", 24, 8, 11, 3)]  # anomalies round(p/(1-p) · normals): 4/3, 8/3
+    with pytest.raises(ConfigError, match="no official test split: use protocol p1"):
+        run_novelty({**cfg, "protocol": "p2"}, write=False)
