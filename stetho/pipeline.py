@@ -48,6 +48,7 @@ from stetho.datasets import (
     Clip, Scan, get_layout, label_clips, official_formula, read_ground_truth, scan_dataset, write_manifest,
 )
 from stetho.errors import ConfigError, DatasetError, StethoError
+from stetho.fileio import atomic_write_bytes
 from stetho.features import FeatureCache, default_cache_dir
 from stetho.metrics import FORMULAS, EvaluationResult, evaluate
 from stetho.models import Detector, get_model
@@ -421,22 +422,12 @@ def _clip_arrays(clips: Sequence[Clip]) -> dict[str, np.ndarray]:
 
 
 def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """``np.savez`` through a temporary file and a rename (a reader never sees half a file)."""
+    """``np.savez`` written atomically (a reader never sees half a file)."""
     import io
-    import os
-    import tempfile
 
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _clear_results(folder: Path) -> None:

@@ -52,6 +52,7 @@ from sklearn.metrics import roc_curve
 
 from stetho.datasets.clip import ANOMALY, DOMAINS, NORMAL
 from stetho.errors import EvaluationError, StethoError
+from stetho.fileio import atomic_write_bytes
 from stetho.metrics import MAX_FPR, auc
 from stetho.outputs.dcase import OFFICIAL_SCORE_ROW, SUMMARY_FORMULA_COLUMN, SUMMARY_SCORE_COLUMN, read_submission
 from stetho.outputs.io import atomic_write_text
@@ -496,23 +497,6 @@ def _save(fig: Figure | None, fid: str, caption: str, path: Path | None, out: li
     if path is not None:
         atomic_write_bytes(path, png)
     out.append(FigureRef(fid, caption, png, path))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _slug(*parts: str) -> str:
