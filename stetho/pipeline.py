@@ -586,11 +586,9 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Pat
 def _report(run_dirs: Sequence[Path], out: Path) -> None:
     """The report at the end of ``stetho run``; a failure to draw it does not fail the finished run."""
     try:
-        path = report(run_dirs, out)
+        report(run_dirs, out)  # logs where it was written
     except (StethoError, OSError, ValueError) as exc:
         log.warning("report not written: %s", exc)
-        return
-    log.info("report: %s", path)
 
 
 def compare(cfg: Mapping[str, Any]) -> Comparison:

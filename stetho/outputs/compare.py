@@ -29,7 +29,7 @@ from scipy.stats import rankdata
 from stetho.errors import EvaluationError
 from stetho.outputs.dcase import SECTION_COLUMNS
 from stetho.outputs.io import atomic_write_text, write_dict_csv
-from stetho.outputs.summary import _mean_std, format_mean_std
+from stetho.outputs.summary import format_mean_std, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def _stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     moved = np.moveaxis(values, -1, 0)
     n = np.isfinite(moved).sum(axis=0)
     if moved.shape[0] and (n == moved.shape[0]).all():
-        return _mean_std(moved)
+        return mean_std(moved)
     with _quiet():
         mean = np.nanmean(moved, axis=0)
         std = np.where(n > 1, np.nanstd(moved, axis=0, ddof=1), np.nan)

@@ -51,12 +51,12 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from stetho.datasets.clip import ANOMALY, DOMAINS, NORMAL
-from stetho.errors import EvaluationError, StethoError
+from stetho.errors import StethoError
 from stetho.fileio import atomic_write_bytes
 from stetho.metrics import MAX_FPR, auc
-from stetho.outputs.dcase import OFFICIAL_SCORE_ROW, SUMMARY_FORMULA_COLUMN, SUMMARY_SCORE_COLUMN, read_submission
+from stetho.outputs.dcase import read_submission
 from stetho.outputs.io import atomic_write_text
-from stetho.outputs.summary import _mean_std, format_mean_std
+from stetho.outputs.summary import format_mean_std, mean_std, read_summary_file
 
 log = logging.getLogger(__name__)
 
@@ -130,17 +130,6 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _read_summary(path: Path) -> tuple[list[dict[str, Any]], float, str]:
-    rows = _read_rows(path)
-    if not rows or rows[-1].get("machine") != OFFICIAL_SCORE_ROW:
-        raise EvaluationError(f"{path}: not a stetho summary.csv (no last {OFFICIAL_SCORE_ROW!r} row)")
-    last = rows[-1]
-    machines = [{"machine": r["machine"], **{c: _float(r[c]) for c in r if c not in
-                                             ("machine", SUMMARY_FORMULA_COLUMN, SUMMARY_SCORE_COLUMN)}}
-                for r in rows[:-1]]
-    return machines, _float(last.get(SUMMARY_SCORE_COLUMN)), last.get(SUMMARY_FORMULA_COLUMN) or ""
-
-
 def _test_truth(run_dir: Path, config: Mapping[str, Any]) -> dict[tuple[str, str], tuple[str, int, str | None]]:
     """``(machine, name) -> (section, label, domain)`` of the test clips the run was tested on."""
     path = run_dir / "test_files.csv"
@@ -186,9 +175,10 @@ def _threshold(det: Any, mode: str, machine: str, scores: np.ndarray, decisions:
 
 def _mode_data(run_dir: Path, mode: str, truth, detectors) -> ModeData:
     folder = run_dir / "results" / mode
-    machines, official, formula = _read_summary(folder / "summary.csv")
+    summary = read_summary_file(folder / "summary.csv")
+    machines = [{"machine": m, **values} for m, values in summary.machines.items()]
     sections_path = folder / "sections.csv"
-    data = ModeData(mode=mode, formula=formula, official=official, machines=machines,
+    data = ModeData(mode=mode, formula=summary.formula, official=summary.official, machines=machines,
                     sections_table=_read_rows(sections_path) if sections_path.is_file() else [])
     sub = read_submission(folder)
     for (machine, section), rows in sorted(sub.scores.items()):
@@ -382,18 +372,7 @@ def _roc_axes(ax, title: str) -> None:
 
 def roc_figure(sec: SectionData, mode: str) -> Figure:
     """ROC curves of one section: source and target subsets (pAUC's FPR range shaded)."""
-    subsets = _domain_subsets(sec)
-    fig = Figure(figsize=(4.2 * len(subsets), 3.6))
-    for k, (name, mask) in enumerate(subsets):
-        ax = fig.add_subplot(1, len(subsets), k + 1)
-        _roc_axes(ax, f"{sec.machine} section {sec.section} — {name}")
-        y, s = sec.labels[mask], sec.scores[mask]
-        if 0 < y.sum() < y.size:
-            fpr, tpr, _ = roc_curve(y, s, pos_label=ANOMALY)
-            ax.plot(fpr, tpr, lw=1.8, color="#1f5fa8", label=f"{mode}: AUC {auc(y, s):.3f}")
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return overlaid_roc_figure(sec.machine, sec.section, [(mode, sec)])
 
 
 def histogram_figure(sec: SectionData, mode: str) -> Figure:
@@ -471,9 +450,11 @@ def embedding_figure(emb: Mapping[str, Any], machine: str) -> Figure:
 
 
 def overlaid_roc_figure(machine: str, section: str, curves: Sequence[tuple[str, SectionData]]) -> Figure:
-    """ROC curves of several runs for one machine type and section, per domain subset."""
+    """ROC curves of one machine type and section per domain subset (each domain's normals +
+    every anomaly, as ``AUC (source|target)``), one curve per ``(label, section data)``: the
+    score modes or runs compared."""
     subsets = [name for name, _ in _domain_subsets(curves[0][1])]
-    fig = Figure(figsize=(4.4 * len(subsets), 3.8))
+    fig = Figure(figsize=(4.2 * len(subsets), 3.6))
     for k, name in enumerate(subsets):
         ax = fig.add_subplot(1, len(subsets), k + 1)
         _roc_axes(ax, f"{machine} section {section} — {name}")
@@ -484,8 +465,8 @@ def overlaid_roc_figure(machine: str, section: str, curves: Sequence[tuple[str, 
             y, s = sec.labels[mask], sec.scores[mask]
             if 0 < y.sum() < y.size:
                 fpr, tpr, _ = roc_curve(y, s, pos_label=ANOMALY)
-                ax.plot(fpr, tpr, lw=1.4, label=f"{label}: {auc(y, s):.3f}")
-        ax.legend(loc="lower right", fontsize=7)
+                ax.plot(fpr, tpr, lw=1.8 if len(curves) == 1 else 1.4, label=f"{label}: AUC {auc(y, s):.3f}")
+        ax.legend(loc="lower right", fontsize=8 if len(curves) == 1 else 7)
     fig.tight_layout()
     return fig
 
@@ -720,7 +701,7 @@ def _comparison_html(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[st
         for idx in groups.values():
             if len(idx) < 2:
                 continue
-            mean, std = _mean_std(np.array([values[i] for i in idx], dtype=np.float64))
+            mean, std = mean_std(np.array([values[i] for i in idx], dtype=np.float64))
             seeds = ", ".join(str(runs[i].config.get("seed")) for i in idx)
             stats_rows.append([f"mean ± std ({len(idx)} runs: {', '.join(labels[i] for i in idx)})",
                                str(runs[idx[0]].config.get("model", "-")), seeds,

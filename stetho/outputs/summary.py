@@ -30,7 +30,7 @@ _NOT_METRICS = ("machine", SUMMARY_FORMULA_COLUMN, SUMMARY_SCORE_COLUMN)
 
 
 @dataclass
-class _RunMode:
+class SummaryFile:
     """One run's ``results/<mode>/summary.csv``."""
 
     path: Path
@@ -49,7 +49,9 @@ def _float(text: str, path: Path, lineno: int, column: str) -> float:
         raise EvaluationError(f"{path}:{lineno}: {column} {text!r} is not a number") from None
 
 
-def _read_summary(path: Path) -> _RunMode:
+def read_summary_file(path: Path) -> SummaryFile:
+    """Read and check a ``results/<mode>/summary.csv`` (one row per machine type, a last
+    official-score row; every metric cell a number or empty)."""
     with open(path, newline="", encoding="utf-8") as fh:
         table = [r for r in csv.reader(fh) if r and "".join(r).strip()]
     if not table or table[0][0] != "machine":
@@ -69,10 +71,10 @@ def _read_summary(path: Path) -> _RunMode:
         if row[0] in machines:
             raise EvaluationError(f"{path}:{lineno}: machine type {row[0]!r} appears twice")
         machines[row[0]] = {c: _float(row[col_index[c]], path, lineno, c) for c in columns}
-    return _RunMode(path, formula, columns, machines, official)
+    return SummaryFile(path, formula, columns, machines, official)
 
 
-def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sample standard deviation (ddof=1) over axis 0; std NaN for a single run.
     A NaN in any run makes that cell NaN (it is not silently averaged away)."""
     mean = values.mean(axis=0)
@@ -133,7 +135,7 @@ class RunsSummary:
 
     def official(self, mode: str) -> tuple[float, float]:
         """Mean and sample standard deviation (NaN for one run) of the official score."""
-        mean, std = _mean_std(self._mode(mode).official[:, None])
+        mean, std = mean_std(self._mode(mode).official[:, None])
         return float(mean[0]), float(std[0])
 
     def columns(self, mode: str) -> list[str]:
@@ -148,7 +150,7 @@ class RunsSummary:
         ``official score mean`` / ``official score std``. Cells a row does not have are ``None``."""
         ms = self._mode(mode)
         cols = self.columns(mode)
-        mean, std = _mean_std(ms.values)
+        mean, std = mean_std(ms.values)
         out: list[dict[str, object]] = []
         for i, machine in enumerate(ms.machines):
             row: dict[str, object] = dict.fromkeys(cols)
@@ -184,7 +186,7 @@ class RunsSummary:
         """
         blocks: list[str] = []
         for mode, ms in self.modes.items():
-            mean, std = _mean_std(ms.values)
+            mean, std = mean_std(ms.values)
             shown = [j for j, m in enumerate(ms.metrics) if m in columns]
             header = ["machine"] + [ms.metrics[j] for j in shown]
             body = [
@@ -228,14 +230,14 @@ def summarize_runs(run_dirs: Sequence[str | Path]) -> RunsSummary:
             raise EvaluationError(f"run {r} is given twice (as {seen[key]} and {r}); runs must be distinct")
         seen[key] = r
 
-    per_run: list[dict[str, _RunMode]] = []
+    per_run: list[dict[str, SummaryFile]] = []
     for r in runs:
         files = sorted((r / "results").glob("*/summary.csv"))
         if not files:
             raise EvaluationError(
                 f"{r}: no results/<mode>/summary.csv (not a run folder, or it was tested on unlabeled data)"
             )
-        per_run.append({f.parent.name: _read_summary(f) for f in files})
+        per_run.append({f.parent.name: read_summary_file(f) for f in files})
 
     all_modes = sorted(set().union(*per_run))
     common = [m for m in all_modes if all(m in pr for pr in per_run)]

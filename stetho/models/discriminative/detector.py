@@ -504,7 +504,7 @@ class DiscriminativeDetector(Detector):
         if unknown:
             raise StethoError(f"{self.name}: no training clips of machine type(s) {', '.join(unknown)}; "
                               f"trained on {', '.join(self.machines_)}")
-        self.__dict__.pop("test_embeddings_", None)  # report_arrays() describes this call only
+        self.test_embeddings_ = None  # report_arrays() describes this call only
         if not clips:
             return {m: np.zeros(0) for m in self.score_modes}
         bank = WaveBank(self._features(clips, features))
@@ -525,7 +525,7 @@ class DiscriminativeDetector(Detector):
         """``test_embeddings``: the L2-normalised embeddings ``(n, dim)`` (float32) of the clips
         of the last scoring by the model of the last ensemble epoch (``max(nets_)``, the epoch of
         the last ``train_embeddings_``) and that ``epoch`` per clip."""
-        if not hasattr(self, "test_embeddings_"):
+        if getattr(self, "test_embeddings_", None) is None:
             return {}
         epoch, emb = self.test_embeddings_
         return {"test_embeddings": {"embeddings": emb, "epoch": np.full(len(emb), epoch, dtype=np.int64)}}
