@@ -18,8 +18,8 @@ set × seed, optionally also under an L∞ latent attack on the test normals, an
 from __future__ import annotations
 
 import copy
-import csv
 import inspect
+import io
 import json
 import logging
 import time
@@ -35,7 +35,9 @@ from sklearn.metrics import f1_score, roc_auc_score
 from stetho.config import yaml_load
 from stetho.datasets.images import ImageSet, load_image_set
 from stetho.errors import ConfigError
+from stetho.fileio import atomic_write_bytes, atomic_write_text
 from stetho.models.arae import ARAEDetector
+from stetho.outputs.io import write_dict_csv
 
 log = logging.getLogger(__name__)
 
@@ -177,15 +179,6 @@ def load_novelty_recipe(path: str | Path) -> dict[str, Any]:
     return resolve_novelty(cfg, where=str(path))
 
 
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        if rows:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-
-
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per model and metric: mean over normal sets for each seed, then mean ± std over seeds."""
     metrics = [m for m in ("auc", "f1", "auc_attacked", "f1_attacked") if any(m in r for r in rows)]
@@ -260,12 +253,13 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
     summary = summarize(rows)
     if write:
         out = Path(cfg["out"])
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n", encoding="utf-8")
-        (out / "splits.json").write_text(json.dumps(splits, indent=2) + "\n", encoding="utf-8")
-        np.savez_compressed(out / "splits.npz", **indices)
-        _write(out / "results.csv", rows)
-        _write(out / "summary.csv", summary)
+        atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str) + "\n")
+        atomic_write_text(out / "splits.json", json.dumps(splits, indent=2) + "\n")
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **indices)
+        atomic_write_bytes(out / "splits.npz", buf.getvalue())
+        write_dict_csv(out / "results.csv", rows)
+        write_dict_csv(out / "summary.csv", summary)
     return {"rows": rows, "summary": summary, "splits": splits}
 
 
