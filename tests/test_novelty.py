@@ -56,6 +56,13 @@ def test_mnist_folder_reads_the_standard_idx_files(tmp_path, gz):
     assert load_image_set("fashion_mnist", tmp_path).name == "fashion_mnist"
 
 
+def test_mnist_train_and_test_images_of_different_sizes_are_refused(tmp_path):
+    _fake_mnist(tmp_path)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((20, 32, 32), dtype=np.uint8))
+    with pytest.raises(DatasetError, match=r"train and test images differ in size \(\(28, 28\) vs \(32, 32\)\)"):
+        load_mnist(tmp_path)
+
+
 def test_read_idx_other_types_and_shapes(tmp_path):
     a = np.arange(24, dtype=np.int64).reshape(2, 3, 4) - 5
     _write_idx(tmp_path / "a.idx", a, 0x0C)

@@ -97,7 +97,7 @@ def load_mnist(folder: str | Path, name: str = "mnist") -> ImageSet:
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: {name} folder does not exist")
-    xs, ys, splits, files = [], [], [], []
+    xs, ys, splits, files, shapes = [], [], [], [], []
     for split, (img_stem, lab_stem) in MNIST_FILES.items():
         ip, lp = _idx_path(folder, img_stem), _idx_path(folder, lab_stem)
         images, labels = read_idx(ip), read_idx(lp)
@@ -105,12 +105,14 @@ def load_mnist(folder: str | Path, name: str = "mnist") -> ImageSet:
             raise DatasetError(f"{ip}: expected images (n, H, W), got shape {images.shape}")
         if labels.shape != (len(images),):
             raise DatasetError(f"{lp}: {labels.shape[0] if labels.ndim else 0} labels for {len(images)} images in {ip}")
+        shapes.append(tuple(int(v) for v in images.shape[1:]))
         xs.append(images.reshape(len(images), -1).astype(np.float32) / 255.0)
         ys.append(labels.astype(np.int64))
         splits.append(np.full(len(images), split))
         files += [str(ip), str(lp)]
-    shape = tuple(int(s) for s in read_idx(_idx_path(folder, MNIST_FILES["train"][0])).shape[1:])
-    return ImageSet(name, np.concatenate(xs), np.concatenate(ys), np.concatenate(splits), shape, tuple(files))
+    if len(set(shapes)) != 1:
+        raise DatasetError(f"{folder}: train and test images differ in size ({shapes[0]} vs {shapes[1]})")
+    return ImageSet(name, np.concatenate(xs), np.concatenate(ys), np.concatenate(splits), shapes[0], tuple(files))
 
 
 def load_coil100(folder: str | Path, size: int | None = 32, grayscale: bool = True) -> ImageSet:
