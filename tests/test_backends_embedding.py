@@ -8,7 +8,7 @@ from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
 
 from stetho.backends import (
-    KMeansBackend, KNNBackend, MahalanobisBackend, cosine_distances, ensemble, l2_normalize, make_backend,
+    DensityBackend, DomainNormalized, KMeansBackend, KNNBackend, MahalanobisBackend, cosine_distances, ensemble, l2_normalize, make_backend,
 )
 
 
@@ -89,12 +89,99 @@ def test_mahalanobis_backend_is_min_over_domains(data):
     assert np.allclose(be.score(test), np.minimum(*scores), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["kmeans", "knn", "mahalanobis"])
+@pytest.mark.parametrize("name", ["kmeans", "knn", "mahalanobis", "density", "kmeans_norm", "knn_norm"])
 def test_backend_state_round_trip(data, name):
     train, test = data
     be = make_backend(name, seed=1, n_clusters=4).fit(train)
     again = make_backend(name).set_state(be.get_state())
     assert np.allclose(again.score(test), be.score(test))
+
+
+def test_density_backend_equals_a_direct_computation(data):
+    train, test = data
+    for k in (1, 3):
+        be = DensityBackend(k=k).fit(train)
+        mem = _unit(np.concatenate([train["source"], train["target"]]))
+        dd = 1 - mem @ mem.T
+        np.fill_diagonal(dd, np.inf)
+        radius = np.sort(dd, axis=1)[:, :k].mean(axis=1)
+        d = 1 - _unit(test) @ mem.T
+        nn = d.argmin(axis=1)
+        assert np.allclose(be.score(test), d.min(axis=1) / radius[nn])
+
+
+def test_density_backend_puts_a_sparse_and_a_dense_domain_on_one_scale():
+    """Hand-made 2-D case: a dense source cluster (points 0.01 rad apart) and a sparse target
+    cluster (0.2 rad apart). A point 0.1 rad beyond the dense cluster is ten spacings out; one
+    0.1 rad beside a target point is half a spacing away. kNN scores both alike; the density
+    backend scores the first far higher."""
+    ang_s = np.arange(20) * 0.01
+    ang_t = 2.0 + np.arange(5) * 0.2
+    emb = lambda a: np.stack([np.cos(a), np.sin(a)], axis=1)  # noqa: E731
+    train = {"source": emb(ang_s), "target": emb(ang_t)}
+    out_dense = emb(np.array([ang_s[-1] + 0.1]))
+    in_sparse = emb(np.array([ang_t[2] + 0.1]))
+    knn = KNNBackend(k=1).fit(train)
+    dens = DensityBackend(k=1).fit(train)
+    assert np.isclose(knn.score(out_dense)[0], knn.score(in_sparse)[0])  # both 0.1 rad away
+    # nearest point spacing: 0.01 rad (dense) vs 0.2 rad (sparse); 1 - cos(a) ~ a^2 / 2
+    assert np.isclose(dens.score(out_dense)[0], (1 - np.cos(0.1)) / (1 - np.cos(0.01)), rtol=1e-6)
+    assert np.isclose(dens.score(in_sparse)[0], (1 - np.cos(0.1)) / (1 - np.cos(0.2)), rtol=1e-6)
+    assert dens.score(out_dense)[0] > 100 * dens.score(in_sparse)[0]
+
+
+def test_density_backend_handles_duplicates_and_refuses_a_single_embedding():
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    be = DensityBackend(k=1).fit({"source": x})
+    s = be.score(np.array([[1.0, 0.1], [0.0, 1.0]]))
+    assert np.isfinite(s).all() and s[1] == 0.0
+    with pytest.raises(ValueError, match="at least 2"):
+        DensityBackend().fit({"source": x[:1]})
+    with pytest.raises(ValueError, match="positive integer"):
+        DensityBackend(k=0)
+
+
+def test_domain_normalized_kmeans_equals_a_direct_computation(data):
+    train, test = data
+    be = make_backend("kmeans_norm", seed=3, n_clusters=4).fit(train)
+    src = KMeansBackend(4, 3)
+    # scales: median of each domain's out-of-sample scores, that domain fitted alone
+    s_scale = np.median(src.train_scores({"source": train["source"]})["source"])
+    t = _unit(train["target"])
+    rng = np.random.default_rng(0)  # train_scores' default fold draw
+    fold_of = rng.permutation(len(t)) % 5
+    loo = np.array([(1 - t[i] @ t[fold_of != fold_of[i]].T).min() for i in range(len(t))])
+    t_scale = np.median(loo)
+    assert np.isclose(be.scales_["source"], s_scale) and np.isclose(be.scales_["target"], t_scale)
+    d_src = src.fit({"source": train["source"]}).score(test)
+    d_tgt = (1 - _unit(test) @ t.T).min(axis=1)  # every target embedding a centre
+    assert np.allclose(be.score(test), np.minimum(d_src / s_scale, d_tgt / t_scale))
+
+
+def test_domain_normalization_removes_a_scale_mismatch_between_domains():
+    """Many tightly packed source clips, 8 widely spread target clips (16-d): unnormalised, normal
+    target test clips score above source anomalies (a little off the source cluster); divided by
+    each domain's own spacing, they score below them."""
+    rng = np.random.default_rng(1)
+    e1, e2 = np.eye(16)[0], np.eye(16)[1]
+    train = {"source": e1 + 0.02 * rng.standard_normal((300, 16)), "target": e2 + 0.15 * rng.standard_normal((8, 16))}
+    normal_target = e2 + 0.15 * rng.standard_normal((200, 16))
+    anomalies = e1 + 0.06 * rng.standard_normal((50, 16))
+
+    def auc(backend):  # normal target clips vs source anomalies
+        return np.mean(backend.score(anomalies)[:, None] > backend.score(normal_target)[None, :])
+
+    assert auc(KNNBackend().fit(train)) < 0.2
+    assert auc(make_backend("knn_norm").fit(train)) > 0.9
+    assert auc(make_backend("kmeans_norm", n_clusters=4).fit(train)) > 0.9
+
+
+def test_domain_normalized_with_one_target_embedding_borrows_the_source_scale(data):
+    train, test = data
+    be = DomainNormalized({"source": KNNBackend(), "target": KNNBackend()}, "knn_norm").fit(
+        {"source": train["source"], "target": train["target"][:1]})
+    assert be.scales_["target"] == be.scales_["source"] > 0
+    assert np.isfinite(be.score(test)).all()
 
 
 def test_ensemble_is_the_mean_and_errors():
@@ -105,3 +192,9 @@ def test_ensemble_is_the_mean_and_errors():
         make_backend("lof")
     with pytest.raises(ValueError, match="keyed by domain"):
         KNNBackend().fit({"src": np.ones((2, 2))})
+
+
+def test_domain_normalized_with_two_target_embeddings_cannot_cross_fit_and_borrows(data):
+    train, test = data
+    be = make_backend("kmeans_norm", n_clusters=4).fit({"source": train["source"], "target": train["target"][:2]})
+    assert be.scales_["target"] == be.scales_["source"] > 0  # 2 clips: no out-of-sample spacing

@@ -55,7 +55,7 @@ def test_train_and_test_from_the_command_line_with_backends(toy, tmp_path, capsy
         assert all(int(d[1]) == int(float(s[1]) > thr) for s, d in zip(scores, decisions))
     # every backend from the same trained model, without retraining
     outcome = pipeline.test(run, progress=False)
-    assert set(outcome.results) == {"kmeans", "knn", "mahalanobis"}
+    assert set(outcome.results) == {"kmeans", "knn", "mahalanobis", "density", "kmeans_norm", "knn_norm"}
     assert all(np.isfinite(r.official_score) for r in outcome.results.values())
 
 
@@ -129,7 +129,7 @@ def test_cpu_recipe_learns_on_its_strongly_shifted_toy_data(tmp_path):
     outcome = pipeline.run(cfg)
     official = {mode: r.official_score for mode, r in outcome.results.items()}
     print("official scores:", official)
-    assert set(official) == {"kmeans", "knn", "mahalanobis"}
+    assert set(official) == {"kmeans", "knn", "mahalanobis", "density", "kmeans_norm", "knn_norm"}
     assert official["kmeans"] > 0.60
     sections = outcome.results["kmeans"].sections
     assert [s.machine for s in sections] == ["fan", "gearbox", "pump", "slider", "valve"]

@@ -12,6 +12,15 @@ produces embeddings can use them (the discriminative models, later ones, or feat
   embeddings of that domain; score = the minimum over domains.
 - :class:`MahalanobisBackend`: per domain, mean and Ledoit-Wolf covariance of the embeddings;
   score = the minimum over domains of the squared Mahalanobis distance (Selective Mahalanobis).
+- :class:`DensityBackend`: the cosine distance to the nearest training embedding (of either
+  domain) divided by the local density around that neighbour (its mean distance to its own ``k``
+  nearest training embeddings), after the local-density score normalisation of Wilkinghoff et
+  al. (2025). A sparse domain (~10 target clips) has large nearest-neighbour distances even for
+  normal clips; the division puts both domains on one scale without using domain labels.
+- :class:`DomainNormalized` (``kmeans_norm``, ``knn_norm``): a backend fitted on each domain
+  alone; a domain's distances are divided by its typical distance (the median out-of-sample
+  score of its own training embeddings); score = the minimum over domains. The test clip's
+  domain is not needed.
 """
 
 from __future__ import annotations
@@ -206,20 +215,139 @@ class MahalanobisBackend(EmbeddingBackend):
         return self
 
 
+class DensityBackend(EmbeddingBackend):
+    """Nearest-neighbour cosine distance scaled by the local density of the training embeddings.
+
+    ``score(x) = d(x, y) / mean(d(y, y_1), ..., d(y, y_k))``, where ``y`` is the training
+    embedding nearest to ``x`` (all domains pooled) and ``y_1 .. y_k`` are the ``k`` training
+    embeddings nearest to ``y`` (itself excluded). A normal clip of a sparsely sampled region
+    (the target domain) lies about as far from its neighbour as that neighbour's own neighbours
+    do, so its score is about 1, as in a dense region. Local-density score normalisation for
+    domain generalisation, Wilkinghoff et al. (2025); the LOF family of outlier scores.
+
+    Args:
+        k: neighbours defining the local density of a training embedding (1).
+    """
+
+    name = "density"
+
+    def __init__(self, k: int = 1) -> None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"density backend: k must be a positive integer, got {k!r}")
+        self.k = int(k)
+
+    def clone(self):
+        return DensityBackend(self.k)
+
+    def fit(self, embeddings):
+        memory = l2_normalize(np.concatenate(list(_split(embeddings).values())))
+        if len(memory) < 2:
+            raise ValueError("density backend needs at least 2 training embeddings (a density needs a neighbour)")
+        d = cosine_distances(memory, memory)
+        np.fill_diagonal(d, np.inf)
+        k = min(self.k, len(memory) - 1)
+        radius = np.sort(d, axis=1)[:, :k].mean(axis=1)
+        # Duplicate training clips have radius 0; floor it so their neighbours' scores stay finite.
+        positive = radius[radius > 0]
+        floor = 1e-3 * float(np.median(positive)) if positive.size else 1e-12
+        self.memory_ = memory
+        self.radius_ = np.maximum(radius, floor)
+        return self
+
+    def score(self, x):
+        d = cosine_distances(x, self.memory_)
+        nearest = d.argmin(axis=1)
+        return d[np.arange(len(d)), nearest] / self.radius_[nearest]
+
+    def get_state(self):
+        return {"memory": self.memory_, "radius": self.radius_}
+
+    def set_state(self, state):
+        self.memory_ = np.asarray(state["memory"], dtype=np.float64)
+        self.radius_ = np.asarray(state["radius"], dtype=np.float64)
+        return self
+
+
+class DomainNormalized(EmbeddingBackend):
+    """Per-domain backends whose scores are divided by their domain's typical score.
+
+    ``score(x) = min over domains d of score_d(x) / scale_d``, where ``score_d`` is ``inner``
+    fitted on domain ``d``'s embeddings alone and ``scale_d`` is the median of the out-of-sample
+    scores of those embeddings (:meth:`EmbeddingBackend.train_scores`, each left out of its own
+    fit). With ~10 target clips against ~1,000 source clips, a target clip's nearest training
+    embedding is much farther than a source clip's even when both are normal; dividing by each
+    domain's own spacing puts the domains on one scale (domain-wise score normalisation). The
+    domain of a test clip is not used. A domain with fewer than 2 training embeddings has no
+    spacing and borrows the other domain's scale.
+
+    Args:
+        inner: the backend fitted on each domain, by domain name (``kmeans_norm``: k-means on
+            the source, every target embedding a centre, i.e. 1-NN, as :class:`KMeansBackend`;
+            ``knn_norm``: :class:`KNNBackend` for both).
+        name: the score mode's name.
+    """
+
+    def __init__(self, inner: Mapping[str, EmbeddingBackend], name: str) -> None:
+        self.inner = dict(inner)
+        self.name = name
+
+    def clone(self):
+        return DomainNormalized({d: be.clone() for d, be in self.inner.items()}, self.name)
+
+    def fit(self, embeddings):
+        parts = _split(embeddings)
+        self.backends_ = {d: self.inner[d].clone().fit({d: e}) for d, e in parts.items()}
+        scales = {}
+        for d, e in parts.items():
+            if len(e) >= 2:
+                s = float(np.median(self.backends_[d].train_scores({d: e})[d]))
+                scales[d] = s if s > 0 else None
+        known = [v for v in scales.values() if v is not None]
+        fallback = float(np.median(known)) if known else 1.0
+        self.scales_ = {d: scales.get(d) or fallback for d in parts}
+        return self
+
+    def score(self, x):
+        return np.min([be.score(x) / self.scales_[d] for d, be in self.backends_.items()], axis=0)
+
+    def get_state(self):
+        state = {f"scale_{d}": np.float64(v) for d, v in self.scales_.items()}
+        for d, be in self.backends_.items():
+            state.update({f"{d}/{k}": v for k, v in be.get_state().items()})
+        return state
+
+    def set_state(self, state):
+        self.scales_ = {k.removeprefix("scale_"): float(v) for k, v in state.items() if k.startswith("scale_")}
+        self.backends_ = {}
+        for d in self.scales_:
+            prefix = f"{d}/"
+            sub = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            self.backends_[d] = self.inner[d].clone().set_state(sub)
+        return self
+
+
 #: Backends by name (the score modes of embedding detectors).
 BACKENDS: dict[str, type[EmbeddingBackend]] = {
     KMeansBackend.name: KMeansBackend, KNNBackend.name: KNNBackend, MahalanobisBackend.name: MahalanobisBackend,
+    DensityBackend.name: DensityBackend, "kmeans_norm": DomainNormalized, "knn_norm": DomainNormalized,
 }
 
 
-def make_backend(name: str, seed: int = 0, n_clusters: int = 16, k: int = 1) -> EmbeddingBackend:
-    """A fresh backend by name."""
+def make_backend(name: str, seed: int = 0, n_clusters: int = 16, k: int = 1, density_k: int = 1) -> EmbeddingBackend:
+    """A fresh backend by name (``k``: neighbours of kNN; ``density_k``: of the density backend)."""
     if name == "kmeans":
         return KMeansBackend(n_clusters=n_clusters, seed=seed)
     if name == "knn":
         return KNNBackend(k=k)
     if name == "mahalanobis":
         return MahalanobisBackend()
+    if name == "density":
+        return DensityBackend(k=density_k)
+    if name == "kmeans_norm":
+        return DomainNormalized({"source": KMeansBackend(n_clusters=n_clusters, seed=seed),
+                                 "target": KNNBackend(k=1)}, name)
+    if name == "knn_norm":
+        return DomainNormalized({"source": KNNBackend(k=k), "target": KNNBackend(k=k)}, name)
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 

@@ -99,7 +99,9 @@ class DiscriminativeDetector(Detector):
         transductive: let the test clips shape the UMAP map (the seed's variant; off by default).
         n_clusters: k-means centres per machine type on source embeddings (16).
         knn_k: neighbours of the kNN backend (1).
-        score_mode: default backend: ``"kmeans"``, ``"knn"`` or ``"mahalanobis"``.
+        density_k: neighbours defining the local density in the ``"density"`` backend (1).
+        score_mode: default backend: ``"kmeans"``, ``"knn"``, ``"mahalanobis"``, ``"density"``,
+            ``"kmeans_norm"`` or ``"knn_norm"`` (:mod:`stetho.backends.embedding`).
         test_hop: crops of a clip longer than the tile are this fraction of a tile apart at test
             time; their normalised embeddings are averaged.
         decision_quantile: Gamma quantile of the per-machine thresholds (0.9).
@@ -110,7 +112,7 @@ class DiscriminativeDetector(Detector):
     """
 
     name = "discriminative"
-    score_modes = ("kmeans", "knn", "mahalanobis")
+    score_modes = ("kmeans", "knn", "mahalanobis", "density", "kmeans_norm", "knn_norm")
     joint = True
 
     def __init__(
@@ -121,7 +123,8 @@ class DiscriminativeDetector(Detector):
         batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.01,
         ensemble_epochs: Sequence[int] = (12, 14, 16), checkpoint_every: int = 2, resume: bool = False,
         labels: str = "attributes", pseudo_labels: str = "none", pseudo_label_machines: str = "no_attributes",
-        pseudo_label_embedding: str = "classifier", triplet_epochs: int = 6, transductive: bool = False, n_clusters: int = 16, knn_k: int = 1, score_mode: str = "kmeans",
+        pseudo_label_embedding: str = "classifier", triplet_epochs: int = 6, transductive: bool = False,
+        n_clusters: int = 16, knn_k: int = 1, density_k: int = 1, score_mode: str = "kmeans",
         test_hop: float = 0.5, decision_quantile: float = 0.9, seed: int = 13711, device: str = "auto",
         channel: int = 0, progress: bool = False,
     ) -> None:
@@ -153,6 +156,7 @@ class DiscriminativeDetector(Detector):
         self.transductive = transductive
         self.n_clusters = n_clusters
         self.knn_k = knn_k
+        self.density_k = density_k
         self.score_mode = score_mode
         self.test_hop = test_hop
         self.decision_quantile = decision_quantile
@@ -477,7 +481,8 @@ class DiscriminativeDetector(Detector):
                 parts = self._parts(emb, m)
                 self.backends_[epoch][m] = {}
                 for mode in self.score_modes:
-                    be = make_backend(mode, seed=self.seed, n_clusters=self.n_clusters, k=self.knn_k).fit(parts)
+                    be = make_backend(mode, seed=self.seed, n_clusters=self.n_clusters, k=self.knn_k,
+                                      density_k=self.density_k).fit(parts)
                     self.backends_[epoch][m][mode] = be
                     if thresholds:
                         s = be.train_scores(parts, seed=self.seed)
@@ -560,7 +565,9 @@ class DiscriminativeDetector(Detector):
         self.history_ = {k: list(v) for k, v in state["history"].items()}
         self.thresholds_ = {mode: dict(v) for mode, v in state["thresholds"].items()}
         self.train_scores_ = {k: v.numpy() for k, v in state["train_scores"].items()}
-        self._build_backends(thresholds=False)  # refitting the backends is quick and deterministic
+        # Refitting the backends is quick and deterministic. A model saved before a score mode
+        # existed has no thresholds for it: they are cross-fitted again (same result as at training).
+        self._build_backends(thresholds=any(m not in self.thresholds_ for m in self.score_modes))
 
 
 __all__ = ["BACKENDS", "DiscriminativeDetector", "WaveBank"]
