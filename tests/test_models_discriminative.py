@@ -137,6 +137,16 @@ def test_gmm_bic_finds_the_number_of_blobs():
     assert adjusted_rand_score(np.repeat([0, 1, 2], 40), labels) == pytest.approx(1.0)
 
 
+def test_gmm_with_a_fixed_count_fits_that_count_only():
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.normal(c, 0.3, size=(40, 2)) for c in ((0, 0), (5, 0), (0, 5))])
+    labels, k, bics = gmm_bic(pts, max_components=16, seed=0, fixed=5)
+    assert k == 5 and len(bics) == 1 and len(set(labels)) == 5
+    assert gmm_bic(pts[:6], max_components=16, fixed=5)[1] == 3  # at most half the points
+    result = cluster_machine(pts, ["source"] * 120, seed=0, source_components=2)
+    assert result.n_components == {"source": 2}
+
+
 def test_cluster_machine_recovers_hidden_groups_per_domain(tmp_path):
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(3, 16)) * 4

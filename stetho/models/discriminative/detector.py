@@ -96,6 +96,8 @@ class DiscriminativeDetector(Detector):
             embeddings) or ``"triplet"`` (a self-supervised model per machine type, see
             :mod:`stetho.models.discriminative.triplet`).
         triplet_epochs: epochs of the triplet models (6).
+        pseudo_label_clusters: ``None`` (BIC chooses 1-16 source clusters, the paper) or a fixed
+            number of source-domain clusters per machine type (the target domain keeps BIC, 1-2).
         transductive: let the test clips shape the UMAP map (the seed's variant; off by default).
         n_clusters: k-means centres per machine type on source embeddings (16).
         knn_k: neighbours of the kNN backend (1).
@@ -123,7 +125,8 @@ class DiscriminativeDetector(Detector):
         batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.01,
         ensemble_epochs: Sequence[int] = (12, 14, 16), checkpoint_every: int = 2, resume: bool = False,
         labels: str = "attributes", pseudo_labels: str = "none", pseudo_label_machines: str = "no_attributes",
-        pseudo_label_embedding: str = "classifier", triplet_epochs: int = 6, transductive: bool = False,
+        pseudo_label_embedding: str = "classifier", triplet_epochs: int = 6,
+        pseudo_label_clusters: int | None = None, transductive: bool = False,
         n_clusters: int = 16, knn_k: int = 1, density_k: int = 1, score_mode: str = "kmeans",
         test_hop: float = 0.5, decision_quantile: float = 0.9, seed: int = 13711, device: str = "auto",
         channel: int = 0, progress: bool = False,
@@ -153,6 +156,7 @@ class DiscriminativeDetector(Detector):
         self.pseudo_label_machines = pseudo_label_machines
         self.pseudo_label_embedding = pseudo_label_embedding
         self.triplet_epochs = triplet_epochs
+        self.pseudo_label_clusters = pseudo_label_clusters
         self.transductive = transductive
         self.n_clusters = n_clusters
         self.knn_k = knn_k
@@ -179,6 +183,9 @@ class DiscriminativeDetector(Detector):
             raise ConfigError("pseudo_label_machines must be no_attributes or all")
         if self.pseudo_label_embedding not in ("classifier", "triplet"):
             raise ConfigError("pseudo_label_embedding must be classifier or triplet")
+        k = self.pseudo_label_clusters
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise ConfigError(f"pseudo_label_clusters must be a positive integer or null (BIC), got {k!r}")
         bad = [e for e in self.ensemble_epochs if not 1 <= int(e) <= self.epochs]
         if bad or not self.ensemble_epochs:
             raise ConfigError(f"ensemble_epochs {self.ensemble_epochs} must be non-empty and within 1..{self.epochs} "
@@ -291,7 +298,8 @@ class DiscriminativeDetector(Detector):
             extra = None
             if extra_emb is not None:
                 extra = extra_emb[[i for i, c in enumerate(unlabeled[0]) if c.machine == m]]
-            result = cluster_machine(emb[idx], [clips[i].domain for i in idx], extra, seed=self.seed)
+            result = cluster_machine(emb[idx], [clips[i].domain for i in idx], extra, seed=self.seed,
+                                     source_components=self.pseudo_label_clusters)
             log.info("pseudo-labels of %s: %s", m, ", ".join(f"{d} {k} cluster(s)" for d, k in result.n_components.items()))
             for i, k in zip(idx, result.labels):
                 key = str(clips[i].path.resolve())

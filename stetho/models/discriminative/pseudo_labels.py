@@ -4,7 +4,7 @@ Per machine type: the embeddings of its clips are reduced to 2-D with UMAP (umap
 neighbours, min_dist 0.1, Euclidean, seeded), then, per domain, a full-covariance Gaussian
 mixture is fitted to the *training* points with the component count chosen by BIC (1..16 for
 the source domain, 1..2 for the target domain); each training clip's pseudo-attribute is its
-component. The seed's code fitted UMAP on training **and test** clips; here only training clips
+component (``source_components`` fixes the source count instead). The seed's code fitted UMAP on training **and test** clips; here only training clips
 are used unless ``transductive=True`` (METHODS.md §8: no test data in any fitting step by default).
 The GMM is seeded (the seed's was not).
 """
@@ -61,8 +61,10 @@ def umap_2d(x: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float
         return np.asarray(reducer.fit_transform(np.asarray(x, dtype=np.float32)), dtype=np.float64)
 
 
-def gmm_bic(points: np.ndarray, max_components: int, seed: int = 0) -> tuple[np.ndarray, int, list[float]]:
-    """Fit full-covariance GMMs with 1..``max_components`` components, keep the lowest BIC.
+def gmm_bic(points: np.ndarray, max_components: int, seed: int = 0,
+            fixed: int | None = None) -> tuple[np.ndarray, int, list[float]]:
+    """Fit full-covariance GMMs with 1..``max_components`` components, keep the lowest BIC
+    (or, with ``fixed``, fit that many components only; at most half the points).
 
     Returns:
         (component of each point, chosen count, BIC of each tried count).
@@ -70,20 +72,22 @@ def gmm_bic(points: np.ndarray, max_components: int, seed: int = 0) -> tuple[np.
     n = len(points)
     if n == 0:
         return np.zeros(0, dtype=np.int64), 0, []
-    top = max(1, min(max_components, n // 2 if n >= 4 else 1))
+    cap = n // 2 if n >= 4 else 1
+    top = max(1, min(max_components if fixed is None else fixed, cap))
+    counts = range(1, top + 1) if fixed is None else [top]
     bics, models = [], []
-    for k in range(1, top + 1):
+    for k in counts:
         gm = GaussianMixture(n_components=k, covariance_type="full", n_init=3, random_state=seed,
                              reg_covar=1e-6).fit(points)
         bics.append(float(gm.bic(points)))
         models.append(gm)
     best = int(np.argmin(bics))
-    return models[best].predict(points).astype(np.int64), best + 1, bics
+    return models[best].predict(points).astype(np.int64), models[best].n_components, bics
 
 
 def cluster_machine(
     train: np.ndarray, domains: Sequence[str | None], extra: np.ndarray | None = None, seed: int = 0,
-    max_components: dict[str, int] = MAX_COMPONENTS,
+    max_components: dict[str, int] = MAX_COMPONENTS, source_components: int | None = None,
 ) -> Clustering:
     """Pseudo-attributes of one machine type's training clips (see the module docstring).
 
@@ -93,6 +97,9 @@ def cluster_machine(
         extra: embeddings that shape the UMAP map but get no label (test clips, transductive).
         seed: UMAP and GMM seed.
         max_components: largest count per domain.
+        source_components: a fixed component count for the source domain instead of BIC (when
+            the number of operating conditions is known; BIC on a few dozen 2-D points tends to
+            choose too few). The target domain keeps BIC.
     """
     x = train if extra is None or len(extra) == 0 else np.concatenate([train, extra])
     coords = umap_2d(x, seed=seed)
@@ -103,7 +110,8 @@ def cluster_machine(
         idx = np.flatnonzero(dom == d)
         if len(idx) == 0:
             continue
-        labels[idx], chosen[d], bics[d] = gmm_bic(coords[idx], max_components.get(d, 1), seed)
+        fixed = source_components if d == "source" else None
+        labels[idx], chosen[d], bics[d] = gmm_bic(coords[idx], max_components.get(d, 1), seed, fixed=fixed)
     return Clustering(labels, chosen, bics, coords)
 
 
