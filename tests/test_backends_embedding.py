@@ -198,3 +198,20 @@ def test_domain_normalized_with_two_target_embeddings_cannot_cross_fit_and_borro
     train, test = data
     be = make_backend("kmeans_norm", n_clusters=4).fit({"source": train["source"], "target": train["target"][:2]})
     assert be.scales_["target"] == be.scales_["source"] > 0  # 2 clips: no out-of-sample spacing
+
+
+def test_domain_normalized_training_scores_hold_each_clip_out_with_the_fitted_scales(data):
+    train, _ = data
+    be = make_backend("knn_norm").fit(train)
+    got = be.train_scores(train, folds=5, seed=2)
+    rng = np.random.default_rng(2)
+    for d, other in (("source", "target"), ("target", "source")):
+        e = train[d]
+        fold_of = rng.permutation(len(e)) % 5
+        own = np.empty(len(e))
+        for f in range(5):
+            rest = _unit(e[fold_of != f])
+            own[fold_of == f] = (1 - _unit(e[fold_of == f]) @ rest.T).min(axis=1) / be.scales_[d]
+        far = (1 - _unit(e) @ _unit(train[other]).T).min(axis=1) / be.scales_[other]
+        assert np.allclose(got[d], np.minimum(own, far))
+    assert (got["target"] > 0).all()
