@@ -321,7 +321,7 @@ class DomainNormalized(EmbeddingBackend):
         for d, e in parts.items():
             others = [be.score(e) / self.scales_[o] for o, be in self.backends_.items() if o != d]
             k = min(folds, len(e))
-            if k < 2 or len(e) - len(e) // k < 1:
+            if k < 2:
                 own = self.backends_[d].score(e) / self.scales_[d]  # too few to hold any out
             else:
                 fold_of = rng.permutation(len(e)) % k

@@ -3,9 +3,10 @@
 Per machine type: the embeddings of its clips are reduced to 2-D with UMAP (umap-learn; 15
 neighbours, min_dist 0.1, Euclidean, seeded), then, per domain, a full-covariance Gaussian
 mixture is fitted to the *training* points with the component count chosen by BIC (1..16 for
-the source domain, 1..2 for the target domain); each training clip's pseudo-attribute is its
-component (``source_components`` fixes the source count instead). The seed's code fitted UMAP on training **and test** clips; here only training clips
-are used unless ``transductive=True`` (METHODS.md §8: no test data in any fitting step by default).
+the source domain, 1..2 for the target domain; ``source_components`` fixes the source count
+instead); each training clip's pseudo-attribute is its component. The seed's code fitted UMAP on
+training **and test** clips; here only training clips are used unless ``transductive=True``
+(METHODS.md §8: no test data in any fitting step by default).
 The GMM is seeded (the seed's was not).
 """
 
