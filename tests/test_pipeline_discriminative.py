@@ -150,7 +150,7 @@ def test_cpu_recipe_learns_on_its_strongly_shifted_toy_data(recipe_toy, tmp_path
     # normal target clips lie farther from their few training clips than source anomalies from
     # theirs; dividing by each domain's spacing lifts the target AUC and the official score
     for mode in ("density", "kmeans_norm", "knn_norm"):
-        assert official[mode] > official["kmeans"] + 0.02, mode
+        assert official[mode] > official["kmeans"] + 0.01, mode  # measured +0.028 to +0.057
         target = [s.metrics["AUC (target)"] for s in outcome.results[mode].sections]
         assert np.mean(target) > np.mean([s.metrics["AUC (target)"] for s in sections]) + 0.1, mode
 
