@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run folder from `stetho train`")
     p.add_argument("--score", "--backend", dest="score",
                    help="score mode(s) / backend(s), comma-separated, or all (default): ae: mahalanobis, mse; "
-                        "discriminative: kmeans, knn, mahalanobis, density, kmeans_norm, knn_norm; cande: predicted_window, predicted, oracle "
-                        "(where the context of a file comes from)")
+                        "discriminative: kmeans, knn, mahalanobis, density, kmeans_norm, knn_norm; "
+                        "cande: predicted_window, predicted, oracle (where the context of a file comes from)")
     p.add_argument("--data", type=Path, help="test data root or manifest .csv (default: the data the run was "
                                              "trained on)")
     _dataset_options(p, test=True)

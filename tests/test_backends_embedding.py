@@ -8,7 +8,8 @@ from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
 
 from stetho.backends import (
-    DensityBackend, DomainNormalized, KMeansBackend, KNNBackend, MahalanobisBackend, cosine_distances, ensemble, l2_normalize, make_backend,
+    DensityBackend, DomainNormalized, KMeansBackend, KNNBackend, MahalanobisBackend, cosine_distances, ensemble,
+    l2_normalize, make_backend,
 )
 
 

@@ -114,7 +114,7 @@ class DiscriminativeDetector(Detector):
     """
 
     name = "discriminative"
-    score_modes = ("kmeans", "knn", "mahalanobis", "density", "kmeans_norm", "knn_norm")
+    score_modes = tuple(BACKENDS)  # kmeans, knn, mahalanobis, density, kmeans_norm, knn_norm
     joint = True
 
     def __init__(
