@@ -55,7 +55,8 @@ def fitted():
     rng = np.random.default_rng(0)
     train = _logmels(rng, 30) + _logmels(rng, 4, shift=3.0)
     clips = [_clip(i) for i in range(30)] + [_clip(i, domain="target") for i in range(4)]
-    det = AEDetector(epochs=20, batch_size=64, device="cpu", seed=1).fit(clips, train)
+    # threshold="official": every clip trains and the thresholds are the baseline's in-sample fit
+    det = AEDetector(epochs=20, batch_size=64, device="cpu", seed=1, threshold="official").fit(clips, train)
     test_feats = _logmels(rng, 15) + _logmels(rng, 15, anomalous=True)
     test_clips = [_clip(i, "test", label=0) for i in range(15)] + [_clip(i, "test", label=1) for i in range(15)]
     return det, clips, train, test_clips, test_feats
@@ -118,14 +119,16 @@ def test_thresholds_are_gamma_quantiles_of_training_clip_scores(fitted):
     det, clips, train, _, _ = fitted
     for mode in ("mse", "mahalanobis"):
         s = det.score(clips, train, mode=mode)
-        np.testing.assert_allclose(s, det.train_scores_[mode], rtol=1e-6)
+        np.testing.assert_allclose(s, det.decision_scores_[mode], rtol=1e-6)
         a, loc, scale = scipy.stats.gamma.fit(s)
-        assert det.thresholds_[mode] == pytest.approx(scipy.stats.gamma.ppf(0.9, a, loc, scale), rel=1e-6)
+        thr = det.thresholds_[mode]["fan"]
+        assert thr == pytest.approx(scipy.stats.gamma.ppf(0.9, a, loc, scale), rel=1e-6)
         # About 10 % of normal training clips lie above a 0.9 quantile.
-        assert 0.0 <= np.mean(s > det.thresholds_[mode]) <= 0.3
-    assert det.threshold_ == det.thresholds_["mahalanobis"]  # default mode
+        assert 0.0 <= np.mean(s > thr) <= 0.3
+    assert det.threshold_ == det.thresholds_["mahalanobis"] == {"fan": det.threshold_for()}  # default mode
+    assert det.calibration_["file"] == [str(c.path) for c in clips]  # in-sample: every clip
     pred = det.predict(clips, train, mode="mse")
-    np.testing.assert_array_equal(pred, (det.train_scores_["mse"] > det.thresholds_["mse"]).astype(int))
+    np.testing.assert_array_equal(pred, (det.decision_scores_["mse"] > det.thresholds_["mse"]["fan"]).astype(int))
 
 
 def test_save_load_round_trip(fitted, tmp_path):
@@ -157,7 +160,7 @@ def test_training_is_deterministic_for_a_seed():
     b = AEDetector(epochs=2, seed=5, device="cpu").fit(clips, feats)
     c = AEDetector(epochs=2, seed=6, device="cpu").fit(clips, feats)
     assert a.history_ == b.history_
-    np.testing.assert_array_equal(a.train_scores_["mse"], b.train_scores_["mse"])
+    np.testing.assert_array_equal(a.decision_scores_["mse"], b.decision_scores_["mse"])
     assert a.history_ != c.history_
 
 
@@ -165,12 +168,13 @@ def test_precise_bn_removes_the_lag_of_batchnorm_running_statistics(fitted):
     # 20 epochs of ~30 steps: BatchNorm running averages (momentum 0.01) still trail the weights,
     # so eval-mode reconstructions of the training data itself are poor unless recomputed.
     det, clips, train, _, _ = fitted
-    lagging = AEDetector(epochs=20, batch_size=64, device="cpu", seed=1, precise_bn=False).fit(clips, train)
+    lagging = AEDetector(epochs=20, batch_size=64, device="cpu", seed=1, precise_bn=False,
+                         threshold="official").fit(clips, train)
     assert lagging.history_ == det.history_  # identical training ...
     final_train_loss = det.history_["train_loss"][-1]
     # ... but only recomputed statistics reproduce the training loss in eval mode.
-    assert det.train_scores_["mse"].mean() < 2 * final_train_loss
-    assert lagging.train_scores_["mse"].mean() > 3 * det.train_scores_["mse"].mean()
+    assert det.decision_scores_["mse"].mean() < 2 * final_train_loss
+    assert lagging.decision_scores_["mse"].mean() > 3 * det.decision_scores_["mse"].mean()
 
 
 def test_no_target_clips_uses_the_source_covariance():
@@ -184,7 +188,7 @@ def test_unfitted_detector_and_bad_modes_raise():
     det = AEDetector()
     with pytest.raises(NotFittedError, match="not fitted"):
         det.score([_clip(0)], [np.zeros((10, 128), np.float32)])
-    with pytest.raises(StethoError, match="unknown score mode 'l1'"):
+    with pytest.raises(StethoError, match="ae: params.score_mode='l1' is not allowed; expected one of mahalanobis, mse"):
         AEDetector(score_mode="l1").fit([_clip(0)], [np.zeros((10, 128), np.float32)])
     assert get_model("ae") is AEDetector
     with pytest.raises(StethoError, match="unknown model 'vae'; available: ae"):

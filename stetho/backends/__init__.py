@@ -9,10 +9,10 @@ from stetho.backends.embedding import (
     cosine_distances, ensemble, l2_normalize, make_backend,
 )
 from stetho.backends.mahalanobis import mahalanobis_sq, precision_from_covariance, selective_mahalanobis
-from stetho.backends.threshold import gamma_threshold
+from stetho.backends.threshold import fpr_threshold, gamma_threshold
 
 __all__ = [
     "BACKENDS", "DensityBackend", "DomainNormalized", "EmbeddingBackend", "KMeansBackend", "KNNBackend",
     "MahalanobisBackend", "cosine_distances", "ensemble", "l2_normalize", "make_backend", "StreamingLedoitWolf",
-    "gamma_threshold", "mahalanobis_sq", "precision_from_covariance", "selective_mahalanobis",
+    "fpr_threshold", "gamma_threshold", "mahalanobis_sq", "precision_from_covariance", "selective_mahalanobis",
 ]

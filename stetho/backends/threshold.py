@@ -1,10 +1,12 @@
-"""Decision threshold from a Gamma fit of normal scores (DCASE baselines, METHODS.md §2)."""
+"""Decision thresholds: the DCASE baselines' Gamma quantile (METHODS.md §2) and a false-alarm
+rate target on out-of-sample normal scores, each domain weighted equally."""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
+import scipy.optimize
 import scipy.stats
 
 log = logging.getLogger(__name__)
@@ -36,3 +38,56 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
         log.warning("Gamma fit gave a non-finite quantile; using the empirical quantile")
         return float(np.quantile(s, quantile))
     return thr
+
+
+def _domain_sf(scores: np.ndarray):
+    """A continuous survival function of one domain's normal scores: a Gamma fit when there are
+    at least 8 distinct values and the fit succeeds, else the linearly interpolated empirical one."""
+    s = np.sort(scores)
+    if s.size >= 8 and np.unique(s).size >= 8:
+        try:
+            shape, loc, scale = scipy.stats.gamma.fit(s)
+            if np.isfinite([shape, loc, scale]).all() and scale > 0:
+                return lambda t: float(scipy.stats.gamma.sf(t, shape, loc=loc, scale=scale))
+        except (RuntimeError, ValueError, FloatingPointError):  # pragma: no cover - scipy edge
+            pass
+    # Plotting positions (i + 1) / (n + 1): the largest score is exceeded with probability
+    # 1 / (n + 1), not 0, and the survival falls linearly to 0 one spacing beyond it.
+    n = s.size
+    cdf = np.arange(1, n + 1) / (n + 1)
+    step = float(np.ptp(s)) / max(n - 1, 1) or max(abs(float(s[-1])), 1.0) * 1e-3
+    xs = np.concatenate([[s[0] - step], s, [s[-1] + step]])
+    ys = np.concatenate([[0.0], cdf, [1.0]])
+    return lambda t: float(1.0 - np.interp(t, xs, ys))
+
+
+def fpr_threshold(scores: np.ndarray, domains: np.ndarray | list | None = None, fpr: float = 0.1) -> float:
+    """The threshold that flags a share ``fpr`` of normal clips like ``scores``.
+
+    ``scores`` are out-of-sample scores of normal clips (clips the model did not train on). With
+    ``domains`` (one label per score), each domain counts equally, however few clips it has: the
+    threshold ``t`` solves ``mean_d P_d(score > t) = fpr``, where ``P_d`` is a Gamma fit of the
+    domain's scores (8 or more distinct values) or its interpolated empirical distribution. A
+    target-domain clip is therefore never judged by a threshold fitted on source clips alone.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.size == 0 or not np.isfinite(s).all():
+        raise ValueError("fpr_threshold needs a non-empty array of finite scores")
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+    d = np.zeros(s.size, dtype=object) if domains is None else np.asarray(domains, dtype=object)
+    if d.shape != s.shape:
+        raise ValueError(f"{d.size} domain labels for {s.size} scores")
+    parts = [_domain_sf(s[d == dom]) for dom in dict.fromkeys(d.tolist())]
+
+    def excess(t: float) -> float:
+        return float(np.mean([sf(t) for sf in parts])) - fpr
+
+    span = float(np.ptp(s)) or max(abs(float(s.max())), 1.0)
+    lo, hi = float(s.min()) - span, float(s.max()) + span
+    while excess(lo) < 0:
+        lo -= span
+    while excess(hi) > 0:
+        hi += span
+        span *= 2
+    return float(scipy.optimize.brentq(excess, lo, hi, xtol=1e-12 * max(1.0, abs(hi)), maxiter=200))

@@ -1,32 +1,96 @@
 """The detector contract every method follows (scikit-learn / PyOD style).
 
-``fit(clips)`` learns from normal training clips and returns ``self``; ``score(clips)`` gives
-anomaly scores (higher = more anomalous); ``threshold_`` is the decision threshold learnt on
-normal data; ``predict(clips)`` gives 0/1 decisions; ``save(path)`` / ``load(path)`` round-trip.
-Hyper-parameters are constructor arguments only; learnt state ends in ``_``.
+A detector **only produces scores**; the base class owns everything about decisions:
+
+* ``fit(clips, features=None, context=None)`` checks the declared parameter constraints, sets
+  clips aside for calibration (``calibration``), trains the method on the rest through the
+  subclass hook ``_fit``, scores the calibration clips with ``_score_all`` and fits the
+  thresholds. Extra inputs (work dir for checkpoints, unlabeled or validation clips) come in one
+  typed :class:`FitContext`.
+* ``decision_scores_[mode]``: one **out-of-sample** score per calibration clip (held-out training
+  clips, or every training clip when cross-fitted), with the clips in ``calibration_``
+  (``file``, ``machine``, ``section``, ``domain`` lists).
+* ``thresholds_[mode][machine]``: always this shape; ``threshold_for(mode, machine)``.
+* ``score`` / ``score_all`` / ``predict``; ``save`` / ``load`` round-trip (format version 2).
+
+Hyper-parameters are constructor arguments only (plus the common ones of :data:`COMMON_PARAMS`);
+learnt state ends in ``_``. Each class declares ``_parameter_constraints`` for every parameter
+(:mod:`stetho.models.params`); :meth:`Detector.check_params` checks them before any audio is read.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from stetho.datasets.clip import Clip
-from stetho.errors import NotFittedError, StethoError
+from stetho.backends import fpr_threshold, gamma_threshold
+from stetho.datasets.clip import SOURCE, Clip
+from stetho.errors import ConfigError, NotFittedError, StethoError
 from stetho.features import Extracted, FeatureCache
+from stetho.models.params import Constraint, Interval, Options, validate_params
 from stetho.models.training import atomic_torch_save
 
+log = logging.getLogger(__name__)
+
 FORMAT = "stetho-detector"
-FORMAT_VERSION = 1
+#: Version 2: base-owned decision scores and ``thresholds_[mode][machine]`` (stetho 0.2.0).
+FORMAT_VERSION = 2
+FORMAT_SINCE = "0.2.0"
+
+#: Parameters every detector takes (keyword-only), with their defaults.
+COMMON_PARAMS: dict[str, Any] = {
+    "threshold": "calibrated",
+    "calibration": "holdout",
+    "calibration_split": 0.2,
+    "calibration_folds": 5,
+    "decision_fpr": 0.1,
+    "decision_quantile": 0.9,
+}
+
+COMMON_CONSTRAINTS: dict[str, list[Constraint | None]] = {
+    "threshold": [Options("calibrated", "official")],
+    "calibration": [Options("holdout", "cv")],
+    "calibration_split": [Interval(float, 0, 0.5, closed="right")],
+    "calibration_folds": [Interval(int, 2, 20)],
+    "decision_fpr": [Interval(float, 0, 1, closed="neither"), None],
+    "decision_quantile": [Interval(float, 0, 1, closed="neither")],
+}
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a detector's ``fit`` may use beyond its training clips.
+
+    Attributes:
+        work_dir: folder for checkpoints and intermediate files (resuming a killed training
+            reads them); ``None``: nothing written.
+        unlabeled: ``(clips, features)`` of unlabeled (test) clips, for transductive methods.
+        validation: ``(clips, features)`` of validation clips, for methods that choose their
+            best epoch on them (``Detector.uses_validation``).
+    """
+
+    work_dir: Path | None = None
+    unlabeled: tuple[Sequence[Clip], Sequence[np.ndarray]] | None = None
+    validation: tuple[Sequence[Clip], Sequence[np.ndarray]] | None = None
+
+    def sub(self, name: str) -> "FitContext":
+        """The same context with its work dir in a sub-folder ``name`` (one per fold)."""
+        return replace(self, work_dir=None if self.work_dir is None else Path(self.work_dir) / name)
 
 
 class Detector:
-    """Base class: subclasses implement ``fit``, ``_score_all``, ``_get_state``, ``_set_state``."""
+    """Base class. A method implements ``_fit``, ``_score_all``, ``_get_state``, ``_set_state``
+    and ``extract``, declares ``_parameter_constraints``, and registers itself in
+    :data:`stetho.models.MODELS`; the base does parameters, calibration, thresholds, decisions
+    and persistence (see the module docstring)."""
 
     #: Registry name (``--model``).
     name: ClassVar[str] = ""
@@ -34,9 +98,26 @@ class Detector:
     score_modes: ClassVar[tuple[str, ...]] = ("default",)
     #: One model for all machine types of a dataset (True), or one per machine type (False).
     joint: ClassVar[bool] = False
-    #: ``fit`` takes validation clips (``Clip.is_validation``, e.g. the CANDE-CP MIMII split) for
-    #: choosing its best epoch; for other detectors the pipeline leaves them out of training.
+    #: ``fit`` uses validation clips (``FitContext.validation``, e.g. the CANDE-CP MIMII split)
+    #: for choosing its best epoch; for other detectors the pipeline leaves them out of training.
     uses_validation: ClassVar[bool] = False
+    #: Allowed values of each constructor argument (:mod:`stetho.models.params`); every
+    #: argument must be declared (a test checks it for every registered model).
+    _parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {}
+
+    threshold: str
+    calibration: str
+    calibration_split: float
+    calibration_folds: int
+    decision_fpr: float | None
+    decision_quantile: float
+
+    def __init__(self, **common: Any) -> None:
+        unknown = sorted(set(common) - set(COMMON_PARAMS))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) {', '.join(unknown)}")
+        for key, default in COMMON_PARAMS.items():
+            setattr(self, key, common.get(key, default))
 
     # -- features ---------------------------------------------------------------------------
     def extract(
@@ -59,23 +140,93 @@ class Detector:
         return list(features)
 
     # -- hyper-parameters -------------------------------------------------------------------
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """Every parameter the detector takes with its default: the constructor's own
+        arguments, then the common ones (:data:`COMMON_PARAMS`)."""
+        sig = inspect.signature(cls.__init__)
+        own = {k: p.default for k, p in sig.parameters.items()
+               if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        return {**own, **COMMON_PARAMS}
+
+    @classmethod
+    def parameter_constraints(cls) -> dict[str, list[Constraint | None]]:
+        """Allowed values of every parameter (the common ones and the class's own)."""
+        return {**COMMON_CONSTRAINTS, **cls._parameter_constraints}
+
     def get_params(self) -> dict[str, Any]:
-        """Constructor arguments as a plain dict."""
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self"}
+        """Parameters as a plain dict (``type(det)(**det.get_params())`` is an unfitted copy)."""
+        return {k: getattr(self, k) for k in self.param_defaults()}
 
     def check_params(self) -> None:
-        """Raise :class:`~stetho.errors.ConfigError` for hyper-parameter values that cannot work
-        (checked before any data is read); the base checks the default score mode."""
+        """Raise :class:`~stetho.errors.ConfigError` (one line naming the parameter and its
+        allowed values) for a value that cannot work; called before any data is read."""
+        validate_params(self.name, self.get_params(), self.parameter_constraints())
         self._mode(None)
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Checks across parameters (e.g. ensemble epochs within the training epochs)."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
     # -- the contract -----------------------------------------------------------------------
-    def fit(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None) -> "Detector":
-        raise NotImplementedError
+    def fit(
+        self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
+        context: FitContext | None = None,
+    ) -> "Detector":
+        """Learn from normal training ``clips`` (features extracted when not given) and fit the
+        decision thresholds on out-of-sample scores (see ``threshold`` / ``calibration``)."""
+        self.check_params()
+        clips = list(clips)
+        if not clips:
+            raise ValueError("fit() needs at least one training clip")
+        context = context or FitContext()
+        feats = self._features(clips, features)
+        self.machines_ = sorted({c.machine for c in clips})
+        if self.threshold == "official":
+            # The DCASE baselines' own fit: every clip trains, thresholds from in-sample scores.
+            self._fit(clips, feats, context)
+            cal, scores = clips, self._in_sample_scores(clips, feats)
+        elif self.calibration == "holdout":
+            held = set(self._holdout(clips))
+            rest = [i for i in range(len(clips)) if i not in held]
+            cal_idx = sorted(held)
+            log.info("%s: %d of %d training clips held out to calibrate the thresholds",
+                     self.name, len(cal_idx), len(clips))
+            self._fit([clips[i] for i in rest], [feats[i] for i in rest], context)
+            cal = [clips[i] for i in cal_idx]
+            scores = self._score_all(cal, [feats[i] for i in cal_idx])
+        else:
+            cal, scores = clips, self._cross_fit(clips, feats, context)
+        self._set_calibration(cal, scores)
+        return self
+
+    def calibrate(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None) -> "Detector":
+        """Refit the thresholds on the scores of other normal ``clips`` (e.g. recordings of a
+        machine's first healthy days), with the detector's ``decision_fpr``."""
+        self._check_fitted()
+        clips = list(clips)
+        self._set_calibration(clips, self.score_all(clips, features))
+        return self
+
+    def refit_thresholds(self, decision_fpr: float | None | str = "keep",
+                         decision_quantile: float | None = None) -> "Detector":
+        """New thresholds from the stored out-of-sample scores for another false-alarm target
+        (``decision_fpr``; ``None``: the Gamma quantile ``decision_quantile``); no scoring."""
+        self._check_fitted()
+        new = dict(self.get_params())
+        if decision_fpr != "keep":
+            new["decision_fpr"] = decision_fpr
+        if decision_quantile is not None:
+            new["decision_quantile"] = decision_quantile
+        validate_params(self.name, {k: new[k] for k in ("decision_fpr", "decision_quantile")},
+                        self.parameter_constraints())
+        self.decision_fpr, self.decision_quantile = new["decision_fpr"], new["decision_quantile"]
+        self._fit_thresholds()
+        return self
 
     def score(
         self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
@@ -89,35 +240,158 @@ class Detector:
     ) -> dict[str, np.ndarray]:
         """Scores in every mode at once (one pass over the clips): ``{mode: (n_clips,)}``."""
         self._check_fitted()
-        return self._score_all(clips, features)
+        return self._score_all(list(clips), features)
 
     def predict(
         self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
         mode: str | None = None,
     ) -> np.ndarray:
-        """0/1 decisions: 1 when the score exceeds the mode's threshold."""
+        """0/1 decisions: 1 when the score exceeds the threshold of the mode and machine type."""
         mode = self._mode(mode)
         scores = self.score(clips, features, mode)
-        thresholds = np.array([self.threshold_for(mode, c.machine) for c in clips])
-        return (scores > thresholds).astype(np.int64)
+        return self.decide(scores, [c.machine for c in clips], mode)
+
+    def decide(self, scores: np.ndarray, machines: Sequence[str], mode: str | None = None) -> np.ndarray:
+        """0/1 decisions of ``scores`` of clips of ``machines`` in score ``mode``."""
+        mode = self._mode(mode)
+        thresholds = np.array([self.threshold_for(mode, m) for m in machines], dtype=np.float64)
+        return (np.asarray(scores, dtype=np.float64) > thresholds).astype(np.int64)
 
     @property
-    def threshold_(self) -> float | dict[str, float]:
-        """Decision threshold of the default score mode (per machine type for joint detectors)."""
+    def threshold_(self) -> dict[str, float]:
+        """Thresholds of the default score mode by machine type (``thresholds_[mode]``)."""
         self._check_fitted()
-        return self.thresholds_[self._mode(None)]
+        return dict(self.thresholds_[self._mode(None)])
 
     def threshold_for(self, mode: str | None = None, machine: str | None = None) -> float:
-        """The decision threshold of ``mode`` for clips of ``machine`` (joint detectors keep one
-        per machine type: ``thresholds_[mode][machine]``)."""
+        """The decision threshold of ``mode`` for clips of ``machine`` (``None``: the only
+        machine type of a detector fitted on one)."""
         self._check_fitted()
-        value = self.thresholds_[self._mode(mode)]
-        if isinstance(value, dict):
-            if machine not in value:
-                raise StethoError(f"{self.name}: no threshold for machine type {machine!r}; "
-                                  f"fitted on {', '.join(value)}")
-            return float(value[machine])
-        return float(value)
+        per = self.thresholds_[self._mode(mode)]
+        if machine is None and len(per) == 1:
+            machine = next(iter(per))
+        if machine not in per:
+            raise StethoError(f"{self.name}: no threshold for machine type {machine!r}; "
+                              f"fitted on {', '.join(per)}")
+        return float(per[machine])
+
+    # -- calibration ------------------------------------------------------------------------
+    def _groups(self, clips: Sequence[Clip]) -> dict[tuple[str, str, str], list[int]]:
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for i, c in enumerate(clips):
+            groups.setdefault((c.machine, c.section, c.domain or SOURCE), []).append(i)
+        return dict(sorted(groups.items()))
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([int(getattr(self, "seed", 0)) % 2**32, 0xCA11B])
+
+    def _holdout(self, clips: Sequence[Clip]) -> list[int]:
+        """Indices of the calibration clips: a share ``calibration_split`` of every (machine
+        type, section, domain), at least one of a group of 3 or more, never a whole group."""
+        rng = self._rng()
+        held: list[int] = []
+        per_machine: dict[str, list[list[int]]] = {}
+        for (machine, _, _), idx in self._groups(clips).items():
+            perm = [idx[j] for j in rng.permutation(len(idx))]
+            k = min(max(int(round(self.calibration_split * len(idx))), 1 if len(idx) >= 3 else 0), len(idx) - 1)
+            held += perm[:k]
+            per_machine.setdefault(machine, []).append(perm)
+        have = {clips[i].machine for i in held}
+        for machine, perms in per_machine.items():
+            if machine in have:
+                continue
+            largest = max(perms, key=len)
+            if sum(map(len, perms)) < 2 or len(largest) < 2 and len(perms) < 2:
+                raise ConfigError(
+                    f"{self.name}: machine type {machine} has {sum(map(len, perms))} training clip(s): a "
+                    "calibrated threshold needs clips the model did not train on; add clips or use "
+                    "params.threshold=official (thresholds from in-sample scores)")
+            held.append(largest[0])
+        return sorted(held)
+
+    def _folds(self, clips: Sequence[Clip]) -> list[list[int]]:
+        """``calibration_folds`` folds, stratified by (machine type, section, domain)."""
+        k = self.calibration_folds
+        rng = self._rng()
+        fold_of = np.empty(len(clips), dtype=np.int64)
+        offset = 0
+        for idx in self._groups(clips).values():
+            perm = [idx[j] for j in rng.permutation(len(idx))]
+            for r, i in enumerate(perm):
+                fold_of[i] = (offset + r) % k
+            offset += len(idx)
+        folds = [np.flatnonzero(fold_of == f).tolist() for f in range(k)]
+        for f, held in enumerate(folds):
+            left = {clips[i].machine for i in range(len(clips)) if fold_of[i] != f}
+            lost = sorted(set(self.machines_) - left)
+            if lost:
+                raise ConfigError(f"{self.name}: too few training clips of {', '.join(lost)} for "
+                                  f"{k}-fold calibration; lower params.calibration_folds or use holdout")
+        return [f for f in folds if f]
+
+    def _clone(self) -> "Detector":
+        return type(self)(**copy.deepcopy(self.get_params()))
+
+    def _cross_fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> dict[str, np.ndarray]:
+        """Out-of-sample scores of every clip by K-fold cross-fitting, then the final fit on all."""
+        folds = self._folds(clips)
+        out = {m: np.full(len(clips), np.nan) for m in self.score_modes}
+        for f, held in enumerate(folds):
+            log.info("%s: calibration fold %d of %d (%d clips held out)", self.name, f + 1, len(folds), len(held))
+            held_set = set(held)
+            rest = [i for i in range(len(clips)) if i not in held_set]
+            clone = self._clone()
+            clone.machines_ = sorted({clips[i].machine for i in rest})
+            clone._fit([clips[i] for i in rest], [feats[i] for i in rest], context.sub(f"fold_{f + 1}"))
+            scores = clone._score_all([clips[i] for i in held], [feats[i] for i in held])
+            for m in self.score_modes:
+                out[m][held] = scores[m]
+        self._fit(clips, feats, context if context.work_dir is None else context.sub("final"))
+        return out
+
+    def _in_sample_scores(self, clips: list[Clip], feats: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Scores of the training clips for ``threshold="official"`` (the baselines' in-sample
+        fit); a method whose original fits differently (e.g. cross-fitted backends) overrides it."""
+        return self._score_all(clips, feats)
+
+    def _set_calibration(self, clips: Sequence[Clip], scores: Mapping[str, np.ndarray]) -> None:
+        """Store the out-of-sample scores of the calibration clips and fit the thresholds."""
+        self.decision_scores_ = {}
+        for mode in self.score_modes:
+            s = np.asarray(scores[mode], dtype=np.float64).ravel()
+            if s.shape != (len(clips),):
+                raise ValueError(f"{self.name}: {s.size} {mode} scores for {len(clips)} calibration clips")
+            if not np.isfinite(s).all():
+                bad = [str(c.path) for c, v in zip(clips, s) if not np.isfinite(v)][:3]
+                raise StethoError(f"{self.name}: non-finite {mode} score of normal clip(s) {', '.join(bad)}; "
+                                  "the model diverged or the audio is degenerate")
+            self.decision_scores_[mode] = s
+        self.calibration_ = {
+            "file": [str(c.path) for c in clips], "machine": [c.machine for c in clips],
+            "section": [c.section for c in clips], "domain": [c.domain or SOURCE for c in clips],
+        }
+        self._fit_thresholds()
+
+    def _fit_thresholds(self) -> None:
+        """``thresholds_[mode][machine]`` from ``decision_scores_``: the Gamma quantile for
+        ``threshold="official"`` (or ``decision_fpr=None``), else the false-alarm target with
+        each domain weighted equally (:func:`stetho.backends.fpr_threshold`)."""
+        machines = np.array(self.calibration_["machine"], dtype=object)
+        domains = np.array(self.calibration_["domain"], dtype=object)
+        thresholds: dict[str, dict[str, float]] = {}
+        for mode in self.score_modes:
+            s = self.decision_scores_[mode]
+            per: dict[str, float] = {}
+            for m in self.machines_:
+                sel = machines == m
+                if not sel.any():
+                    raise StethoError(f"{self.name}: no calibration clips of machine type {m}")
+                if self.threshold == "official" or self.decision_fpr is None:
+                    per[m] = gamma_threshold(s[sel], self.decision_quantile)
+                else:
+                    per[m] = fpr_threshold(s[sel], domains[sel], self.decision_fpr)
+            thresholds[mode] = per
+        self.thresholds_ = thresholds
 
     # -- what else a run records ------------------------------------------------------------
     def histories(self) -> dict[str, dict[str, list]]:
@@ -140,12 +414,21 @@ class Detector:
         return {}
 
     # -- persistence ------------------------------------------------------------------------
+    def _base_state(self) -> dict[str, Any]:
+        return {
+            "machines": list(self.machines_),
+            "thresholds": {m: dict(v) for m, v in self.thresholds_.items()},
+            "decision_scores": {m: torch.from_numpy(np.asarray(s, dtype=np.float64))
+                                for m, s in self.decision_scores_.items()},
+            "calibration": {k: list(v) for k, v in self.calibration_.items()},
+        }
+
     def save(self, path: str | Path) -> None:
         """Write the detector (parameters + learnt state) to ``path`` atomically."""
         self._check_fitted()
         atomic_torch_save(
             {"format": FORMAT, "version": FORMAT_VERSION, "model": self.name,
-             "params": self.get_params(), "state": self._get_state()},
+             "params": self.get_params(), "base": self._base_state(), "state": self._get_state()},
             path,
         )
 
@@ -163,31 +446,52 @@ class Detector:
             raise StethoError(f"{path}: not a stetho model file ({type(exc).__name__}: {exc})") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise StethoError(f"{path}: not a stetho model file")
-        if blob.get("version") != FORMAT_VERSION:
-            raise StethoError(f"{path}: model format version {blob.get('version')}, expected {FORMAT_VERSION}")
+        version = blob.get("version")
+        if isinstance(version, int) and version < FORMAT_VERSION:
+            raise StethoError(f"{path}: written by an older stetho (model format {version}, before the "
+                              f"calibrated thresholds); re-train with stetho >= {FORMAT_SINCE}")
+        if version != FORMAT_VERSION:
+            raise StethoError(f"{path}: model format version {version!r}, this stetho reads {FORMAT_VERSION}; "
+                              "upgrade stetho")
         kind = get_model(blob["model"])
         if cls is not Detector and not issubclass(kind, cls):
             raise StethoError(f"{path}: holds a '{blob['model']}' model, not '{cls.name}'")
         det = kind(**blob["params"])
+        base = blob["base"]
+        det.machines_ = list(base["machines"])
         det._set_state(blob["state"])
+        det.machines_ = list(base["machines"])
+        det.thresholds_ = {m: {k: float(v) for k, v in per.items()} for m, per in base["thresholds"].items()}
+        det.decision_scores_ = {m: s.numpy() for m, s in base["decision_scores"].items()}
+        det.calibration_ = {k: list(v) for k, v in base["calibration"].items()}
+        missing = [m for m in det.score_modes if m not in det.thresholds_ and m in det.decision_scores_]
+        if missing or any(m not in det.thresholds_ for m in det.score_modes):
+            raise StethoError(f"{path}: no thresholds for score mode(s) "
+                              f"{', '.join(m for m in det.score_modes if m not in det.thresholds_)}; re-train")
         return det
 
     # -- for subclasses ---------------------------------------------------------------------
-    thresholds_: dict[str, float]
+    thresholds_: dict[str, dict[str, float]]
+    decision_scores_: dict[str, np.ndarray]
+    calibration_: dict[str, list[str]]
     #: The machine types the fitted detector scores.
     machines_: list[str]
 
     def _mode(self, mode: str | None) -> str:
         mode = mode or getattr(self, "score_mode", None) or self.score_modes[0]
         if mode not in self.score_modes:
-            raise StethoError(f"unknown score mode '{mode}' for {self.name}; choose from {', '.join(self.score_modes)}")
+            raise ConfigError(f"unknown score mode '{mode}' for {self.name}; choose from {', '.join(self.score_modes)}")
         return mode
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "thresholds_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit() or load()")
 
-    def _score_all(self, clips, features) -> dict[str, np.ndarray]:
+    def _fit(self, clips: list[Clip], features: list[np.ndarray], context: FitContext) -> None:
+        """Train the method on ``clips`` (``self.machines_`` is set); no thresholds."""
+        raise NotImplementedError
+
+    def _score_all(self, clips: list[Clip], features: Sequence[np.ndarray] | None) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def _get_state(self) -> dict[str, Any]:

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from stetho.backends import StreamingLedoitWolf, gamma_threshold, precision_from_covariance, selective_mahalanobis
+from stetho.backends import StreamingLedoitWolf, precision_from_covariance, selective_mahalanobis
 from stetho.datasets.clip import SOURCE, TARGET, Clip
 from stetho.features import AudioOptions, LogMelParams, extract_logmels
 from stetho.models.ae.torch_model import AENet
-from stetho.models.base import Detector
+from stetho.models.base import Detector, FitContext
+from stetho.models.params import Boolean, Interval, Options, String
 from stetho.models.training import (
     FrameVectors, recompute_batchnorm, resolve_device, run_epochs, seed_everything,
 )
@@ -29,7 +30,9 @@ class AEDetector(Detector):
     Two score modes: ``"mse"`` (mean squared reconstruction error of the clip) and
     ``"mahalanobis"`` (Selective Mahalanobis: ``min_d ē^T Σ_d^{-1} ē`` with ``ē`` the clip-mean
     error block and ``Σ_d`` the Ledoit-Wolf covariance of training error blocks of domain ``d``).
-    A Gamma distribution fitted to per-clip training scores gives each mode's threshold.
+    Thresholds are the base class's (:class:`~stetho.models.base.Detector`): calibrated on
+    held-out training clips by default, or ``threshold="official"`` for the baseline's Gamma fit
+    of in-sample training scores.
 
     Args:
         n_mels: mel bands (128).
@@ -48,23 +51,37 @@ class AEDetector(Detector):
         precise_bn: after training, recompute BatchNorm statistics over the training vectors with
             the final weights (documented deviation: the original keeps the running averages,
             which lag the weights badly when a small dataset gives few steps). ``False`` = original.
-        decision_quantile: Gamma quantile for the threshold (0.9).
         seed: seed of initialisation, split and shuffling (13711).
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         channel: channel read from multi-channel files.
         progress: show progress bars.
+        **common: the parameters every detector takes (threshold, calibration, decision_fpr ...;
+            :data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "ae"
     score_modes = ("mahalanobis", "mse")
+    _parameter_constraints = {
+        "n_mels": [Interval(int, 1, None)], "n_frames": [Interval(int, 1, None)],
+        "frame_hop": [Interval(int, 1, None)], "n_fft": [Interval(int, 16, None)],
+        "hop_length": [Interval(int, 1, None)], "sr": [Interval(int, 1000, None)],
+        "hidden": [Interval(int, 1, None)], "bottleneck": [Interval(int, 1, None)],
+        "epochs": [Interval(int, 1, None)], "batch_size": [Interval(int, 2, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "validation_split": [Interval(float, 0, 1, closed="left")],
+        "score_mode": [Options(*score_modes)], "precise_bn": [Boolean()],
+        "seed": [Interval(int, 0, None)], "device": [String("auto, cpu, cuda or cuda:N")],
+        "channel": [Interval(int, 0, None)], "progress": [Boolean()],
+    }
 
     def __init__(
         self, n_mels: int = 128, n_frames: int = 5, frame_hop: int = 1, n_fft: int = 1024,
         hop_length: int = 512, sr: int = 16000, hidden: int = 128, bottleneck: int = 8,
         epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, validation_split: float = 0.1,
-        score_mode: str = "mahalanobis", precise_bn: bool = True, decision_quantile: float = 0.9, seed: int = 13711,
-        device: str = "auto", channel: int = 0, progress: bool = False,
+        score_mode: str = "mahalanobis", precise_bn: bool = True, seed: int = 13711,
+        device: str = "auto", channel: int = 0, progress: bool = False, **common: Any,
     ) -> None:
+        super().__init__(**common)
         self.n_mels = n_mels
         self.n_frames = n_frames
         self.frame_hop = frame_hop
@@ -79,7 +96,6 @@ class AEDetector(Detector):
         self.validation_split = validation_split
         self.score_mode = score_mode
         self.precise_bn = precise_bn
-        self.decision_quantile = decision_quantile
         self.seed = seed
         self.device = device
         self.channel = channel
@@ -100,12 +116,8 @@ class AEDetector(Detector):
                                cache=cache, progress=progress, raise_on_error=raise_on_error, desc=desc)
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None) -> "AEDetector":
-        """Train on normal clips of one machine type (log-mels are computed if not given)."""
-        self._mode(self.score_mode)
-        if not clips:
-            raise ValueError("fit() needs at least one training clip")
-        feats = self._features(clips, features)
+    def _fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
+        """Train on normal clips of one machine type."""
         device = resolve_device(self.device)
         gen = seed_everything(self.seed)
         vectors = FrameVectors(feats, self.n_frames, self.frame_hop)
@@ -149,9 +161,7 @@ class AEDetector(Detector):
             )
         net.eval()
         self.net_ = net
-        self.machines_ = sorted({c.machine for c in clips})
-        self._fit_scoring(clips, vectors)
-        return self
+        self._fit_covariances(clips, vectors)
 
     def _errors(self, vectors: FrameVectors, batch: int = 8192):
         """Yield ``(error (b, dim), clip_index (b,))`` for every vector, model in eval mode."""
@@ -183,12 +193,12 @@ class AEDetector(Detector):
                     est.update(err[sel].reshape(-1, self.n_mels).numpy())
         return (sq / counts).numpy(), (blocks / counts[:, None]).numpy()
 
-    def _fit_scoring(self, clips: Sequence[Clip], vectors: FrameVectors) -> None:
-        """Covariances per domain and training-clip scores (one pass), then the Gamma thresholds."""
+    def _fit_covariances(self, clips: Sequence[Clip], vectors: FrameVectors) -> None:
+        """Ledoit-Wolf covariances of the training error blocks per domain (one pass)."""
         is_target = torch.tensor([c.domain == TARGET for c in clips])
         domains = {SOURCE: ~is_target, TARGET: is_target}
         est = {d: (m, StreamingLedoitWolf(self.n_mels)) for d, m in domains.items() if bool(m.any())}
-        mse, mean_err = self._clip_errors(vectors, est)
+        self._clip_errors(vectors, est)
         self.covariances_: dict[str, np.ndarray] = {}
         self.shrinkage_: dict[str, float] = {}
         for d, (_, e) in est.items():
@@ -201,9 +211,6 @@ class AEDetector(Detector):
         for d in (SOURCE, TARGET):
             self.covariances_.setdefault(d, only)
         self.precisions_ = {d: precision_from_covariance(c) for d, c in self.covariances_.items()}
-
-        self.train_scores_ = {"mse": mse, "mahalanobis": selective_mahalanobis(mean_err, self.precisions_)}
-        self.thresholds_ = {m: gamma_threshold(s, self.decision_quantile) for m, s in self.train_scores_.items()}
 
     # -- scoring ----------------------------------------------------------------------------
     def _score_all(self, clips, features) -> dict[str, np.ndarray]:
@@ -220,10 +227,7 @@ class AEDetector(Detector):
             "net": {k: v.cpu() for k, v in self.net_.state_dict().items()},
             "covariances": {d: t(c) for d, c in self.covariances_.items()},
             "shrinkage": dict(self.shrinkage_),
-            "thresholds": dict(self.thresholds_),
-            "train_scores": {m: t(s) for m, s in self.train_scores_.items()},
             "history": {k: list(v) for k, v in self.history_.items()},
-            "machines": list(self.machines_),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -233,7 +237,4 @@ class AEDetector(Detector):
         self.covariances_ = {d: c.numpy() for d, c in state["covariances"].items()}
         self.precisions_ = {d: precision_from_covariance(c) for d, c in self.covariances_.items()}
         self.shrinkage_ = dict(state["shrinkage"])
-        self.thresholds_ = dict(state["thresholds"])
-        self.train_scores_ = {m: s.numpy() for m, s in state["train_scores"].items()}
         self.history_ = {k: list(v) for k, v in state["history"].items()}
-        self.machines_ = list(state.get("machines", []))
