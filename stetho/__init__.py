@@ -1,3 +1,3 @@
 """stetho: unsupervised anomalous sound detection for machine condition monitoring."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -40,11 +40,17 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
     return thr
 
 
-def _domain_sf(scores: np.ndarray):
-    """A continuous survival function of one domain's normal scores: a Gamma fit when there are
-    at least 8 distinct values and the fit succeeds, else the linearly interpolated empirical one."""
+#: A domain needs this many scores for a distribution of its own; smaller ones are modelled as
+#: the best-sampled domain's distribution, rescaled to their median.
+MIN_DOMAIN_SCORES = 8
+
+
+def _sf(scores: np.ndarray):
+    """A continuous survival function of normal scores: a Gamma fit when there are at least
+    ``MIN_DOMAIN_SCORES`` distinct values and the fit succeeds, else the linearly interpolated
+    empirical one."""
     s = np.sort(scores)
-    if s.size >= 8 and np.unique(s).size >= 8:
+    if s.size >= MIN_DOMAIN_SCORES and np.unique(s).size >= MIN_DOMAIN_SCORES:
         try:
             shape, loc, scale = scipy.stats.gamma.fit(s)
             if np.isfinite([shape, loc, scale]).all() and scale > 0:
@@ -61,14 +67,46 @@ def _domain_sf(scores: np.ndarray):
     return lambda t: float(1.0 - np.interp(t, xs, ys))
 
 
+def _domain_parts(s: np.ndarray, d: np.ndarray) -> list:
+    """One survival function per domain. A domain with fewer than ``MIN_DOMAIN_SCORES`` scores and
+    fewer than the best-sampled domain (typically the target domain: DCASE gives 10 target clips
+    per section) takes the shape of the
+    best-sampled domain's distribution, rescaled by the ratio of the two medians (positive scores)
+    or shifted by their difference (otherwise), so one or two held-out clips place it without
+    being its whole distribution."""
+    domains = list(dict.fromkeys(d.tolist()))
+    sizes = {dom: int((d == dom).sum()) for dom in domains}
+    ref = max(domains, key=lambda dom: sizes[dom])
+    ref_s = s[d == ref]
+    ref_sf = _sf(ref_s)
+    if sizes[ref] < 3:
+        return [_sf(s[d == dom]) for dom in domains]
+    positive = bool((s > 0).all())
+    m_ref = float(np.median(ref_s))
+    parts = []
+    for dom in domains:
+        if dom == ref:
+            parts.append(ref_sf)
+        elif sizes[dom] >= min(MIN_DOMAIN_SCORES, sizes[ref]):
+            parts.append(_sf(s[d == dom]))
+        elif positive and m_ref > 0:
+            r = float(np.median(s[d == dom])) / m_ref
+            parts.append(lambda t, r=r: ref_sf(t / r))
+        else:
+            shift = float(np.median(s[d == dom])) - m_ref
+            parts.append(lambda t, shift=shift: ref_sf(t - shift))
+    return parts
+
+
 def fpr_threshold(scores: np.ndarray, domains: np.ndarray | list | None = None, fpr: float = 0.1) -> float:
     """The threshold that flags a share ``fpr`` of normal clips like ``scores``.
 
     ``scores`` are out-of-sample scores of normal clips (clips the model did not train on). With
     ``domains`` (one label per score), each domain counts equally, however few clips it has: the
-    threshold ``t`` solves ``mean_d P_d(score > t) = fpr``, where ``P_d`` is a Gamma fit of the
-    domain's scores (8 or more distinct values) or its interpolated empirical distribution. A
-    target-domain clip is therefore never judged by a threshold fitted on source clips alone.
+    threshold ``t`` solves ``mean_d P_d(score > t) = fpr``. ``P_d`` is a Gamma fit of the domain's
+    scores (8 or more distinct values; else their interpolated empirical distribution); a domain
+    with fewer than 8 scores takes the best-sampled domain's distribution rescaled to its median.
+    A target-domain clip is therefore never judged by a threshold fitted on source clips alone.
     """
     s = np.asarray(scores, dtype=np.float64).ravel()
     if s.size == 0 or not np.isfinite(s).all():
@@ -78,7 +116,7 @@ def fpr_threshold(scores: np.ndarray, domains: np.ndarray | list | None = None, 
     d = np.zeros(s.size, dtype=object) if domains is None else np.asarray(domains, dtype=object)
     if d.shape != s.shape:
         raise ValueError(f"{d.size} domain labels for {s.size} scores")
-    parts = [_domain_sf(s[d == dom]) for dom in dict.fromkeys(d.tolist())]
+    parts = _domain_parts(s, d)
 
     def excess(t: float) -> float:
         return float(np.mean([sf(t) for sf in parts])) - fpr

@@ -36,7 +36,7 @@ from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import ConfigError, NotFittedError, StethoError
 from stetho.features import Extracted, FeatureCache
 from stetho.models.params import Constraint, Interval, Options, validate_params
-from stetho.models.training import atomic_torch_save
+from stetho.models.training import atomic_torch_save, use_threads
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,11 @@ COMMON_PARAMS: dict[str, Any] = {
     "calibration_folds": 5,
     "decision_fpr": 0.1,
     "decision_quantile": 0.9,
+    "threads": "auto",
 }
+
+#: Parameters that change neither training nor a checkpoint's meaning (left out of fingerprints).
+RUNTIME_PARAMS = ("progress", "device", "threads", "decision_fpr", "decision_quantile")
 
 COMMON_CONSTRAINTS: dict[str, list[Constraint | None]] = {
     "threshold": [Options("calibrated", "official")],
@@ -62,6 +66,7 @@ COMMON_CONSTRAINTS: dict[str, list[Constraint | None]] = {
     "calibration_folds": [Interval(int, 2, 20)],
     "decision_fpr": [Interval(float, 0, 1, closed="neither"), None],
     "decision_quantile": [Interval(float, 0, 1, closed="neither")],
+    "threads": [Options("auto"), Interval(int, 1, None), None],
 }
 
 
@@ -111,6 +116,7 @@ class Detector:
     calibration_folds: int
     decision_fpr: float | None
     decision_quantile: float
+    threads: int | str | None
 
     def __init__(self, **common: Any) -> None:
         unknown = sorted(set(common) - set(COMMON_PARAMS))
@@ -165,6 +171,10 @@ class Detector:
         self._mode(None)
         self._check_params()
 
+    def _fingerprint_params(self) -> dict[str, Any]:
+        """The parameters that shape training (for checkpoint fingerprints)."""
+        return {k: v for k, v in self.get_params().items() if k not in RUNTIME_PARAMS}
+
     def _check_params(self) -> None:
         """Checks across parameters (e.g. ensemble epochs within the training epochs)."""
 
@@ -186,6 +196,11 @@ class Detector:
         context = context or FitContext()
         feats = self._features(clips, features)
         self.machines_ = sorted({c.machine for c in clips})
+        with use_threads(self.threads):
+            self._fit_and_calibrate(clips, feats, context)
+        return self
+
+    def _fit_and_calibrate(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
         if self.threshold == "official":
             # The DCASE baselines' own fit: every clip trains, thresholds from in-sample scores.
             self._fit(clips, feats, context)
@@ -202,7 +217,6 @@ class Detector:
         else:
             cal, scores = clips, self._cross_fit(clips, feats, context)
         self._set_calibration(cal, scores)
-        return self
 
     def calibrate(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None) -> "Detector":
         """Refit the thresholds on the scores of other normal ``clips`` (e.g. recordings of a
@@ -240,7 +254,8 @@ class Detector:
     ) -> dict[str, np.ndarray]:
         """Scores in every mode at once (one pass over the clips): ``{mode: (n_clips,)}``."""
         self._check_fitted()
-        return self._score_all(list(clips), features)
+        with use_threads(self.threads):
+            return self._score_all(list(clips), features)
 
     def predict(
         self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,

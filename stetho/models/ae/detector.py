@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,7 @@ from stetho.features import AudioOptions, LogMelParams, extract_logmels
 from stetho.models.ae.torch_model import AENet
 from stetho.models.base import Detector, FitContext
 from stetho.models.params import Boolean, Interval, Options, String
-from stetho.models.training import (
-    FrameVectors, recompute_batchnorm, resolve_device, run_epochs, seed_everything,
-)
+from stetho.models.training import FrameVectors, Trainer, recompute_batchnorm, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -117,48 +116,51 @@ class AEDetector(Detector):
 
     # -- training ---------------------------------------------------------------------------
     def _fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
-        """Train on normal clips of one machine type."""
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
-        vectors = FrameVectors(feats, self.n_frames, self.frame_hop)
-        net = AENet(vectors.dim, self.hidden, self.bottleneck).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+        """Train on normal clips of one machine type (checkpoints in ``context.work_dir``)."""
+        with Trainer(self.seed, device=self.device, threads=self.threads, progress=self.progress) as tr:
+            device, gen = tr.device, tr.generator
+            vectors = FrameVectors(feats, self.n_frames, self.frame_hop)
+            net = AENet(vectors.dim, self.hidden, self.bottleneck).to(device)
+            opt = torch.optim.Adam(net.parameters(), lr=self.lr)
 
-        perm = torch.randperm(len(vectors), generator=gen)
-        n_val = int(round(len(vectors) * self.validation_split)) if len(vectors) > 10 else 0
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
+            perm = torch.randperm(len(vectors), generator=gen)
+            n_val = int(round(len(vectors) * self.validation_split)) if len(vectors) > 10 else 0
+            val_idx, train_idx = perm[:n_val], perm[n_val:]
 
-        def step(batch) -> float:
-            x = batch[0].to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(net(x), x)
-            loss.backward()
-            opt.step()
-            return float(loss.detach())
+            def step(batch) -> float:
+                x = batch[0].to(device, non_blocking=True)
+                opt.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.mse_loss(net(x), x)
+                loss.backward()
+                opt.step()
+                return float(loss.detach())
 
-        def validate() -> float:
-            if n_val == 0:
-                return float("nan")
-            net.eval()
-            total = 0.0
-            with torch.no_grad():
-                for x, _ in vectors.batches(val_idx, 4096):
-                    x = x.to(device)
-                    total += float(torch.nn.functional.mse_loss(net(x), x, reduction="sum"))
+            def validate() -> float:
+                net.eval()
+                total = 0.0
+                with torch.no_grad():
+                    for x, _ in vectors.batches(val_idx, 4096):
+                        x = x.to(device)
+                        total += float(torch.nn.functional.mse_loss(net(x), x, reduction="sum"))
+                net.train()
+                return total / (n_val * vectors.dim)
+
             net.train()
-            return total / (n_val * vectors.dim)
-
-        net.train()
-        self.history_ = run_epochs(
-            step, validate,
-            lambda epoch: vectors.batches(train_idx, self.batch_size, shuffle=True, generator=gen, min_batch=2),
-            self.epochs, progress=self.progress, desc="AE epochs",
-        )
-        if self.precise_bn:
-            recompute_batchnorm(
-                net, (x for x, _ in vectors.batches(train_idx, 4096, shuffle=True, generator=gen, min_batch=2)),
-                device,
+            ckpt = None
+            if context.work_dir is not None:
+                ckpt = Path(context.work_dir) / f"{self.name}_{'+'.join(self.machines_)}.ckpt"
+            self.history_ = tr.run(
+                step,
+                lambda epoch: vectors.batches(train_idx, self.batch_size, shuffle=True, generator=gen, min_batch=2),
+                self.epochs, evaluate=validate if n_val else None, desc="AE epochs", checkpoint=ckpt,
+                state={"net": net, "opt": opt},
+                fingerprint=(self._fingerprint_params(), [str(c.path) for c in clips]),
             )
+            if self.precise_bn:
+                recompute_batchnorm(
+                    net, (x for x, _ in vectors.batches(train_idx, 4096, shuffle=True, generator=gen, min_batch=2)),
+                    device,
+                )
         net.eval()
         self.net_ = net
         self._fit_covariances(clips, vectors)
