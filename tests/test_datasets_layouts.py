@@ -366,3 +366,37 @@ def test_manifest_with_an_unknown_dataset_value_names_the_manifest(tmp_path):
     m.write_text(f"path,machine,split,dataset\n{tmp_path / 'fan/train/a.wav'},fan,train,dcase2099\n")
     with pytest.raises(DatasetError, match=r"m.csv: the dataset column says 'dcase2099'"):
         scan_dataset(m)
+
+
+# ---------------------------------------------------------------- attribute tables
+
+
+def _table_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "attributes_00.csv" in r.getMessage()]
+
+
+def test_missing_attribute_table_is_warned_about_once_and_only_where_the_year_has_them(tmp_path, caplog):
+    layouts = {
+        "dcase2020": lambda r: touch(r, "fan", "train", "normal_id_00_00000000.wav"),
+        "dcase2021": lambda r: (touch(r, "gearbox", "train", "section_00_source_train_normal_0000_a_1.wav"),
+                                touch(r, "gearbox", "source_test", "section_00_source_test_normal_0000_a_1.wav")),
+        "dcase2022": lambda r: touch(r, "fan", "train", *(f"section_{s:02d}_source_train_normal_0000_a_1.wav"
+                                                          for s in range(3))),
+        "mimii": mimii_tree,
+        "folder": lambda r: touch(r, "drill", "train", "a.wav"),
+    }
+    with caplog.at_level("WARNING", logger="stetho.datasets"):
+        for name, make in layouts.items():
+            make(tmp_path / name)
+            assert scan_dataset(tmp_path / name).dataset == name
+        assert _table_warnings(caplog) == []  # these layouts never ship attribute tables
+        root = tmp_path / "dcase2023"
+        touch(root, "fan", "train", S23)
+        touch(root, "fan", "test", "section_00_source_test_normal_0000_car_A1_spd_28V_mic_1.wav")
+        touch(root, "valve", "train", S23)
+        (root / "valve" / "attributes_00.csv").write_text("file_name,d1p,d1v\n")
+        for splits in (("train",), ("test",), ("train", "test")):  # a run scans several times
+            scan_dataset(root, splits=splits)
+        scan_dataset(root, dataset="dcase2024")
+    warnings = _table_warnings(caplog)
+    assert len(warnings) == 1 and f"{root}: no attributes_00.csv beside train/ and test/ of fan (" in warnings[0]

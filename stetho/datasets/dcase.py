@@ -49,6 +49,9 @@ MACHINES = {
 }
 #: Years whose machine folders carry an ``attributes_00.csv``.
 ATTRIBUTE_TABLE_YEARS = ("dcase2023", "dcase2024", "dcase2025")
+#: (data folder, machine type) pairs already warned about a missing ``attributes_00.csv``: a run
+#: scans its data several times (train, test), the warning is given once per process.
+_WARNED_NO_TABLE: set[tuple[Path, str]] = set()
 
 
 def parse_attributes(text: str | None) -> tuple[tuple[str, str], ...]:
@@ -126,7 +129,8 @@ def scan(
         machines: machine types to keep (default: all found). Unknown names are an error.
         splits: which split folders to read.
         year: ``"dcase2022"`` ... ``"dcase2025"``: which machine-type list spelling warnings use,
-            and whether a missing ``attributes_00.csv`` is worth a warning (2023-2025).
+            and whether a missing ``attributes_00.csv`` is worth a warning (2023-2025 only, once
+            per data folder and machine type in a process).
 
     Returns:
         A :class:`Scan`. Files whose names do not parse are reported in ``problems`` (never
@@ -137,8 +141,12 @@ def scan(
     chosen = choose_machines(available, machines, root)
     warn_unfamiliar_machines(chosen, MACHINES.get(year, MACHINES["dcase2023"]), year.upper())
     out = Scan(dataset=year, root=root)
-    no_table = [m for m in chosen if not any((root / m).glob("attributes_*.csv"))]
-    if year in ATTRIBUTE_TABLE_YEARS and no_table:
+    no_table = []
+    if year in ATTRIBUTE_TABLE_YEARS:  # 2022 never had attribute tables
+        no_table = [m for m in chosen if (root.resolve(), m) not in _WARNED_NO_TABLE
+                    and not any((root / m).glob("attributes_*.csv"))]
+        _WARNED_NO_TABLE.update((root.resolve(), m) for m in no_table)
+    if no_table:
         log.warning(
             "%s: no attributes_00.csv beside train/ and test/ of %s (DCASE 2023-2025 ship one per "
             "machine type); attributes are read from the file names", root, ", ".join(no_table),
