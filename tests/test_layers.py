@@ -16,20 +16,71 @@ RANK = {
 }
 
 
+#: ``import stetho`` / ``from stetho import __version__``: the package's own ``__init__.py``.
+TOP = "stetho"
+
+
 def _layer(parts: list[str]) -> str:
     return parts[0].removesuffix(".py")
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
+def _imports(path: Path, package: str = "stetho") -> list[tuple[int, str]]:
+    """``(line, layer)`` of every import of the package in ``path``: ``import stetho.x.y [as z]``,
+    ``from stetho.x import y``, ``from stetho import x`` (layer ``x`` when it is a submodule, else the
+    top-level package), ``import stetho`` and relative imports (``package`` is the dotted package
+    that ``path`` lies in, for resolving them)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     out = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stetho."):
-            out.append((node.lineno, node.module.split(".")[1]))
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # from . import x / from ..pipeline import y
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([module] if module else []))
+            parts = module.split(".")
+            if parts[0] != "stetho":
+                continue
+            if len(parts) > 1:
+                out.append((node.lineno, parts[1]))
+            else:  # a submodule is its layer; any other name comes from stetho/__init__.py
+                out += [(node.lineno, a.name if _is_submodule(a.name) else TOP) for a in node.names]
         elif isinstance(node, ast.Import):
-            out += [(node.lineno, a.name.split(".")[1]) for a in node.names if a.name.startswith("stetho.")]
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == "stetho":
+                    out.append((node.lineno, parts[1] if len(parts) > 1 else TOP))
     return out
 
+
+def _is_submodule(name: str) -> bool:
+    return (PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").is_file()
+
+
+def _package(path: Path) -> str:
+    """Dotted package of a module file under ``PACKAGE``."""
+    return ".".join(["stetho", *path.relative_to(PACKAGE).parent.parts])
+
+
+def _top_rank(init: Path) -> int:
+    """Layer of ``import stetho``: as high as the highest layer the package's ``__init__.py``
+    imports. While it only defines ``__version__`` anyone may import it; if it re-exported e.g.
+    the pipeline, ``import stetho`` from a low layer would be an upward import."""
+    return max((RANK[t] for _, t in _imports(init) if t != TOP), default=0)
+
+
+def _violations(path: Path, layer: str, package: str, rank: dict[str, int]) -> list[str]:
+    """Imports in ``path`` (of layer ``layer``, in dotted ``package``) of unknown or higher layers."""
+    out = []
+    for lineno, target in _imports(path, package):
+        if target not in rank:
+            out.append(f"{path}:{lineno}: imports unknown layer stetho.{target}")
+        elif rank[target] > rank[layer]:
+            out.append(f"{path}:{lineno} ({layer}) imports {'stetho.' + target if target != TOP else 'stetho'}, "
+                       "a higher layer")
+    return out
+
+
+RANK[TOP] = _top_rank(PACKAGE / "__init__.py")
 
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.name != "__init__.py")
 
@@ -38,14 +89,45 @@ MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.na
 def test_module_imports_only_lower_or_same_layers(path):
     layer = _layer(list(path.relative_to(PACKAGE).parts))
     assert layer in RANK, f"{path}: layer '{layer}' is missing from the layer table"
-    for lineno, target in _imports(path):
-        assert target in RANK, f"{path}:{lineno}: imports unknown layer stetho.{target}"
-        assert RANK[target] <= RANK[layer], (
-            f"{path.relative_to(PACKAGE)}:{lineno} ({layer}) imports stetho.{target}, a higher layer"
-        )
+    assert _violations(path, layer, _package(path), RANK) == []
 
 
 def test_the_layer_table_catches_an_upward_import(tmp_path):
     bad = tmp_path / "x.py"
     bad.write_text("from stetho.cli import main\n")
     assert _imports(bad) == [(1, "cli")] and RANK["cli"] > RANK["features"]
+
+
+@pytest.mark.parametrize("line, found", [
+    ("from stetho.pipeline import train", ["pipeline"]),
+    ("from stetho import pipeline", ["pipeline"]),
+    ("from stetho import metrics, cli", ["metrics", "cli"]),
+    ("import stetho.outputs.report", ["outputs"]),
+    ("import stetho.outputs.report as report", ["outputs"]),
+    ("import numpy, stetho.cli as cli", ["cli"]),
+    ("from ..pipeline import train", ["pipeline"]),
+    ("from .. import novelty", ["novelty"]),
+    ("def f():\n    from stetho import pipeline", ["pipeline"]),
+])
+def test_the_checker_flags_every_form_of_an_upward_import(tmp_path, line, found):
+    bad = tmp_path / "x.py"
+    bad.write_text(line + "\n")
+    assert [t for _, t in _imports(bad, "stetho.features")] == found
+    assert len(_violations(bad, "features", "stetho.features", RANK)) == len(found)
+    assert _violations(bad, "cli", "stetho.features", RANK) == []  # the same imports are fine from the top
+
+
+def test_import_stetho_is_as_high_as_what_the_package_init_imports(tmp_path):
+    user = tmp_path / "x.py"
+    for line in ("import stetho", "from stetho import __version__", "import stetho as s"):
+        user.write_text(line + "\n")
+        assert _imports(user) == [(1, TOP)]
+        # today's stetho/__init__.py defines only __version__: fine from the lowest layer
+        assert RANK[TOP] == 0 and _violations(user, "errors", "stetho", RANK) == []
+    # an __init__ re-exporting the pipeline makes `import stetho` upward from models
+    init = tmp_path / "__init__.py"
+    init.write_text('"""doc"""\nfrom stetho.pipeline import train\n__version__ = "0"\n')
+    rank = {**RANK, TOP: _top_rank(init)}
+    assert rank[TOP] == RANK["pipeline"]
+    assert len(_violations(user, "models", "stetho.models", rank)) == 1
+    assert _violations(user, "cli", "stetho", rank) == []
