@@ -1,23 +1,50 @@
-"""Models: one folder per method, each a pure ``nn.Module`` beside its detector; a registry."""
+"""Models: one folder per method, each a pure ``nn.Module`` beside its detector; a registry.
+
+The registry names each detector by module and class, and :data:`MODELS` imports a class only when
+it is looked up: listing the names (``--model`` choices) does not load torch.
+"""
 
 from __future__ import annotations
 
-from stetho.errors import ConfigError
-from stetho.models.ae import AEDetector
-from stetho.models.arae import ARAEDetector
-from stetho.models.base import Detector
-from stetho.models.bigan import BiGANDetector
-from stetho.models.cande import CANDEDetector
-from stetho.models.discriminative import DiscriminativeDetector
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-#: Name used in recipes and ``--model`` → detector class. Adding a method: one folder + one line.
-MODELS: dict[str, type[Detector]] = {
-    AEDetector.name: AEDetector,
-    ARAEDetector.name: ARAEDetector,
-    BiGANDetector.name: BiGANDetector,
-    CANDEDetector.name: CANDEDetector,
-    DiscriminativeDetector.name: DiscriminativeDetector,
+from stetho.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stetho.models.base import Detector
+
+#: Name used in recipes and ``--model`` → (module, class) of its detector, whose ``name`` is the
+#: key. Adding a method: one folder + one line here.
+REGISTRY: dict[str, tuple[str, str]] = {
+    "ae": ("stetho.models.ae", "AEDetector"),
+    "arae": ("stetho.models.arae", "ARAEDetector"),
+    "bigan": ("stetho.models.bigan", "BiGANDetector"),
+    "cande": ("stetho.models.cande", "CANDEDetector"),
+    "discriminative": ("stetho.models.discriminative", "DiscriminativeDetector"),
 }
+
+
+class _Models(Mapping[str, "type[Detector]"]):
+    """:data:`REGISTRY` as name → detector class, each class imported on first access."""
+
+    def __getitem__(self, name: str) -> type[Detector]:
+        module, cls = REGISTRY[name]
+        return getattr(importlib.import_module(module), cls)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+    def __repr__(self) -> str:
+        return f"MODELS({', '.join(REGISTRY)})"
+
+
+#: Name → detector class (a read-only mapping over :data:`REGISTRY`).
+MODELS: Mapping[str, type[Detector]] = _Models()
 
 
 def get_model(name: str) -> type[Detector]:
@@ -28,4 +55,17 @@ def get_model(name: str) -> type[Detector]:
         raise ConfigError(f"unknown model '{name}'; available: {', '.join(sorted(MODELS))}") from None
 
 
-__all__ = ["MODELS", "AEDetector", "ARAEDetector", "BiGANDetector", "CANDEDetector", "Detector", "DiscriminativeDetector", "get_model"]
+def __getattr__(attr: str) -> Any:
+    """``Detector`` and the registered detector classes (``from stetho.models import AEDetector``),
+    imported when first asked for (PEP 562)."""
+    if attr == "Detector":
+        from stetho.models.base import Detector
+
+        return Detector
+    for module, cls in REGISTRY.values():
+        if cls == attr:
+            return getattr(importlib.import_module(module), cls)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+__all__ = ["MODELS", "REGISTRY", "Detector", "get_model", *(cls for _, cls in REGISTRY.values())]
