@@ -18,7 +18,6 @@ set × seed, optionally also under an L∞ latent attack on the test normals, an
 from __future__ import annotations
 
 import copy
-import inspect
 import io
 import json
 import logging
@@ -36,12 +35,17 @@ from stetho.config import yaml_load
 from stetho.datasets.images import ImageSet, load_image_set
 from stetho.errors import ConfigError
 from stetho.fileio import atomic_write_bytes, atomic_write_text
-from stetho.models.arae import ARAEDetector
+from stetho.models import MODELS, Detector, get_model
 from stetho.outputs.io import write_dict_csv
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("p1", "p2")
+#: Registry model of a ``models:`` entry without a ``model:`` key.
+DEFAULT_MODEL = "arae"
+#: Methods a detector needs to run here (on image arrays), and to be attacked (``attack:``).
+ARRAY_METHODS = ("fit_arrays", "score_arrays")
+ATTACK_METHODS = ("attack", "scale_arrays")
 NOVELTY_DEFAULTS: dict[str, Any] = {
     "dataset": "digits",        # digits | mnist | fashion_mnist | coil100
     "root": None,               # folder of the IDX files / PNGs (not for digits)
@@ -51,7 +55,7 @@ NOVELTY_DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.2,        # p2: share of the normal training images held out for the threshold
     "threshold_quantile": 0.95,  # quantile of validation-normal scores used as the F1 threshold
     "seeds": [0],
-    "models": {"arae": {"variant": "linf"}, "plain_ae": {"variant": "plain"}},
+    "models": {"arae": {"variant": "linf"}, "plain_ae": {"variant": "plain"}},  # name -> [model: +] params
     "attack": None,             # {eps, steps}: also score with test normals attacked by L∞ latent PGD
     "coil_size": 32,            # COIL-100 images resized to this size (grayscale)
     "device": "cpu",
@@ -121,7 +125,29 @@ def novelty_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) ->
     return {"auc": auc, "f1": f1}
 
 
-def attacked_normal_scores(det: ARAEDetector, x: np.ndarray, eps: float, steps: int, seed: int = 0) -> np.ndarray:
+def array_models() -> list[str]:
+    """Registered models that score image arrays (they have :data:`ARRAY_METHODS`)."""
+    return [name for name, cls in MODELS.items() if all(hasattr(cls, m) for m in ARRAY_METHODS)]
+
+
+def _model_class(name: str, params: Any, attack: bool, where: str) -> type[Detector]:
+    """The registry class of one ``models:`` entry, checked to work here (and be attackable)."""
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"{where}: a model entry is a mapping of parameters, not {params!r}")
+    model = params.get("model", DEFAULT_MODEL)
+    cls = get_model(model)
+    if model not in array_models():
+        raise ConfigError(f"{where}: model '{model}' does not score image arrays; "
+                          f"models that do: {', '.join(array_models())}")
+    if attack and not all(hasattr(cls, m) for m in ATTACK_METHODS):
+        raise ConfigError(f"{where}: model '{model}' cannot be attacked (attack: needs {', '.join(ATTACK_METHODS)})")
+    unknown = sorted(set(params) - {"model"} - set(cls.param_defaults()))
+    if unknown:
+        raise ConfigError(f"{where}: unknown parameter(s) {', '.join(unknown)} for model '{model}'")
+    return cls
+
+
+def attacked_normal_scores(det: Detector, x: np.ndarray, eps: float, steps: int, seed: int = 0) -> np.ndarray:
     """Scores of ``x`` after a white-box L∞ latent PGD attack (radius ``eps``, ``steps`` steps of
     ``2.5·eps/steps``) against ``det``'s own encoder."""
     if not len(x):
@@ -150,6 +176,9 @@ def resolve_novelty(cfg: Mapping[str, Any] | None = None, where: str = "novelty 
         raise ConfigError(f"{where}: protocol must be one of {', '.join(PROTOCOLS)}")
     if not out["models"]:
         raise ConfigError(f"{where}: no models")
+    for name, params in out["models"].items():
+        if params is not None:  # `models.<name>=null` leaves a recipe's model out
+            _model_class(name, params, bool(out["attack"]), f"{where}: models.{name}")
     return out
 
 
@@ -223,21 +252,23 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
             for model, params in cfg["models"].items():
                 if params is None:  # `models.<name>=null` leaves a recipe's model out
                     continue
-                params = dict(params)
-                params.setdefault("image_shape", list(data.image_shape))
-                params.setdefault("device", cfg["device"])
+                cls = _model_class(model, params, bool(attack), f"models.{model}")
+                params = {k: v for k, v in params.items() if k != "model"}
+                accepted = cls.param_defaults()
+                # threshold=official: the model trains on every image of the protocol's train split
+                # (the F1 threshold comes from the validation normals below, not from the model).
+                given = {"image_shape": list(data.image_shape), "device": cfg["device"], "scale": "none",
+                         "threshold": "official"}
+                params.update({k: v for k, v in given.items() if k in accepted and k not in params})
                 params["seed"] = int(seed)
-                params.setdefault("scale", "none")
                 t0 = time.perf_counter()
-                unknown = sorted(set(params) - set(inspect.signature(ARAEDetector.__init__).parameters))
-                if unknown:
-                    raise ConfigError(f"model '{model}': unknown parameter(s) {', '.join(unknown)}")
-                det = ARAEDetector(**params)
+                det = cls(**params)
                 det.check_params()
                 det.fit_arrays(data.x[sp.train])
                 thr = float(np.quantile(det.score_arrays(data.x[sp.val]), cfg["threshold_quantile"]))
                 scores = det.score_arrays(data.x[sp.test])
-                row: dict[str, Any] = {"model": model, "variant": det.variant, "normal": name, "seed": int(seed),
+                row: dict[str, Any] = {"model": model, "variant": getattr(det, "variant", ""), "normal": name,
+                                       "seed": int(seed),
                                        **novelty_metrics(sp.test_labels, scores, thr), "threshold": thr}
                 if attack:
                     normals = sp.test_labels == 0

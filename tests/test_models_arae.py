@@ -10,9 +10,12 @@ import pytest
 import torch
 from scipy import ndimage
 
+from stetho.backends import fpr_threshold, gamma_threshold
+from stetho.datasets.clip import Clip
 from stetho.errors import ConfigError
 from stetho.models import Detector, get_model
 from stetho.models.arae import ARAEDetector, ARAENet, arae_loss, union_loss
+from stetho.models.base import FitContext
 from stetho.models.arae.attacks import (
     l2_pgd, latent_distance, linf_pgd, linf_random_start, spatial_attack, spatial_grid,
 )
@@ -170,8 +173,18 @@ def test_registered_and_fits_scores_saves_and_loads(tmp_path):
     det.save(tmp_path / "m.pt")
     back = Detector.load(tmp_path / "m.pt")
     assert isinstance(back, ARAEDetector) and np.allclose(back.score_arrays(d.x[:20]), s, rtol=1e-6)
-    assert back.threshold_ == det.threshold_
+    assert back.threshold_ == det.threshold_ and set(det.thresholds_["recon"]) == {"images"}
     assert len(det.history_["train_loss"]) == 3
+
+
+def test_official_array_fit_trains_on_every_row_with_gamma_thresholds_of_their_scores():
+    x, _ = _digits(0)
+    det = ARAEDetector(variant="plain", hidden=(16,), latent=4, epochs=2, batch_size=32, seed=0, device="cpu",
+                       threshold="official").fit_arrays(x)
+    s = det.score_arrays(x)
+    np.testing.assert_array_equal(det.decision_scores_["recon"], s)
+    assert det.calibration_["file"] == [f"row_{i:06d}" for i in range(len(x))]
+    assert det.threshold_for("recon", "images") == pytest.approx(gamma_threshold(s, 0.9), rel=1e-12)
 
 
 def test_union_variant_trains_with_all_three_attacks():
@@ -188,15 +201,171 @@ def test_union_variant_trains_with_all_three_attacks():
 
 
 def test_bad_parameters_and_inputs_are_clear_errors():
-    with pytest.raises(ConfigError, match="unknown variant"):
+    with pytest.raises(ConfigError, match="arae: params.variant='l3' is not allowed; expected one of linf, union"):
         ARAEDetector(variant="l3").check_params()
     with pytest.raises(ConfigError, match="image_shape"):
         ARAEDetector(variant="union").check_params()
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"params.epochs=0 is not allowed; expected an integer >= 1"):
+        ARAEDetector(epochs=0).check_params()
+    with pytest.raises(ConfigError, match=r"params.scale='max' is not allowed; expected one of auto, none, minmax"):
+        ARAEDetector(scale="max").check_params()
+    with pytest.raises(ConfigError, match=r"params.eps=0 is not allowed"):
+        ARAEDetector(eps=0).fit_arrays(np.full((4, 6), 0.5))
+    with pytest.raises(ConfigError, match=r"params.hidden='64' is not allowed"):
+        ARAEDetector(hidden="64").check_params()
+    with pytest.raises(TypeError, match="decision_quantilee"):
+        ARAEDetector(decision_quantilee=0.9)
+    assert set(ARAEDetector.param_defaults()) == set(ARAEDetector.parameter_constraints())
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         ARAEDetector(epochs=1).fit_arrays(np.full((4, 6), 3.0))
     det = ARAEDetector(scale="minmax", hidden=(8,), latent=2, epochs=2, device="cpu").fit_arrays(
         np.random.default_rng(0).normal(50, 10, (40, 6)))
     assert det.score_arrays(np.zeros((1, 6))).shape == (1,)
+
+
+# -- the detector contract on clips: calibration, persistence, resume, logs -------------------------
+TOY = {"hidden": (32,), "latent": 4, "steps": 2, "eps": 0.05, "epochs": 4, "batch_size": 64, "n_mels": 16,
+       "seed": 3, "device": "cpu"}
+
+
+def _toy_clips(n_source: int = 20, n_target: int = 5):
+    rng = np.random.default_rng(0)
+    clips = [Clip(Path(f"/toy/fan/train/section_00_{d}_train_normal_{i:04d}.wav"), "fan", "00", "train", d)
+             for d, n in (("source", n_source), ("target", n_target)) for i in range(n)]
+    feats = [(rng.normal(size=(40, 16)) + (1.5 if c.domain == "target" else 0.0)).astype(np.float32) for c in clips]
+    return clips, feats
+
+
+def _spy_fit(monkeypatch) -> list[list[str]]:
+    """Record the clips every ``_fit`` call trains on."""
+    seen: list[list[str]] = []
+    original = ARAEDetector._fit
+
+    def spy(self, clips, feats, context):
+        seen.append([str(c.path) for c in clips])
+        return original(self, clips, feats, context)
+
+    monkeypatch.setattr(ARAEDetector, "_fit", spy)
+    return seen
+
+
+def test_calibrated_decision_scores_are_of_clips_the_network_did_not_train_on(monkeypatch):
+    clips, feats = _toy_clips()
+    seen = _spy_fit(monkeypatch)
+    det = ARAEDetector(**TOY).fit(clips, feats)
+    (trained,) = seen
+    held = det.calibration_["file"]
+    assert held and not set(held) & set(trained)
+    assert sorted(held + trained) == sorted(str(c.path) for c in clips)
+    assert set(det.calibration_["domain"]) == {"source", "target"}  # a share of every domain
+    idx = [[str(c.path) for c in clips].index(f) for f in held]
+    np.testing.assert_array_equal(det.decision_scores_["recon"],
+                                  det.score([clips[i] for i in idx], [feats[i] for i in idx]))
+    assert det.threshold_for("recon", "fan") == fpr_threshold(det.decision_scores_["recon"],
+                                                              np.array(det.calibration_["domain"]), 0.1)
+    assert det.thresholds_ == {"recon": {"fan": det.threshold_for()}}
+
+
+def test_calibrated_array_fit_holds_rows_out_and_cross_fitting_scores_every_row(monkeypatch, tmp_path):
+    x, _ = _digits(3)
+    seen = _spy_fit(monkeypatch)
+    small = {"variant": "plain", "hidden": (16,), "latent": 4, "epochs": 2, "batch_size": 32, "device": "cpu"}
+    det = ARAEDetector(**small).fit_arrays(x)
+    rows = [int(f.removeprefix("row_")) for f in det.calibration_["file"]]
+    assert len(rows) == round(0.2 * len(x)) and not set(det.calibration_["file"]) & set(seen[0])
+    np.testing.assert_array_equal(det.decision_scores_["recon"], det.score_arrays(x[rows]))
+    # checkpointed in the work dir (removed after the fit): the same training
+    again = ARAEDetector(**small).fit_arrays(x, FitContext(work_dir=tmp_path / "work"))
+    np.testing.assert_array_equal(again.decision_scores_["recon"], det.decision_scores_["recon"])
+    assert again.history_["train_loss"] == det.history_["train_loss"] and not list((tmp_path / "work").iterdir())
+    del seen[1:]
+    cv = ARAEDetector(**small, calibration="cv", calibration_folds=3).fit_arrays(x)
+    assert len(seen) == 1 + 3 + 1  # the held-out fit above, three folds, then the final fit on every row
+    assert len(seen[-1]) == len(x) and cv.calibration_["file"] == [f"row_{i:06d}" for i in range(len(x))]
+    assert np.isfinite(cv.decision_scores_["recon"]).all() and set(cv.thresholds_["recon"]) == {"images"}
+
+
+def test_save_load_round_trip_gives_identical_scores_and_thresholds(tmp_path):
+    clips, feats = _toy_clips()
+    det = ARAEDetector(**TOY).fit(clips, feats)
+    det.save(tmp_path / "fan.pt")
+    back = Detector.load(tmp_path / "fan.pt")
+    assert isinstance(back, ARAEDetector) and back.get_params() == det.get_params()
+    np.testing.assert_array_equal(back.score(clips, feats), det.score(clips, feats))
+    assert back.thresholds_ == det.thresholds_ and back.calibration_ == det.calibration_
+    np.testing.assert_array_equal(back.decision_scores_["recon"], det.decision_scores_["recon"])
+    assert back.history_["train_loss"] == det.history_["train_loss"] and back.machines_ == ["fan"]
+    np.testing.assert_array_equal(back.predict(clips, feats), det.predict(clips, feats))
+    blob = torch.load(tmp_path / "fan.pt", weights_only=True)
+    assert not {"thresholds", "train_scores", "machines"} & set(blob["state"])  # the base saves those
+
+
+class Killed(RuntimeError):
+    """Stands in for a training killed mid-way."""
+
+
+def test_a_killed_training_resumes_from_its_checkpoint_and_gives_the_same_scores(tmp_path, monkeypatch, caplog):
+    clips, feats = _toy_clips()
+    calls = {"n": 0, "kill_at": None}
+    original = ARAEDetector._loss
+
+    def counting(self, *args):
+        calls["n"] += 1
+        if calls["kill_at"] is not None and calls["n"] == calls["kill_at"]:
+            raise Killed("killed")
+        return original(self, *args)
+
+    monkeypatch.setattr(ARAEDetector, "_loss", counting)
+    whole = ARAEDetector(**TOY).fit(clips, feats)  # no work dir: no checkpoints
+    per_epoch = calls["n"] // TOY["epochs"]
+    assert per_epoch * TOY["epochs"] == calls["n"]
+
+    context = FitContext(work_dir=tmp_path / "work")
+    ckpt = tmp_path / "work" / "arae_fan.ckpt"
+    calls.update(n=0, kill_at=2 * per_epoch + 1)  # first step of epoch 3
+    with pytest.raises(Killed):
+        ARAEDetector(**TOY).fit(clips, feats, context)
+    assert ckpt.is_file()
+
+    calls.update(n=0, kill_at=None)
+    with caplog.at_level("INFO", logger="stetho.models.training"):
+        resumed = ARAEDetector(**TOY).fit(clips, feats, context)
+    assert "resuming after epoch 2 of 4" in caplog.text
+    assert calls["n"] == 2 * per_epoch  # epochs 3 and 4 only
+    assert resumed.history_["epoch"] == [1, 2, 3, 4] and resumed.history_["train_loss"] == whole.history_["train_loss"]
+    np.testing.assert_array_equal(resumed.score(clips, feats), whole.score(clips, feats))
+    np.testing.assert_array_equal(resumed.decision_scores_["recon"], whole.decision_scores_["recon"])
+    assert resumed.thresholds_ == whole.thresholds_
+    assert not ckpt.exists()  # removed after the successful fit
+
+    # other settings never resume from a checkpoint of these
+    calls.update(n=0, kill_at=2 * per_epoch + 1)
+    with pytest.raises(Killed):
+        ARAEDetector(**TOY).fit(clips, feats, context)
+    calls.update(n=0, kill_at=None)
+    ARAEDetector(**{**TOY, "lr": 2e-3}).fit(clips, feats, context)
+    assert calls["n"] == TOY["epochs"] * per_epoch
+
+
+def test_training_logs_epochs_without_a_terminal_and_without_nan(caplog):
+    clips, feats = _toy_clips()
+    with caplog.at_level("INFO", logger="stetho.models.training"):
+        det = ARAEDetector(**{**TOY, "progress": False}).fit(clips, feats)
+    lines = [r.getMessage() for r in caplog.records if "ARAE (linf) epochs: epoch" in r.getMessage()]
+    assert lines[0].startswith("ARAE (linf) epochs: epoch 1/4 loss") and "epoch 4/4" in lines[-1]
+    assert "nan" not in caplog.text.lower()
+    assert np.isnan(det.history_["val_loss"]).all()  # no validation loss: NaN in the history only
+
+
+def test_fit_leaves_the_callers_random_state_alone():
+    clips, feats = _toy_clips()
+    torch.manual_seed(123)
+    np.random.seed(123)
+    want_t, want_n = torch.rand(3), np.random.rand(3)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    ARAEDetector(**{**TOY, "epochs": 1}).fit(clips, feats)
+    assert torch.equal(torch.rand(3), want_t) and np.array_equal(np.random.rand(3), want_n)
 
 
 # -- `stetho train --model arae` on DCASE-style data --------------------------------------------

@@ -197,6 +197,27 @@ def test_threshold_comes_from_validation_normals_only(tmp_path):
     assert a["threshold"] == b["threshold"] and a["auc"] != b["auc"]
 
 
+def test_models_train_on_every_training_image_and_take_the_common_parameters(monkeypatch):
+    # the protocol's train split is the training set (threshold=official): no rows are held out
+    # for the detector's own thresholds, the F1 threshold comes from the validation normals
+    from stetho.models.arae import ARAEDetector
+
+    seen = []
+    original = ARAEDetector._fit
+
+    def spy(self, clips, feats, context):
+        seen.append((len(clips), self.threshold))
+        return original(self, clips, feats, context)
+
+    monkeypatch.setattr(ARAEDetector, "_fit", spy)
+    out = run_novelty({"normal_classes": [[4]], "models": {"plain": TINY["plain"]}}, write=False)
+    assert seen == [(out["splits"][0]["train"], "official")]
+    cfg = resolve_novelty({"models": {"plain": {**TINY["plain"], "threshold": "calibrated", "decision_fpr": 0.05}}})
+    assert cfg["models"]["plain"]["threshold"] == "calibrated"
+    with pytest.raises(ConfigError, match="unknown parameter.*decision_quantilee"):
+        resolve_novelty({"models": {"plain": {**TINY["plain"], "decision_quantilee": 0.9}}})
+
+
 def test_run_writes_tables_and_records_splits(tmp_path):
     out = run_novelty({"normal_classes": [[0], [5]], "seeds": [0, 1], "models": TINY,
                        "attack": {"eps": 0.1, "steps": 2}, "out": str(tmp_path)})
@@ -284,3 +305,14 @@ def test_coil100_runs_protocol_p1_end_to_end_and_refuses_p2(tmp_path):
         ("1", 12, 4, 5, 1), ("2+3", 24, 8, 11, 3)]  # anomalies round(p/(1-p) · normals): 4/3, 8/3
     with pytest.raises(ConfigError, match="no official test split: use protocol p1"):
         run_novelty({**cfg, "protocol": "p2"}, write=False)
+
+
+def test_novelty_models_come_from_the_registry():
+    cfg = resolve_novelty({"models": {"a": {"model": "arae", "variant": "plain"}, "b": {"variant": "linf"}}})
+    assert cfg["models"]["a"]["model"] == "arae"
+    with pytest.raises(ConfigError, match="models.x: model 'ae' does not score image arrays; models that do: arae"):
+        resolve_novelty({"models": {"x": {"model": "ae"}}})
+    with pytest.raises(ConfigError, match="unknown model 'vae'"):
+        resolve_novelty({"models": {"x": {"model": "vae"}}})
+    with pytest.raises(ConfigError, match="models.x: unknown parameter"):
+        resolve_novelty({"models": {"x": {"epoch": 1}}})

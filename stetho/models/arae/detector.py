@@ -3,30 +3,39 @@
 One class serves images (flattened to ``(n, dim)`` arrays in [0, 1]: :meth:`ARAEDetector.fit_arrays`,
 :meth:`ARAEDetector.score_arrays`) and DCASE clips through the pipeline (5-frame stacked log-mel
 vectors, min-max scaled to [0, 1] with training statistics; clip score = mean frame score).
+
+Both paths follow the detector contract (:mod:`stetho.models.base`): the base class holds clips
+(or images) out for calibration, trains through :meth:`ARAEDetector._fit` and owns the decision
+scores and thresholds. An image is a "clip" of machine type :data:`ARRAY_MACHINE` whose feature
+is its one flattened vector ``(dim,)`` (a DCASE clip's feature is its log-mel ``(frames, mels)``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stetho.backends import gamma_threshold
-from stetho.datasets.clip import Clip
-from stetho.errors import ConfigError
+from stetho.datasets.clip import SOURCE, Clip
+from stetho.errors import ConfigError, StethoError
 from stetho.features import AudioOptions, LogMelParams, extract_logmels
 from stetho.models.arae.attacks import l2_pgd, linf_pgd, spatial_attack, spatial_grid
 from stetho.models.arae.torch_model import ARAENet
-from stetho.models.base import Detector
-from stetho.models.training import FrameVectors, resolve_device, run_epochs, seed_everything
+from stetho.models.base import Detector, FitContext
+from stetho.models.params import Boolean, Interval, Options, SequenceOf, String
+from stetho.models.training import FrameVectors, Trainer, make_generator, resolve_device
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("linf", "union", "plain", "denoising")
+SCALES = ("auto", "none", "minmax")
+#: Machine type of the rows given to :meth:`ARAEDetector.fit_arrays` (``thresholds_["recon"]["images"]``).
+ARRAY_MACHINE = "images"
 
 
 def arae_loss(recon_adv: torch.Tensor, x: torch.Tensor, z: torch.Tensor, z_adv: torch.Tensor,
@@ -44,6 +53,16 @@ def union_loss(recons: Sequence[torch.Tensor], x: torch.Tensor, z: torch.Tensor,
     return rec + gamma * lat
 
 
+def array_clips(n: int, machine: str = ARRAY_MACHINE) -> list[Clip]:
+    """``n`` stand-in clips for the rows of an array (``row_000000`` ...), one machine type, section
+    and domain, so the base class calibrates on held-out rows as it does on held-out clips."""
+    return [Clip(Path(f"row_{i:06d}"), machine, "00", "train", SOURCE) for i in range(n)]
+
+
+_POSITIVE = Interval(float, 0, None, closed="neither")
+_COUNT = Interval(int, 1, None)
+
+
 class ARAEDetector(Detector):
     """Adversarially robust autoencoder (METHODS.md §7), with its plain/denoising baselines.
 
@@ -51,7 +70,9 @@ class ARAEDetector(Detector):
     loss :func:`arae_loss`), ``"union"`` (L2 PGD, L∞ PGD and the exhaustive spatial attack per batch,
     loss :func:`union_loss`), ``"plain"`` (MSE on clean inputs) and ``"denoising"`` (MSE of the
     reconstruction of ``clip(x + N(0, noise_std²))`` to ``x``). Score = ``Σ (x̂ − x)²`` over input
-    dimensions on clean inputs; a clip's score is the mean over its frame vectors.
+    dimensions on clean inputs; a clip's score is the mean over its frame vectors. Thresholds are
+    the base class's (calibrated on held-out clips or images by default; ``threshold="official"``:
+    train on all, Gamma quantile of the in-sample scores, as before the detector contract).
 
     Args:
         variant: ``linf``, ``union``, ``plain`` or ``denoising``.
@@ -72,12 +93,31 @@ class ARAEDetector(Detector):
         epochs, batch_size, lr: Adam training (lr 1e-3).
         n_mels, n_frames, frame_hop, n_fft, hop_length, sr, channel: DCASE frame features
             (640-d = 128 mels × 5 frames, as ``ae``).
-        decision_quantile: Gamma quantile of training scores for ``threshold_`` (0.9).
-        seed, device, progress: as every detector.
+        seed, device, progress: as every detector (progress: a bar on a terminal, else one log
+            line per epoch).
+        **common: the parameters every detector takes (threshold, calibration, decision_fpr ...;
+            :data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "arae"
     score_modes = ("recon",)
+    _parameter_constraints = {
+        "variant": [Options(*VARIANTS)],
+        "hidden": [SequenceOf(_COUNT)], "latent": [_COUNT],
+        "activation": [Options("sigmoid", "relu"), None],
+        "gamma": [Interval(float, 0, None), None],
+        "eps": [_POSITIVE], "steps": [_COUNT], "step_size": [_POSITIVE, None],
+        "l2_eps": [_POSITIVE], "l2_step": [_POSITIVE], "l2_steps": [_COUNT],
+        "angles": [SequenceOf(Interval(float, None, None), min_len=1)],
+        "shifts": [SequenceOf(Interval(float, None, None), min_len=1)],
+        "image_shape": [SequenceOf(_COUNT, min_len=2, max_len=3), None],
+        "noise_std": [Interval(float, 0, None)], "scale": [Options(*SCALES)],
+        "epochs": [_COUNT], "batch_size": [_COUNT], "lr": [_POSITIVE],
+        "n_mels": [_COUNT], "n_frames": [_COUNT], "frame_hop": [_COUNT],
+        "n_fft": [Interval(int, 16, None)], "hop_length": [_COUNT], "sr": [Interval(int, 1000, None)],
+        "seed": [Interval(int, 0, None)], "device": [String("auto, cpu, cuda or cuda:N")],
+        "channel": [Interval(int, 0, None)], "progress": [Boolean()],
+    }
 
     def __init__(
         self, variant: str = "linf", hidden: Sequence[int] = (512, 256), latent: int = 128,
@@ -87,9 +127,10 @@ class ARAEDetector(Detector):
         image_shape: Sequence[int] | None = None, noise_std: float = 0.2, scale: str = "auto",
         epochs: int = 20, batch_size: int = 128, lr: float = 1e-3,
         n_mels: int = 128, n_frames: int = 5, frame_hop: int = 1, n_fft: int = 1024, hop_length: int = 512,
-        sr: int = 16000, decision_quantile: float = 0.9, seed: int = 13711, device: str = "auto",
-        channel: int = 0, progress: bool = False,
+        sr: int = 16000, seed: int = 13711, device: str = "auto", channel: int = 0, progress: bool = False,
+        **common: Any,
     ) -> None:
+        super().__init__(**common)
         self.variant = variant
         self.hidden = hidden
         self.latent = latent
@@ -115,24 +156,15 @@ class ARAEDetector(Detector):
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.sr = sr
-        self.decision_quantile = decision_quantile
         self.seed = seed
         self.device = device
         self.channel = channel
         self.progress = progress
 
     # -- hyper-parameters ---------------------------------------------------------------------
-    def check_params(self) -> None:
-        super().check_params()
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"arae: unknown variant '{self.variant}'; choose from {', '.join(VARIANTS)}")
-        if self.scale not in ("auto", "none", "minmax"):
-            raise ConfigError(f"arae: scale must be auto, none or minmax, not '{self.scale}'")
+    def _check_params(self) -> None:
         if self.variant == "union" and not self.image_shape:
-            raise ConfigError("arae: the union variant needs image_shape (its spatial attack rotates images)")
-        for key in ("eps", "steps", "epochs", "batch_size", "latent"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"arae: {key} must be positive, got {getattr(self, key)}")
+            raise ConfigError("arae: the union variant needs params.image_shape (its spatial attack rotates images)")
 
     @property
     def activation_(self) -> str:
@@ -167,8 +199,8 @@ class ARAEDetector(Detector):
                           self.l2_step if step_size is None else step_size, generator=generator)
         raise ValueError(f"unknown attack kind {kind!r}")
 
-    def _loss(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        net = self.net_
+    def _loss(self, net: ARAENet, x: torch.Tensor, gen: torch.Generator,
+              transforms: Sequence[tuple[float, tuple[float, float]]]) -> torch.Tensor:
         if self.variant == "plain":
             return F.mse_loss(net(x), x)
         if self.variant == "denoising":
@@ -181,37 +213,75 @@ class ARAEDetector(Detector):
         advs = [
             l2_pgd(net.encode, x, self.l2_eps, self.l2_steps, self.l2_step, generator=gen),
             linf_pgd(net.encode, x, self.eps, self.steps, self.step_size, generator=gen),
-            spatial_attack(net.encode, x, tuple(self.image_shape), self._transforms)[0],
+            spatial_attack(net.encode, x, tuple(self.image_shape), transforms)[0],
         ]
         z = net.encode(x)
         z_advs = [net.encode(a) for a in advs]
         return union_loss([net.decoder(za) for za in z_advs], x, z, z_advs, self.gamma_)
 
     # -- training -------------------------------------------------------------------------------
-    def _train(self, dim: int, epoch_batches, validate=None) -> None:
-        """Train a fresh network on batches of scaled vectors ``epoch_batches(epoch)``."""
-        self.check_params()
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
-        self._gen = gen
-        self._transforms = spatial_grid(self.angles, self.shifts) if self.variant == "union" else []
+    def _fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
+        """Train a fresh network on the frame vectors of the clips' log-mels, or on the rows given
+        to :meth:`fit_arrays` (1-D features)."""
+        shuffle = make_generator(self.seed + 1)
+        if _is_rows(feats):
+            data = torch.from_numpy(_as_matrix(np.stack(feats), "fit"))
+            if self.scale == "minmax":
+                self._set_scale(data.min(0).values, data.max(0).values)
+            else:
+                self._set_scale(None, None)
+                _check_unit_range(data.numpy(), "fit_arrays")
+
+            def batches(epoch: int) -> Iterable[torch.Tensor]:
+                perm = torch.randperm(len(data), generator=shuffle)
+                for s in range(0, len(data), self.batch_size):
+                    yield data[perm[s:s + self.batch_size]]
+
+            self._train(data.shape[1], batches, shuffle, context, data)  # rows: their values identify them
+            return
+        vectors = FrameVectors(feats, self.n_frames, self.frame_hop)
+        if self.scale in ("auto", "minmax"):
+            lo = vectors.frames.min(0).values.repeat(self.n_frames)
+            hi = vectors.frames.max(0).values.repeat(self.n_frames)
+            self._set_scale(lo, hi)
+        else:
+            self._set_scale(None, None)
+        idx = torch.arange(len(vectors))
+
+        def frame_batches(epoch: int) -> Iterable[torch.Tensor]:
+            return (x for x, _ in vectors.batches(idx, self.batch_size, shuffle=True, generator=shuffle))
+
+        self._train(vectors.dim, frame_batches, shuffle, context,
+                    [(c.machine, c.section, c.domain or SOURCE, c.name) for c in clips])
+
+    def _train(self, dim: int, epoch_batches, shuffle: torch.Generator, context: FitContext,
+               data_id: Any) -> None:
+        """Train a fresh network on batches of unscaled vectors ``epoch_batches(epoch)`` (shuffled
+        with ``shuffle``), checkpointed in ``context.work_dir`` when there is one; ``data_id`` (the
+        training clips' names, or the rows themselves) goes into the checkpoint's fingerprint."""
         if self.image_shape and int(np.prod(self.image_shape)) != dim:
             raise ConfigError(f"arae: image_shape {tuple(self.image_shape)} does not match input size {dim}")
-        self.net_ = ARAENet(dim, tuple(self.hidden), self.latent, self.activation_).to(device)
-        opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr)
+        transforms = spatial_grid(self.angles, self.shifts) if self.variant == "union" else []
+        checkpoint = None if context.work_dir is None else \
+            Path(context.work_dir) / f"{self.name}_{'+'.join(self.machines_)}.ckpt"
+        with Trainer(self.seed, device=self.device, threads=self.threads, progress=self.progress) as tr:
+            net = ARAENet(dim, tuple(self.hidden), self.latent, self.activation_).to(tr.device)
+            opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+            gen = tr.generator
 
-        def step(x: torch.Tensor) -> float:
-            x = self._scale(x.to(device))
-            loss = self._loss(x, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return float(loss.detach())
+            def step(x: torch.Tensor) -> float:
+                x = self._scale(x.to(tr.device))
+                loss = self._loss(net, x, gen, transforms)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return float(loss.detach())
 
-        self.net_.train()
-        self.history_ = run_epochs(step, validate, epoch_batches, self.epochs, progress=self.progress,
-                                   desc=f"ARAE ({self.variant}) epochs")
-        self.net_.eval()
+            net.train()
+            self.history_ = tr.run(step, epoch_batches, self.epochs, desc=f"ARAE ({self.variant}) epochs",
+                                   checkpoint=checkpoint, state={"net": net, "opt": opt, "shuffle": shuffle},
+                                   fingerprint=(self._fingerprint_params(), dim, data_id))
+            self.net_ = net.eval()
 
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale_min_ is None:
@@ -223,30 +293,18 @@ class ARAEDetector(Detector):
         self.scale_min_ = lo
         self.scale_range_ = None if lo is None else (hi - lo).clamp_min(1e-6)
 
-    def fit_arrays(self, x: np.ndarray) -> "ARAEDetector":
+    # -- arrays (images) ------------------------------------------------------------------------
+    def fit_arrays(self, x: np.ndarray, context: FitContext | None = None) -> "ARAEDetector":
         """Train on normal vectors ``x`` ``(n, dim)`` (images flattened, in [0, 1] unless ``scale``
-        is ``minmax``); ``threshold_`` is the Gamma quantile of their scores."""
+        is ``minmax``), one row per :func:`array_clips` stand-in clip of machine type
+        :data:`ARRAY_MACHINE`: the thresholds ``thresholds_["recon"]["images"]`` are calibrated
+        on held-out rows, or the Gamma quantile of all rows' in-sample scores with
+        ``threshold="official"`` (trains on every row, as before the detector contract)."""
+        self.check_params()
         x = _as_matrix(x, "fit_arrays")
-        data = torch.from_numpy(x)
-        if self.scale == "minmax":
-            self._set_scale(data.min(0).values, data.max(0).values)
-        else:
-            self._set_scale(None, None)
-            if x.min() < 0 or x.max() > 1:
-                raise ValueError(f"fit_arrays: inputs must lie in [0, 1] (got [{x.min():.3g}, {x.max():.3g}]); "
-                                 "pass scale='minmax' for other feature vectors")
-        gen_batches = torch.Generator().manual_seed(self.seed + 1)
-
-        def batches(epoch: int) -> Iterable[torch.Tensor]:
-            perm = torch.randperm(len(data), generator=gen_batches)
-            for s in range(0, len(data), self.batch_size):
-                yield data[perm[s:s + self.batch_size]]
-
-        self._train(x.shape[1], batches)
-        self.machines_ = []
-        self.train_scores_ = {"recon": self.score_arrays(x)}
-        self.thresholds_ = {"recon": gamma_threshold(self.train_scores_["recon"], self.decision_quantile)}
-        return self
+        if self.scale != "minmax":
+            _check_unit_range(x, "fit_arrays")
+        return self.fit(array_clips(len(x)), list(x), context)
 
     def score_arrays(self, x: np.ndarray | torch.Tensor, scaled: bool = False, batch: int = 4096) -> np.ndarray:
         """Scores ``Σ (x̂ − x)²`` ``(n,)`` of vectors ``x`` ``(n, dim)`` (``scaled``: already in the
@@ -265,28 +323,7 @@ class ARAEDetector(Detector):
         """``x`` ``(n, dim)`` in the network's input units (after the training min-max scaling)."""
         return self._scale(torch.from_numpy(_as_matrix(x, "scale_arrays")))
 
-    # -- the Detector contract (DCASE clips) -----------------------------------------------------
-    def fit(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None) -> "ARAEDetector":
-        """Train on the 5-frame stacked log-mel vectors of normal clips of one machine type."""
-        if not clips:
-            raise ValueError("fit() needs at least one training clip")
-        feats = self._features(clips, features)
-        vectors = FrameVectors(feats, self.n_frames, self.frame_hop)
-        if self.scale in ("auto", "minmax"):
-            lo = vectors.frames.min(0).values.repeat(self.n_frames)
-            hi = vectors.frames.max(0).values.repeat(self.n_frames)
-            self._set_scale(lo, hi)
-        else:
-            self._set_scale(None, None)
-        gen_batches = torch.Generator().manual_seed(self.seed + 1)
-        idx = torch.arange(len(vectors))
-        self._train(vectors.dim, lambda e: (x for x, _ in vectors.batches(idx, self.batch_size, shuffle=True,
-                                                                          generator=gen_batches)))
-        self.machines_ = sorted({c.machine for c in clips})
-        self.train_scores_ = {"recon": self._clip_scores(vectors)}
-        self.thresholds_ = {"recon": gamma_threshold(self.train_scores_["recon"], self.decision_quantile)}
-        return self
-
+    # -- scoring (DCASE clips, or array rows) -----------------------------------------------------
     def _clip_scores(self, vectors: FrameVectors) -> np.ndarray:
         sums = torch.zeros(vectors.n_clips, dtype=torch.float64)
         counts = torch.zeros(vectors.n_clips, dtype=torch.float64)
@@ -299,6 +336,8 @@ class ARAEDetector(Detector):
         feats = self._features(clips, features)
         if not feats:
             return {"recon": np.zeros(0)}
+        if _is_rows(feats):
+            return {"recon": self.score_arrays(np.stack(feats))}
         return {"recon": self._clip_scores(FrameVectors(feats, self.n_frames, self.frame_hop))}
 
     # -- persistence ----------------------------------------------------------------------------
@@ -308,10 +347,7 @@ class ARAEDetector(Detector):
             "input_dim": int(self.net_.encoder[0].in_features),
             "scale_min": self.scale_min_, "scale_max": None if self.scale_min_ is None
             else self.scale_min_ + self.scale_range_,
-            "thresholds": dict(self.thresholds_),
-            "train_scores": {m: torch.as_tensor(s) for m, s in self.train_scores_.items()},
             "history": {k: list(v) for k, v in self.history_.items()},
-            "machines": list(self.machines_),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -319,10 +355,22 @@ class ARAEDetector(Detector):
         net.load_state_dict(state["net"])
         self.net_ = net.to(resolve_device(self.device)).eval()
         self._set_scale(state["scale_min"], state["scale_max"])
-        self.thresholds_ = dict(state["thresholds"])
-        self.train_scores_ = {m: s.numpy() for m, s in state["train_scores"].items()}
         self.history_ = {k: list(v) for k, v in state["history"].items()}
-        self.machines_ = list(state["machines"])
+
+
+def _is_rows(feats: Sequence[np.ndarray]) -> bool:
+    """True for one vector per clip (``fit_arrays`` rows), False for log-mels; never a mixture."""
+    dims = {np.ndim(f) for f in feats}
+    if len(dims) > 1 or not dims <= {1, 2}:
+        raise ValueError(f"arae: features must all be vectors (dim,) or all log-mels (frames, mels), "
+                         f"got arrays of {sorted(dims)} dimensions")
+    return dims == {1}
+
+
+def _check_unit_range(x: np.ndarray, where: str) -> None:
+    if x.min() < 0 or x.max() > 1:
+        raise ConfigError(f"{where}: inputs must lie in [0, 1] (got [{x.min():.3g}, {x.max():.3g}]); "
+                          "pass scale='minmax' for other feature vectors")
 
 
 def _as_matrix(x: np.ndarray, where: str) -> np.ndarray:
@@ -330,5 +378,5 @@ def _as_matrix(x: np.ndarray, where: str) -> np.ndarray:
     if x.ndim != 2 or not len(x):
         raise ValueError(f"{where}: expected a non-empty (n, dim) array, got shape {x.shape}")
     if not np.isfinite(x).all():
-        raise ValueError(f"{where}: inputs contain NaN or infinite values")
+        raise StethoError(f"{where}: inputs contain NaN or infinite values")
     return x
