@@ -48,8 +48,15 @@ the load average is recorded; compare runs only at similar contention.
    (4 clips). Reports training patches/s from the epoch timing (each step trains D, then G+E, then
    updates the weight average) and the peak RSS.
 
+5. **Threads**: optimiser steps of the AE's network (``AENet``, batch 256 of 640-dim vectors,
+   Adam) at 1, 2, ... torch threads (and the number ``--threads auto`` picks on this machine), in
+   a fresh subprocess per load level: idle, one core kept busy, every core kept busy (busy-loop
+   Python processes this script starts and stops). Thread counts alternate within rounds; the
+   median ms/step per count is reported. This is the measurement behind
+   :func:`stetho.models.training.default_threads`.
+
 Sizes are in :data:`FULL` / :data:`QUICK`; a full run takes about 3-4 minutes on 2 cores,
-``--quick`` 30-50 s.
+``--quick`` 30-50 s. ``--only threads`` (or any section names) runs some sections only.
 """
 
 from __future__ import annotations
@@ -107,6 +114,8 @@ class Sizes:
     disc_epochs: int = 2
     bigan_clips: int = 100  # CPU recipe's networks: 3,200 patches
     bigan_paper_clips: int = 4  # the paper's 115 M-parameter networks: 128 patches
+    thread_rounds: int = 5  # rounds of the threads benchmark (each: every thread count in turn)
+    thread_round_s: float = 1.0  # time budget of one thread count in one round
 
 
 FULL = Sizes(
@@ -118,7 +127,7 @@ QUICK = Sizes(
     extract_clips=40, repeats=3, toy_clips=35, batch_sizes=(1, 8), workers=(2,),
     train_clips=100, train_epochs=1, probe_steps=10, child_rounds=1,
     latency_runs=20, latency_budget_s=3.0, latency_fit_clips=10, disc_clips=40, disc_epochs=1,
-    bigan_clips=20, bigan_paper_clips=2,
+    bigan_clips=20, bigan_paper_clips=2, thread_rounds=3, thread_round_s=0.5,
 )
 
 
@@ -516,25 +525,25 @@ def bench_training(sizes: Sizes, train_threads: str) -> tuple[list[Row], dict]:
     return rows, res
 
 
-def time_epochs(module) -> list[float]:
-    """Wrap ``module.run_epochs`` so that the start and the end of every epoch are appended to the
-    returned list (through the training loop's checkpoint callback)."""
+def time_epochs(module=None) -> list[float]:
+    """Hook stetho's one training loop (``stetho.models.training._loop``, behind ``run_epochs``
+    and ``Trainer.run``) so that the start of every run and the end of every epoch are appended
+    to the returned list. ``module`` is ignored (kept for older callers)."""
+    from stetho.models import training
+
     marks: list[float] = []
-    original = module.run_epochs
+    original = training._loop
 
-    def timed_run_epochs(*a, **kw):
-        inner = kw.get("checkpoint")
-
-        def checkpoint(done, history):
+    def timed_loop(step, epoch_batches, epochs, evaluate, on_epoch, *a, **kw):
+        def hooked(done, history):
             marks.append(time.perf_counter())
-            if inner is not None:
-                inner(done, history)
+            if on_epoch is not None:
+                on_epoch(done, history)
 
-        kw["checkpoint"] = checkpoint
         marks.append(time.perf_counter())
-        return original(*a, **kw)
+        return original(step, epoch_batches, epochs, evaluate, hooked, *a, **kw)
 
-    module.run_epochs = timed_run_epochs
+    training._loop = timed_loop
     return marks
 
 
@@ -742,6 +751,111 @@ def child_bigan(args: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+# 5. Threads under load
+# ------------------------------------------------------------------------------------------------
+
+
+BUSY_LOOP = "while True: pass"
+
+
+def start_busy(n: int) -> list[subprocess.Popen]:
+    """``n`` Python processes that keep one core each busy (stopped by :func:`stop_busy`)."""
+    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdin=subprocess.DEVNULL) for _ in range(n)]
+
+
+def stop_busy(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+    for proc in procs:
+        proc.wait()
+
+
+def thread_counts() -> list[int]:
+    """1, 2, stetho's default and torch's default (capped at the usable cores)."""
+    from stetho.models.training import available_cores, default_threads
+
+    cores = available_cores()
+    return sorted({c for c in (1, 2, default_threads(cores), DEFAULT_TORCH_THREADS) if 1 <= c <= cores})
+
+
+def bench_threads(sizes: Sizes) -> tuple[list[Row], dict]:
+    """Optimiser steps of ``AENet`` at each of :func:`thread_counts`, idle and under load."""
+    from stetho.models.training import available_cores, default_threads
+
+    cores = available_cores()
+    counts = thread_counts()
+    levels = sorted({0, 1, cores})
+    b = "threads"
+    rows: list[Row] = []
+    info: dict = {"cores": cores, "default_threads": default_threads(cores), "torch_default": DEFAULT_TORCH_THREADS,
+                  "levels": {}}
+    for busy in levels:
+        procs = start_busy(busy)
+        try:
+            time.sleep(0.5 if busy else 0)  # let the busy loops start
+            meter = CpuMeter()
+            res, _ = run_child("threads", {"counts": counts, "rounds": sizes.thread_rounds,
+                                           "round_s": sizes.thread_round_s})
+            res["other_cpus"] = meter.other_cpus()
+        finally:
+            stop_busy(procs)
+        info["levels"][str(busy)] = res
+        med = res["median_ms"]
+        fastest = min(med.values())
+        what = "idle" if busy == 0 else f"{busy} core(s) kept busy"
+        for c in counts:
+            tags = [t for t, on in (("auto", c == info["default_threads"]),
+                                    ("torch default", c == DEFAULT_TORCH_THREADS)) if on]
+            rows.append(Row(b, f"{what}: optimiser step, {c} thread(s){' (' + ', '.join(tags) + ')' if tags else ''}"
+                               f" [{res['min_ms'][str(c)]:.3g}-{res['max_ms'][str(c)]:.3g}]",
+                            med[str(c)], "ms/step"))
+        auto = med[str(info["default_threads"])]
+        rows.append(Row(b, f"{what}: auto ({info['default_threads']} thread(s)) vs the fastest count",
+                        auto / fastest, "x", "<= 1.25x", verdict(auto <= 1.25 * fastest)))
+        rows.append(Row(b, f"{what}: CPU used by other processes (busy loops included)", res["other_cpus"],
+                        f"of {cores} CPUs"))
+    return rows, info
+
+
+def child_threads(args: dict) -> dict:
+    from stetho.models.ae.torch_model import AENet
+
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(4096, 640, generator=gen)
+    net = AENet(640)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step() -> None:
+        x = data[torch.randint(0, len(data), (256,), generator=gen)]
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(net(x), x)
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    def mean_ms(budget_s: float) -> float:
+        """Mean ms per step over ``budget_s`` (at least 3 steps)."""
+        t, done = time.perf_counter(), 0
+        while done < 3 or time.perf_counter() - t < budget_s:
+            step()
+            done += 1
+        return (time.perf_counter() - t) / done * 1e3
+
+    counts = args["counts"]
+    for c in counts:  # warm-up: thread pools, allocator
+        torch.set_num_threads(c)
+        mean_ms(0.2)
+    ms: dict[str, list[float]] = {str(c): [] for c in counts}
+    for r in range(args["rounds"]):
+        for c in counts if r % 2 == 0 else counts[::-1]:  # alternate the order: drifts hit every count
+            torch.set_num_threads(c)
+            ms[str(c)].append(mean_ms(args["round_s"]))
+    return {"ms_per_step": ms, "median_ms": {c: statistics.median(v) for c, v in ms.items()},
+            "min_ms": {c: min(v) for c, v in ms.items()}, "max_ms": {c: max(v) for c, v in ms.items()},
+            "load_average": load()}
+
+
+# ------------------------------------------------------------------------------------------------
 # 3. Scoring latency
 # ------------------------------------------------------------------------------------------------
 
@@ -831,6 +945,23 @@ def print_sweep(info: dict) -> None:
           + (f", librosa with 1 BLAS thread {c['librosa_blas1']}" if "librosa_blas1" in c else ""))
 
 
+#: Section names for ``--only`` (keys of the results' ``details``).
+SECTIONS = ("toy", "extraction", "training", "latency", "discriminative", "bigan", "threads")
+
+
+def print_threads(info: dict) -> None:
+    """The threads benchmark as one table: ms per optimiser step, load level x thread count."""
+    levels = info["levels"]
+    counts = list(next(iter(levels.values()))["median_ms"])
+    print(f"\ntorch threads: ms per AENet optimiser step (batch 256 x 640, Adam), median of the rounds; "
+          f"{info['cores']} usable cores, auto = {info['default_threads']}, torch's default = {info['torch_default']}")
+    print(f"  {'load':<28}" + "".join(f"{c + ' thr':>10}" for c in counts) + f"{'others CPU':>12}")
+    for busy, res in levels.items():
+        what = "idle" if busy == "0" else f"{busy} core(s) kept busy"
+        print(f"  {what:<28}" + "".join(f"{res['median_ms'][c]:>10.1f}" for c in counts)
+              + f"{res['other_cpus'] if res['other_cpus'] is not None else 'n/a':>12}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -840,12 +971,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-threads", default="auto",
                         help="torch threads for training: 'auto' (faster in a short probe), 0 (torch's "
                              "default), or a number")
-    parser.add_argument("--child", choices=("extract", "train", "disc", "bigan"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
+                        help=f"run these sections only: {', '.join(SECTIONS)}")
+    parser.add_argument("--child", choices=("extract", "train", "disc", "bigan", "threads"), help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        fn = {"extract": child_extract, "train": child_train, "disc": child_disc, "bigan": child_bigan}[args.child]
+        fn = {"extract": child_extract, "train": child_train, "disc": child_disc, "bigan": child_bigan,
+              "threads": child_threads}[args.child]
         print(json.dumps(fn(json.loads(args.child_args))))
         return 0
 
@@ -863,6 +997,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     whole_run = CpuMeter()
 
     def measure(key: str, title: str, bench: Callable[[], tuple[list[Row], dict]]) -> None:
+        if args.only and key not in args.only:
+            return
         print(title, flush=True)
         meter, t = CpuMeter(), time.perf_counter()
         r, details[key] = bench()
@@ -873,19 +1009,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"of {m['nproc']} CPUs"))
 
     try:
-        print(f"[data] writing {sizes.extract_clips} WAV clips ...", flush=True)
-        t0 = time.perf_counter()
-        clips, source = make_clips(tmp / "data", sizes.extract_clips)
-        details["data"] = {"source": source, "clips": len(clips), "seconds": round(time.perf_counter() - t0, 1)}
-        measure("toy", "[0/5] toy dataset generation ...", lambda: bench_toy(sizes, tmp))
-        measure("extraction", "[1/5] feature extraction ...", lambda: bench_extraction(clips, sizes, tmp))
-        measure("training", f"[2/5] AE training ({sizes.train_clips} clips, subprocess) ...",
+        clips: list[Clip] = []
+        if not args.only or {"extraction", "latency"} & set(args.only):
+            print(f"[data] writing {sizes.extract_clips} WAV clips ...", flush=True)
+            t0 = time.perf_counter()
+            clips, source = make_clips(tmp / "data", sizes.extract_clips)
+            details["data"] = {"source": source, "clips": len(clips), "seconds": round(time.perf_counter() - t0, 1)}
+        measure("toy", "[0/6] toy dataset generation ...", lambda: bench_toy(sizes, tmp))
+        measure("extraction", "[1/6] feature extraction ...", lambda: bench_extraction(clips, sizes, tmp))
+        measure("training", f"[2/6] AE training ({sizes.train_clips} clips, subprocess) ...",
                 lambda: bench_training(sizes, args.train_threads))
-        measure("latency", "[3/5] scoring latency ...", lambda: bench_latency(clips, sizes, tmp))
-        measure("discriminative", f"[4/5] discriminative CPU recipe ({sizes.disc_clips} clips, subprocess) ...",
+        measure("latency", "[3/6] scoring latency ...", lambda: bench_latency(clips, sizes, tmp))
+        measure("discriminative", f"[4/6] discriminative CPU recipe ({sizes.disc_clips} clips, subprocess) ...",
                 lambda: bench_discriminative(sizes))
-        measure("bigan", f"[5/5] BiGAN training ({sizes.bigan_clips} + {sizes.bigan_paper_clips} clips, "
+        measure("bigan", f"[5/6] BiGAN training ({sizes.bigan_clips} + {sizes.bigan_paper_clips} clips, "
                 "subprocesses) ...", lambda: bench_bigan(sizes))
+        measure("threads", "[6/6] torch threads, idle and under load (subprocesses) ...", lambda: bench_threads(sizes))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta["other_cpus"] = whole_run.other_cpus()
@@ -894,18 +1033,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["seconds"] = round(time.perf_counter() - started, 1)
     print()
     print_table(rows)
-    print_sweep(details["extraction"])
-    ex = details["extraction"]
-    if ex["default_config"]:
-        print(f"best extraction config is {ex['best']['clips_per_s'] / ex['default_config']['clips_per_s']:.1f}x "
-              "stetho's default configuration in the same sweep")
-    print(f"\nstetho vs librosa log-mel max |diff| on one clip: {ex['max_abs_diff_vs_librosa_db']:.2e} dB")
+    ex = details.get("extraction")
+    if ex is not None:
+        print_sweep(ex)
+        if ex["default_config"]:
+            print(f"best extraction config is {ex['best']['clips_per_s'] / ex['default_config']['clips_per_s']:.1f}x "
+                  "stetho's default configuration in the same sweep")
+        print(f"\nstetho vs librosa log-mel max |diff| on one clip: {ex['max_abs_diff_vs_librosa_db']:.2e} dB")
+    if "threads" in details:
+        print_threads(details["threads"])
     other = meta["other_cpus"]
     if other is not None and other > 0.25:
         print(f"NOTE: other processes used {other} of {m['nproc']} CPUs on average during this run: "
               "multi-threaded figures (torch/OpenMP, OpenBLAS) degrade sharply under contention; "
               "compare runs at similar contention.")
-    print(f"data: {details['data']['source']}; load average start {meta['load_start']} end {meta['load_end']}; "
+    data = f"data: {details['data']['source']}; " if "data" in details else ""
+    print(f"{data}load average start {meta['load_start']} end {meta['load_end']}; "
           f"other processes' CPU use {other} of {m['nproc']}")
     print("wall time: " + ", ".join(f"{k} {details[k]['seconds']:.0f} s" for k in details)
           + f"; total {meta['seconds']:.0f} s")

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "overwrite": False,     # allow replacing an existing run folder's results
     "seed": 13711,
     "device": "auto",       # auto | cpu | cuda
+    "threads": "auto",      # torch threads: auto (1 on <= 2 cores, else min(cores // 2, 4)) or a number
     "channel": 0,           # channel of multi-channel files
     "resample": True,       # resample other sample rates (soxr HQ), else refuse such files
     "skip_bad": False,      # leave out bad files (listed in skipped.csv) instead of failing
@@ -152,6 +153,9 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"seed must be an integer, got {cfg['seed']!r}")
     if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {cfg['device']!r}")
+    threads = cfg["threads"]
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be auto or a positive integer, got {threads!r}")
     if not isinstance(cfg["params"], dict):
         raise ConfigError("params must be a mapping of model hyper-parameters")
     if cfg["compare"] is not None:

@@ -272,3 +272,20 @@ def test_training_settings_leave_out_what_does_not_change_the_result():
     params = {"epochs": 5, "lr": 1e-3, "progress": True, "threads": 2, "device": "cpu", "resume": True}
     assert training_settings(params) == {"epochs": 5, "lr": 1e-3}
     assert fingerprint(training_settings(params)) == fingerprint(training_settings({**params, "progress": False}))
+
+
+def test_threads_option_in_config_and_cli():
+    from stetho.cli import build_parser
+    from stetho.config import resolve
+    from stetho.errors import ConfigError
+
+    assert resolve()["threads"] == "auto" and resolve({"threads": 3})["threads"] == 3
+    for bad in (0, -2, 1.5, "many", True):
+        with pytest.raises(ConfigError, match="threads"):
+            resolve({"threads": bad})
+    parser = build_parser()
+    assert parser.parse_args(["train", "--data", "d", "--out", "o", "--threads", "2"]).threads == 2
+    assert parser.parse_args(["test", "--run", "r", "--threads", "auto"]).threads == "auto"
+    assert parser.parse_args(["run", "recipe.yaml", "--threads", "1"]).threads == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "d", "--out", "o", "--threads", "0"])
