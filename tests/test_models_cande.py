@@ -1,9 +1,11 @@
 """CANDE-CP (stetho.models.cande): networks, FiLM placement, embedding table, per-file votes,
-the weighted window, stream order, best epochs, and the method on synthetic contexts."""
+the weighted window, stream order, best epochs, and the method on synthetic contexts; the
+detector contract (calibration on held-out clips, save/load, resuming a killed training)."""
 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from stetho.datasets.clip import VALIDATION_META, Clip
 from stetho.errors import ConfigError, DatasetError, NotFittedError, StethoError
 from stetho.features import stack_frames
 from stetho.models import CANDEDetector, Detector, get_model
+from stetho.models.base import FitContext
 from stetho.models.cande import ContextPredictor, FiLMAE, FiLMBlock, PlainAE
 from stetho.models.cande.context import (
     context_indices, context_of, embedding_table, file_modes, file_votes, resolve_context_column, stream_order,
@@ -241,7 +244,8 @@ def fitted(request):
     y = np.array([c.label for c in te])
     out = {}
     for variant in ("film-onehot", "film-embedding", "separate", "unconditioned"):
-        det = CANDEDetector(variant=variant, seed=seed, **FAST).fit(tr, trf)
+        # threshold="official": every training clip trains (the measured AUCs below), thresholds in-sample
+        det = CANDEDetector(variant=variant, seed=seed, threshold="official", **FAST).fit(tr, trf)
         rev = list(range(len(te)))[::-1]  # given in reverse: the stream must still run in path order
         scores = det.score_all([te[i] for i in rev], [tef[i] for i in rev])
         out[variant] = (det, {m: s[np.argsort(rev)] for m, s in scores.items()}, det.report_tables())
@@ -324,10 +328,15 @@ def test_best_epochs_follow_the_validation_clips(fitted):
 
 
 def test_thresholds_save_load_and_predict(fitted, tmp_path):
-    _, (_, _, te, tef, _), out = fitted
+    _, (tr, _, te, tef, _), out = fitted
     det, scores, _ = out["film-embedding"]
-    assert set(det.thresholds_) == {"predicted_window", "predicted", "oracle"}
+    assert det.thresholds_.keys() == {"predicted_window", "predicted", "oracle"}
+    assert all(per.keys() == {"m"} for per in det.thresholds_.values())
+    # official: the original's Gamma fit of the training files' oracle scores, for every mode
     assert det.threshold_for("oracle", "m") == det.threshold_for("predicted", "m") > 0
+    assert det.calibration_["file"] == [str(c.path) for c in tr if not c.is_validation]  # validation: neither
+    for mode in det.score_modes:
+        np.testing.assert_array_equal(det.decision_scores_[mode], det.decision_scores_["oracle"])
     det.save(tmp_path / "cande.pt")
     loaded = Detector.load(tmp_path / "cande.pt")
     assert isinstance(loaded, CANDEDetector) and loaded.contexts_ == det.contexts_
@@ -380,7 +389,7 @@ def test_separate_variant_scores_a_clip_with_the_ae_of_the_chosen_context(fitted
 
 def test_embedding_table_is_built_from_the_predictor_on_the_training_frames():
     tr, trf, _, _ = synthetic(5, n_train=6, n_val=2, n_test=0)
-    det = CANDEDetector(variant="film-embedding", seed=5,
+    det = CANDEDetector(variant="film-embedding", seed=5, threshold="official",  # every training frame
                         **{**FAST, "epochs": 1, "predictor_epochs": 3, "predictor_hidden": (128, 64)}).fit(tr, trf)
     ctx_of = lambda c: det.contexts_.index(context_of(c, "machine_id"))  # noqa: E731
 
@@ -413,13 +422,26 @@ def test_embedding_table_is_built_from_the_predictor_on_the_training_frames():
 
 
 def test_bad_parameters_and_inputs_are_named():
-    for kwargs, message in (({"variant": "film"}, "variant must be one of film-onehot"),
-                            ({"context": "snr"}, "unknown context column 'snr'"),
-                            ({"score_mode": "window"}, "unknown score mode 'window'"),
-                            ({"window_lambda": 1.0}, r"window_lambda must be in \[0, 1\)"),
-                            ({"stream_order": "random"}, "stream_order must be one of path, shuffle")):
-        with pytest.raises(StethoError, match=message):
+    for kwargs, message in (
+            ({"variant": "film"}, "params.variant='film' is not allowed; expected one of film-onehot, film-embedding"),
+            ({"context": "snr"}, "params.context='snr' is not allowed; expected one of auto, machine_id"),
+            ({"score_mode": "window"}, "params.score_mode='window' is not allowed; expected one of predicted_window"),
+            ({"window_lambda": 1.0}, r"params.window_lambda=1.0 is not allowed; expected a number in \[0, 1\)"),
+            ({"stream_order": "random"}, "params.stream_order='random' is not allowed; expected one of path, shuffle"),
+            ({"epochs": 0}, "params.epochs=0 is not allowed; expected an integer >= 1"),
+            ({"predictor_epochs": 0}, "params.predictor_epochs=0 is not allowed"),
+            ({"validation_split": 1.5}, r"params.validation_split=1.5 is not allowed; expected a number in \[0, 1\)"),
+            ({"predictor_hidden": []}, r"params.predictor_hidden=\[\] is not allowed; expected a list of 1\+ items"),
+            ({"predictor_hidden": [64, "x"]}, r"params.predictor_hidden=\[64, 'x'\] is not allowed"),
+            ({"log_floor": "min"}, "params.log_floor='min' is not allowed; expected one of add, max"),
+            ({"threshold": "gamma"}, "params.threshold='gamma' is not allowed; expected one of calibrated, official")):
+        with pytest.raises(ConfigError, match="^cande: " + message) as err:
             CANDEDetector(**kwargs).check_params()
+        assert "\n" not in str(err.value)
+        with pytest.raises(ConfigError, match=message):  # fit checks before it looks at a clip
+            CANDEDetector(**kwargs).fit([], [])
+    assert set(CANDEDetector.param_defaults()) <= set(CANDEDetector.parameter_constraints())
+    assert CANDEDetector(predictor_hidden=(np.int64(16), 8)).predictor_hidden == [16, 8]  # plain ints, saved
     with pytest.raises(NotFittedError):
         CANDEDetector().score_all([], [])
     tr, trf, te, tef = synthetic(4, n_train=4, n_val=0, n_test=4)
@@ -458,3 +480,149 @@ def test_predict_contexts_and_the_window_reset_per_directory(fitted):
     assert (reset["predicted_window"] == true).mean() >= (got["predicted_window"] == true).mean()
     with pytest.raises(StethoError, match="unconditioned variant has no context predictor"):
         out["unconditioned"][0].predict_contexts(te, tef)
+
+
+# ---------------------------------------------------------------------------------------------
+# the detector contract: calibration, persistence, resuming
+# ---------------------------------------------------------------------------------------------
+
+SMALL = {**FAST, "epochs": 4, "predictor_epochs": 3, "threads": 1}
+
+
+def _spy_fit(monkeypatch) -> list[tuple[list[Clip], FitContext]]:
+    """Record the clips and context every ``_fit`` call receives."""
+    calls: list[tuple[list[Clip], FitContext]] = []
+    original = CANDEDetector._fit
+
+    def spy(self, clips, feats, context):
+        calls.append((list(clips), context))
+        return original(self, clips, feats, context)
+
+    monkeypatch.setattr(CANDEDetector, "_fit", spy)
+    return calls
+
+
+def test_calibrated_decision_scores_are_of_clips_the_model_did_not_train_on(monkeypatch):
+    tr, trf, te, tef = synthetic(7, n_train=10, n_val=2, n_test=4)
+    calls = _spy_fit(monkeypatch)
+    det = CANDEDetector(variant="film-onehot", seed=7, **SMALL).fit(tr, trf)  # default: calibrated, holdout
+    assert len(calls) == 1
+    trained, context = calls[0]
+    trained_files = {str(c.path) for c in trained}
+    cal = det.calibration_["file"]
+    # 20 % of each context's 10 training clips held out; the marked validation clips are in neither part
+    assert len(cal) == 8 and sorted(cal) == cal and not set(cal) & trained_files
+    assert len(trained) == 32 and all(not c.is_validation for c in trained)
+    assert sorted(str(c.path) for c in context.validation[0]) == sorted(str(c.path) for c in tr if c.is_validation)
+    assert trained_files | set(cal) == {str(c.path) for c in tr if not c.is_validation}
+    assert det.report_tables() == {}  # the calibration clips' stream is not reported as a scoring
+    # decision_scores_ are the fitted model's scores of exactly those clips (one stream, as scored)
+    by_path = {str(c.path): (c, f) for c, f in zip(tr, trf)}
+    again = det.score_all([by_path[f][0] for f in cal], [by_path[f][1] for f in cal])
+    for mode in det.score_modes:
+        assert det.decision_scores_[mode].shape == (8,)
+        np.testing.assert_allclose(det.decision_scores_[mode], again[mode], rtol=1e-6)
+    assert det.thresholds_.keys() == set(det.score_modes) and all(v.keys() == {"m"} for v in det.thresholds_.values())
+    # the validation clips may also come in the context only (as the pipeline gives them): same training
+    calls.clear()
+    train = [(c, f) for c, f in zip(tr, trf) if not c.is_validation]
+    val = [(c, f) for c, f in zip(tr, trf) if c.is_validation]
+    other = CANDEDetector(variant="film-onehot", seed=7, **SMALL).fit(
+        [c for c, _ in train], [f for _, f in train],
+        FitContext(validation=([c for c, _ in val], [f for _, f in val])))
+    assert [str(c.path) for c in calls[0][0]] == [str(c.path) for c in trained]
+    assert other.calibration_ == det.calibration_
+    for mode in det.score_modes:
+        np.testing.assert_array_equal(other.decision_scores_[mode], det.decision_scores_[mode])
+
+
+def test_the_last_training_clip_of_a_context_is_never_held_out(monkeypatch):
+    tr, trf, _, _ = synthetic(8, n_train=6, n_val=0, n_test=0)
+    # context 03 has one clip: holding it out would leave no AE for it
+    keep = [i for i, c in enumerate(tr) if c.get_meta("id") != "03" or c.path.name == "000.wav"]
+    clips, feats = [tr[i] for i in keep], [trf[i] for i in keep]
+    calls = _spy_fit(monkeypatch)
+    det = CANDEDetector(variant="film-onehot", **{**SMALL, "epochs": 1, "predictor_epochs": 1}).fit(clips, feats)
+    assert det.contexts_ == ["m_id_00", "m_id_01", "m_id_02", "m_id_03"]
+    assert "/syn/id_03/train/000.wav" in {str(c.path) for c in calls[0][0]}
+    assert len(det.calibration_["file"]) == 3 and all("id_03" not in f for f in det.calibration_["file"])
+    # a machine type whose every context has a single clip cannot spare one: a one-line error saying what to do
+    single = [tr[i] for i in range(0, 24, 6)]
+    with pytest.raises(ConfigError, match="machine type m has no training clip to spare for calibration.*"
+                                          "params.threshold=official"):
+        CANDEDetector(variant="film-onehot", **SMALL).fit(single, [trf[i] for i in range(0, 24, 6)])
+    # cross-fitting cannot keep it: a fold holding out context 03's only clip is refused before any training
+    with pytest.raises(ConfigError, match=r"too few training clips of context\(s\) m_id_03 for 3-fold calibration"):
+        CANDEDetector(variant="film-onehot", calibration="cv", calibration_folds=3, **SMALL).fit(clips, feats)
+
+
+def test_save_load_round_trip_gives_identical_scores_and_thresholds(tmp_path):
+    tr, trf, te, tef = synthetic(9, n_train=10, n_val=2, n_test=8)
+    det = CANDEDetector(variant="film-embedding", seed=9, **SMALL).fit(tr, trf)
+    scores = det.score_all(te, tef)
+    det.save(tmp_path / "cande.pt")
+    loaded = Detector.load(tmp_path / "cande.pt")
+    assert isinstance(loaded, CANDEDetector) and loaded.get_params() == det.get_params()
+    assert loaded.thresholds_ == det.thresholds_ and loaded.calibration_ == det.calibration_
+    assert loaded.machines_ == det.machines_ == ["m"]
+    again = loaded.score_all(te, tef)
+    for mode in det.score_modes:
+        np.testing.assert_array_equal(loaded.decision_scores_[mode], det.decision_scores_[mode])
+        np.testing.assert_array_equal(again[mode], scores[mode])
+        np.testing.assert_array_equal(loaded.predict(te, tef, mode), det.predict(te, tef, mode))
+    assert loaded.histories() == det.histories()
+    assert loaded.report_tables() == det.report_tables()
+    state = det._get_state()
+    assert not {"thresholds", "train_scores", "machines"} & set(state)  # the base saves those
+
+
+def test_without_validation_the_last_epochs_are_kept_and_no_log_line_says_nan(caplog):
+    tr, trf, _, _ = synthetic(11, n_train=6, n_val=0, n_test=0)
+    with caplog.at_level(logging.INFO, logger="stetho"):
+        det = CANDEDetector(variant="separate", validation_split=0, **{**SMALL, "epochs": 2, "predictor_epochs": 2}
+                            ).fit(tr, trf)
+    assert det.predictor_best_epoch_ is None and set(det.ae_best_epochs_.values()) == {None}
+    assert all(np.isnan(v) for v in det.history_["val_loss"]) and det.predictor_history_["best"] == [0, 0]
+    assert "no validation files, the last epoch is kept" in caplog.text
+    assert "nan" not in caplog.text.lower()
+
+
+class _Killed(Exception):
+    """The training process dying mid-way (raised from the per-epoch callback)."""
+
+
+@pytest.mark.parametrize(("stage", "at", "variant"), [("predictor", 2, "film-embedding"), ("ae", 3, "film-embedding"),
+                                                      ("ae", 2, "separate")])
+def test_a_killed_training_resumes_from_its_checkpoints(tmp_path, monkeypatch, caplog, stage, at, variant):
+    tr, trf, te, tef = synthetic(10, n_train=8, n_val=2, n_test=4)
+    params = dict(variant=variant, seed=10, **{**SMALL, "epochs": 5, "predictor_epochs": 4})
+    work = tmp_path / "work"
+    update = BestState.update
+    seen: dict[int, int] = {}
+
+    def dying(self, epoch, value):  # BestState.update runs before the epoch's checkpoint is written
+        if self.higher_is_better == (stage == "predictor") and epoch == at:
+            seen[epoch] = seen.get(epoch, 0) + 1
+            if seen[epoch] == 2 or variant != "separate":  # separate: the second context's AE dies
+                raise _Killed(f"killed at epoch {epoch}")
+        return update(self, epoch, value)
+
+    with monkeypatch.context() as m:
+        m.setattr(BestState, "update", dying)
+        with pytest.raises(_Killed):
+            CANDEDetector(**params).fit(tr, trf, context=FitContext(work_dir=work))
+    left = sorted(p.name for p in work.iterdir())
+    expected = {"predictor": ["cande_m_predictor.ckpt"],
+                "ae": ["cande_m_ae.ckpt", "cande_m_predictor.ckpt"] if variant != "separate" else
+                ["cande_m_ae_000.ckpt", "cande_m_ae_001.ckpt", "cande_m_predictor.ckpt"]}[stage]
+    assert left == expected
+    with caplog.at_level(logging.INFO, logger="stetho.models.training"):
+        resumed = CANDEDetector(**params).fit(tr, trf, context=FitContext(work_dir=work))
+    assert f"after epoch {at - 1} of" in caplog.text  # continued from the last checkpoint
+    assert not list(work.glob("*.ckpt"))  # a finished fit removes its checkpoints
+    fresh = CANDEDetector(**params).fit(tr, trf)  # uninterrupted, no checkpoints
+    assert resumed.histories() == fresh.histories()
+    assert resumed.thresholds_ == fresh.thresholds_
+    a, b = resumed.score_all(te, tef), fresh.score_all(te, tef)
+    for mode in fresh.score_modes:
+        np.testing.assert_array_equal(a[mode], b[mode])

@@ -104,7 +104,7 @@ def test_bad_context_column_and_unseen_contexts_are_one_line_errors(toy, tmp_pat
     run = tmp_path / "run"
     code = main(["-q", "train", "--data", str(toy), "--out", str(run), "--model", "cande", "--param", "context=snr"])
     err = capsys.readouterr().err
-    assert code == 2 and "unknown context column 'snr'; choose from auto, machine_id" in err
+    assert code == 2 and "cande: params.context='snr' is not allowed; expected one of auto, machine_id" in err
     assert not run.exists()  # refused before any work
     # attributes as contexts: the target-domain test clips have attribute values never trained on
     argv = ["-q", "train", "--data", str(toy), "--out", str(run), "--model", "cande", "--no-progress",
@@ -253,7 +253,8 @@ def test_real_mimii_subsets_end_to_end(real_data, tmp_path, capsys):
     """The 16 MIMII contexts at 0 dB (one normal + one abnormal each) and 40 clips of fan id_00:
     train CANDE-CP with the paper's split rule and report per-setting and per-context figures.
     A small configuration (3 epochs, predictor 320→64→32→16) that checks the plumbing on real
-    files; the README's figures for these subsets come from the larger one it names."""
+    files; the README's figures for these subsets come from the larger one it names. Thresholds
+    ``official`` (in-sample): a 0 dB context has one training clip, none to spare for calibration."""
     zero_db, fan_subset = _real_mimii_subsets(real_data)
     root = tmp_path / "mimii"
     root.mkdir()
@@ -262,7 +263,8 @@ def test_real_mimii_subsets_end_to_end(real_data, tmp_path, capsys):
     (root / "fan").symlink_to(fan_subset)
     run = tmp_path / "run"
     argv = ["-q", "train", "--data", str(root), "--out", str(run), "--model", "cande", "--dataset", "mimii",
-            "--mimii-split", "cande", "--no-progress", "--device", "cpu", "--param", "variant=film-onehot"]
+            "--mimii-split", "cande", "--no-progress", "--device", "cpu", "--param", "variant=film-onehot",
+            "--param", "threshold=official"]
     for k, v in {**TINY, "epochs": 3, "predictor_epochs": 3, "predictor_hidden": [64, 32]}.items():
         argv += ["--param", f"{k}={v}"]
     assert main(argv) == 0

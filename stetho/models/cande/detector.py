@@ -9,23 +9,26 @@ stream of past files, and the file is scored by the autoencoder conditioned on t
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from stetho.backends import gamma_threshold
 from stetho.datasets.clip import Clip
 from stetho.errors import ConfigError, StethoError
 from stetho.features import AudioOptions, LogMelParams, extract_logmels
-from stetho.models.base import Detector
+from stetho.models.base import Detector, FitContext
 from stetho.models.cande.context import (
     CONTEXT_COLUMNS, STREAM_ORDERS, context_indices, context_of, embedding_table, file_modes, file_votes,
     resolve_context_column, stream_order, windowed_predictions,
 )
 from stetho.models.cande.torch_model import ContextPredictor, FiLMAE, PlainAE
-from stetho.models.training import BestState, FrameVectors, resolve_device, run_epochs, seed_everything
+from stetho.models.params import Boolean, Interval, Options, SequenceOf, String
+from stetho.models.training import BestState, FrameVectors, Trainer, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +60,21 @@ class CANDEDetector(Detector):
 
     Test files are streamed in sorted path order (``stream_order``) — the order and every
     file's predictions are in :meth:`report_tables` (``RUN/results/context_stream.csv``).
-    Validation: the clips marked ``role=validation`` (``--mimii-split cande``), else
-    ``validation_split`` of each context's training files (at least one when it has two).
-    Thresholds: Gamma(``decision_quantile``) per machine type over the training files' oracle
-    scores, used by every mode.
+
+    Validation (choosing the best epochs; never trained on): the clips of
+    ``FitContext.validation`` (the pipeline passes those marked ``role=validation``,
+    ``--mimii-split cande``). Clips marked for validation (``Clip.is_validation``) that are given
+    to :meth:`fit` with the training clips are moved there first, so they are neither trained on
+    nor used for calibration. Without validation clips, ``validation_split`` of each context's
+    training files is held out (at least one when it has two).
+
+    Thresholds are the base class's (:class:`~stetho.models.base.Detector`), one per score mode
+    and machine type: calibrated on held-out training clips by default (a clip is never held out
+    when it is the last training clip of its context: no AE could score it), or
+    ``threshold="official"`` for the original's rule: Gamma(``decision_quantile``) per machine type
+    over the in-sample oracle scores of the training files, the same for every mode (the files
+    ``validation_split`` holds out for validation are among them: the base scores every clip
+    ``fit`` trains on, where the original scored the trained ones only).
 
     Args:
         variant: one of :data:`VARIANTS`.
@@ -88,19 +102,39 @@ class CANDEDetector(Detector):
         reset_window_per_directory: restart the window when the stream enters another directory.
         stream_order: ``"path"`` (sorted, the default) or ``"shuffle"`` (seeded permutation).
         validation_split: share of each context's training files held out for validation when no
-            clip is marked for validation (0.1; 0 = no validation, the last epoch is kept).
+            validation clips are given (0.1; 0 = no validation, the last epoch is kept).
         score_mode: default score mode, one of :data:`CONTEXT_MODES`.
-        decision_quantile: Gamma quantile of the thresholds (0.9).
         seed: seed of initialisation, hold-out, shuffling and the shuffled stream order.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         channel: channel read from multi-channel files (MIMII: 0).
         progress: progress bars.
+        **common: the parameters every detector takes (threshold, calibration, decision_fpr ...;
+            :data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "cande"
     score_modes = CONTEXT_MODES
     joint = True
     uses_validation = True
+    _parameter_constraints = {
+        "variant": [Options(*VARIANTS)], "context": [Options(*CONTEXT_COLUMNS)],
+        "n_mels": [Interval(int, 1, None)], "n_frames": [Interval(int, 1, None)],
+        "frame_hop": [Interval(int, 1, None)], "n_fft": [Interval(int, 16, None)],
+        "hop_length": [Interval(int, 1, None)], "sr": [Interval(int, 1000, None)],
+        "log_floor": [Options("add", "max")],
+        "hidden": [Interval(int, 1, None)], "bottleneck": [Interval(int, 1, None)],
+        "epochs": [Interval(int, 1, None)], "batch_size": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "predictor_hidden": [SequenceOf(Interval(int, 1, None), min_len=1)],
+        "predictor_epochs": [Interval(int, 1, None)], "predictor_batch_size": [Interval(int, 1, None)],
+        "predictor_lr": [Interval(float, 0, None, closed="neither")],
+        "window": [Interval(int, 1, None)], "window_lambda": [Interval(float, 0, 1, closed="left")],
+        "reset_window_per_directory": [Boolean()], "stream_order": [Options(*STREAM_ORDERS)],
+        "validation_split": [Interval(float, 0, 1, closed="left")],
+        "score_mode": [Options(*CONTEXT_MODES)],
+        "seed": [Interval(int, 0, None)], "device": [String("auto, cpu, cuda or cuda:N")],
+        "channel": [Interval(int, 0, None)], "progress": [Boolean()],
+    }
 
     def __init__(
         self, variant: str = "film-embedding", context: str = "auto", n_mels: int = 64, n_frames: int = 5,
@@ -109,9 +143,10 @@ class CANDEDetector(Detector):
         predictor_hidden: Sequence[int] = (512, 512, 256, 128, 128, 64), predictor_epochs: int = 50,
         predictor_batch_size: int = 512, predictor_lr: float = 1e-4, window: int = 50, window_lambda: float = 0.1,
         reset_window_per_directory: bool = False, stream_order: str = "path", validation_split: float = 0.1,
-        score_mode: str = "predicted_window", decision_quantile: float = 0.9, seed: int = 13711,
-        device: str = "auto", channel: int = 0, progress: bool = False,
+        score_mode: str = "predicted_window", seed: int = 13711, device: str = "auto", channel: int = 0,
+        progress: bool = False, **common: Any,
     ) -> None:
+        super().__init__(**common)
         self.variant = variant
         self.context = context
         self.n_mels = n_mels
@@ -126,7 +161,7 @@ class CANDEDetector(Detector):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
-        self.predictor_hidden = [int(h) for h in predictor_hidden]
+        self.predictor_hidden = _widths(predictor_hidden)
         self.predictor_epochs = predictor_epochs
         self.predictor_batch_size = predictor_batch_size
         self.predictor_lr = predictor_lr
@@ -136,33 +171,10 @@ class CANDEDetector(Detector):
         self.stream_order = stream_order
         self.validation_split = validation_split
         self.score_mode = score_mode
-        self.decision_quantile = decision_quantile
         self.seed = seed
         self.device = device
         self.channel = channel
         self.progress = progress
-
-    # -- configuration ----------------------------------------------------------------------
-    def check_params(self) -> None:
-        self._mode(self.score_mode)
-        checks = [
-            (self.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}"),
-            (self.context in CONTEXT_COLUMNS,
-             f"unknown context column {self.context!r}; choose from {', '.join(CONTEXT_COLUMNS)}"),
-            (self.stream_order in STREAM_ORDERS,
-             f"stream_order must be one of {', '.join(STREAM_ORDERS)}, got {self.stream_order!r}"),
-            (int(self.window) >= 1, f"window must be at least 1 file, got {self.window}"),
-            (0.0 <= float(self.window_lambda) < 1.0, f"window_lambda must be in [0, 1), got {self.window_lambda}"),
-            (0.0 <= float(self.validation_split) < 1.0,
-             f"validation_split must be in [0, 1), got {self.validation_split}"),
-            (bool(self.predictor_hidden) and min(self.predictor_hidden) >= 1,
-             f"predictor_hidden must be a non-empty list of widths, got {self.predictor_hidden}"),
-            (min(self.epochs, self.predictor_epochs) >= 1, "epochs and predictor_epochs must be at least 1"),
-            (self.log_floor in ("add", "max"), f"log_floor must be add or max, got {self.log_floor!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"{self.name}: {message}")
 
     @property
     def needs_predictor(self) -> bool:
@@ -181,50 +193,73 @@ class CANDEDetector(Detector):
                                raise_on_error=raise_on_error, desc=desc)
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None) -> "CANDEDetector":
-        """Train on normal clips of every machine type at once; clips marked for validation
-        (``Clip.is_validation``) choose the best epochs and are not trained on."""
+    def fit(
+        self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
+        context: FitContext | None = None,
+    ) -> "CANDEDetector":
+        """Train on normal clips of every machine type at once (see :meth:`Detector.fit`).
+
+        Clips marked for validation (``Clip.is_validation``) among ``clips`` join
+        ``context.validation`` before anything else: they choose the best epochs and are neither
+        trained on nor held out for calibration.
+        """
         self.check_params()
+        clips = list(clips)
+        context = context or FitContext()
+        if any(c.is_validation for c in clips):
+            clips, features, context = _split_validation(clips, self._features(clips, features), context)
+            if not clips:
+                raise StethoError(f"{self.name}: every training clip is marked for validation; nothing to train on")
+        super().fit(clips, features, context)
+        self.context_stream_ = []  # the calibration clips' stream is not a report of the user's scoring
+        return self
+
+    def _fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
+        """Train the predictor and the AE(s) on ``clips``; validation clips from ``context``."""
+        if any(c.is_validation for c in clips):  # called directly, without fit()
+            clips, feats, context = _split_validation(clips, feats, context)
         if not clips:
-            raise ValueError("fit() needs at least one training clip")
-        feats = self._features(clips, features)
-        self.context_column_ = resolve_context_column(clips, self.context)
-        names = [context_of(c, self.context_column_) for c in clips]
-        train = [i for i, c in enumerate(clips) if not c.is_validation]
-        if not train:
             raise StethoError(f"{self.name}: every training clip is marked for validation; nothing to train on")
-        self.contexts_ = sorted({names[i] for i in train})
-        val = [i for i, c in enumerate(clips) if c.is_validation]
-        orphans = [i for i in val if names[i] not in self.contexts_]
+        vclips, vfeats = ([], []) if context.validation is None else (list(context.validation[0]),
+                                                                       list(context.validation[1]))
+        if len(vclips) != len(vfeats):
+            raise ValueError(f"{len(vfeats)} feature arrays for {len(vclips)} validation clips")
+        machines = getattr(self, "machines_", None) or sorted({c.machine for c in clips})
+        self.context_column_ = resolve_context_column(clips + vclips, self.context)
+        names = [context_of(c, self.context_column_) for c in clips]
+        vnames = [context_of(c, self.context_column_) for c in vclips]
+        self.contexts_ = sorted(set(names))
+        orphans = [i for i, n in enumerate(vnames) if n not in self.contexts_]
         if orphans:
             log.warning("%d validation clip(s) of contexts without training clips left out (e.g. %s)",
-                        len(orphans), clips[orphans[0]].path)
-            val = [i for i in val if i not in set(orphans)]
-        gen = seed_everything(self.seed)
-        if not val:
-            train, val = self._hold_out(train, names, gen)
-        index = {n: k for k, n in enumerate(self.contexts_)}
-        ctx = np.array([index[n] for n in names], dtype=np.int64)
-        if len(self.contexts_) == 1:
-            log.warning("one context only (%s): conditioning has nothing to tell apart", self.contexts_[0])
-        log.info("%s: %d contexts (%s), %d training and %d validation files", self.name, len(self.contexts_),
-                 self.context_column_, len(train), len(val))
-
-        device = resolve_device(self.device)
-        tr = _Part(FrameVectors([feats[i] for i in train], self.n_frames, self.frame_hop), ctx[train])
-        va = _Part(FrameVectors([feats[i] for i in val], self.n_frames, self.frame_hop), ctx[val]) if val else None
-        self.predictor_ = None
-        self.predictor_history_: dict[str, list] = {}
-        self.predictor_best_epoch_: int | None = None
-        self.table_ = np.eye(len(self.contexts_))
-        if self.needs_predictor:
-            self._fit_predictor(tr, va, device, gen)
-            if self.variant == "film-embedding":
-                self.table_ = self._embedding_table(tr, device)
-        self._fit_autoencoders(tr, va, device, gen)
-        self.machines_ = sorted({c.machine for c in clips})
-        self._fit_thresholds([clips[i] for i in train], [feats[i] for i in train], ctx[train])
-        return self
+                        len(orphans), vclips[orphans[0]].path)
+            keep = [i for i in range(len(vclips)) if i not in set(orphans)]
+            vclips, vfeats, vnames = [vclips[i] for i in keep], [vfeats[i] for i in keep], [vnames[i] for i in keep]
+        with Trainer(self.seed, device=self.device, threads=self.threads, progress=self.progress) as tr:
+            if not vclips:
+                train, held = self._hold_out(list(range(len(clips))), names, tr.generator)
+                vclips, vfeats, vnames = [clips[i] for i in held], [feats[i] for i in held], [names[i] for i in held]
+                clips, feats, names = [clips[i] for i in train], [feats[i] for i in train], [names[i] for i in train]
+            index = {n: k for k, n in enumerate(self.contexts_)}
+            if len(self.contexts_) == 1:
+                log.warning("one context only (%s): conditioning has nothing to tell apart", self.contexts_[0])
+            log.info("%s: %d contexts (%s), %d training and %d validation files", self.name, len(self.contexts_),
+                     self.context_column_, len(clips), len(vclips))
+            trp = _Part(FrameVectors(feats, self.n_frames, self.frame_hop), np.array([index[n] for n in names]))
+            vap = (_Part(FrameVectors(vfeats, self.n_frames, self.frame_hop), np.array([index[n] for n in vnames]))
+                   if vclips else None)
+            # Resuming needs the same hyper-parameters and the same training and validation files.
+            fp = (self._fingerprint_params(), [str(c.path) for c in clips], [str(c.path) for c in vclips])
+            prefix = None if context.work_dir is None else Path(context.work_dir) / f"{self.name}_{'+'.join(machines)}"
+            self.predictor_ = None
+            self.predictor_history_: dict[str, list] = {}
+            self.predictor_best_epoch_: int | None = None
+            self.table_ = np.eye(len(self.contexts_))
+            if self.needs_predictor:
+                self._fit_predictor(tr, trp, vap, _checkpoint(prefix, "predictor"), fp)
+                if self.variant == "film-embedding":
+                    self.table_ = self._embedding_table(trp, tr.device)
+            self._fit_autoencoders(tr, trp, vap, prefix, (fp, self.table_))
 
     def _hold_out(self, train: list[int], names: list[str], gen: torch.Generator) -> tuple[list[int], list[int]]:
         """(train, validation) files: ``validation_split`` of each context's files (at least one
@@ -239,20 +274,21 @@ class CANDEDetector(Detector):
             perm = torch.randperm(len(mine), generator=gen).tolist()
             held += sorted(mine[j] for j in perm[:n_val])
             keep += sorted(mine[j] for j in perm[n_val:])
-        log.info("no clips marked for validation: %d of %d training files held out (validation_split=%g)",
+        log.info("no validation clips given: %d of %d training files held out (validation_split=%g)",
                  len(held), len(train), self.validation_split)
         return sorted(keep), sorted(held)
 
-    def _fit_predictor(self, tr: "_Part", va: "_Part | None", device: torch.device, gen: torch.Generator) -> None:
-        net = ContextPredictor(tr.vectors.dim, len(self.contexts_), self.predictor_hidden).to(device)
+    def _fit_predictor(self, tr: Trainer, trp: "_Part", vap: "_Part | None", checkpoint: Path | None,
+                       fp: Any) -> None:
+        device = tr.device
+        net = ContextPredictor(trp.vectors.dim, len(self.contexts_), self.predictor_hidden).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=self.predictor_lr)
         best = BestState(net, higher_is_better=True)
-        history: dict[str, list] = {"epoch": [], "train_loss": [], "val_loss": [], "val_accuracy": []}
         accuracy: list[float] = []
 
         def step(batch) -> float:
             x, owner = batch
-            x, y = x.to(device, non_blocking=True), tr.context_of(owner).to(device)
+            x, y = x.to(device, non_blocking=True), trp.context_of(owner).to(device)
             opt.zero_grad(set_to_none=True)
             loss = torch.nn.functional.cross_entropy(net(x), y)
             loss.backward()
@@ -260,44 +296,48 @@ class CANDEDetector(Detector):
             return float(loss.detach())
 
         def validate() -> float:
-            if va is None:
-                accuracy.append(float("nan"))
-                return float("nan")
             net.eval()
             total, correct = 0.0, 0
             with torch.no_grad():
-                for x, owner in va.vectors.batches(torch.arange(len(va.vectors)), 8192):
-                    logits, y = net(x.to(device)), va.context_of(owner).to(device)
+                for x, owner in vap.vectors.batches(torch.arange(len(vap.vectors)), 8192):
+                    logits, y = net(x.to(device)), vap.context_of(owner).to(device)
                     total += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
                     correct += int((logits.argmax(1) == y).sum())
             net.train()
-            accuracy.append(correct / len(va.vectors))
-            return total / len(va.vectors)
+            accuracy.append(correct / len(vap.vectors))
+            return total / len(vap.vectors)
 
-        def checkpoint(epoch: int, hist: dict) -> None:
-            hist["val_accuracy"].append(accuracy[-1])
-            best.update(epoch, accuracy[-1])
+        def on_epoch(epoch: int, hist: dict) -> None:
+            value = accuracy[-1] if vap is not None else float("nan")
+            hist.setdefault("val_accuracy", []).append(value)
+            best.update(epoch, value)
 
         net.train()
-        run_epochs(step, validate,
-                   lambda e: tr.vectors.batches(tr.all, self.predictor_batch_size, shuffle=True, generator=gen),
-                   self.predictor_epochs, progress=self.progress, desc="context predictor epochs",
-                   checkpoint=checkpoint, history=history)
+        history = tr.run(
+            step, lambda e: trp.vectors.batches(trp.all, self.predictor_batch_size, shuffle=True,
+                                                generator=tr.generator),
+            self.predictor_epochs, evaluate=validate if vap is not None else None, on_epoch=on_epoch,
+            desc="context predictor epochs", checkpoint=checkpoint,
+            state={"net": net, "opt": opt, "best": best}, fingerprint=("predictor", fp),
+        )
         self.predictor_best_epoch_ = best.restore()
         history["best"] = [int(e == self.predictor_best_epoch_) for e in history["epoch"]]
         self.predictor_ = net.eval()
         self.predictor_history_ = history
-        log.info("context predictor: best epoch %s, validation frame accuracy %.4f",
-                 self.predictor_best_epoch_, best.value)
+        if self.predictor_best_epoch_ is None:
+            log.info("context predictor: no validation files, the last epoch is kept")
+        else:
+            log.info("context predictor: best epoch %d, validation frame accuracy %.4f",
+                     self.predictor_best_epoch_, best.value)
 
-    def _embedding_table(self, tr: "_Part", device: torch.device) -> np.ndarray:
+    def _embedding_table(self, trp: "_Part", device: torch.device) -> np.ndarray:
         """The frozen context embeddings from the predictor's 64-unit layer (training frames)."""
         chunks, owners = [], []
         with torch.no_grad():
-            for x, owner in tr.vectors.batches(tr.all, 8192):
+            for x, owner in trp.vectors.batches(trp.all, 8192):
                 chunks.append(self.predictor_.embed(x.to(device)).double().cpu().numpy())
                 owners.append(owner.numpy())
-        return embedding_table(np.concatenate(chunks), tr.contexts[np.concatenate(owners)], len(self.contexts_))
+        return embedding_table(np.concatenate(chunks), trp.contexts[np.concatenate(owners)], len(self.contexts_))
 
     def _new_aes(self) -> list[torch.nn.Module]:
         dim = self.n_mels * self.n_frames
@@ -307,71 +347,117 @@ class CANDEDetector(Detector):
             return [PlainAE(dim, self.hidden, self.bottleneck)]
         return [FiLMAE(dim, self.table_.shape[1], self.hidden, self.bottleneck)]
 
-    def _fit_autoencoders(self, tr: "_Part", va: "_Part | None", device: torch.device, gen: torch.Generator) -> None:
-        self.aes_ = [net.to(device) for net in self._new_aes()]
+    def _fit_autoencoders(self, tr: Trainer, trp: "_Part", vap: "_Part | None", prefix: Path | None,
+                          fp: Any) -> None:
+        self.aes_ = [net.to(tr.device) for net in self._new_aes()]
         self.codes_ = torch.as_tensor(self.table_, dtype=torch.float32)
         if self.variant == "separate":
-            runs = [(k, tr.vectors_of(k), va.vectors_of(k) if va is not None else None)
+            runs = [(k, trp.vectors_of(k), vap.vectors_of(k) if vap is not None else None)
                     for k in range(len(self.contexts_))]
         else:
-            runs = [(0, tr.all, torch.arange(len(va.vectors)) if va is not None else None)]
+            runs = [(0, trp.all, torch.arange(len(vap.vectors)) if vap is not None else None)]
         self.ae_histories_: dict[str, dict[str, list]] = {}
         self.ae_best_epochs_: dict[str, int | None] = {}
         for k, train_idx, val_idx in runs:
             name = self.contexts_[k] if self.variant == "separate" else self.variant
-            hist, best_epoch = self._fit_one_ae(self.aes_[k], tr, va, train_idx, val_idx, device, gen, name)
+            part = f"ae_{k:03d}" if self.variant == "separate" else "ae"  # one checkpoint per AE
+            hist, best_epoch = self._fit_one_ae(tr, self.aes_[k], trp, vap, train_idx, val_idx, name,
+                                                _checkpoint(prefix, part), (part, fp))
             self.ae_histories_[name], self.ae_best_epochs_[name] = hist, best_epoch
         for net in self.aes_:
             net.eval()
 
-    def _fit_one_ae(self, net, tr, va, train_idx, val_idx, device, gen, name):
+    def _fit_one_ae(self, tr, net, trp, vap, train_idx, val_idx, name, checkpoint, fp):
+        device = tr.device
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         codes = self.codes_.to(device)
         best = BestState(net, higher_is_better=False)
+        validated = vap is not None and val_idx is not None and len(val_idx) > 0
 
         def step(batch) -> float:
             x, owner = batch
             x = x.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(self._reconstruct(net, x, codes[tr.context_of(owner).to(device)]), x)
+            loss = torch.nn.functional.mse_loss(self._reconstruct(net, x, codes[trp.context_of(owner).to(device)]), x)
             loss.backward()
             opt.step()
             return float(loss.detach())
 
         def validate() -> float:
-            if va is None or val_idx is None or len(val_idx) == 0:
-                return float("nan")
             net.eval()
             total = 0.0
             with torch.no_grad():
-                for x, owner in va.vectors.batches(val_idx, 8192):
+                for x, owner in vap.vectors.batches(val_idx, 8192):
                     x = x.to(device)
-                    rec = self._reconstruct(net, x, codes[va.context_of(owner).to(device)])
+                    rec = self._reconstruct(net, x, codes[vap.context_of(owner).to(device)])
                     total += float(torch.nn.functional.mse_loss(rec, x, reduction="sum"))
             net.train()
-            return total / (len(val_idx) * va.vectors.dim)
+            return total / (len(val_idx) * vap.vectors.dim)
 
         net.train()
         if len(train_idx) == 0:
             raise StethoError(f"{self.name}: no training vectors for {name}")
-        history = run_epochs(
-            step, validate, lambda e: tr.vectors.batches(train_idx, self.batch_size, shuffle=True, generator=gen),
-            self.epochs, progress=self.progress, desc=f"AE epochs ({name})",
-            checkpoint=lambda epoch, hist: best.update(epoch, hist["val_loss"][-1]),
+        history = tr.run(
+            step, lambda e: trp.vectors.batches(train_idx, self.batch_size, shuffle=True, generator=tr.generator),
+            self.epochs, evaluate=validate if validated else None,
+            on_epoch=lambda epoch, hist: best.update(epoch, hist["val_loss"][-1]),
+            desc=f"AE epochs ({name})", checkpoint=checkpoint,
+            state={"net": net, "opt": opt, "best": best}, fingerprint=fp,
         )
         best_epoch = best.restore()
         history["best"] = [int(e == best_epoch) for e in history["epoch"]]
-        log.info("AE %s: best epoch %s (validation MSE %.4g)", name, best_epoch, best.value)
+        if best_epoch is None:
+            log.info("AE %s: no validation files, the last epoch is kept", name)
+        else:
+            log.info("AE %s: best epoch %d (validation MSE %.4g)", name, best_epoch, best.value)
         return history, best_epoch
 
     def _reconstruct(self, net: torch.nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return net(x, c) if isinstance(net, FiLMAE) else net(x)
 
-    def _fit_thresholds(self, clips: Sequence[Clip], feats: Sequence[np.ndarray], ctx: np.ndarray) -> None:
+    # -- calibration ------------------------------------------------------------------------
+    def _context_names(self, clips: Sequence[Clip]) -> list[str]:
+        column = resolve_context_column(clips, self.context)
+        return [context_of(c, column) for c in clips]
+
+    def _holdout(self, clips: Sequence[Clip]) -> list[int]:
+        """The base's calibration clips, except that the last training clip of a context stays
+        in training (no AE could score a context it never saw)."""
+        names = self._context_names(clips)  # a clip without the context's column: named first
+        held = set(super()._holdout(clips))
+        for name in sorted(set(names)):
+            mine = [i for i, n in enumerate(names) if n == name]
+            if all(i in held for i in mine):
+                held.discard(mine[0])
+        for machine in self.machines_:
+            if not any(clips[i].machine == machine for i in held):
+                mine = sorted({n for c, n in zip(clips, names) if c.machine == machine})
+                raise ConfigError(
+                    f"{self.name}: machine type {machine} has no training clip to spare for calibration (each of "
+                    f"its {len(mine)} context(s) needs its clips to train); add clips or use "
+                    "params.threshold=official (thresholds from in-sample scores)")
+        return sorted(held)
+
+    def _folds(self, clips: Sequence[Clip]) -> list[list[int]]:
+        """The base's folds, refused when one would hold out every clip of a context."""
+        folds = super()._folds(clips)
+        names = self._context_names(clips)
+        for held in folds:
+            held_set = set(held)
+            left = {n for i, n in enumerate(names) if i not in held_set}
+            lost = sorted({names[i] for i in held} - left)
+            if lost:
+                raise ConfigError(f"{self.name}: too few training clips of context(s) {', '.join(lost)} for "
+                                  f"{self.calibration_folds}-fold calibration; lower params.calibration_folds "
+                                  "or use holdout")
+        return folds
+
+    def _in_sample_scores(self, clips: list[Clip], feats: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """``threshold="official"``: the original's thresholds come from the training files'
+        oracle scores, used by every mode."""
+        ctx = context_indices(clips, self.context_column_, self.contexts_, "training")
         mse = self._clip_mse(FrameVectors(feats, self.n_frames, self.frame_hop), {"oracle": ctx})["oracle"]
-        self.train_scores_ = {m: mse[[i for i, c in enumerate(clips) if c.machine == m]] for m in self.machines_}
-        per_machine = {m: gamma_threshold(s, self.decision_quantile) for m, s in self.train_scores_.items()}
-        self.thresholds_ = {mode: dict(per_machine) for mode in self.score_modes}
+        return {mode: mse for mode in self.score_modes}
 
     # -- scoring ----------------------------------------------------------------------------
     def _clip_mse(self, vectors: FrameVectors, choice: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -505,11 +591,9 @@ class CANDEDetector(Detector):
             "context_column": self.context_column_,
             "contexts": list(self.contexts_),
             "table": torch.as_tensor(self.table_),
-            "predictor": None if self.predictor_ is None else {k: v.cpu() for k, v in self.predictor_.state_dict().items()},
+            "predictor": (None if self.predictor_ is None
+                          else {k: v.cpu() for k, v in self.predictor_.state_dict().items()}),
             "aes": [{k: v.cpu() for k, v in net.state_dict().items()} for net in self.aes_],
-            "thresholds": {mode: dict(v) for mode, v in self.thresholds_.items()},
-            "train_scores": {m: torch.as_tensor(s) for m, s in self.train_scores_.items()},
-            "machines": list(self.machines_),
             "predictor_history": {k: list(v) for k, v in self.predictor_history_.items()},
             "predictor_best_epoch": self.predictor_best_epoch_,
             "ae_histories": {n: {k: list(v) for k, v in h.items()} for n, h in self.ae_histories_.items()},
@@ -531,13 +615,39 @@ class CANDEDetector(Detector):
         for net, sd in zip(self.aes_, state["aes"]):
             net.load_state_dict(sd)
             net.to(device).eval()
-        self.thresholds_ = {mode: dict(v) for mode, v in state["thresholds"].items()}
-        self.train_scores_ = {m: s.numpy() for m, s in state["train_scores"].items()}
-        self.machines_ = list(state["machines"])
         self.predictor_history_ = {k: list(v) for k, v in state["predictor_history"].items()}
         self.predictor_best_epoch_ = state["predictor_best_epoch"]
         self.ae_histories_ = {n: {k: list(v) for k, v in h.items()} for n, h in state["ae_histories"].items()}
         self.ae_best_epochs_ = dict(state["ae_best_epochs"])
+
+
+def _widths(value: Any) -> Any:
+    """``value`` as a list of ints when it is a sequence of integers (NumPy's too: the list is
+    saved in the model file); anything else unchanged, for :meth:`Detector.check_params` to name."""
+    if isinstance(value, Sequence) and not isinstance(value, str) and all(
+            isinstance(h, numbers.Integral) and not isinstance(h, bool) for h in value):
+        return [int(h) for h in value]
+    return value
+
+
+def _split_validation(
+    clips: list[Clip], feats: list[np.ndarray], context: FitContext,
+) -> tuple[list[Clip], list[np.ndarray], FitContext]:
+    """``clips`` without those marked for validation, which join ``context.validation``."""
+    if len(feats) != len(clips):
+        raise ValueError(f"{len(feats)} feature arrays for {len(clips)} clips")
+    val = [i for i, c in enumerate(clips) if c.is_validation]
+    if not val:
+        return clips, feats, context
+    given = context.validation or ([], [])
+    validation = ([*given[0], *(clips[i] for i in val)], [*given[1], *(feats[i] for i in val)])
+    train = [i for i, c in enumerate(clips) if not c.is_validation]
+    return [clips[i] for i in train], [feats[i] for i in train], replace(context, validation=validation)
+
+
+def _checkpoint(prefix: Path | None, part: str) -> Path | None:
+    """The checkpoint file of one training (``<work_dir>/cande_<machines>_<part>.ckpt``)."""
+    return None if prefix is None else prefix.with_name(f"{prefix.name}_{part}.ckpt")
 
 
 class _Part:
