@@ -1,5 +1,6 @@
 """BiGAN / EGBAD (stetho.models.bigan): network shapes, EMA arithmetic, the score formula by hand,
-the normalisation round trip, training stability and mode collapse, save/load, resume."""
+the normalisation round trip, training stability and mode collapse, the detector contract
+(calibration on held-out clips, declared parameters, save/load), resuming a killed training."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import torch
 
 from stetho.datasets.clip import Clip
 from stetho.errors import ConfigError, NotFittedError, StethoError
+import stetho.models.bigan.detector as bigan_detector
 from stetho.models import BiGANDetector, Detector, get_model
+from stetho.models.base import FitContext
 from stetho.models.bigan import (
     BiGAN, Discriminator, Encoder, Generator, anomaly_scores, denormalise, ema_update, generator_diversity,
     norm_stats, normalise,
 )
+from stetho.models.training import fork_global_rngs
 
 #: A tiny BiGAN on 16-frame × 32-mel patches: the mechanics of the full one, in milliseconds.
 TINY = dict(n_mels=32, patch_frames=16, patch_hop=8, latent=8, enc_channels=(4, 8, 8), gen_hidden=32,
@@ -179,8 +183,28 @@ def test_normalisation_round_trip_and_statistics():
 def trained():
     rng = np.random.default_rng(0)
     train = [_clip(i) for i in range(12)]
-    det = BiGANDetector(epochs=20, seed=3, **TINY).fit(train, _logmels(rng, 12))
+    # threshold="official": every clip trains (the networks of the measurements below) and the
+    # thresholds are the Gamma fit of in-sample scores
+    det = BiGANDetector(epochs=20, seed=3, threshold="official", **TINY).fit(train, _logmels(rng, 12))
     return det, train, rng
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    """The default fit (held-out calibration), with the clips ``_fit`` received."""
+    rng = np.random.default_rng(5)
+    clips, feats = [_clip(i) for i in range(15)], _logmels(rng, 15)
+    seen: list[list[str]] = []
+    real_fit = BiGANDetector._fit
+
+    def spy(self, clips, feats, context):
+        seen.append([str(c.path) for c in clips])
+        return real_fit(self, clips, feats, context)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(BiGANDetector, "_fit", spy)
+        det = BiGANDetector(epochs=10, seed=3, **TINY).fit(clips, feats)
+    return det, clips, feats, seen
 
 
 def test_registered_and_paper_defaults():
@@ -195,14 +219,35 @@ def test_registered_and_paper_defaults():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(score_mode="mse"), "unknown score mode"), (dict(patch_reduce="median"), "patch_reduce"),
-    (dict(patch_frames=62), "multiples of 4"), (dict(weight=1.5), "weight"), (dict(degree=0), "degree"),
-    (dict(ema_decay=1.0), "ema_decay"), (dict(batch_size=1), "batch_size"),
+    (dict(score_mode="mse"), "score_mode='mse' is not allowed; expected one of fm, cross-e"),
+    (dict(patch_reduce="median"), "patch_reduce='median' is not allowed; expected one of mean, max"),
+    (dict(patch_frames=62), "patch_frames=62 is not allowed; expected a positive multiple of 4"),
+    (dict(n_mels=30), "n_mels=30 is not allowed; expected a positive multiple of 4"),
+    (dict(weight=1.5), r"weight=1.5 is not allowed; expected a number in \[0, 1\]"),
+    (dict(degree=0), "degree=0 is not allowed; expected a number > 0"),
+    (dict(ema_decay=1.0), r"ema_decay=1.0 is not allowed; expected a number in \[0, 1\)"),
+    (dict(batch_size=1), "batch_size=1 is not allowed; expected an integer >= 2"),
+    (dict(epochs=0), "epochs=0 is not allowed; expected an integer >= 1"),
+    (dict(enc_channels=(4, 8)), "enc_channels=\\(4, 8\\) is not allowed; expected a list of 3-3 items"),
+    (dict(checkpoint_every=-1), "checkpoint_every=-1 is not allowed; expected an integer >= 0"),
+    (dict(calibration_split=0.7), "calibration_split=0.7 is not allowed"),
 ])
-def test_bad_params_are_refused(bad, match):
-    with pytest.raises(StethoError, match=match) as err:  # ConfigError, or the base's score-mode error
+def test_bad_params_are_one_line_config_errors(bad, match):
+    with pytest.raises(ConfigError, match="^bigan: params." + match) as err:
         BiGANDetector(**bad).check_params()
-    assert isinstance(err.value, ConfigError) or "score mode" in match
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=match):  # before any training
+        BiGANDetector(**{**TINY, **bad}).fit([_clip(i) for i in range(4)], _logmels(np.random.default_rng(0), 4))
+
+
+def test_every_parameter_is_declared_and_the_defaults_are_allowed():
+    assert set(BiGANDetector.param_defaults()) <= set(BiGANDetector.parameter_constraints())
+    assert "resume" not in BiGANDetector.param_defaults()  # resuming is automatic (the Trainer)
+    assert "decision_quantile" in BiGANDetector.param_defaults()  # a common parameter now
+    BiGANDetector().check_params()
+    BiGANDetector(**TINY).check_params()
+    with pytest.raises(TypeError, match="resume"):
+        BiGANDetector(resume=True)
 
 
 def test_training_is_stable_and_the_generator_is_not_collapsed(trained, caplog):
@@ -214,8 +259,17 @@ def test_training_is_stable_and_the_generator_is_not_collapsed(trained, caplog):
     np.testing.assert_allclose(h["train_loss"], np.add(h["d_loss"], h["ge_loss"]), rtol=1e-9)
     assert det.diversity_ > det.collapse_threshold
     assert det.histories() == {"": h}
-    assert all(np.isfinite(s).all() and (s > 0).all() for s in det.train_scores_.values())
-    assert set(det.thresholds_) == {"fm", "cross-e"}
+    assert all(np.isfinite(s).all() and (s > 0).all() for s in det.decision_scores_.values())
+    assert set(det.thresholds_) == {"fm", "cross-e"} and all(set(t) == {"fan"} for t in det.thresholds_.values())
+    assert list(h) == ["epoch", "train_loss", "val_loss", "d_loss", "ge_loss"]
+
+
+def test_no_nan_in_the_training_log_lines(caplog):
+    # no validation loss: the per-epoch log lines must not show it as "nan"
+    with caplog.at_level(logging.INFO, logger="stetho"):
+        BiGANDetector(epochs=2, **TINY).fit([_clip(i) for i in range(4)], _logmels(np.random.default_rng(1), 4))
+    lines = [r.getMessage() for r in caplog.records if "epoch" in r.getMessage()]
+    assert lines and not any("nan" in line.lower() for line in lines), lines
 
 
 def test_the_collapse_detector_fires_on_a_collapsed_generator_only(trained):
@@ -246,9 +300,6 @@ def test_scoring_uses_the_ema_weights_not_the_live_ones(monkeypatch):
     """The stored network is the EMA of the live weights (recomputed here from the initial weights
     and the live weights after every step), and the scores are that network's, not the last-step
     live network's."""
-    import stetho.models.bigan.detector as bigan_detector
-    from stetho.models.training import seed_everything
-
     steps = []  # (decay, live state after the step) for every EMA update
     real_update = bigan_detector.ema_update
 
@@ -259,10 +310,10 @@ def test_scoring_uses_the_ema_weights_not_the_live_ones(monkeypatch):
     monkeypatch.setattr(bigan_detector, "ema_update", spy)
     rng = np.random.default_rng(4)
     clips, feats = [_clip(i) for i in range(12)], _logmels(rng, 12)  # 48 patches: 3 batches of 16
-    det = BiGANDetector(epochs=10, seed=7, **{**TINY, "lr": 1e-3}).fit(clips, feats)
+    det = BiGANDetector(epochs=10, seed=7, threshold="official", **{**TINY, "lr": 1e-3}).fit(clips, feats)
     assert [d for d, _ in steps] == pytest.approx([(1 + t) / (10 + t) for t in range(30)])  # warm-up decays
-    seed_everything(7)
-    expected = {k: v.clone() for k, v in det._new_net().state_dict().items()}  # the initial weights
+    with fork_global_rngs(7):  # the Trainer seeds the global RNGs so for the networks' initialisation
+        expected = {k: v.clone() for k, v in det._new_net().state_dict().items()}  # the initial weights
     params = {k for k, _ in det.net_.named_parameters()}
     for decay, live in steps:
         for k in params:
@@ -305,8 +356,8 @@ def test_clip_scores_are_the_mean_or_max_of_patch_scores(trained):
         expected = [float(per_patch[m][owner == i].mean()) for i in range(3)]
         np.testing.assert_allclose(scores[m], expected, rtol=1e-9)
     det_max = BiGANDetector(**{**det.get_params(), "patch_reduce": "max"})
-    det_max._set_state(det._get_state())
-    np.testing.assert_allclose(det_max.score(clips, feats, "fm"),
+    det_max._set_state(det._get_state())  # the networks only: scores, no thresholds
+    np.testing.assert_allclose(det_max._score_all(clips, feats)["fm"],
                                [float(per_patch["fm"][owner == i].max()) for i in range(3)], rtol=1e-9)
 
 
@@ -316,7 +367,8 @@ def test_anomalies_score_higher_and_predict_uses_the_threshold(trained):
     clips = [_clip(i, "test") for i in range(12)]
     s = det.score(clips, normal + anomalous)
     assert s[6:].min() > s[:6].max()
-    assert det.predict(clips, normal + anomalous).tolist() == (s > det.threshold_).astype(int).tolist()
+    assert det.predict(clips, normal + anomalous).tolist() == (s > det.threshold_for()).astype(int).tolist()
+    assert det.threshold_ == {"fan": det.threshold_for("fm", "fan")}
 
 
 def test_short_clips_are_refused_naming_the_file(trained):
@@ -326,37 +378,144 @@ def test_short_clips_are_refused_naming_the_file(trained):
     assert det.audio_options.min_frames == 16  # extraction refuses them too, naming the file
 
 
-def test_save_load_round_trip_gives_identical_scores(trained, tmp_path):
-    det, _, rng = trained
-    feats = _logmels(rng, 4)
-    clips = [_clip(i, "test") for i in range(4)]
+@pytest.mark.parametrize("which", ["trained", "calibrated"])
+def test_save_load_round_trip_gives_identical_scores_and_thresholds(which, request, tmp_path):
+    det = request.getfixturevalue(which)[0]
+    rng = np.random.default_rng(8)
+    feats = _logmels(rng, 3) + _logmels(rng, 3, anomalous=True)
+    clips = [_clip(i, "test") for i in range(6)]
     det.save(tmp_path / "m.pt")
     back = Detector.load(tmp_path / "m.pt")
-    assert isinstance(back, BiGANDetector)
+    assert isinstance(back, BiGANDetector) and back.get_params() == det.get_params()
     for m in det.score_modes:
         np.testing.assert_array_equal(back.score(clips, feats, m), det.score(clips, feats, m))
+        np.testing.assert_array_equal(back.predict(clips, feats, m), det.predict(clips, feats, m))
+        np.testing.assert_array_equal(back.decision_scores_[m], det.decision_scores_[m])
     np.testing.assert_array_equal(back.mean_, det.mean_)
     assert back.thresholds_ == det.thresholds_ and back.diversity_ == det.diversity_
+    assert back.machines_ == det.machines_ == ["fan"] and back.calibration_ == det.calibration_
     assert back.history_.keys() == det.history_.keys()
     for k, v in det.history_.items():
         np.testing.assert_array_equal(back.history_[k], v)  # NaN val_loss included
+    # format 2: the base saves thresholds, calibration scores and machine types, not the method
+    assert not {"thresholds", "train_scores", "machines", "decision_scores"} & set(det._get_state())
 
 
-def test_resume_continues_at_the_right_epoch_and_matches_an_uninterrupted_run(tmp_path):
+# ---------------------------------------------------------------------------------------------
+# calibration: thresholds from scores of clips the networks did not train on
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_default_fit_calibrates_on_held_out_clips_only(calibrated):
+    det, clips, feats, seen = calibrated
+    assert len(seen) == 1  # one training
+    held, trained_on = det.calibration_["file"], seen[0]
+    assert len(held) == 3 and len(trained_on) == 12  # 20 % of the 15 clips
+    assert not set(held) & set(trained_on)  # out-of-sample
+    assert sorted(held + trained_on) == sorted(str(c.path) for c in clips)
+    idx = [i for i, c in enumerate(clips) if str(c.path) in held]
+    assert [str(clips[i].path) for i in idx] == held
+    scores = det.score_all([clips[i] for i in idx], [feats[i] for i in idx])
+    for m in det.score_modes:
+        np.testing.assert_array_equal(det.decision_scores_[m], scores[m])
+    # the normalisation statistics are those of the training clips only
+    mean, _ = norm_stats([feats[i] for i in range(len(clips)) if i not in idx])
+    np.testing.assert_array_equal(det.mean_, mean)
+    assert set(det.thresholds_) == set(det.score_modes) and all(list(t) == ["fan"] for t in det.thresholds_.values())
+
+
+def test_cross_fitted_calibration_scores_every_clip_out_of_sample(monkeypatch):
+    rng = np.random.default_rng(6)
+    clips, feats = [_clip(i) for i in range(8)], _logmels(rng, 8)
+    seen: list[list[str]] = []
+    real_fit = BiGANDetector._fit
+
+    def spy(self, clips, feats, context):
+        seen.append([str(c.path) for c in clips])
+        return real_fit(self, clips, feats, context)
+
+    monkeypatch.setattr(BiGANDetector, "_fit", spy)
+    det = BiGANDetector(epochs=2, seed=3, calibration="cv", calibration_folds=2, **TINY).fit(clips, feats)
+    names = [str(c.path) for c in clips]
+    assert det.calibration_["file"] == names and len(seen) == 3 and sorted(seen[2]) == sorted(names)
+    for fold in seen[:2]:  # each fold trains on 4 clips and scores the other 4
+        assert len(fold) == 4
+    assert not set(seen[0]) & set(seen[1])
+    assert all(np.isfinite(s).all() for s in det.decision_scores_.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: a killed training resumes where it stopped
+# ---------------------------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    """Stands for a killed process."""
+
+
+def test_a_killed_training_resumes_from_its_checkpoint_and_matches_an_uninterrupted_fit(
+        tmp_path, monkeypatch, caplog):
     rng = np.random.default_rng(2)
-    clips, feats = [_clip(i) for i in range(6)], _logmels(rng, 6)
-    test = _logmels(rng, 3)
-    full = BiGANDetector(epochs=4, seed=5, **TINY).fit(clips, feats)
+    clips, feats = [_clip(i) for i in range(6)], _logmels(rng, 6)  # 5 train (20 patches: 2 steps/epoch)
+    tc, test = [_clip(i, "test") for i in range(4)], _logmels(rng, 2) + _logmels(rng, 2, anomalous=True)
+    params = dict(epochs=6, seed=5, checkpoint_every=2, **TINY)
+    full = BiGANDetector(**params).fit(clips, feats)  # no work dir: no checkpoints
+
     work = tmp_path / "work"
-    BiGANDetector(epochs=2, seed=5, checkpoint_every=2, **TINY).fit(clips, feats, work_dir=work)
-    saved = sorted((work / "checkpoints" / "bigan_fan").glob("epoch_*.pt"))
-    assert [p.name for p in saved] == ["epoch_0002.pt"]
-    blob = torch.load(saved[0], weights_only=True)
+    real_update, calls = bigan_detector.ema_update, []
+
+    def killed_in_epoch_4(ema, live, decay):  # the 7th step is the first of epoch 4
+        calls.append(decay)
+        if len(calls) == 7:
+            raise Crash
+        real_update(ema, live, decay)
+
+    monkeypatch.setattr(bigan_detector, "ema_update", killed_in_epoch_4)
+    with pytest.raises(Crash):
+        BiGANDetector(**params).fit(clips, feats, FitContext(work_dir=work))
+    ckpt = work / "bigan_fan.ckpt"
+    assert ckpt.exists()  # written after epoch 2 (every 2 epochs), kept after the crash
+    blob = torch.load(ckpt, weights_only=True)
     assert blob["epoch"] == 2 and blob["history"]["epoch"] == [1, 2]
-    resumed = BiGANDetector(epochs=4, seed=5, checkpoint_every=2, resume=True, **TINY).fit(clips, feats, work_dir=work)
-    assert resumed.history_["epoch"] == [1, 2, 3, 4]
+    assert blob["state"]["counters"]["step"] == 4  # the EMA warm-up step count is saved
+    assert {"net", "ema", "opt_d", "opt_ge", "counters"} <= set(blob["state"])
+    monkeypatch.setattr(bigan_detector, "ema_update", real_update)
+
+    with caplog.at_level(logging.INFO, logger="stetho.models.training"):  # checkpoint_every may change
+        resumed = BiGANDetector(**{**params, "checkpoint_every": 1}).fit(clips, feats, FitContext(work_dir=work))
+    assert "resuming after epoch 2 of 6" in caplog.text
+    assert "epoch 1/6" not in caplog.text and "epoch 3/6" in caplog.text  # epochs 1-2 not retrained
+    assert resumed.history_["epoch"] == [1, 2, 3, 4, 5, 6]
     assert resumed.history_["d_loss"][:2] == blob["history"]["d_loss"]
-    np.testing.assert_allclose(resumed.history_["d_loss"], full.history_["d_loss"], rtol=1e-5)
-    tc = [_clip(i, "test") for i in range(3)]
-    np.testing.assert_allclose(resumed.score(tc, test), full.score(tc, test), rtol=1e-5)
-    assert [p.name for p in (work / "checkpoints" / "bigan_fan").glob("epoch_*.pt")] == ["epoch_0004.pt"]
+    for k in ("train_loss", "d_loss", "ge_loss"):  # one thread: bit-identical
+        assert resumed.history_[k] == full.history_[k], k
+    for m in full.score_modes:
+        np.testing.assert_array_equal(resumed.score(tc, test, m), full.score(tc, test, m))
+        np.testing.assert_array_equal(resumed.decision_scores_[m], full.decision_scores_[m])
+    assert resumed.thresholds_ == full.thresholds_ and resumed.diversity_ == full.diversity_
+    assert not ckpt.exists()  # deleted once the fit finished
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path, monkeypatch, caplog):
+    rng = np.random.default_rng(3)
+    clips, feats = [_clip(i) for i in range(6)], _logmels(rng, 6)
+    params = dict(epochs=4, seed=5, checkpoint_every=1, **TINY)
+    real_update = bigan_detector.ema_update
+    calls = []
+
+    def crash(ema, live, decay):
+        calls.append(decay)
+        if len(calls) == 5:
+            raise Crash
+        real_update(ema, live, decay)
+
+    monkeypatch.setattr(bigan_detector, "ema_update", crash)
+    with pytest.raises(Crash):
+        BiGANDetector(**params).fit(clips, feats, FitContext(work_dir=tmp_path))
+    monkeypatch.setattr(bigan_detector, "ema_update", real_update)
+    assert (tmp_path / "bigan_fan.ckpt").exists()
+    with caplog.at_level(logging.INFO, logger="stetho.models.training"):
+        other = BiGANDetector(**{**params, "lr": 2e-4}).fit(clips, feats, FitContext(work_dir=tmp_path))
+    assert "other settings" in caplog.text and "resuming" not in caplog.text
+    straight = BiGANDetector(**{**params, "lr": 2e-4}).fit(clips, feats)
+    assert other.history_["d_loss"] == straight.history_["d_loss"]

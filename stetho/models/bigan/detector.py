@@ -12,20 +12,28 @@ import numpy as np
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits as bce
 
-from stetho.backends import gamma_threshold
 from stetho.datasets.clip import Clip
-from stetho.errors import ConfigError, StethoError
+from stetho.errors import StethoError
 from stetho.features import AudioOptions, LogMelParams, extract_logmels
-from stetho.models.base import Detector
+from stetho.models.base import Detector, FitContext
 from stetho.models.bigan.torch_model import BiGAN, anomaly_scores, ema_update
-from stetho.models.training import FrameVectors, atomic_torch_save, resolve_device, run_epochs, seed_everything
+from stetho.models.params import Boolean, Check, Interval, Options, SequenceOf, String
+from stetho.models.training import FrameVectors, Trainer, resolve_device
 
 log = logging.getLogger(__name__)
 
 PATCH_REDUCE = ("mean", "max")
 #: Columns of the training history: ``train_loss`` is ``d_loss + ge_loss`` (D's loss and the
-#: joint G+E loss, epoch means); there is no validation loss (NaN).
+#: joint G+E loss, epoch means); there is no validation loss (NaN in the table, never logged).
 HISTORY = ("epoch", "train_loss", "val_loss", "d_loss", "ge_loss")
+
+
+_POSITIVE_INT = Interval(int, 1, None)
+
+
+def _multiple_of_4(v: Any) -> bool:
+    """Patch sides: two stride-2 stages in E, G and D."""
+    return Interval(int, 4, None).accepts(v) and v % 4 == 0
 
 
 # -- normalisation ------------------------------------------------------------------------------
@@ -85,17 +93,22 @@ class BiGANDetector(Detector):
 
     Inputs are 64-frame × 128-mel log-mel patches with a hop of 8 frames (32 per 10 s clip),
     standardised per mel bin with the training statistics, divided by ``norm_scale`` and clipped
-    to the generator's [-1, 1] (:func:`normalise`; the statistics are stored with the model).
-    D learns real pairs ``(E(x), x)`` against fake ``(z, G(z))``, ``z ~ N(0, I)``; G and E learn
-    jointly to fool it (BCE with logits; one Adam per side). Scoring uses an exponential moving
-    average of the weights. Per patch: ``"fm"`` ``(1−w)‖x−G(E(x))‖_p + w‖f(E(x),x) −
-    f(E(x),G(E(x)))‖_p`` or ``"cross-e"`` ``(1−w)‖x−G(E(x))‖_p + w·BCE(D(E(x),x), 1)``; a clip's
-    score is the mean (or max) over its patches. Clips shorter than one patch are refused with an
-    error naming the file (padding would invent content the model then calls anomalous).
+    to the generator's [-1, 1] (:func:`normalise`; the statistics are those of the clips the
+    networks train on, stored with the model). D learns real pairs ``(E(x), x)`` against fake
+    ``(z, G(z))``, ``z ~ N(0, I)``; G and E learn jointly to fool it (BCE with logits; one Adam
+    per side). Scoring uses an exponential moving average of the weights. Per patch: ``"fm"``
+    ``(1−w)‖x−G(E(x))‖_p + w‖f(E(x),x) − f(E(x),G(E(x)))‖_p`` or ``"cross-e"``
+    ``(1−w)‖x−G(E(x))‖_p + w·BCE(D(E(x),x), 1)``; a clip's score is the mean (or max) over its
+    patches. Clips shorter than one patch are refused with an error naming the file (padding
+    would invent content the model then calls anomalous). Thresholds are the base class's
+    (:class:`~stetho.models.base.Detector`): calibrated on held-out training clips by default,
+    or ``threshold="official"`` for the Gamma fit of in-sample training scores (every clip
+    trains).
 
     Args:
-        n_mels, n_fft, hop_length, sr: log-mel parameters (128 mels, 1024/512 at 16 kHz).
-        patch_frames: frames per patch (64).
+        n_mels, n_fft, hop_length, sr: log-mel parameters (128 mels, 1024/512 at 16 kHz); ``n_mels``
+            a multiple of 4.
+        patch_frames: frames per patch (64, a multiple of 4).
         patch_hop: frame hop between patches (8).
         latent: size of z (200).
         enc_channels: encoder conv widths (32, 64, 128).
@@ -123,17 +136,37 @@ class BiGANDetector(Detector):
             yet fitted) at about 1e-4 or less with narrow networks and 0.017 with the paper's
             widths, a constant G at 0, trained ones at 0.1-0.25. The value is kept in
             ``diversity_``.
-        checkpoint_every: save a resumable checkpoint every this many epochs (needs ``work_dir``).
-        resume: continue from the latest checkpoint in ``work_dir``.
-        decision_quantile: Gamma quantile for the threshold (0.9).
+        checkpoint_every: epochs between checkpoints in ``FitContext.work_dir`` (5; 0: none). A
+            killed training run again with the same settings and clips resumes from the last
+            one (:class:`~stetho.models.training.Trainer`); they are deleted after a finished fit.
         seed: seed of initialisation, shuffling, noise and dropout (13711).
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         channel: channel read from multi-channel files.
         progress: show progress bars.
+        **common: the parameters every detector takes (threshold, calibration, decision_fpr ...;
+            :data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "bigan"
     score_modes = ("fm", "cross-e")
+    _parameter_constraints = {
+        "n_mels": [Check(_multiple_of_4, "a positive multiple of 4")],
+        "n_fft": [Interval(int, 16, None)], "hop_length": [_POSITIVE_INT], "sr": [Interval(int, 1000, None)],
+        "patch_frames": [Check(_multiple_of_4, "a positive multiple of 4")], "patch_hop": [_POSITIVE_INT],
+        "latent": [_POSITIVE_INT], "enc_channels": [SequenceOf(_POSITIVE_INT, 3, 3)],
+        "gen_hidden": [_POSITIVE_INT], "gen_channels": [SequenceOf(_POSITIVE_INT, 2, 2)],
+        "dis_channels": [_POSITIVE_INT], "dis_z_hidden": [_POSITIVE_INT], "dis_feature": [_POSITIVE_INT],
+        "dropout": [Interval(float, 0, 1, closed="left")],
+        "epochs": [_POSITIVE_INT], "batch_size": [Interval(int, 2, None)],
+        "lr": [Interval(float, 0, None, closed="neither")], "beta1": [Interval(float, 0, 1, closed="left")],
+        "ema_decay": [Interval(float, 0, 1, closed="left")], "ema_warmup": [Boolean()],
+        "weight": [Interval(float, 0, 1)], "degree": [Interval(float, 0, None, closed="neither")],
+        "score_mode": [Options(*score_modes)], "patch_reduce": [Options(*PATCH_REDUCE)],
+        "norm_scale": [Interval(float, 0, None, closed="neither")],
+        "collapse_threshold": [Interval(float, 0, None)], "checkpoint_every": [Interval(int, 0, None)],
+        "seed": [Interval(int, 0, None)], "device": [String("auto, cpu, cuda or cuda:N")],
+        "channel": [Interval(int, 0, None)], "progress": [Boolean()],
+    }
 
     def __init__(
         self, n_mels: int = 128, n_fft: int = 1024, hop_length: int = 512, sr: int = 16000,
@@ -143,9 +176,10 @@ class BiGANDetector(Detector):
         epochs: int = 100, batch_size: int = 100, lr: float = 1e-5, beta1: float = 0.5, ema_decay: float = 0.999,
         ema_warmup: bool = True, weight: float = 0.1, degree: float = 1.0, score_mode: str = "fm",
         patch_reduce: str = "mean", norm_scale: float = 3.0, collapse_threshold: float = 0.05,
-        checkpoint_every: int = 5, resume: bool = False, decision_quantile: float = 0.9, seed: int = 13711,
-        device: str = "auto", channel: int = 0, progress: bool = False,
+        checkpoint_every: int = 5, seed: int = 13711, device: str = "auto", channel: int = 0,
+        progress: bool = False, **common: Any,
     ) -> None:
+        super().__init__(**common)
         self.n_mels = n_mels
         self.n_fft = n_fft
         self.hop_length = hop_length
@@ -153,9 +187,9 @@ class BiGANDetector(Detector):
         self.patch_frames = patch_frames
         self.patch_hop = patch_hop
         self.latent = latent
-        self.enc_channels = tuple(int(c) for c in enc_channels)
+        self.enc_channels = tuple(enc_channels) if isinstance(enc_channels, (list, tuple)) else enc_channels
         self.gen_hidden = gen_hidden
-        self.gen_channels = tuple(int(c) for c in gen_channels)
+        self.gen_channels = tuple(gen_channels) if isinstance(gen_channels, (list, tuple)) else gen_channels
         self.dis_channels = dis_channels
         self.dis_z_hidden = dis_z_hidden
         self.dis_feature = dis_feature
@@ -173,31 +207,10 @@ class BiGANDetector(Detector):
         self.norm_scale = norm_scale
         self.collapse_threshold = collapse_threshold
         self.checkpoint_every = checkpoint_every
-        self.resume = resume
-        self.decision_quantile = decision_quantile
         self.seed = seed
         self.device = device
         self.channel = channel
         self.progress = progress
-
-    def check_params(self) -> None:
-        self._mode(self.score_mode)
-        if self.patch_reduce not in PATCH_REDUCE:
-            raise ConfigError(f"patch_reduce must be one of {', '.join(PATCH_REDUCE)}, got {self.patch_reduce!r}")
-        if self.patch_frames < 4 or self.patch_frames % 4 or self.n_mels % 4:
-            raise ConfigError(f"patch {self.patch_frames}×{self.n_mels}: frames and mels must be multiples of 4")
-        if self.patch_hop < 1:
-            raise ConfigError(f"patch_hop must be at least 1, got {self.patch_hop}")
-        if not 0.0 <= self.weight <= 1.0:
-            raise ConfigError(f"weight must be in [0, 1], got {self.weight}")
-        if self.degree <= 0:
-            raise ConfigError(f"degree must be positive, got {self.degree}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.norm_scale <= 0:
-            raise ConfigError(f"norm_scale must be positive, got {self.norm_scale}")
-        if self.batch_size < 2:
-            raise ConfigError("batch_size must be at least 2 (BatchNorm)")
 
     # -- features ---------------------------------------------------------------------------
     @property
@@ -233,118 +246,88 @@ class BiGANDetector(Detector):
                      self.gen_channels, self.dis_channels, self.dis_z_hidden, self.dis_feature, self.dropout)
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
-            work_dir: str | Path | None = None) -> "BiGANDetector":
-        """Train on normal clips of one machine type (log-mels are computed if not given).
-
-        ``work_dir``: checkpoints go to ``work_dir/checkpoints/bigan_<machine>/`` (none if ``None``).
-        """
-        self.check_params()
-        if not clips:
-            raise ValueError("fit() needs at least one training clip")
-        feats = self._features(clips, features)
-        self.machines_ = sorted({c.machine for c in clips})
+    def _fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
+        """Train on normal clips of one machine type; checkpoints in ``context.work_dir``
+        (``bigan_<machine>.ckpt``), resumed when a killed fit is run again with the same settings."""
         self.mean_, self.std_ = norm_stats(feats)
         patches = self._patches(clips, feats)
         if len(patches) < 2:
             raise StethoError(f"{len(patches)} training patch: BiGAN training needs at least 2")
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
-        net = self._new_net().to(device)
-        ema = self._new_net().to(device)
-        ema.load_state_dict(net.state_dict())
-        betas = (self.beta1, 0.999)
-        opt_d = torch.optim.Adam(net.discriminator.parameters(), lr=self.lr, betas=betas)
-        # G and E minimise separate losses of disjoint parameters: one Adam over both is the
-        # original's two Adams.
-        opt_ge = torch.optim.Adam(list(net.encoder.parameters()) + list(net.generator.parameters()),
-                                  lr=self.lr, betas=betas)
-        ckpt_dir = (Path(work_dir) / "checkpoints" / f"{self.name}_{'+'.join(self.machines_)}"
-                    if work_dir is not None else None)
-        state = {"step": 0, "d": 0.0, "ge": 0.0, "n": 0}
-        start, history = 0, {k: [] for k in HISTORY}
-        if self.resume and ckpt_dir is not None:
-            start, history = self._resume(ckpt_dir, net, ema, opt_d, opt_ge, gen, state)
-        ones = lambda t: torch.ones_like(t)  # noqa: E731
-        zeros = lambda t: torch.zeros_like(t)  # noqa: E731
+        ckpt = (None if context.work_dir is None
+                else Path(context.work_dir) / f"{self.name}_{'+'.join(self.machines_)}.ckpt")
+        # what makes a training different: settings (not those read after it), clips, features
+        settings = {k: v for k, v in self._fingerprint_params().items()
+                    if k not in ("checkpoint_every", "collapse_threshold")}
+        with Trainer(self.seed, device=self.device, threads=self.threads, progress=self.progress,
+                     checkpoint_every=self.checkpoint_every) as tr:
+            device, gen = tr.device, tr.generator
+            net = self._new_net().to(device)  # weights from the trainer's seeded global RNG
+            ema = self._new_net().to(device)
+            ema.load_state_dict(net.state_dict())
+            betas = (self.beta1, 0.999)
+            opt_d = torch.optim.Adam(net.discriminator.parameters(), lr=self.lr, betas=betas)
+            # G and E minimise separate losses of disjoint parameters: one Adam over both is the
+            # original's two Adams.
+            opt_ge = torch.optim.Adam(list(net.encoder.parameters()) + list(net.generator.parameters()),
+                                      lr=self.lr, betas=betas)
+            # EMA step count (the warm-up decay) and the epoch's loss sums: saved with checkpoints
+            counters = {"step": 0, "d": 0.0, "ge": 0.0, "n": 0}
+            ones = lambda t: torch.ones_like(t)  # noqa: E731
+            zeros = lambda t: torch.zeros_like(t)  # noqa: E731
 
-        def batches(epoch: int):
-            state.update(d=0.0, ge=0.0, n=0)
-            return patches.batches(torch.arange(len(patches)), self.batch_size, shuffle=True, generator=gen,
-                                   min_batch=2)
+            def batches(epoch: int):
+                counters.update(d=0.0, ge=0.0, n=0)
+                return patches.batches(torch.arange(len(patches)), self.batch_size, shuffle=True, generator=gen,
+                                       min_batch=2)
 
-        def step(batch) -> float:
-            x = self._view(batch[0]).to(device, non_blocking=True)
-            z = torch.randn(len(x), self.latent, generator=gen).to(device)
-            # discriminator: real pairs (E(x), x) → 1, fake pairs (z, G(z)) → 0
-            with torch.no_grad():
-                ez, gz = net.encoder(x), net.generator(z)
-            l_real, _ = net.discriminator(ez, x)
-            l_fake, _ = net.discriminator(z, gz)
-            d_loss = bce(l_real, ones(l_real)) + bce(l_fake, zeros(l_fake))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            # generator and encoder: the opposite labels
-            l_real, _ = net.discriminator(net.encoder(x), x)
-            l_fake, _ = net.discriminator(z, net.generator(z))
-            ge_loss = bce(l_fake, ones(l_fake)) + bce(l_real, zeros(l_real))
-            opt_ge.zero_grad(set_to_none=True)
-            ge_loss.backward()
-            opt_ge.step()
-            t = state["step"]
-            decay = min(self.ema_decay, (1 + t) / (10 + t)) if self.ema_warmup else self.ema_decay
-            ema_update(ema, net, decay)
-            state["step"] = t + 1
-            d, g = float(d_loss.detach()), float(ge_loss.detach())
-            state["d"] += d
-            state["ge"] += g
-            state["n"] += 1
-            return d + g
+            def step(batch) -> float:
+                x = self._view(batch[0]).to(device, non_blocking=True)
+                z = torch.randn(len(x), self.latent, generator=gen).to(device)
+                # discriminator: real pairs (E(x), x) → 1, fake pairs (z, G(z)) → 0
+                with torch.no_grad():
+                    ez, gz = net.encoder(x), net.generator(z)
+                l_real, _ = net.discriminator(ez, x)
+                l_fake, _ = net.discriminator(z, gz)
+                d_loss = bce(l_real, ones(l_real)) + bce(l_fake, zeros(l_fake))
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+                # generator and encoder: the opposite labels
+                l_real, _ = net.discriminator(net.encoder(x), x)
+                l_fake, _ = net.discriminator(z, net.generator(z))
+                ge_loss = bce(l_fake, ones(l_fake)) + bce(l_real, zeros(l_real))
+                opt_ge.zero_grad(set_to_none=True)
+                ge_loss.backward()
+                opt_ge.step()
+                t = counters["step"]
+                decay = min(self.ema_decay, (1 + t) / (10 + t)) if self.ema_warmup else self.ema_decay
+                ema_update(ema, net, decay)
+                counters["step"] = t + 1
+                d, g = float(d_loss.detach()), float(ge_loss.detach())
+                counters["d"] += d
+                counters["ge"] += g
+                counters["n"] += 1
+                return d + g
 
-        def checkpoint(epoch: int, hist: dict) -> None:
-            n = max(state["n"], 1)
-            hist["d_loss"].append(state["d"] / n)
-            hist["ge_loss"].append(state["ge"] / n)
-            if ckpt_dir is not None and self.checkpoint_every > 0 and epoch % self.checkpoint_every == 0:
-                path = ckpt_dir / f"epoch_{epoch:04d}.pt"
-                atomic_torch_save({"epoch": epoch, "step": state["step"], "net": net.state_dict(),
-                                   "ema": ema.state_dict(), "opt_d": opt_d.state_dict(),
-                                   "opt_ge": opt_ge.state_dict(), "generator": gen.get_state(),
-                                   "torch_rng": torch.get_rng_state(), "history": hist}, path)
-                for old in ckpt_dir.glob("epoch_*.pt"):  # the latest is all resuming needs
-                    if old != path:
-                        old.unlink()
+            def on_epoch(epoch: int, hist: dict) -> None:
+                n = max(counters["n"], 1)
+                hist.setdefault("d_loss", []).append(counters["d"] / n)
+                hist.setdefault("ge_loss", []).append(counters["ge"] / n)
 
-        net.train()
-        ema.train()  # only its parameters are averaged; eval mode below for scoring
-        self.history_ = run_epochs(step, None, batches, self.epochs, progress=self.progress,
-                                   desc=f"{self.name} epochs", checkpoint=checkpoint, start_epoch=start,
-                                   history=history)
-        self.net_ = ema.eval()
-        self.diversity_ = generator_diversity(
-            self.net_, self._view(patches.gather(torch.randperm(len(patches), generator=gen)[:64])), 64, gen)
+            net.train()
+            ema.train()  # only its parameters are averaged; eval mode below for scoring
+            history = tr.run(
+                step, batches, self.epochs, on_epoch=on_epoch, desc=f"{self.name} epochs", checkpoint=ckpt,
+                state={"net": net, "ema": ema, "opt_d": opt_d, "opt_ge": opt_ge, "counters": counters},
+                fingerprint=(settings, [str(c.path) for c in clips], self.mean_, self.std_),
+            )
+            self.history_ = {k: list(history.get(k, [])) for k in HISTORY}
+            self.net_ = ema.eval()
+            self.diversity_ = generator_diversity(
+                self.net_, self._view(patches.gather(torch.randperm(len(patches), generator=gen)[:64])), 64, gen)
         if self.diversity_ < self.collapse_threshold:
             log.warning("%s: the generator looks collapsed (diversity %.3g < %.3g: G(z) barely depends on z)",
                         "+".join(self.machines_), self.diversity_, self.collapse_threshold)
-        self.train_scores_ = self._clip_scores(patches)
-        self.thresholds_ = {m: gamma_threshold(s, self.decision_quantile) for m, s in self.train_scores_.items()}
-        return self
-
-    def _resume(self, ckpt_dir: Path, net, ema, opt_d, opt_ge, gen, state) -> tuple[int, dict]:
-        files = sorted(ckpt_dir.glob("epoch_*.pt"))
-        if not files:
-            return 0, {k: [] for k in HISTORY}
-        blob = torch.load(files[-1], map_location="cpu", weights_only=True)
-        net.load_state_dict(blob["net"])
-        ema.load_state_dict(blob["ema"])
-        opt_d.load_state_dict(blob["opt_d"])
-        opt_ge.load_state_dict(blob["opt_ge"])
-        gen.set_state(blob["generator"])
-        torch.set_rng_state(blob["torch_rng"])
-        state["step"] = int(blob["step"])
-        log.info("resuming BiGAN training after epoch %d (%s)", blob["epoch"], files[-1])
-        return int(blob["epoch"]), blob["history"]
 
     # -- scoring ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -384,10 +367,7 @@ class BiGANDetector(Detector):
         return {
             "net": {k: v.cpu() for k, v in self.net_.state_dict().items()},
             "mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
-            "thresholds": dict(self.thresholds_),
-            "train_scores": {m: torch.from_numpy(np.asarray(s)) for m, s in self.train_scores_.items()},
             "history": {k: list(v) for k, v in self.history_.items()},
-            "machines": list(self.machines_),
             "diversity": float(self.diversity_),
         }
 
@@ -396,8 +376,5 @@ class BiGANDetector(Detector):
         net.load_state_dict(state["net"])
         self.net_ = net.to(resolve_device(self.device)).eval()
         self.mean_, self.std_ = state["mean"].numpy(), state["std"].numpy()
-        self.thresholds_ = dict(state["thresholds"])
-        self.train_scores_ = {m: s.numpy() for m, s in state["train_scores"].items()}
         self.history_ = {k: list(v) for k, v in state["history"].items()}
-        self.machines_ = list(state["machines"])
         self.diversity_ = float(state["diversity"])
