@@ -45,18 +45,39 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
 MIN_DOMAIN_SCORES = 8
 
 
+def _gamma_sf(s: np.ndarray):
+    """A Gamma survival function fitted to ``s`` that describes it, or ``None``.
+
+    The three-parameter fit (free ``loc``, as the DCASE baselines fit it) can degenerate: the
+    maximum likelihood puts ``loc`` at the smallest score with a shape below 1, a spike that
+    claims almost every score is far in the tail. A fit is kept only with a shape of at least 1
+    and a Kolmogorov-Smirnov p-value of at least 0.05; else the two-parameter fit (``loc`` 0, for
+    positive scores) is tried the same way."""
+    fits = []
+    try:
+        fits.append(scipy.stats.gamma.fit(s))
+        if (s > 0).all():
+            fits.append(scipy.stats.gamma.fit(s, floc=0.0))
+    except (RuntimeError, ValueError, FloatingPointError):  # pragma: no cover - scipy edge
+        pass
+    for shape, loc, scale in fits:
+        if not (np.isfinite([shape, loc, scale]).all() and scale > 0 and shape >= 1.0):
+            continue
+        if scipy.stats.kstest(s, "gamma", args=(shape, loc, scale)).pvalue < 0.05:
+            continue
+        return lambda t, a=shape, b=loc, c=scale: float(scipy.stats.gamma.sf(t, a, loc=b, scale=c))
+    return None
+
+
 def _sf(scores: np.ndarray):
-    """A continuous survival function of normal scores: a Gamma fit when there are at least
-    ``MIN_DOMAIN_SCORES`` distinct values and the fit succeeds, else the linearly interpolated
+    """A continuous survival function of normal scores: a Gamma fit that describes them (at least
+    ``MIN_DOMAIN_SCORES`` distinct values, :func:`_gamma_sf`), else the linearly interpolated
     empirical one."""
     s = np.sort(scores)
     if s.size >= MIN_DOMAIN_SCORES and np.unique(s).size >= MIN_DOMAIN_SCORES:
-        try:
-            shape, loc, scale = scipy.stats.gamma.fit(s)
-            if np.isfinite([shape, loc, scale]).all() and scale > 0:
-                return lambda t: float(scipy.stats.gamma.sf(t, shape, loc=loc, scale=scale))
-        except (RuntimeError, ValueError, FloatingPointError):  # pragma: no cover - scipy edge
-            pass
+        sf = _gamma_sf(s)
+        if sf is not None:
+            return sf
     # Plotting positions (i + 1) / (n + 1): the largest score is exceeded with probability
     # 1 / (n + 1), not 0, and the survival falls linearly to 0 one spacing beyond it.
     n = s.size

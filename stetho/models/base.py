@@ -213,7 +213,7 @@ class Detector:
                      self.name, len(cal_idx), len(clips))
             self._fit([clips[i] for i in rest], [feats[i] for i in rest], context)
             cal = [clips[i] for i in cal_idx]
-            scores = self._score_all(cal, [feats[i] for i in cal_idx])
+            scores = self._calibration_scores(cal, [feats[i] for i in cal_idx])
         else:
             cal, scores = clips, self._cross_fit(clips, feats, context)
         self._set_calibration(cal, scores)
@@ -358,11 +358,16 @@ class Detector:
             clone = self._clone()
             clone.machines_ = sorted({clips[i].machine for i in rest})
             clone._fit([clips[i] for i in rest], [feats[i] for i in rest], context.sub(f"fold_{f + 1}"))
-            scores = clone._score_all([clips[i] for i in held], [feats[i] for i in held])
+            scores = clone._calibration_scores([clips[i] for i in held], [feats[i] for i in held])
             for m in self.score_modes:
                 out[m][held] = scores[m]
         self._fit(clips, feats, context if context.work_dir is None else context.sub("final"))
         return out
+
+    def _calibration_scores(self, clips: list[Clip], feats: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Scores of held-out normal clips, as the method scores test clips (``_score_all``); a
+        method whose scores depend on the order of a stream overrides it (CANDE-CP)."""
+        return self._score_all(clips, feats)
 
     def _in_sample_scores(self, clips: list[Clip], feats: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Scores of the training clips for ``threshold="official"`` (the baselines' in-sample

@@ -459,6 +459,23 @@ class CANDEDetector(Detector):
         mse = self._clip_mse(FrameVectors(feats, self.n_frames, self.frame_hop), {"oracle": ctx})["oracle"]
         return {mode: mse for mode in self.score_modes}
 
+    def _calibration_scores(self, clips: list[Clip], feats: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Held-out clips are streamed one context at a time. Sorted by path into one stream, each
+        context's window would carry over into the next context's first clips: a few clips of a
+        long test stream, but a large share of a small calibration set, whose scores (and so the
+        ``predicted_window`` thresholds) it would inflate."""
+        if self.variant == "unconditioned":
+            return self._score_all(clips, feats)
+        true = context_indices(clips, self.context_column_, self.contexts_, "calibration")
+        out = {m: np.empty(len(clips)) for m in self.score_modes}
+        for k in np.unique(true):
+            idx = np.flatnonzero(true == k)
+            part = self._score_all([clips[i] for i in idx], [feats[i] for i in idx])
+            for m in out:
+                out[m][idx] = part[m]
+        self.context_stream_ = []
+        return out
+
     # -- scoring ----------------------------------------------------------------------------
     def _clip_mse(self, vectors: FrameVectors, choice: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-clip mean squared error ``(n,)`` for each mode's context choice ``(n,)``; every
