@@ -68,7 +68,17 @@ domain-wise metrics are not defined (NaN); ``AUC`` and ``pAUC`` are computed ove
 section.
 
 Undefined values: an AUC over a subset containing only one class (or no files) is NaN, with a
-logged warning; the official score is then computed from the finite values, again with a warning.
+logged warning.
+
+Official or partial: a number is the *official score* only when the organisers' evaluator would
+print the same number for the same files, that is when (1) every machine type, section and test
+file the data holds was scored (:func:`evaluate` checks this against ``test_split``, the data's
+whole test split, when given) and (2) every term of the year's formula is defined (no NaN).
+Otherwise the :class:`EvaluationResult` is *partial*: its ``official_score`` is NaN, its
+``partial_score`` is the same mean over the defined terms of what was scored (clearly not the
+official score), and ``missing`` says in words what is missing, e.g. ``"machine type pump not
+scored"`` or ``"fan section 01: no anomalies, so AUC (source), AUC (target) and pAUC are
+undefined"``.
 """
 
 from __future__ import annotations
@@ -79,7 +89,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import numpy as np
@@ -348,7 +358,8 @@ def _defined(values: Iterable[float], mean: str) -> list[float]:
     n_bad = sum(1 for x in v if not math.isfinite(x))
     if n_bad:
         log.warning(
-            "official score: %d of %d value(s) are undefined (NaN) and are left out of the %s",
+            "partial score: %d of %d value(s) are undefined (NaN) and are left out of the %s; "
+            "this is not the official score",
             n_bad,
             len(v),
             mean,
@@ -356,24 +367,55 @@ def _defined(values: Iterable[float], mean: str) -> list[float]:
     return v
 
 
+def _all_defined(values: Iterable[float]) -> list[float] | None:
+    """The values as floats, or None (with a warning) when any is NaN: an official score needs
+    every term."""
+    v = [float(x) for x in values]
+    n_bad = sum(1 for x in v if not math.isfinite(x))
+    if n_bad or not v:
+        log.warning(
+            "official score undefined: %d of %d value(s) are NaN (the official evaluators need every "
+            "term); the mean over the defined ones is the partial score",
+            n_bad,
+            len(v),
+        )
+        return None
+    return v
+
+
 def official_score(values: Iterable[float]) -> float:
     """Harmonic mean of ``values``, each floored at ``sys.float_info.epsilon`` (as the official
-    evaluators do, so that a 0 does not fail). NaN values are left out with a logged warning;
-    NaN (with a warning) when no finite value remains. The 2021-2025 official scores.
+    evaluators do, so that a 0 does not fail): the 2021-2025 official score's combination.
+    NaN, with a logged warning, when any value is NaN (or there is none): the official score
+    needs every term; :func:`partial_score` averages the defined ones.
     """
+    v = _all_defined(values)
+    return math.nan if v is None else _hmean_floor(v)
+
+
+def partial_score(values: Iterable[float]) -> float:
+    """Like :func:`official_score` over the finite ``values`` only (NaN values are left out, with a
+    logged warning); NaN when none is finite. Not an official score when a value was left out."""
     result = _hmean_floor(_defined(values, "harmonic mean"))
     if math.isnan(result):
-        log.warning("official score: no defined value to average; reported as NaN")
+        log.warning("partial score: no defined value to average; reported as NaN")
     return result
 
 
 def official_mean(values: Iterable[float]) -> float:
     """Arithmetic mean of ``values`` (no floor needed), the 2020 official score's combination.
-    NaN values are left out with a logged warning; NaN (with a warning) when none is finite.
+    NaN, with a logged warning, when any value is NaN (or there is none); see :func:`partial_mean`.
     """
+    v = _all_defined(values)
+    return math.nan if v is None else _nanmean(v)
+
+
+def partial_mean(values: Iterable[float]) -> float:
+    """Like :func:`official_mean` over the finite ``values`` only (NaN values are left out, with a
+    logged warning); NaN when none is finite."""
     result = _nanmean(_defined(values, "arithmetic mean"))
     if math.isnan(result):
-        log.warning("official score: no defined value to average; reported as NaN")
+        log.warning("partial score: no defined value to average; reported as NaN")
     return result
 
 
@@ -411,9 +453,14 @@ def _keys_2022(sec: SectionResult) -> tuple[str, ...]:
     return ("AUC (source)", "AUC (target)", "pAUC") if sec.has_domains else ("AUC", "pAUC")
 
 
+def _terms_2022(sections: Sequence[SectionResult]) -> list[tuple[SectionResult, str]]:
+    """AUC (source), AUC (target), pAUC of every section (AUC, pAUC without domains)."""
+    return [(sec, k) for sec in sections for k in _keys_2022(sec)]
+
+
 def _score_2022(sections: Sequence[SectionResult]) -> float:
-    """hmean of AUC (source), AUC (target), pAUC of every section (AUC, pAUC without domains)."""
-    return official_score(sec.metrics[k] for sec in sections for k in _keys_2022(sec))
+    """hmean of the defined :func:`_terms_2022` (the official score when all are defined)."""
+    return partial_score(sec.metrics[k] for sec, k in _terms_2022(sections))
 
 
 def _columns_2022(secs: Sequence[SectionResult]) -> tuple[str, ...]:
@@ -452,10 +499,16 @@ def _values_2021(secs: Sequence[SectionResult]) -> list[float]:
     return [s.metrics[k] for s in secs for d in DOMAINS for k in (f"AUC ({d} only)", f"pAUC ({d})")]
 
 
+def _terms_2021(sections: Sequence[SectionResult]) -> list[tuple[SectionResult, str]]:
+    """AUC (d only) and pAUC (d) of every section and domain d, in :func:`_values_2021` order."""
+    _require_domains(sections)
+    return [(s, k) for s in sections for d in DOMAINS for k in (f"AUC ({d} only)", f"pAUC ({d})")]
+
+
 def _score_2021(sections: Sequence[SectionResult]) -> float:
     # The flat list holds as many AUCs as pAUCs, so this also equals hmean(hmean of the AUCs,
     # hmean of the pAUCs), the two cells of the evaluator's last row.
-    return official_score(_values_2021(sections))
+    return partial_score(_values_2021(sections))
 
 
 def _columns_2021(secs: Sequence[SectionResult]) -> tuple[str, ...]:
@@ -498,7 +551,12 @@ def _score_2020(sections: Sequence[SectionResult]) -> float:
     for s in sections:
         by_machine.setdefault(s.machine, []).append(s)
     # Averaging per machine type first weighs every type equally, whatever its number of IDs.
-    return official_mean(v for m in sorted(by_machine) for v in _type_means_2020(by_machine[m]))
+    return partial_mean(v for m in sorted(by_machine) for v in _type_means_2020(by_machine[m]))
+
+
+def _terms_2020(sections: Sequence[SectionResult]) -> list[tuple[SectionResult, str]]:
+    """AUC and pAUC of every machine ID (the values the per-type means average)."""
+    return [(s, k) for s in sections for k in ("AUC", "pAUC")]
 
 
 def _columns_2020(secs: Sequence[SectionResult]) -> tuple[str, ...]:
@@ -525,7 +583,10 @@ class Formula:
     Attributes:
         name: the key in :data:`FORMULAS` (``"dcase2020"`` ... ``"dcase2025"``).
         description: one sentence saying what the score averages, to print next to it.
-        score: all :class:`SectionResult` s (every machine type) -> the official score.
+        score: all :class:`SectionResult` s (every machine type) -> the score: the mean over the
+            defined terms (the official score when every term is defined, else the partial score).
+        terms: all :class:`SectionResult` s -> the ``(section, metric key)`` pairs that enter the
+            score; a NaN among them makes the result partial.
         columns: one machine type's sections -> its result-table columns.
         table: one machine type's sections -> its result-table rows (:meth:`EvaluationResult.table`).
         summary: one machine type's sections -> its summary row without ``"machine"``
@@ -537,6 +598,7 @@ class Formula:
     name: str
     description: str
     score: Callable[[Sequence[SectionResult]], float]
+    terms: Callable[[Sequence[SectionResult]], list[tuple[SectionResult, str]]]
     columns: Callable[[Sequence[SectionResult]], tuple[str, ...]]
     table: Callable[[Sequence[SectionResult]], list[dict[str, object]]]
     summary: Callable[[Sequence[SectionResult]], dict[str, object]]
@@ -550,7 +612,8 @@ def _dcase2022_like(year: int) -> Formula:
             f"DCASE {year}: harmonic mean of the AUC (source), AUC (target) and pAUC of every machine "
             "type and section, each AUC using the anomalies of both domains"
         ),
-        score=_score_2022, columns=_columns_2022, table=_table_2022, summary=_summary_2022, naming="section",
+        score=_score_2022, terms=_terms_2022, columns=_columns_2022, table=_table_2022, summary=_summary_2022,
+        naming="section",
     )
 
 
@@ -562,7 +625,8 @@ FORMULAS: dict[str, Formula] = {
             "DCASE 2020: arithmetic mean over machine types of the AUC and pAUC, each averaged over "
             "the machine IDs of its type"
         ),
-        score=_score_2020, columns=_columns_2020, table=_table_2020, summary=_summary_2020, naming="id",
+        score=_score_2020, terms=_terms_2020, columns=_columns_2020, table=_table_2020, summary=_summary_2020,
+        naming="id",
     ),
     "dcase2021": Formula(
         name="dcase2021",
@@ -570,7 +634,7 @@ FORMULAS: dict[str, Formula] = {
             "DCASE 2021: harmonic mean of the within-domain AUC and pAUC of every machine type, "
             "section and domain"
         ),
-        score=_score_2021, columns=_columns_2021, table=_table_2021, summary=_summary_2021,
+        score=_score_2021, terms=_terms_2021, columns=_columns_2021, table=_table_2021, summary=_summary_2021,
         naming="section_domain",
     ),
     **{f"dcase{y}": _dcase2022_like(y) for y in (2022, 2023, 2024, 2025)},
@@ -584,6 +648,57 @@ def _formula(name: str) -> Formula:
         raise EvaluationError(
             f"unknown official-score formula {name!r}; known formulas: {', '.join(FORMULAS)}"
         ) from None
+
+
+def _unit(formula: Formula) -> str:
+    """What a :class:`SectionResult` is called in ``formula``'s year: a section, or a machine ID."""
+    return "ID" if formula.naming == "id" else "section"
+
+
+def _why_undefined(sec: SectionResult, key: str) -> str:
+    """Why metric ``key`` of ``sec`` is NaN, in words (its subset holds one class only)."""
+    n_normal_all = sec.n_files - sec.n_anomalies
+    domain = next((d for d in DOMAINS if f"({d}" in key), None)
+    counts = sec.domain_counts.get(domain) if domain else None
+    if domain is None:  # AUC, pAUC, PR-AUC: all files of the section
+        subset = (n_normal_all, sec.n_anomalies)
+        where = ""
+    elif key == f"AUC ({domain})":  # this domain's normals + all anomalies
+        if sec.n_anomalies == 0:
+            return "no anomalies"
+        if counts is None:
+            return f"one class only among the {domain}-domain normals and all anomalies"
+        subset = (counts[0], sec.n_anomalies)
+        where = f" in the {domain} domain"
+    else:  # within-domain metrics
+        if counts is None:
+            return f"one class only in the {domain} domain"
+        if counts == (0, 0):
+            return f"no {domain}-domain files"
+        subset = counts
+        where = f" in the {domain} domain"
+    if subset[1] == 0:
+        return f"no anomalies{where}"
+    if subset[0] == 0:
+        return f"no normal clips{where}"
+    return f"one class only{where}"  # not reached for a NaN from section_metrics
+
+
+def undefined_terms(sections: Sequence[SectionResult], formula: str) -> list[str]:
+    """The terms of ``formula``'s score that are NaN, in words, one line per section and cause:
+    e.g. ``"fan section 00: no anomalies in the target domain, so pAUC (target) is undefined"``.
+    Empty when every term is defined."""
+    spec = _formula(formula)
+    causes: dict[tuple[str, str, str], list[str]] = {}
+    for sec, key in spec.terms(sections):
+        if not math.isfinite(float(sec.metrics[key])):
+            causes.setdefault((sec.machine, sec.section, _why_undefined(sec, key)), []).append(key)
+    out = []
+    for (machine, section, cause), keys in causes.items():
+        names = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+        verb = "is" if len(keys) == 1 else "are"
+        out.append(f"{machine} {_unit(spec)} {section}: {cause}, so {names} {verb} undefined")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,6 +846,8 @@ class SectionResult:
         n_files: number of evaluated files.
         n_anomalies: how many of them are anomalies.
         has_domains: False when the section's files have no domain (only AUC and pAUC defined).
+        domain_counts: ``{domain: (normal files, anomalous files)}`` (empty without domains); says
+            why a domain's metric is undefined.
     """
 
     machine: str
@@ -739,6 +856,7 @@ class SectionResult:
     n_files: int
     n_anomalies: int = 0
     has_domains: bool = True
+    domain_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -747,15 +865,36 @@ class EvaluationResult:
 
     Attributes:
         sections: one result per (machine type, section), sorted by machine type then section.
-        official_score: the official score of ``formula`` (see the module docstring).
+        partial_score: the score of ``formula`` over the defined terms of what was scored (see the
+            module docstring); the official score when :attr:`partial` is False.
         formula: the formula name, a key of :data:`FORMULAS`.
         max_fpr: upper FPR bound used for the partial AUCs.
+        missing: why the result is not the official score, in words (parts of the data that
+            were not scored, terms of the formula that are undefined); empty when it is.
+            :func:`evaluate` fills it.
     """
 
     sections: list[SectionResult]
-    official_score: float
+    partial_score: float
     formula: str
     max_fpr: float = MAX_FPR
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """True when something is :attr:`missing`: then there is no official score."""
+        return bool(self.missing)
+
+    @property
+    def official_score(self) -> float:
+        """The official score (what the organisers' evaluator would print for the same files), or
+        NaN when the result is :attr:`partial` (then see :attr:`partial_score`)."""
+        return math.nan if self.partial else self.partial_score
+
+    @property
+    def status(self) -> str:
+        """``"official"`` or ``"partial"``."""
+        return "partial" if self.partial else "official"
 
     def machines(self) -> list[str]:
         """The evaluated machine types, sorted."""
@@ -771,7 +910,7 @@ class EvaluationResult:
 
     @property
     def formula_description(self) -> str:
-        """One sentence saying what :attr:`official_score` averages (:attr:`Formula.description`)."""
+        """One sentence saying what the score averages (:attr:`Formula.description`)."""
         return _formula(self.formula).description
 
     def columns(self, machine: str) -> tuple[str, ...]:
@@ -831,6 +970,7 @@ def evaluate(
     decisions: Sequence[tuple[str, int]] | Mapping[str, Sequence[tuple[str, int]]] | None = None,
     formula: str = "dcase2022",
     max_fpr: float = MAX_FPR,
+    test_split: Sequence[Clip] | None = None,
 ) -> EvaluationResult:
     """Evaluate anomaly scores (and optionally 0/1 decisions) against labeled ground truth.
 
@@ -848,10 +988,13 @@ def evaluate(
             ``"dcase2021"`` or ``"dcase2022"`` (= ``"dcase2023"``, ``"dcase2024"``,
             ``"dcase2025"``); see the module docstring.
         max_fpr: upper FPR bound of the partial AUCs (0.1 in DCASE).
+        test_split: every test clip the data holds (labeled or not), e.g. the scan of the whole
+            data root before a ``--machines`` restriction. A machine type, section or file of it
+            that ``truth`` leaves out makes the result partial. Default: ``truth`` is the data.
 
     Returns:
-        Per-section metrics grouped by ``(clip.machine, clip.section)`` in sorted order, and the
-        official score.
+        Per-section metrics grouped by ``(clip.machine, clip.section)`` in sorted order, the
+        score, and what is missing for it to be the official score (:class:`EvaluationResult`).
 
     Raises:
         EvaluationError: unknown formula, unlabeled clips, empty truth, values that do not
@@ -906,6 +1049,11 @@ def evaluate(
         has_domains = _domain_mode(domains, where)
         if dec is not None and not has_domains:
             log.warning("%s: no domains, so precision/recall/F1 (defined per domain) are NaN", where)
+        counts: dict[str, tuple[int, int]] = {}
+        if has_domains:
+            for d in DOMAINS:
+                in_d = np.array([dom == d for dom in domains], dtype=bool)
+                counts[d] = (int((labels[in_d] == NORMAL).sum()), int((labels[in_d] == ANOMALY).sum()))
         sections.append(
             SectionResult(
                 machine=machine,
@@ -914,11 +1062,49 @@ def evaluate(
                 n_files=len(idx),
                 n_anomalies=int(labels.sum()),
                 has_domains=has_domains,
+                domain_counts=counts,
             )
         )
+    score = spec.score(sections)
+    missing = [] if test_split is None else _unscored(truth, test_split, _unit(spec))
+    missing += undefined_terms(sections, formula)
+    if missing:
+        log.warning("partial result, not the official score: %s", "; ".join(missing))
     return EvaluationResult(
         sections=sections,
-        official_score=spec.score(sections),
+        partial_score=score,
         formula=formula,
         max_fpr=max_fpr,
+        missing=missing,
     )
+
+
+def _unscored(truth: Sequence[Clip], test_split: Sequence[Clip], unit: str = "section") -> list[str]:
+    """The machine types, sections and files of ``test_split`` that ``truth`` does not hold, in
+    words (``"machine type pump not scored (6 test files)"``, ``"section 01 of fan not scored
+    (20 test files)"``, ``"fan section 00: 2 of 40 test files not scored"``)."""
+    scored = {(c.machine, c.section, c.name) for c in truth}
+    scored_sections = {(c.machine, c.section) for c in truth}
+    scored_machines = {c.machine for c in truth}
+    held: dict[str, dict[str, set[str]]] = {}
+    for c in test_split:
+        held.setdefault(c.machine, {}).setdefault(c.section, set()).add(c.name)
+    out: list[str] = []
+    for machine in sorted(held):
+        if machine not in scored_machines:
+            n = sum(len(names) for names in held[machine].values())
+            out.append(f"machine type {machine} not scored ({_files(n)})")
+            continue
+        for section in sorted(held[machine]):
+            names = held[machine][section]
+            if (machine, section) not in scored_sections:
+                out.append(f"{unit} {section} of {machine} not scored ({_files(len(names))})")
+                continue
+            n_left = sum(1 for n in names if (machine, section, n) not in scored)
+            if n_left:
+                out.append(f"{machine} {unit} {section}: {n_left} of {_files(len(names))} not scored")
+    return out
+
+
+def _files(n: int) -> str:
+    return f"{n} test file{'s' * (n != 1)}"

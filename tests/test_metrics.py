@@ -33,6 +33,7 @@ from stetho.metrics import (
     evaluate,
     join_by_name,
     official_score,
+    partial_score,
     pauc,
     section_metrics,
 )
@@ -210,9 +211,16 @@ def test_official_score_hand_values(caplog):
     # a 0 is floored at eps instead of crashing: 2 / (1/eps + 1)
     v = official_score([0.0, 1.0])
     assert v == pytest.approx(2 / (1 / EPS + 1)) and 0 < v < 1e-10
+    # an undefined term leaves no official score (the evaluators need every term) ...
     with caplog.at_level(logging.WARNING, logger="stetho.metrics"):
-        assert official_score([0.5, float("nan"), 1.0]) == pytest.approx(2 / 3)
-    assert "left out" in caplog.text
+        assert math.isnan(official_score([0.5, float("nan"), 1.0]))
+    assert "official score undefined: 1 of 3" in caplog.text
+    caplog.clear()
+    # ... only a partial score over the defined ones, said to be so
+    with caplog.at_level(logging.WARNING, logger="stetho.metrics"):
+        assert partial_score([0.5, float("nan"), 1.0]) == pytest.approx(2 / 3)
+    assert "left out" in caplog.text and "not the official score" in caplog.text
+    assert partial_score([0.5, 1.0]) == official_score([0.5, 1.0])
 
 
 def random_truth(machines=("bearing", "fan", "valve"), sections=("00",), seed=0):
@@ -265,7 +273,7 @@ def test_unknown_formula_lists_known_ones():
     for name in ("dcase2020", "dcase2021", "dcase2022", "dcase2023", "dcase2024", "dcase2025"):
         assert name in str(err.value)
     assert evaluate(scores, clips, formula="dcase2024").official_score == evaluate(scores, clips).official_score
-    res = EvaluationResult([], official_score=0.5, formula="dcase2019")
+    res = EvaluationResult([], partial_score=0.5, formula="dcase2019")
     with pytest.raises(EvaluationError, match="dcase2021"):
         res.formula_description
 
@@ -424,23 +432,76 @@ def test_table_harmonic_mean_row_floors_zero():
     metrics = {k: 1.0 for k in METRIC_KEYS}
     zero = dict(metrics, **{"AUC (source)": 0.0})
     res = EvaluationResult(
-        [SectionResult("fan", "00", metrics, 4), SectionResult("fan", "01", zero, 4)], official_score=0.0, formula="dcase2022"
+        [SectionResult("fan", "00", metrics, 4), SectionResult("fan", "01", zero, 4)], partial_score=0.0,
+        formula="dcase2022",
     )
     hm = res.table("fan")[-1]
     assert 0 < hm["AUC (source)"] < 1e-10
     assert hm["AUC (target)"] == 1.0
 
 
-def test_section_without_anomalies_gives_nan_and_official_uses_finite_values(caplog):
-    c0, s0 = make_section([("source", 0, 0.1), ("source", 1, 0.9), ("target", 0, 0.2), ("target", 1, 0.3)], section="00")
+def test_section_without_anomalies_makes_the_result_partial(caplog):
+    # Section 00: AUC (source) = 1 (0.1 below both anomalies 0.9, 0.3); AUC (target) = 1/2 (0.5
+    # below 0.9, above 0.3); pAUC: descending 0.9 A, 0.5 N, 0.3 A, 0.1 N -> TPR 1/2 on FPR
+    # [0, 0.1] -> 14/19. Section 01 has no anomaly: its three terms are undefined.
+    c0, s0 = make_section([("source", 0, 0.1), ("source", 1, 0.9), ("target", 0, 0.5), ("target", 1, 0.3)],
+                          section="00")
     c1, s1 = make_section([("source", 0, 0.1), ("target", 0, 0.2)], section="01")
     with caplog.at_level(logging.WARNING, logger="stetho.metrics"):
         res = evaluate(s0 + s1, c0 + c1)
     sec1 = res.sections[1].metrics
     assert math.isnan(sec1["AUC (source)"]) and math.isnan(sec1["AUC (target)"]) and math.isnan(sec1["pAUC"])
-    assert "fan section 01" in caplog.text and "left out" in caplog.text
-    # section 00 is perfect -> the finite values are all 1
-    assert res.official_score == pytest.approx(1.0)
+    assert res.partial and res.status == "partial"
+    assert math.isnan(res.official_score)  # the evaluators would not print this number
+    # the partial score: hmean(1, 1/2, 14/19) over the defined terms = 3 / (1 + 2 + 19/14) = 42/61
+    assert res.partial_score == pytest.approx(42 / 61)
+    assert res.missing == ["fan section 01: no anomalies, so AUC (source), AUC (target) and pAUC are undefined"]
+    assert "partial result, not the official score" in caplog.text and "left out" in caplog.text
+    # with anomalies in section 01 too, the same files give the official score
+    c1b, s1b = make_section([("source", 0, 0.1), ("target", 0, 0.2), ("source", 1, 0.6)], section="01")
+    full = evaluate(s0 + s1b, c0 + c1b)
+    assert not full.partial and full.missing == [] and full.status == "official"
+    assert full.official_score == full.partial_score
+    assert full.official_score == pytest.approx(hmean([1, 1 / 2, 14 / 19, 1, 1, 1]))
+
+
+def test_domain_without_anomalies_is_partial_under_2021_only():
+    # The 2022 AUC (target) takes every anomaly of the section, so a target domain without
+    # anomalies still has one; the 2021 within-domain target AUC and pAUC (target) do not.
+    clips, scores = make_section([("source", 0, 0.1), ("source", 1, 0.9), ("target", 0, 0.2), ("target", 0, 0.4)])
+    assert not evaluate(scores, clips).partial
+    res = evaluate(scores, clips, formula="dcase2021")
+    assert res.partial and math.isnan(res.official_score)
+    assert res.missing == [
+        "fan section 00: no anomalies in the target domain, so AUC (target only) and pAUC (target) are undefined"
+    ]
+    assert res.partial_score == pytest.approx(1.0)  # the source AUC and pAUC are 1
+    # 2020 names the unit an ID
+    one_class, s = make_section([(None, 0, 0.1), (None, 0, 0.4)], section="02")
+    ok, s_ok = make_section([(None, 0, 0.1), (None, 1, 0.4)], section="00")
+    res = evaluate(s_ok + s, ok + one_class, formula="dcase2020")
+    assert res.missing == ["fan ID 02: no anomalies, so AUC and pAUC are undefined"]
+    assert res.partial_score == pytest.approx(1.0)
+
+
+def test_scores_covering_part_of_the_test_split_are_partial():
+    # The data holds fan sections 00 and 01 and pump; the scores cover fan section 00 but one file.
+    c0, s0 = make_section([("source", 0, 0.1), ("source", 1, 0.9), ("target", 0, 0.5), ("target", 1, 0.3)],
+                          section="00")
+    c1, _ = make_section([("source", 0, 0.1), ("source", 1, 0.2)], section="01")
+    pump, _ = make_section([("source", 0, 0.1), ("source", 1, 0.2)], machine="pump", suffix="_p")
+    unscored = clip("section_00_source_test_normal_0099.wav", 0)
+    split = c0 + c1 + pump + [unscored]
+    res = evaluate(s0, c0, test_split=split)
+    assert res.partial and math.isnan(res.official_score)
+    assert res.missing == [
+        "fan section 00: 1 of 5 test files not scored",
+        "section 01 of fan not scored (2 test files)",
+        "machine type pump not scored (2 test files)",
+    ]
+    assert res.partial_score == pytest.approx(42 / 61)  # what was scored, as without test_split
+    assert evaluate(s0, c0).official_score == pytest.approx(42 / 61)
+    assert not evaluate(s0, c0, test_split=c0).partial  # the whole test split scored
 
 
 def test_target_domain_without_anomalies_gives_nan_ptarget(caplog):

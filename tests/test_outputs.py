@@ -30,6 +30,7 @@ from stetho.outputs import (
     write_results,
     write_submission,
 )
+from stetho.outputs.summary import read_summary_file
 
 
 def _rows(path: Path) -> list[list[str]]:
@@ -206,11 +207,30 @@ def test_write_results_dcase2022_layout(tmp_path):
     assert table[0] == list(TABLE_COLUMNS)
     assert [r[0] for r in table[1:]] == ["00", "arithmetic mean", "harmonic mean"]
     summary = _rows(tmp_path / "summary.csv")
-    assert summary[0] == ["machine", "AUC (source)", "AUC (target)", "pAUC", "hmean", "formula", "official score"]
-    assert summary[1][0] == "fan" and summary[1][-2:] == ["dcase2023", ""]
+    assert summary[0] == ["machine", "AUC (source)", "AUC (target)", "pAUC", "hmean", "formula", "official score",
+                          "status", "partial score", "missing"]
+    assert summary[1][0] == "fan" and summary[1][-5:] == ["dcase2023", "", "", "", ""]
     assert float(summary[1][4]) == pytest.approx(result.machine_summary()[0]["hmean"])
-    assert summary[-1][0] == "official score" and summary[-1][-2] == "dcase2023"
-    assert float(summary[-1][-1]) == result.official_score  # full precision
+    assert summary[-1][0] == "official score" and summary[-1][-5] == "dcase2023"
+    assert float(summary[-1][-4]) == result.official_score  # full precision
+    assert summary[-1][-3:] == ["official", "", ""]  # no partial score, nothing missing
+
+
+def test_write_results_of_a_partial_result_has_no_official_score(tmp_path):
+    clips, scores, _ = _labeled(ROWS)
+    pump, _, _ = _labeled(ROWS, machine="pump")
+    result = evaluate(scores, clips, formula="dcase2023", test_split=clips + pump)
+    assert result.partial and result.missing == ["machine type pump not scored (8 test files)"]
+    write_results(tmp_path, result)
+    summary = _rows(tmp_path / "summary.csv")
+    last = dict(zip(summary[0], summary[-1]))
+    assert last["machine"] == "partial score" and last["official score"] == ""
+    assert last["status"] == "partial" and float(last["partial score"]) == result.partial_score
+    assert last["missing"] == "machine type pump not scored (8 test files)"
+    assert [r[0] for r in summary[1:]] == ["fan", "partial score"]  # pump has no row: not scored
+    back = read_summary_file(tmp_path / "summary.csv")
+    assert back.partial and math.isnan(back.official) and back.partial_score == result.partial_score
+    assert back.missing == result.missing and back.formula == "dcase2023"
 
 
 def test_write_results_dcase2021_layout(tmp_path):
@@ -227,10 +247,10 @@ def test_write_results_dcase2021_layout(tmp_path):
     assert summary[0] == [
         "machine", "AUC (source)", "pAUC (source)", "AUC (target)", "pAUC (target)", "hmean",
         "precision (source)", "precision (target)", "recall (source)", "recall (target)",
-        "F1 score (source)", "F1 score (target)", "formula", "official score",
+        "F1 score (source)", "F1 score (target)", "formula", "official score", "status", "partial score", "missing",
     ]
-    assert summary[-1][0] == "official score" and float(summary[-1][-1]) == result.official_score
-    assert summary[-1][-2] == "dcase2021"
+    assert summary[-1][0] == "official score" and float(summary[-1][-4]) == result.official_score
+    assert summary[-1][-5] == "dcase2021"
 
 
 def test_write_results_dcase2020_layout(tmp_path):
@@ -247,11 +267,12 @@ def test_write_results_dcase2020_layout(tmp_path):
     assert table[0] == ["id", "AUC", "pAUC"]
     assert [r[0] for r in table[1:]] == ["00", "02", "arithmetic mean"]
     summary = _rows(tmp_path / "summary.csv")
-    assert summary[0] == ["machine", "AUC", "pAUC", "score", "formula", "official score"]
+    assert summary[0] == ["machine", "AUC", "pAUC", "score", "formula", "official score", "status", "partial score",
+                          "missing"]
     assert [r[0] for r in summary[1:]] == ["fan", "pump", "official score"]
     # every ID: {0.7, 0.4} vs {0.1, 0.6}: 2 + 1 -> 3/4, so every mean is 3/4 too
     assert float(summary[1][1]) == pytest.approx(3 / 4)
-    assert float(summary[-1][-1]) == result.official_score and summary[-1][-2] == "dcase2020"
+    assert float(summary[-1][-4]) == result.official_score and summary[-1][-5] == "dcase2020"
 
 
 # ------------------------------------------------------------------------------------------
@@ -259,14 +280,16 @@ def test_write_results_dcase2020_layout(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-def _result_2020(values: dict[str, tuple[float, float]], formula: str = "dcase2020") -> EvaluationResult:
-    """A result with one ID per machine type and the given (AUC, pAUC); official = 2020 formula."""
+def _result_2020(values: dict[str, tuple[float, float]], formula: str = "dcase2020",
+                 missing: list[str] | None = None) -> EvaluationResult:
+    """A result with one ID per machine type and the given (AUC, pAUC); official = 2020 formula
+    (partial, with these reasons, when ``missing`` is given)."""
     sections = []
     for machine, (a, p) in values.items():
         metrics = dict.fromkeys(METRIC_KEYS, math.nan) | {"AUC": a, "pAUC": p}
         sections.append(SectionResult(machine, "00", metrics, 4, 2, has_domains=False))
     official = float(np.mean([v for ap in values.values() for v in ap]))
-    return EvaluationResult(sections, official, formula)
+    return EvaluationResult(sections, official, formula, missing=list(missing or []))
 
 
 def _fake_run(root: Path, name: str, modes: dict[str, EvaluationResult]) -> Path:
@@ -304,7 +327,8 @@ def test_summarize_runs_mean_and_sample_std(three_runs, tmp_path, caplog):
     rows = summary.rows("mahalanobis")
     assert list(rows[0]) == [
         "machine", "AUC mean", "AUC std", "pAUC mean", "pAUC std", "score mean", "score std",
-        "official score mean", "official score std", "n_runs", "formula",
+        "official score mean", "official score std", "status", "partial score mean", "partial score std",
+        "missing", "n_runs", "formula",
     ]
     fan, pump, official = rows
     assert fan["machine"] == "fan" and fan["n_runs"] == 3 and fan["formula"] == "dcase2020"
@@ -329,6 +353,61 @@ def test_summarize_runs_mean_and_sample_std(three_runs, tmp_path, caplog):
     assert "mahalanobis (dcase2020, 3 runs)" in text
     assert "0.8000 ± 0.1000" in text and "0.5000 ± 0.0000" in text
     assert "official score: 0.6250 ± 0.0661" in text
+
+
+def test_summarize_partial_runs_gives_a_partial_score_never_an_official_one(tmp_path):
+    gone = ["machine type valve not scored (6 test files)"]
+    runs = [_fake_run(tmp_path, f"p{k}", {"mse": _result_2020({"fan": fan, "pump": (0.5, 0.5)}, missing=gone)})
+            for k, fan in enumerate(FAN)]
+    summary = summarize_runs(runs)
+    assert summary.status("mse") == "partial"
+    assert all(math.isnan(v) for v in summary.official("mse"))
+    assert summary.partial_score("mse") == pytest.approx((0.625, math.sqrt(0.004375)))  # as official above
+    last = summary.rows("mse")[-1]
+    assert last["machine"] == "partial score" and last["status"] == "partial"
+    assert last["official score mean"] is None and last["partial score mean"] == pytest.approx(0.625)
+    assert last["missing"] == gone[0]
+    assert ("partial score: 0.6250 ± 0.0661 (PARTIAL: not the official score; missing: machine type valve "
+            "not scored (6 test files))") in summary.format_text()
+    assert "official score:" not in summary.format_text()
+    # one partial run among official ones: no official mean, and the summary says how many
+    mixed = summarize_runs([_fake_run(tmp_path, "o0", {"mse": _result_2020({"fan": FAN[0], "pump": (0.5, 0.5)})}),
+                            runs[1]])
+    assert mixed.status("mse") == "partial" and math.isnan(mixed.official("mse")[0])
+    assert "missing: 1 of 2 runs partial; machine type valve" in mixed.format_text()
+    # official runs only: an official score and no partial one
+    official = summarize_runs([_fake_run(tmp_path, "o1", {"mse": _result_2020({"fan": FAN[0], "pump": (0.5, 0.5)})})])
+    last = official.rows("mse")[-1]
+    assert official.status("mse") == "official" and last["machine"] == "official score"
+    assert last["partial score mean"] is None and math.isnan(official.partial_score("mse")[0])
+
+
+def test_summary_files_written_before_the_status_column_still_read_as_official(tmp_path):
+    path = tmp_path / "summary.csv"
+    path.write_text("machine,AUC,pAUC,score,formula,official score\nfan,0.7,0.6,0.65,dcase2020,\n"
+                    "official score,,,,dcase2020,0.575\n")
+    old = read_summary_file(path)
+    assert old.official == 0.575 and old.status == "official" and not old.partial and old.missing == []
+    assert old.columns == ["AUC", "pAUC", "score"] and old.machines["fan"]["AUC"] == 0.7
+
+
+def test_a_comparison_of_models_says_which_are_partial(tmp_path):
+    from stetho.outputs import write_section_metrics
+    from stetho.outputs.compare import compare_runs
+
+    gone = ["machine type valve not scored (6 test files)"]
+    runs = {}
+    for name, missing in (("full", None), ("part", gone)):
+        result = _result_2020({"fan": (0.7, 0.6), "pump": (0.5, 0.5)}, missing=missing)
+        run = _fake_run(tmp_path, name, {"mse": result})
+        write_section_metrics(run / "results" / "mse" / "sections.csv", result)
+        runs[name] = [(run, "mse")]
+    comparison = compare_runs(runs)
+    assert {r["model"]: r["status"] for r in comparison.model_rows()} == {"full": "official", "part": "partial"}
+    text = comparison.format_text()
+    assert "PARTIAL (not the official score's coverage" in text and f"  part: {gone[0]}" in text
+    assert "  full:" not in text
+    assert "PARTIAL" not in compare_runs({"full": runs["full"]}).format_text()
 
 
 def test_summarize_one_run_has_nan_std(three_runs):

@@ -226,6 +226,40 @@ def test_two_runs_give_a_comparison_with_mean_and_std(runs, tmp_path):
         assert f"run{i}-roc-mse-fan-00" in page.ids
 
 
+def test_a_partial_run_is_labelled_partial_and_never_averaged_with_official_ones(runs, toy_root, tmp_path):
+    """A copy of a run re-evaluated without valve's score files: the data holds valve, so its
+    score is partial; the report says so and the comparison keeps it out of the official column."""
+    import shutil
+
+    from stetho.outputs import write_results
+
+    part = tmp_path / "part"
+    shutil.copytree(runs[0], part)
+    folder = part / "results" / "mse"
+    for f in folder.glob("*_valve_*.csv"):
+        f.unlink()
+    result = pipeline.evaluate_folder(folder, toy_root)
+    assert result.partial and result.missing == ["machine type valve not scored (16 test files)"]
+    write_results(folder, result)
+
+    page_text = write_report([part], tmp_path / "one.html", save_png=False).path.read_text(encoding="utf-8")
+    page = _parse(page_text)
+    tag = page.ids["official-mse"]
+    assert tag["data-status"] == "partial" and float(tag["data-value"]) == result.partial_score
+    assert f"partial score (mse, dcase2023): <b>{result.partial_score:.4f}</b> (PARTIAL: not the official score)" \
+        in page_text
+    assert "missing for an official score: machine type valve not scored (16 test files)" in page_text
+    assert page.ids["official-mahalanobis"]["data-status"] == "official"  # that mode was not touched
+
+    # the same setting twice, one run official and one partial: no mean of the two numbers
+    text = write_report([runs[0], part], tmp_path / "cmp.html", save_png=False).path.read_text(encoding="utf-8")
+    _parse(text)
+    assert "partial score (not official)" in text
+    assert "PARTIAL (not the official score): part: machine type valve not scored (16 test files)" in text
+    official = _official(runs[0])["mse"]
+    assert f"{(official + result.partial_score) / 2:.4f} ±" not in text
+
+
 def test_stetho_run_writes_the_report_unless_told_not_to(toy_root, tmp_path):
     cfg = {"data": str(toy_root), "out": str(tmp_path / "a"), "params": {**FAST, "epochs": 1},
            "progress": False, "cache": False, "test": {"score": "mse"}}

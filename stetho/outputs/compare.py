@@ -10,6 +10,11 @@ per seed.
 Average rank of a model for a metric: in every setting the models are ranked by their mean over
 runs (1 = highest; ties share the mean of their ranks), then the ranks are averaged over the
 settings where every model has a value.
+
+A run whose ``results/<mode>/summary.csv`` says it is partial (not every machine type or section of
+its data scored, or an undefined term) makes its model ``partial``: ``comparison_models.csv`` says
+so in its ``status`` column and ``comparison.txt`` lists what is missing, so that no mean over the
+settings passes for a comparison of official scores.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from scipy.stats import rankdata
 from stetho.errors import EvaluationError
 from stetho.outputs.dcase import SECTION_COLUMNS
 from stetho.outputs.io import atomic_write_text, write_dict_csv
-from stetho.outputs.summary import format_mean_std, mean_std
+from stetho.outputs.summary import format_mean_std, mean_std, read_summary_file
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,8 @@ class Comparison:
         values: metric -> array ``(n_models, n_settings, n_runs)`` (NaN where a model has fewer runs).
         accuracy: accuracy column -> array ``(n_models, n_runs)``.
         runs: model -> its ``(run folder, mode)`` pairs.
+        missing: model -> what its partial runs miss for an official score (no entry, or an
+            empty list, when every run is official).
     """
 
     models: list[str]
@@ -92,6 +99,7 @@ class Comparison:
     values: dict[str, np.ndarray]
     accuracy: dict[str, np.ndarray]
     runs: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)
+    missing: dict[str, list[str]] = field(default_factory=dict)
 
     def mean_std(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean and sample std over runs ``(n_models, n_settings)`` (std NaN for one run)."""
@@ -150,6 +158,7 @@ class Comparison:
             for c in ACCURACY_COLUMNS:
                 row[f"context {c} mean"], row[f"context {c} std"] = float(acc[c][0][i]), float(acc[c][1][i])
             row["runs"] = len(self.runs.get(model, [])) or int(self.values["AUC"].shape[2])
+            row["status"] = "partial" if self.missing.get(model) else "official"
             rows.append(row)
         return rows
 
@@ -173,6 +182,10 @@ class Comparison:
                              *(format_mean_std(row[f"context {c} mean"], row[f"context {c} std"], digits)
                                for c in ACCURACY_COLUMNS)])
         blocks.append("context prediction (share of test files, mean ± std over runs)\n" + _table(acc_rows))
+        partial = [f"  {m}: {'; '.join(self.missing[m])}" for m in self.models if self.missing.get(m)]
+        if partial:
+            blocks.append("PARTIAL (not the official score's coverage; the means are over the settings "
+                          "scored):\n" + "\n".join(partial))
         return "\n\n".join(blocks)
 
     def write(self, out_dir: str | Path) -> list[Path]:
@@ -252,4 +265,19 @@ def compare_runs(models: Mapping[str, Sequence[tuple[str | Path, str]]]) -> Comp
     if undefined:
         log.warning("AUC undefined (one class only) in %d setting(s), left out of the ranks: %s",
                     len(undefined), ", ".join(undefined[:10]))
-    return Comparison(names, reference, values, acc, {n: [(Path(r), m) for r, m in models[n]] for n in names})
+    missing = {n: _missing(models[n]) for n in names}
+    return Comparison(names, reference, values, acc, {n: [(Path(r), m) for r, m in models[n]] for n in names},
+                      missing)
+
+
+def _missing(pairs: Sequence[tuple[str | Path, str]]) -> list[str]:
+    """What the partial runs among ``pairs`` miss for an official score (their ``summary.csv``);
+    runs without a ``summary.csv`` count as official."""
+    out: list[str] = []
+    for run, mode in pairs:
+        path = Path(run) / "results" / mode / "summary.csv"
+        if path.is_file():
+            summary = read_summary_file(path)
+            if summary.partial:
+                out += [m for m in (summary.missing or ["missing parts not recorded"]) if m not in out]
+    return out

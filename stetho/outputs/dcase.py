@@ -18,7 +18,8 @@ back to itself.
 
 Result files: ``result_<machine>.csv``, the formula's result table
 (:meth:`stetho.metrics.EvaluationResult.table`), and ``summary.csv``, the machine summary plus
-the official score (:func:`write_results`).
+the official score, or the partial score and what is missing for it to be official
+(:func:`write_results`).
 """
 
 from __future__ import annotations
@@ -42,11 +43,22 @@ log = logging.getLogger(__name__)
 
 #: The submission-file namings, default first.
 NAMINGS: tuple[str, ...] = ("section", "section_domain", "id")
-#: First cell of the last row of ``summary.csv``; its last cell holds the official score.
+#: First cell of the last row of ``summary.csv`` when the result is the official score ...
 OFFICIAL_SCORE_ROW = "official score"
-#: ``summary.csv`` columns added after the machine-summary columns.
+#: ... and when it is partial (:attr:`stetho.metrics.EvaluationResult.partial`).
+PARTIAL_SCORE_ROW = "partial score"
+#: ``summary.csv`` columns added after the machine-summary columns, in this order.
 SUMMARY_FORMULA_COLUMN = "formula"
-SUMMARY_SCORE_COLUMN = "official score"
+SUMMARY_SCORE_COLUMN = "official score"  # empty when partial
+SUMMARY_STATUS_COLUMN = "status"  # "official" or "partial"
+SUMMARY_PARTIAL_COLUMN = "partial score"  # empty when official
+SUMMARY_MISSING_COLUMN = "missing"  # what is missing, "; "-separated
+SUMMARY_EXTRA_COLUMNS: tuple[str, ...] = (
+    SUMMARY_FORMULA_COLUMN, SUMMARY_SCORE_COLUMN, SUMMARY_STATUS_COLUMN, SUMMARY_PARTIAL_COLUMN,
+    SUMMARY_MISSING_COLUMN,
+)
+#: Separator of the reasons in a ``missing`` cell.
+MISSING_SEPARATOR = "; "
 
 _KINDS = {"score": "anomaly_score", "decision": "decision_result"}
 # One pattern per naming; ``(?P<machine>.+)`` is greedy so that the *last* anchor counts.
@@ -309,18 +321,29 @@ def read_submission(folder: str | Path) -> SubmissionFiles:
     return out
 
 
+def score_cells(result: EvaluationResult) -> dict[str, object]:
+    """The ``official score``, ``status``, ``partial score`` and ``missing`` cells of a result:
+    exactly one of the two scores is filled (a partial score never sits in the official column)."""
+    return {
+        SUMMARY_SCORE_COLUMN: "" if result.partial else result.official_score,
+        SUMMARY_STATUS_COLUMN: result.status,
+        SUMMARY_PARTIAL_COLUMN: result.partial_score if result.partial else "",
+        SUMMARY_MISSING_COLUMN: MISSING_SEPARATOR.join(result.missing),
+    }
+
+
 def summary_rows(result: EvaluationResult) -> tuple[list[dict[str, object]], list[str]]:
     """The rows and columns of ``summary.csv`` (see :func:`write_results`)."""
     summary = result.machine_summary()
     columns: list[str] = []
     for row in summary:  # union in order of appearance: machine types may differ in their keys
         columns += [k for k in row if k not in columns]
-    columns = (columns or ["machine"]) + [SUMMARY_FORMULA_COLUMN, SUMMARY_SCORE_COLUMN]
+    columns = (columns or ["machine"]) + list(SUMMARY_EXTRA_COLUMNS)
     rows = [{**r, SUMMARY_FORMULA_COLUMN: result.formula} for r in summary]
     rows.append({
-        columns[0]: OFFICIAL_SCORE_ROW,
+        columns[0]: PARTIAL_SCORE_ROW if result.partial else OFFICIAL_SCORE_ROW,
         SUMMARY_FORMULA_COLUMN: result.formula,
-        SUMMARY_SCORE_COLUMN: result.official_score,
+        **score_cells(result),
     })
     return rows, columns
 
@@ -330,9 +353,11 @@ def write_results(out_dir: str | Path, result: EvaluationResult) -> list[Path]:
 
     ``result_<machine>.csv``: :meth:`EvaluationResult.table` of the result's formula (header =
     :meth:`EvaluationResult.columns`). ``summary.csv``: the :meth:`EvaluationResult.machine_summary`
-    columns, then ``formula`` (the formula name, on every row) and ``official score``; one row
-    per machine type, then a last row whose first cell is ``"official score"`` and whose last
-    cell holds the official score.
+    columns, then ``formula`` (the formula name, on every row), ``official score``, ``status``,
+    ``partial score`` and ``missing``; one row per machine type, then a last row whose first cell
+    is ``"official score"`` (status ``official``: the ``official score`` cell holds it) or
+    ``"partial score"`` (status ``partial``: ``official score`` is empty, ``partial score``
+    holds the mean over what was scored and ``missing`` says what is missing, ``"; "``-separated).
 
     Returns:
         The written paths, the result tables in machine order, ``summary.csv`` last.

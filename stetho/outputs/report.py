@@ -4,9 +4,9 @@ The report is one self-contained file: every figure is a PNG embedded as a ``dat
 styles are inline, and nothing refers to the network. It reads only what a run folder holds
 (see :mod:`stetho.pipeline`):
 
-- ``results/<mode>/summary.csv`` and ``sections.csv``: the official score and the per-machine
-  table (AUC (source), AUC (target), pAUC, hmean, precision/recall/F1), best value per column
-  marked;
+- ``results/<mode>/summary.csv`` and ``sections.csv``: the official score (or, for a partial
+  result, the partial score labelled PARTIAL with what is missing) and the per-machine table
+  (AUC (source), AUC (target), pAUC, hmean, precision/recall/F1), best value per column marked;
 - ``results/<mode>/anomaly_score_*`` / ``decision_result_*`` with ``test_files.csv`` (labels and
   domains of the test clips; older runs without it are re-scanned from the recorded data root):
   ROC curves per machine type and section (source: source normals + all anomalies; target:
@@ -24,7 +24,8 @@ styles are inline, and nothing refers to the network. It reads only what a run f
 With several runs the report starts with a comparison: official score and per-machine hmean of
 every run side by side (best marked), mean ± sample std over the runs of one setting (runs that
 differ only in seed), and ROC curves of all runs overlaid per machine type and section; every
-run's own section follows.
+run's own section follows. A partial run has no official score: its number stands in a separate
+"partial score" column and is never averaged with official ones.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot state, no display).
 """
@@ -92,11 +93,18 @@ class ModeData:
 
     mode: str
     formula: str
-    official: float
+    official: float  # NaN when partial
     machines: list[dict[str, Any]]  # per machine: {"machine": ..., metric: float}
     sections_table: list[dict[str, str]]
     sections: list[SectionData] = field(default_factory=list)
     note: str = ""
+    status: str = "official"  # or "partial"
+    partial_score: float = math.nan  # the score over what was scored (= official when not partial)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return self.status == "partial"
 
 
 @dataclass
@@ -179,7 +187,8 @@ def _mode_data(run_dir: Path, mode: str, truth, detectors) -> ModeData:
     machines = [{"machine": m, **values} for m, values in summary.machines.items()]
     sections_path = folder / "sections.csv"
     data = ModeData(mode=mode, formula=summary.formula, official=summary.official, machines=machines,
-                    sections_table=_read_rows(sections_path) if sections_path.is_file() else [])
+                    sections_table=_read_rows(sections_path) if sections_path.is_file() else [],
+                    status=summary.status, partial_score=summary.partial_score, missing=summary.missing)
     sub = read_submission(folder)
     for (machine, section), rows in sorted(sub.scores.items()):
         names = [n for n, _ in rows]
@@ -528,7 +537,7 @@ th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: right; }
 th { background: #f1f3f6; } td:first-child, th:first-child { text-align: left; }
 td.best { background: #d9f2d9; font-weight: bold; }
 td.best::after { content: " \\2605"; color: #2e7d32; }
-.official { font-size: 1.35em; margin: .4em 0; } .official b { color: #1f5fa8; }
+.official { font-size: 1.35em; margin: .4em 0; } .official b { color: #1f5fa8; } .official.partial b { color: #8a5a00; }
 figure { display: inline-block; margin: .4em .5em .8em 0; vertical-align: top; width: calc(50% - 1.2em); }
 figure.wide { width: auto; max-width: 100%; }
 figure img { width: 100%; border: 1px solid #e3e3e3; }
@@ -597,8 +606,14 @@ def _figures_html(figs: Iterable[FigureRef], cls: str = "") -> str:
 
 
 def _official_html(md: ModeData) -> str:
-    return (f'<p class="official" id="official-{_e(md.mode)}" data-value="{md.official!r}">'
-            f"official score ({_e(md.mode)}, {_e(md.formula or 'formula unknown')}): <b>{_fmt(md.official)}</b></p>")
+    what = f"({_e(md.mode)}, {_e(md.formula or 'formula unknown')})"
+    if not md.partial:
+        return (f'<p class="official" id="official-{_e(md.mode)}" data-status="official" data-value="{md.official!r}">'
+                f"official score {what}: <b>{_fmt(md.official)}</b></p>")
+    return (f'<p class="official partial" id="official-{_e(md.mode)}" data-status="partial" '
+            f'data-value="{md.partial_score!r}">partial score {what}: <b>{_fmt(md.partial_score)}</b> '
+            f"(PARTIAL: not the official score)</p>"
+            f'<p class="note">missing for an official score: {_e("; ".join(md.missing) or "not recorded")}</p>')
 
 
 def _machine_table(md: ModeData) -> str:
@@ -631,9 +646,15 @@ def _info_html(run: RunData) -> str:
 
 def _run_html(run: RunData, figs: Mapping[str, list[FigureRef]], heading: str = "h2") -> str:
     sub = "h3" if heading == "h2" else "h4"
-    glance = _table(["score mode", "formula", "official score"],
-                    [[mode, md.formula or "-", md.official] for mode, md in run.modes.items()],
-                    best=[False, False, True], cls="glance")
+    if any(md.partial for md in run.modes.values()):
+        glance = _table(["score mode", "formula", "official score", "partial score (not official)"],
+                        [[mode, md.formula or "-", md.official, md.partial_score if md.partial else math.nan]
+                         for mode, md in run.modes.items()],
+                        best=[False, False, True, False], cls="glance")
+    else:
+        glance = _table(["score mode", "formula", "official score"],
+                        [[mode, md.formula or "-", md.official] for mode, md in run.modes.items()],
+                        best=[False, False, True], cls="glance")
     parts = [f"<{heading} id=\"run-{_e(_slug(run.label))}\">Run {_e(run.path)}</{heading}>", glance, _info_html(run)]
     for mode, md in run.modes.items():
         parts.append(f"<{sub}>Score mode {_e(mode)}</{sub}>")
@@ -682,17 +703,26 @@ def _comparison_html(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[st
         mds = [r.modes[mode] for r in runs]
         machines = sorted(set().union(*({m["machine"] for m in md.machines} for md in mds)))
         key = "hmean" if any("hmean" in m for md in mds for m in md.machines) else "score"
-        header = ["run", "model", "seed", "official score", *[f"{m} {key}" for m in machines]]
+        # A partial run's number has its own column: it is never ranked or averaged as official.
+        partial = any(md.partial for md in mds)
+        scores = ["official score", "partial score (not official)"] if partial else ["official score"]
+        header = ["run", "model", "seed", *scores, *[f"{m} {key}" for m in machines]]
         rows: list[list[object]] = []
         values = []
         for label, run, md in zip(labels, runs, mds):
             per = {m["machine"]: float(m.get(key, math.nan)) for m in md.machines}
-            v = [md.official, *[per.get(m, math.nan) for m in machines]]
+            v = [md.official, *([md.partial_score if md.partial else math.nan] if partial else []),
+                 *[per.get(m, math.nan) for m in machines]]
             values.append(v)
             rows.append([label, str(run.config.get("model", "-")), str(run.config.get("seed", "-")), *v])
         formulas = sorted({md.formula for md in mds})
         parts.append(f"<h3>Score mode {_e(mode)} ({_e(', '.join(formulas))})</h3>")
-        parts.append(_table(header, rows, best=[False, False, False] + [True] * (1 + len(machines)), cls="comparison"))
+        best = [False, False, False, True] + [False] * (len(scores) - 1) + [True] * len(machines)
+        parts.append(_table(header, rows, best=best, cls="comparison"))
+        if partial:
+            parts.append('<p class="note">PARTIAL (not the official score): ' + "; ".join(
+                f"{_e(label)}: {_e('; '.join(md.missing) or 'missing parts not recorded')}"
+                for label, md in zip(labels, mds) if md.partial) + "</p>")
         # mean ± std over the runs of each setting (runs that differ only in their seed)
         groups: dict[str, list[int]] = {}
         for i, run in enumerate(runs):

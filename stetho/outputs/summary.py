@@ -1,10 +1,15 @@
 """Mean and spread of the results of several independent runs (``stetho summarize RUN [RUN ...]``).
 
 A run folder holds ``results/<mode>/summary.csv`` per score mode, as :func:`stetho.outputs.write_results`
-writes it: one row per machine type and a last ``official score`` row. Runs are independent
-experiments of one setup (other seeds, say): for every score mode that all runs have, this
-module gives per machine type and numeric column the mean over runs and the sample standard
-deviation (``ddof=1``), and the same for the official score.
+writes it: one row per machine type and a last ``official score`` (or ``partial score``) row. Runs
+are independent experiments of one setup (other seeds, say): for every score mode that all runs
+have, this module gives per machine type and numeric column the mean over runs and the sample
+standard deviation (``ddof=1``), and the same for the official score.
+
+A partial run (its score is not the official score: some of the data was not scored, or a term of
+the formula is undefined) is never averaged into an official score: when any run is partial the
+official score's mean is NaN and the summary gives the *partial score* (the mean over the runs of
+each run's score over what it scored), labelled partial with what is missing.
 """
 
 from __future__ import annotations
@@ -13,31 +18,45 @@ import csv
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from stetho.errors import EvaluationError
 from stetho.metrics import FORMULAS, SUMMARY_PRINT_COLUMNS
-from stetho.outputs.dcase import OFFICIAL_SCORE_ROW, SUMMARY_FORMULA_COLUMN, SUMMARY_SCORE_COLUMN
+from stetho.outputs.dcase import (
+    MISSING_SEPARATOR, OFFICIAL_SCORE_ROW, PARTIAL_SCORE_ROW, SUMMARY_EXTRA_COLUMNS, SUMMARY_FORMULA_COLUMN,
+    SUMMARY_MISSING_COLUMN, SUMMARY_PARTIAL_COLUMN, SUMMARY_SCORE_COLUMN, SUMMARY_STATUS_COLUMN,
+)
 from stetho.outputs.io import write_dict_csv
 
 log = logging.getLogger(__name__)
 
 #: ``summary.csv`` columns that are not per-machine metrics.
-_NOT_METRICS = ("machine", SUMMARY_FORMULA_COLUMN, SUMMARY_SCORE_COLUMN)
+_NOT_METRICS = ("machine", *SUMMARY_EXTRA_COLUMNS)
 
 
 @dataclass
 class SummaryFile:
-    """One run's ``results/<mode>/summary.csv``."""
+    """One run's ``results/<mode>/summary.csv``.
+
+    ``official`` is NaN for a partial run; ``partial_score`` is the run's score over what it
+    scored (equal to ``official`` for an official run). Files written before the status column
+    count as official."""
 
     path: Path
     formula: str  # "" when the file predates the formula column
     columns: list[str]  # metric columns, in file order
     machines: dict[str, dict[str, float]]
     official: float
+    status: str = "official"  # or "partial"
+    partial_score: float = math.nan
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return self.status == "partial"
 
 
 def _float(text: str, path: Path, lineno: int, column: str) -> float:
@@ -51,19 +70,36 @@ def _float(text: str, path: Path, lineno: int, column: str) -> float:
 
 def read_summary_file(path: Path) -> SummaryFile:
     """Read and check a ``results/<mode>/summary.csv`` (one row per machine type, a last
-    official-score row; every metric cell a number or empty)."""
+    official-score or partial-score row; every metric cell a number or empty)."""
     with open(path, newline="", encoding="utf-8") as fh:
         table = [r for r in csv.reader(fh) if r and "".join(r).strip()]
     if not table or table[0][0] != "machine":
         raise EvaluationError(f"{path}: not a stetho summary.csv (its header must start with 'machine')")
     header, body = table[0], table[1:]
-    if not body or body[-1][0] != OFFICIAL_SCORE_ROW:
-        raise EvaluationError(f"{path}: the last row must be the {OFFICIAL_SCORE_ROW!r} row")
+    if not body or body[-1][0] not in (OFFICIAL_SCORE_ROW, PARTIAL_SCORE_ROW):
+        raise EvaluationError(f"{path}: the last row must be the {OFFICIAL_SCORE_ROW!r} or {PARTIAL_SCORE_ROW!r} row")
     columns = [c for c in header if c not in _NOT_METRICS]
     col_index = {c: header.index(c) for c in header}
     last = body[-1]
-    formula = last[col_index[SUMMARY_FORMULA_COLUMN]] if SUMMARY_FORMULA_COLUMN in col_index else ""
-    official = _float(last[-1], path, len(table), OFFICIAL_SCORE_ROW)
+    if len(last) != len(header):
+        raise EvaluationError(f"{path}:{len(table)}: {len(last)} cells for {len(header)} columns")
+
+    def cell(column: str) -> str:
+        return last[col_index[column]] if column in col_index else ""
+
+    formula = cell(SUMMARY_FORMULA_COLUMN)
+    # Files written before the status column hold the official score in their last cell.
+    official = _float(last[col_index.get(SUMMARY_SCORE_COLUMN, -1)], path, len(table), SUMMARY_SCORE_COLUMN)
+    status = cell(SUMMARY_STATUS_COLUMN) or ("partial" if last[0] == PARTIAL_SCORE_ROW else "official")
+    if status not in ("official", "partial"):
+        raise EvaluationError(f"{path}:{len(table)}: status {status!r} is neither 'official' nor 'partial'")
+    if status == "partial":
+        official = math.nan  # never an official number for a partial run
+        partial_score = _float(cell(SUMMARY_PARTIAL_COLUMN), path, len(table), SUMMARY_PARTIAL_COLUMN)
+    else:
+        partial_score = official
+    missing = [m for m in cell(SUMMARY_MISSING_COLUMN).split(MISSING_SEPARATOR.strip()) if m.strip()]
+    missing = [m.strip() for m in missing]
     machines: dict[str, dict[str, float]] = {}
     for lineno, row in enumerate(body[:-1], 2):
         if len(row) != len(header):
@@ -71,7 +107,7 @@ def read_summary_file(path: Path) -> SummaryFile:
         if row[0] in machines:
             raise EvaluationError(f"{path}:{lineno}: machine type {row[0]!r} appears twice")
         machines[row[0]] = {c: _float(row[col_index[c]], path, lineno, c) for c in columns}
-    return SummaryFile(path, formula, columns, machines, official)
+    return SummaryFile(path, formula, columns, machines, official, status, partial_score, missing)
 
 
 def mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +137,11 @@ class ModeSummary:
         machines: the machine types, sorted.
         metrics: the numeric summary columns (``AUC (source)``, ``hmean`` ...), in file order.
         values: shape ``(n_runs, len(machines), len(metrics))``, run order as given.
-        official: the official score of each run, shape ``(n_runs,)``.
+        official: the official score of each run, shape ``(n_runs,)`` (NaN for a partial run).
+        partial: whether each run is partial, shape ``(n_runs,)``.
+        partial_scores: each run's score over what it scored, shape ``(n_runs,)`` (its official
+            score when it is not partial).
+        missing: what the partial runs miss, each reason once, in order of appearance.
     """
 
     mode: str
@@ -110,6 +150,14 @@ class ModeSummary:
     metrics: list[str]
     values: np.ndarray
     official: np.ndarray
+    partial: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    partial_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def is_partial(self) -> bool:
+        """True when any run is partial: then there is no official score to average."""
+        return bool(np.any(self.partial))
 
 
 @dataclass
@@ -134,20 +182,40 @@ class RunsSummary:
         return self.modes[mode]
 
     def official(self, mode: str) -> tuple[float, float]:
-        """Mean and sample standard deviation (NaN for one run) of the official score."""
+        """Mean and sample standard deviation (NaN for one run) of the official score; NaN when
+        any run is partial (see :meth:`partial_score`)."""
         mean, std = mean_std(self._mode(mode).official[:, None])
         return float(mean[0]), float(std[0])
+
+    def partial_score(self, mode: str) -> tuple[float, float]:
+        """Mean and sample standard deviation over the runs of each run's score over what it
+        scored; NaN unless some run is partial (then it is what there is instead of an official
+        score, labelled partial)."""
+        ms = self._mode(mode)
+        if not ms.is_partial:
+            return math.nan, math.nan
+        mean, std = mean_std(ms.partial_scores[:, None])
+        return float(mean[0]), float(std[0])
+
+    def status(self, mode: str) -> str:
+        """``"official"``, or ``"partial"`` when any run is partial."""
+        return "partial" if self._mode(mode).is_partial else "official"
 
     def columns(self, mode: str) -> list[str]:
         """The keys of :meth:`rows`, in order."""
         ms = self._mode(mode)
         cols = ["machine"] + [f"{m} {stat}" for m in ms.metrics for stat in ("mean", "std")]
-        return cols + [f"{OFFICIAL_SCORE_ROW} mean", f"{OFFICIAL_SCORE_ROW} std", "n_runs", "formula"]
+        return cols + [f"{OFFICIAL_SCORE_ROW} mean", f"{OFFICIAL_SCORE_ROW} std", SUMMARY_STATUS_COLUMN,
+                       f"{PARTIAL_SCORE_ROW} mean", f"{PARTIAL_SCORE_ROW} std", SUMMARY_MISSING_COLUMN,
+                       "n_runs", "formula"]
 
     def rows(self, mode: str) -> list[dict[str, object]]:
         """One row per machine type (``machine``, ``<metric> mean``, ``<metric> std`` for every
         metric, ``n_runs``, ``formula``), then an ``"official score"`` row holding
-        ``official score mean`` / ``official score std``. Cells a row does not have are ``None``."""
+        ``official score mean`` / ``official score std`` and ``status`` ``official`` — or, when
+        any run is partial, a ``"partial score"`` row with status ``partial``, ``partial score
+        mean`` / ``std``, ``missing`` (``"; "``-separated) and no official score. Cells a row
+        does not have are ``None``."""
         ms = self._mode(mode)
         cols = self.columns(mode)
         mean, std = mean_std(ms.values)
@@ -160,12 +228,34 @@ class RunsSummary:
                 row[f"{metric} std"] = float(std[i, j])
             row.update(n_runs=self.n_runs, formula=ms.formula)
             out.append(row)
-        o_mean, o_std = self.official(mode)
         last: dict[str, object] = dict.fromkeys(cols)
-        last.update({"machine": OFFICIAL_SCORE_ROW, f"{OFFICIAL_SCORE_ROW} mean": o_mean,
-                     f"{OFFICIAL_SCORE_ROW} std": o_std, "n_runs": self.n_runs, "formula": ms.formula})
+        last.update({"n_runs": self.n_runs, "formula": ms.formula, SUMMARY_STATUS_COLUMN: self.status(mode)})
+        if ms.is_partial:
+            p_mean, p_std = self.partial_score(mode)
+            last.update({"machine": PARTIAL_SCORE_ROW, f"{PARTIAL_SCORE_ROW} mean": p_mean,
+                         f"{PARTIAL_SCORE_ROW} std": p_std,
+                         SUMMARY_MISSING_COLUMN: MISSING_SEPARATOR.join(self._missing(ms))})
+        else:
+            o_mean, o_std = self.official(mode)
+            last.update({"machine": OFFICIAL_SCORE_ROW, f"{OFFICIAL_SCORE_ROW} mean": o_mean,
+                         f"{OFFICIAL_SCORE_ROW} std": o_std})
         out.append(last)
         return out
+
+    def _missing(self, ms: ModeSummary) -> list[str]:
+        """What the partial runs miss; says how many runs are partial when not all are."""
+        n = int(np.sum(ms.partial))
+        head = [] if n == self.n_runs else [f"{n} of {self.n_runs} runs partial"]
+        return head + ms.missing
+
+    def score_line(self, mode: str, digits: int = 4) -> str:
+        """``"official score: 0.7123 ± 0.0150"``, or for a partial mode ``"partial score: 0.7123 ±
+        0.0150 (PARTIAL: not the official score; missing: ...)"``."""
+        ms = self._mode(mode)
+        if not ms.is_partial:
+            return f"official score: {format_mean_std(*self.official(mode), digits)}"
+        return (f"partial score: {format_mean_std(*self.partial_score(mode), digits)} (PARTIAL: not the "
+                f"official score; missing: {MISSING_SEPARATOR.join(self._missing(ms))})")
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write ``summary_runs_<mode>.csv`` per score mode into ``out_dir``, atomically.
@@ -177,7 +267,8 @@ class RunsSummary:
         ]
 
     def format_text(self, columns: Sequence[str] = SUMMARY_PRINT_COLUMNS, digits: int = 4) -> str:
-        """A text table per score mode with ``"mean ± std"`` cells and the official score.
+        """A text table per score mode with ``"mean ± std"`` cells and the official score (or
+        the partial score, labelled so, with what is missing: :meth:`score_line`).
 
         Args:
             columns: the metric columns to show, when present (default: the ones the CLI prints
@@ -196,8 +287,7 @@ class RunsSummary:
             widths = [max(len(r[k]) for r in [header, *body]) for k in range(len(header))]
             lines = [f"{mode} ({ms.formula or 'formula unknown'}, {self.n_runs} run{'s' * (self.n_runs != 1)})"]
             lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *body]]
-            o_mean, o_std = self.official(mode)
-            lines.append(f"official score: {format_mean_std(o_mean, o_std, digits)}")
+            lines.append(self.score_line(mode, digits))
             if ms.formula in FORMULAS:
                 lines.append(f"  ({FORMULAS[ms.formula].description})")
             blocks.append("\n".join(lines))
@@ -283,5 +373,8 @@ def summarize_runs(run_dirs: Sequence[str | Path]) -> RunsSummary:
             metrics=metrics,
             values=values,
             official=np.array([f.official for f in files], dtype=np.float64),
+            partial=np.array([f.partial for f in files], dtype=bool),
+            partial_scores=np.array([f.partial_score for f in files], dtype=np.float64),
+            missing=list(dict.fromkeys(m for f in files for m in f.missing)),
         )
     return RunsSummary(runs=runs, modes=modes)
