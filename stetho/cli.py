@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shutil
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stetho import __version__
@@ -43,6 +45,24 @@ def _formula_option(p: argparse.ArgumentParser) -> None:
                                      "(default: the data's year)")
 
 
+def _threads(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or a positive integer, got {text!r}")
+    return n
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads, metavar="N",
+                   help="torch threads for training and scoring: auto (default: 1 on up to 2 cores, else "
+                        "min(cores // 2, 4); OMP_NUM_THREADS when set) or a number")
+
+
 def _common_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel", type=int, help="channel of multi-channel files (default 0)")
     p.add_argument("--skip-bad", action="store_true", default=None,
@@ -50,6 +70,7 @@ def _common_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resample", dest="resample", action="store_false", default=None,
                    help="refuse files whose sample rate differs instead of resampling them (soxr HQ)")
     p.add_argument("--device", help="auto (CUDA when available), cpu or cuda")
+    _threads_option(p)
     p.add_argument("--no-cache", dest="cache", action="store_false", default=None,
                    help="do not read or write the feature cache")
     p.add_argument("--cache-dir", help="feature cache folder (default $STETHO_CACHE_DIR or ~/.cache/stetho)")
@@ -64,6 +85,93 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _LazyHelp(argparse.Action):
+    """``-h/--help`` of a subcommand that first calls ``complete(parser)`` to finish its help.
+
+    What needs the detector classes (torch) or the toy synthesiser (scipy) is read only when that
+    subcommand's help is shown, so that ``stetho --help`` and every parse stay fast.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str = "show this help message and exit") -> None:  # noqa: A002
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+        self.complete: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        self.complete(parser)
+        parser.print_help()
+        parser.exit()
+
+
+def _add_lazy_help(p: argparse.ArgumentParser) -> _LazyHelp:
+    return p.add_argument("-h", "--help", action=_LazyHelp)  # type: ignore[return-value]
+
+
+def _summary(cls: type) -> str:
+    """What a detector is, from its docstring: the first paragraph up to a ``;``, on one line."""
+    text = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].replace("``", "").split())
+    text = text.split("; ")[0].rstrip(".")
+    first = text.split(" ")[0]
+    return text[:1].lower() + text[1:] if first[1:].islower() else text  # "The AE" -> "the AE"; "BiGAN" kept
+
+
+def _epochs_default(cls: type) -> object:
+    """The ``epochs`` default of a detector (``None`` if it takes no such parameter)."""
+    return cls.param_defaults().get("epochs")
+
+
+def _models_epilog(title: str, epochs: bool) -> str:
+    """The registered models, each with what it is, its score modes (and epochs default)."""
+    from stetho.models import MODELS
+
+    width = max(60, min(shutil.get_terminal_size().columns - 2, 110))  # as argparse wraps
+    indent = " " * (max(map(len, MODELS)) + 4)
+    lines = [textwrap.fill(title, width)]
+    for name, cls in MODELS.items():
+        facts = ["one model for all machine types"] if cls.joint else []
+        facts.append(f"score modes: {', '.join(cls.score_modes)}")
+        if epochs and _epochs_default(cls) is not None:
+            facts.append(f"epochs: {_epochs_default(cls)}")
+        lines.append(textwrap.fill(_summary(cls), width, initial_indent=f"  {name.ljust(len(indent) - 2)}",
+                                   subsequent_indent=indent))
+        lines.append(textwrap.fill("; ".join(facts), width, initial_indent=indent, subsequent_indent=indent))
+    return "\n".join(lines)
+
+
+def _complete_train_help(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = _models_epilog("models (--model; --param KEY=VALUE sets an argument of its detector's "
+                                   "constructor):", epochs=True)
+
+
+def _complete_test_help(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = _models_epilog("score modes (--score) of the registered models:", epochs=False)
+
+
+def _complete_novelty_help(parser: argparse.ArgumentParser) -> None:
+    from stetho import novelty
+
+    parser.epilog = (
+        "Each entry of the recipe's models: is one detector's constructor arguments, plus model: <registry "
+        f"name> (default {novelty.DEFAULT_MODEL}). Registered models that score image arrays: "
+        f"{', '.join(novelty.array_models())}."
+    )
+
+
+def _complete_toy_help(shift: argparse.Action) -> None:
+    from stetho.datasets.toy import DOMAIN_SHIFTS
+
+    shift.help = f"{shift.help} (one of {', '.join(DOMAIN_SHIFTS)}; default mild)".replace("%", "%%")
+
+
+def _domain_shift(text: str) -> str:
+    """``--domain-shift`` checked against the toy synthesiser's list (imported only when used)."""
+    from stetho.datasets.toy import DOMAIN_SHIFTS
+
+    if text not in DOMAIN_SHIFTS:
+        raise argparse.ArgumentTypeError(f"invalid choice: '{text}' (choose from {', '.join(DOMAIN_SHIFTS)})")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="stetho",
@@ -75,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("toy", help="write a synthetic machine-sound dataset (DCASE2023 layout)")
+    p = sub.add_parser("toy", help="write a synthetic machine-sound dataset (DCASE2023 layout)", add_help=False)
+    help_ = _add_lazy_help(p)
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--machines", type=_csv_list, help="comma-separated machine types (default: all)")
     p.add_argument("--train-clips", type=int, default=100, help="source-domain training clips per machine")
@@ -83,39 +192,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-clips", type=int, default=20, help="test clips per domain and label")
     p.add_argument("--duration", type=float, default=10.0, help="clip length in seconds")
     p.add_argument("--seed", type=int, default=0)
-    from stetho.datasets.toy import DOMAIN_SHIFTS
+    shift = p.add_argument("--domain-shift", type=_domain_shift, default="mild", metavar="SHIFT",
+                           help="how different the target site sounds (strong: louder, browner, humming "
+                                "background; factory: strong plus impacts, vehicles and other machines at both "
+                                "sites)")
+    help_.complete = lambda parser: _complete_toy_help(shift)
 
-    p.add_argument("--domain-shift", choices=tuple(DOMAIN_SHIFTS), default="mild",
-                   help="how different the target site sounds (strong: louder, browner, humming background; "
-                        "factory: strong plus impacts, vehicles and other machines at both sites)")
+    from stetho.models import MODELS  # the names only: the classes (torch) load when used
 
-    p = sub.add_parser("train", help="train one detector per machine type (or one for all: "
-                                     "discriminative, cande)")
+    p = sub.add_parser("train", help="train one detector per machine type (or one for all, for a joint model)",
+                       add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_lazy_help(p).complete = _complete_train_help
     p.add_argument("--data", type=Path, required=True, help="dataset root: <machine>/train/*.wav")
-    p.add_argument("--model", default="ae",
-                   help="model name: ae (default), bigan (BiGAN/EGBAD on log-mel patches; --param "
-                        "score_mode=fm|cross-e, --param patch_reduce=mean|max), discriminative, "
-                        "cande (CANDE-CP: context-conditioned AEs "
-                        "with a context predictor; --param variant=film-onehot|film-embedding|separate|"
-                        "unconditioned, --param context=auto|machine_id|machine_section|attributes|machine)")
+    p.add_argument("--model", default="ae", choices=tuple(MODELS), metavar="MODEL",
+                   help=f"registered model: {', '.join(MODELS)} (default: ae; see models below)")
     p.add_argument("--out", type=Path, required=True, help="run folder to create")
     p.add_argument("--machines", type=_csv_list, help="comma-separated machine types (default: all)")
-    p.add_argument("--epochs", type=int, help="training epochs (model default: 100)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the model's, see models below)")
     p.add_argument("--seed", type=int, help="random seed (default 13711)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="model hyper-parameter, repeatable (e.g. --param batch_size=512)")
+                   help="model hyper-parameter (an argument of its detector's constructor), repeatable "
+                        "(e.g. --param batch_size=512)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run in --out")
+    p.add_argument("--threshold", choices=("calibrated", "official"),
+                   help="calibrated (default): thresholds from scores of held-out training clips, flagging "
+                        "--decision-fpr of normal clips; official: the DCASE baselines' Gamma fit of in-sample "
+                        "training scores (every clip trains)")
+    p.add_argument("--decision-fpr", type=float, metavar="F",
+                   help="share of normal clips a calibrated threshold flags (default 0.1)")
     _dataset_options(p)
     _common_run_options(p)
 
-    p = sub.add_parser("test", help="score test clips with a trained run, write DCASE files, evaluate")
+    p = sub.add_parser("test", help="score test clips with a trained run, write DCASE files, evaluate",
+                       add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_lazy_help(p).complete = _complete_test_help
     p.add_argument("--run", type=Path, required=True, help="run folder from `stetho train`")
     p.add_argument("--score", "--backend", dest="score",
-                   help="score mode(s) / backend(s), comma-separated, or all (default): ae: mahalanobis, mse; "
-                        "discriminative: kmeans, knn, mahalanobis, density, kmeans_norm, knn_norm; "
-                        "cande: predicted_window, predicted, oracle (where the context of a file comes from)")
+                   help="score mode(s) / backend(s) of the run's model, comma-separated, or all (default); "
+                        "see below")
     p.add_argument("--data", type=Path, help="test data root or manifest .csv (default: the data the run was "
                                              "trained on)")
+    p.add_argument("--decision-fpr", type=float, metavar="F",
+                   help="decide with thresholds refitted for this false-alarm rate from the run's stored "
+                        "out-of-sample normal scores (default: the thresholds fitted at training)")
     _dataset_options(p, test=True)
     _formula_option(p)
     _common_run_options(p)
@@ -141,8 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders tested on labeled data")
     p.add_argument("--out", type=Path, help="also write summary_runs_<mode>.csv here")
 
-    p = sub.add_parser("novelty", help="image novelty detection, ARAE vs plain AE (digits, MNIST, Fashion-MNIST, "
-                                       "COIL-100; protocols p1/p2) from a YAML recipe")
+    p = sub.add_parser("novelty", help="image novelty detection (digits, MNIST, Fashion-MNIST, COIL-100; "
+                                       "protocols p1/p2) of the recipe's models, e.g. ARAE vs plain AE",
+                       add_help=False)
+    _add_lazy_help(p).complete = _complete_novelty_help
     p.add_argument("recipe", type=Path, help="novelty recipe, e.g. recipes/digits_arae.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="recipe overrides, e.g. normal_classes=[[3]] seeds=[0,1] models.arae.epochs=5")
@@ -153,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. params.epochs=5 out=runs/x")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write the HTML report (RUN/report.html) at the end")
+    _threads_option(p)
 
     p = sub.add_parser("report", help="self-contained HTML report with plots of one or several runs")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders tested on labeled data")
@@ -171,7 +293,8 @@ def _fmt(v: object) -> str:
 
 
 def print_result(result, title: str) -> None:
-    """Per-machine table and the official score, as text on stdout."""
+    """Per-machine table and the official score (or the partial score, labelled PARTIAL with what
+    is missing), as text on stdout."""
     from stetho.metrics import SUMMARY_PRINT_COLUMNS
 
     rows = result.machine_summary()
@@ -182,7 +305,11 @@ def print_result(result, title: str) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
         for r in rows:
             print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(cols, widths)))
-    print(f"official score ({result.formula}): {_fmt(result.official_score)}")
+    if result.partial:
+        print(f"partial score ({result.formula}): {_fmt(result.partial_score)} (PARTIAL: not the official score; "
+              f"missing: {'; '.join(result.missing)})")
+    else:
+        print(f"official score ({result.formula}): {_fmt(result.official_score)}")
     print(f"  ({result.formula_description})")
 
 
@@ -211,7 +338,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from stetho import pipeline
     from stetho.config import load_recipe, parse_overrides
 
-    run_keys = ("channel", "skip_bad", "resample", "device", "cache", "cache_dir", "progress")
+    run_keys = ("channel", "skip_bad", "resample", "device", "threads", "cache", "cache_dir", "progress")
     if args.command == "toy":
         from stetho.datasets.toy import make_toy_dataset
 
@@ -232,6 +359,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         params = parse_overrides(args.param)
         if args.epochs is not None:
             params["epochs"] = args.epochs
+        if args.threshold is not None:
+            params["threshold"] = args.threshold
+        if args.decision_fpr is not None:
+            params["decision_fpr"] = args.decision_fpr
         cfg["params"] = params
         run_dir = pipeline.train(cfg)
         print(f"trained models written to {run_dir}/models/")
@@ -240,6 +371,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         over = _options(args, run_keys + data_keys + ("formula",))
         if args.cache_dir is not None:
             over["cache_dir"] = str(args.cache_dir)
+        if args.decision_fpr is not None:
+            over["decision_fpr"] = args.decision_fpr
         outcome = pipeline.test(args.run, score=args.score, data=args.data, **over)
         for mode, result in outcome.results.items():
             if result is None:
@@ -287,7 +420,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_recipe(args.recipe)
         from stetho.config import resolve
 
-        cfg = resolve(cfg, parse_overrides(args.overrides), where=str(args.recipe))
+        cfg = resolve(cfg, parse_overrides(args.overrides), _options(args, ("threads",)), where=str(args.recipe))
         outcome = pipeline.run(cfg, report=args.report)
         if isinstance(outcome, pipeline.Comparison):
             print(outcome.format_text())

@@ -18,7 +18,9 @@ A run folder (``RUN/``) holds everything a run produced::
     results/<name>.npz   per-clip arrays a detector reports (discriminative: test_embeddings.npz,
                          the test clips' embeddings of the last ensemble epoch, with name, machine,
                          section, domain and label (-1 unknown) of each clip)
-    summary.csv          official score per score mode
+    summary.csv          per score mode: formula, official score (empty when partial), status
+                         (official / partial), partial score, missing (what an official score
+                         lacks, "; "-separated), machines
     test_files.csv       the test files of the last `stetho test` with machine, section, domain and
                          label (the ground truth of the report's curves and histograms)
     timings.json         wall-clock seconds of training (features, each model) and of the last test
@@ -52,10 +54,12 @@ from stetho.fileio import atomic_write_bytes
 from stetho.features import FeatureCache, default_cache_dir
 from stetho.metrics import FORMULAS, EvaluationResult, evaluate
 from stetho.models import Detector, get_model
+from stetho.models.base import FitContext
 from stetho.models.training import resolve_device
 from stetho.outputs import (
     read_submission, write_csv, write_dict_csv, write_results, write_section_metrics, write_submission,
 )
+from stetho.outputs.dcase import score_cells
 from stetho.outputs.compare import Comparison, compare_runs
 from stetho.outputs.io import atomic_write_text
 from stetho.outputs.summary import RunsSummary, summarize_runs
@@ -81,7 +85,7 @@ class TestOutcome:
 def make_detector(cfg: Mapping[str, Any]) -> Detector:
     """A fresh detector from a resolved config (model params + seed/device/channel/progress)."""
     cls = get_model(cfg["model"])
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    accepted = set(cls.param_defaults())
     params = dict(cfg["params"])
     unknown = sorted(set(params) - accepted)
     if unknown:
@@ -89,7 +93,8 @@ def make_detector(cfg: Mapping[str, Any]) -> Detector:
             f"unknown parameter(s) {', '.join(unknown)} for model '{cfg['model']}'; "
             f"accepted: {', '.join(sorted(accepted))}"
         )
-    common = {"seed": cfg["seed"], "device": cfg["device"], "channel": cfg["channel"], "progress": cfg["progress"]}
+    common = {"seed": cfg["seed"], "device": cfg["device"], "channel": cfg["channel"], "progress": cfg["progress"],
+              "threads": cfg.get("threads") or "auto"}
     params.update({k: v for k, v in common.items() if k in accepted and k not in cfg["params"]})
     det = cls(**params)
     det.check_params()
@@ -115,6 +120,21 @@ def _scan(cfg: Mapping[str, Any], root: str | Path, split: str, machines: list[s
             "out; they are then listed in skipped.csv):\n" + "\n".join(lines) + more
         )
     return scan, list(scan.problems)
+
+
+def _data_test_split(cfg: Mapping[str, Any], root: str | Path, scan: Scan) -> list[Clip]:
+    """Every test clip the data at ``root`` holds, of every machine type, read with the layout of
+    ``scan`` (file names only, no audio): what an official score has to cover. Names that do not
+    parse are left out here; the scan of the machine types tested reports them."""
+    quiet = logging.getLogger("stetho.datasets")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the scan of the tested machine types has logged it all already
+    try:
+        full = scan_dataset(root, scan.dataset.partition(":")[0], None, splits=("test",), subset=cfg["subset"],
+                            mimii_split=cfg["mimii_split"])
+    finally:
+        quiet.setLevel(level)
+    return full.clips
 
 
 def _features(cfg, detector: Detector, clips: list[Clip], desc: str):
@@ -194,9 +214,10 @@ def train(cfg: Mapping[str, Any]) -> Path:
     if not cfg["out"]:
         raise ConfigError("no run folder given (--out RUN or `out:` in the recipe)")
     data, run_dir = Path(cfg["data"]), Path(cfg["out"])
-    if (run_dir / "config.yaml").exists() and not cfg["overwrite"]:
-        raise ConfigError(f"{run_dir} already holds a run; choose another --out or pass --overwrite")
     probe = make_detector(cfg)  # checks model params before any work
+    resuming = (run_dir / "config.yaml").exists() and not cfg["overwrite"]
+    if resuming and _train_finished(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run; choose another --out or pass --overwrite")
     t_start = time.perf_counter()
 
     scan, skipped = _scan(cfg, data, "train", cfg["machines"])
@@ -214,10 +235,15 @@ def train(cfg: Mapping[str, Any]) -> Path:
     features_s = time.perf_counter() - t0
     log.info("features of %d training clips ready in %.1f s", len(clips), features_s)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _clear_run(run_dir)
     # The layout found is recorded, so `stetho test` reads the test split the same way.
     cfg = {**cfg, "data": str(data.resolve()), "out": str(run_dir), "dataset": scan.dataset.split(":")[0]}
+    if resuming:
+        # The same command again after a kill: continue from the checkpoints in RUN/work/.
+        _check_same_training(run_dir, cfg)
+        log.info("%s holds an unfinished training of the same settings: resuming it", run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        _clear_run(run_dir)
     atomic_write_text(run_dir / "config.yaml", dump(cfg))
     atomic_write_text(run_dir / "versions.json", json.dumps(_versions(cfg), indent=2) + "\n")
     write_csv(run_dir / "train_files.csv",
@@ -236,21 +262,31 @@ def train(cfg: Mapping[str, Any]) -> Path:
         m: [i for i, c in enumerate(clips) if c.machine == m] for m in machines}
     fit_s: dict[str, float] = {}
     for name, idx in groups.items():
+        # Validation clips (detectors that choose their best epoch on them) reach fit apart.
+        vidx = [i for i in idx if clips[i].is_validation]
+        idx = [i for i in idx if not clips[i].is_validation]
         mclips, mfeats = [clips[i] for i in idx], [feats[i] for i in idx]
+        vclips, vfeats = [clips[i] for i in vidx], [feats[i] for i in vidx]
         t0 = time.perf_counter()
-        det = make_detector(cfg)
-        det.fit(mclips, mfeats, **_fit_extras(cfg, det, run_dir))
-        det.save(run_dir / "models" / f"{name}.pt")
+        model_file = run_dir / "models" / f"{name}.pt"
+        if resuming and model_file.is_file():
+            det = Detector.load(model_file)  # finished before the interruption
+            log.info("%s: trained before the interruption, kept (%s)", name, model_file)
+        else:
+            det = make_detector(cfg)
+            det.fit(mclips, mfeats, _fit_context(cfg, det, run_dir, vclips, vfeats))
+            det.save(model_file)
         fit_s[name] = time.perf_counter() - t0
         for part, table in det.histories().items():
             write_csv(run_dir / f"history_{name}{'_' + part if part else ''}.csv", zip(*table.values()),
                       header=list(table))
         hist = det.history_
-        log.info(
-            "%s: %d clips (%d target), %d epochs in %.1f s, loss %.4g (val %.4g)", name, len(mclips),
+        val = hist["val_loss"][-1] if hist["val_loss"] else float("nan")
+        log.info(  # no "(val nan)" for models without validation loss
+            "%s: %d clips (%d target), %d epochs in %.1f s, loss %.4g%s", name, len(mclips),
             sum(c.domain == "target" for c in mclips), len(hist["epoch"]), time.perf_counter() - t0,
             hist["train_loss"][-1] if hist["train_loss"] else float("nan"),
-            hist["val_loss"][-1] if hist["val_loss"] else float("nan"),
+            f" (val {val:.4g})" if np.isfinite(val) else "",
         )
         for m in det.machines_:
             log.info("  %s: threshold %s", m, ", ".join(f"{mode} {det.threshold_for(mode, m):.4g}"
@@ -268,7 +304,7 @@ def _clear_run(run_dir: Path) -> None:
     for f in list((run_dir / "models").glob("*.pt")) + list(run_dir.glob("history_*.csv")) + list(
             run_dir.glob("history_*.png")) + list(run_dir.glob("embeddings_*.png")):
         f.unlink()
-    for name in ("results", "summary.csv", "test_files.csv", "report.html", "embeddings.png"):
+    for name in ("results", "summary.csv", "test_files.csv", "report.html", "embeddings.png", "timings.json"):
         target = run_dir / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -276,19 +312,49 @@ def _clear_run(run_dir: Path) -> None:
             target.unlink()
 
 
-def _fit_extras(cfg: Mapping[str, Any], det: Detector, run_dir: Path) -> dict[str, Any]:
-    """Keyword arguments a detector's ``fit`` accepts beyond clips and features: a ``work_dir``
-    (checkpoints, pseudo-labels) inside the run folder."""
-    accepted = inspect.signature(det.fit).parameters
-    extras: dict[str, Any] = {}
-    if "work_dir" in accepted:
-        extras["work_dir"] = run_dir / "work"
-    if "unlabeled" in accepted and getattr(det, "transductive", False):
+#: Config keys that change neither the training nor its result (a rerun may differ in them).
+_RUNTIME_KEYS = ("out", "overwrite", "progress", "cache", "cache_dir", "device", "threads", "test", "toy",
+                 "compare", "formula")
+
+
+def _train_finished(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a completed training (``timings.json`` is written last)."""
+    path = run_dir / "timings.json"
+    if not path.is_file():
+        return False
+    try:
+        return "train" in json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+
+
+def _check_same_training(run_dir: Path, cfg: Mapping[str, Any]) -> None:
+    """Refuse to resume an unfinished run of other settings (data, model, parameters, seed ...)."""
+    try:
+        old = load_run_config(run_dir)
+    except StethoError as exc:
+        raise ConfigError(f"{run_dir} holds an unfinished run that cannot be read ({exc}); pass --overwrite "
+                          "to replace it") from None
+    new = resolve(cfg)
+    differ = sorted(k for k in set(old) | set(new) if k not in _RUNTIME_KEYS and old.get(k) != new.get(k))
+    if differ:
+        raise ConfigError(f"{run_dir} holds an unfinished run with other settings ({', '.join(differ)} differ); "
+                          "run the same command to resume it, or pass --overwrite to replace it")
+
+
+def _fit_context(cfg: Mapping[str, Any], det: Detector, run_dir: Path, vclips: list[Clip],
+                 vfeats: list[np.ndarray]) -> FitContext:
+    """What ``fit`` gets beyond the training clips: a work dir inside the run folder
+    (checkpoints, pseudo-labels), the validation clips of detectors that choose their best
+    epoch on them, and the test clips for transductive methods."""
+    unlabeled = None
+    if getattr(det, "transductive", False):
         # The seed's transductive pseudo-labelling lets the test clips shape the clustering.
         scan, _ = _scan(cfg, cfg["data"], "test", cfg["machines"])
         clips, feats, _ = _features({**cfg, "skip_bad": True}, det, scan.clips, "test features (transductive)")
-        extras["unlabeled"] = (clips, feats)
-    return extras
+        unlabeled = (clips, feats)
+    validation = (vclips, vfeats) if det.uses_validation and vclips else None
+    return FitContext(work_dir=run_dir / "work", unlabeled=unlabeled, validation=validation)
 
 
 # -- test -----------------------------------------------------------------------------------------
@@ -314,11 +380,13 @@ def test(
         data: test data root or manifest (default: the run's test data, else its training data).
             Other data is read with ``dataset="auto"`` unless ``dataset`` is given.
         overrides: config keys to change for this test (e.g. ``skip_bad=True``, ``progress=False``,
-            ``dataset="dcase2021"``, ``formula="dcase2020"``).
+            ``dataset="dcase2021"``, ``formula="dcase2020"``), and ``decision_fpr``: decide with
+            thresholds refitted for this false-alarm rate from the stored out-of-sample scores.
     """
     run_dir = Path(run_dir)
     t_start = time.perf_counter()
     cfg = load_run_config(run_dir)
+    decision_fpr = overrides.pop("decision_fpr", None)
     if data is not None and "dataset" not in overrides:
         overrides = {**overrides, "dataset": "auto"}
     cfg = resolve(cfg, {k: v for k, v in overrides.items() if v is not None})
@@ -330,15 +398,22 @@ def test(
     for path in models:
         det = Detector.load(path)
         det.progress = cfg["progress"]
+        if cfg.get("threads"):
+            det.threads = cfg["threads"]
+        if decision_fpr is not None:
+            det.refit_thresholds(decision_fpr=decision_fpr)
         for machine in getattr(det, "machines_", None) or [path.stem]:
             detectors[machine] = det
     first = next(iter(detectors.values()))
     modes = _modes(first, score or cfg["test"]["score"])
 
     scan, skipped = _scan(cfg, root, "test", sorted(detectors))
+    n_unparsed = len(skipped)
     clips = scan.clips
     if not clips:
         raise DatasetError(f"{scan.root}: no test clips found for {', '.join(detectors)}")
+    # What the data holds, whatever the run's machine types: an official score must cover it all.
+    test_split = _data_test_split(cfg, root, scan)
     # Score files are named as the data's own year names them, whatever formula is asked for.
     natural = official_formula(scan.dataset, clips)
     naming = FORMULAS[natural].naming
@@ -377,7 +452,7 @@ def test(
             for machine in sorted({c.machine for c in dclips}):
                 sel = [j for j, c in enumerate(dclips) if c.machine == machine]
                 s = all_scores[mode][sel]
-                decisions = (s > det.threshold_for(mode, machine)).astype(np.int64)
+                decisions = det.decide(s, [machine] * len(s), mode)
                 mclips = [dclips[j] for j in sel]
                 for section in sorted({c.section for c in mclips}):
                     part = [j for j, c in enumerate(mclips) if c.section == section]
@@ -398,12 +473,13 @@ def test(
             log.info("test clips carry no labels: %s scores written to %s, no metrics", mode, out.folders[mode])
             out.results[mode] = None
             continue
-        result = evaluate_folder(out.folders[mode], scan.root, truth=clips, formula=formula)
+        result = evaluate_folder(out.folders[mode], scan.root, truth=clips, formula=formula, test_split=test_split)
+        if n_unparsed:
+            result.missing.append(f"{n_unparsed} test file name(s) that do not parse were skipped (skipped.csv)")
         write_results(out.folders[mode], result)
         write_section_metrics(out.folders[mode] / "sections.csv", result)
         out.results[mode] = result
-        summary_rows.append({"score": mode, "formula": result.formula,
-                             "official score": result.official_score,
+        summary_rows.append({"score": mode, "formula": result.formula, **score_cells(result),
                              "machines": " ".join(result.machines())})
     if summary_rows:
         write_dict_csv(run_dir / "summary.csv", summary_rows)
@@ -462,13 +538,19 @@ def _warn_unseen_sections(run_dir: Path, clips: Sequence[Clip]) -> None:
 def evaluate_folder(
     scores_dir: str | Path, data: str | Path, truth: Sequence[Clip] | None = None,
     formula: str | None = None, dataset: str = "auto", subset: str | None = None,
+    test_split: Sequence[Clip] | None = None,
 ) -> EvaluationResult:
     """Evaluate the ``anomaly_score_*`` (and ``decision_result_*``) files of a folder.
 
     Ground truth is read from the test clips under ``data`` (a dataset folder of any layout, or a
-    manifest; or given as ``truth``); scores are joined to it by file name per machine type, and a
-    missing, extra or duplicated file is an error that lists the files. ``formula`` defaults to
-    the official formula of the data's year.
+    manifest; or given as ``truth``); scores are joined to it by file name per machine type, and
+    within a scored section a missing, extra or duplicated file is an error that lists the files.
+    ``formula`` defaults to the official formula of the data's year.
+
+    The result is the official score only when the score files cover every machine type and
+    section of ``test_split``, the data's whole test split (default: the test split of every
+    machine type under ``data``, or ``truth`` when it is given); otherwise it is partial and its
+    ``missing`` names the machine types and sections without score files.
     """
     sub = read_submission(scores_dir)
     machines = sorted({m for m, _ in sub.scores})
@@ -477,16 +559,14 @@ def evaluate_folder(
         scan, _ = _scan(cfg, data, "test", machines)
         truth = scan.clips
         formula = formula or official_formula(scan.dataset, truth)
+        if test_split is None:
+            test_split = _data_test_split(cfg, data, scan)
     formula = formula or official_formula("folder", truth)
-    truth = [c for c in truth if c.machine in machines]
+    if test_split is None:
+        test_split = truth
     sections_scored = {(m, s) for m, s in sub.scores}
-    sections_truth = {(c.machine, c.section) for c in truth}
-    unscored = sorted(sections_truth - sections_scored)
-    if unscored:
-        raise StethoError(
-            f"{scores_dir}: no score file for "
-            + ", ".join(f"{m} section {s}" for m, s in unscored)
-        )
+    # Sections without score files are not evaluated; `evaluate` lists them as not scored.
+    truth = [c for c in truth if (c.machine, c.section) in sections_scored]
     per_machine: dict[str, list[tuple[str, float]]] = {}
     for (m, _), rows in sorted(sub.scores.items()):
         per_machine.setdefault(m, []).extend(rows)
@@ -499,7 +579,7 @@ def evaluate_folder(
         decisions = {}
         for (m, _), rows in sorted(sub.decisions.items()):
             decisions.setdefault(m, []).extend(rows)
-    return evaluate(per_machine, truth, decisions, formula=formula)
+    return evaluate(per_machine, truth, decisions, formula=formula, test_split=test_split)
 
 
 # -- label ----------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from stetho.cli import main
+from stetho.models import MODELS
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -26,6 +28,8 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     (("train", "--data", "x"), "the following arguments are required: --out"),
     (("train", "--data", "x", "--out", "y", "--epochs", "many"), "argument --epochs: invalid int value: 'many'"),
     (("frobnicate",), "invalid choice: 'frobnicate'"),
+    (("train", "--data", "x", "--out", "y", "--model", "vae"), "argument --model: invalid choice: 'vae'"),
+    (("toy", "x", "--domain-shift", "loud"), "invalid choice: 'loud' (choose from mild, strong, factory)"),
     (("test",), "the following arguments are required: --run"),
 ])
 def test_wrong_arguments_give_a_one_line_error(capsys, argv, fragment):
@@ -62,6 +66,53 @@ def test_toy_train_test_evaluate_from_the_command_line(capsys, tmp_path):
     assert code == 0 and "official score" in out and (tmp_path / "ev" / "summary.csv").is_file()
     code, _, err = _run(capsys, "test", "--run", str(run), "--score", "l2")
     assert code == 2 and "unknown score mode(s) l2 for model 'ae'; choose from mahalanobis, mse" in err
+
+
+def _model_entries(help_text: str, title: str) -> dict[str, str]:
+    """The model table under ``title`` of a help text: model name -> its entry, on one line."""
+    text = " ".join(help_text[help_text.index(title):].split())
+    starts = []
+    for name in MODELS:  # in registry order, each after the previous one
+        starts.append(text.index(f" {name} ", starts[-1] + 1 if starts else 0))
+    return {name: text[a:b] for name, a, b in zip(MODELS, starts, starts[1:] + [len(text)])}
+
+
+@pytest.mark.parametrize("command, title", [("train", "models (--model"), ("test", "score modes (--score)")])
+def test_help_lists_every_registered_model_with_its_score_modes(capsys, command, title):
+    code, out, _ = _run(capsys, command, "--help")
+    assert code == 0
+    entries = _model_entries(out, title)
+    assert list(entries) == list(MODELS) and len(MODELS) >= 5
+    for name, cls in MODELS.items():
+        assert f"score modes: {', '.join(cls.score_modes)}" in entries[name], name
+        assert ("one model for all machine types" in entries[name]) == cls.joint, name
+
+
+def test_train_help_gives_each_model_its_own_epochs_default(capsys):
+    _, out, _ = _run(capsys, "train", "--help")
+    entries = _model_entries(out, "models (--model")
+    defaults = {name: inspect.signature(cls.__init__).parameters["epochs"].default for name, cls in MODELS.items()}
+    assert defaults["arae"] == 20 and defaults["discriminative"] == 16 and defaults["ae"] == 100
+    for name, epochs in defaults.items():
+        assert f"epochs: {epochs}" in entries[name].split(";")[-1], name
+    epochs_help = " ".join(out.split("\n  --epochs EPOCHS")[1].split("\n  --")[0].split())
+    assert epochs_help == "training epochs (default: the model's, see models below)"  # not one number for all
+
+
+def test_help_without_a_subcommand_does_not_load_torch_or_the_toy_synthesiser():
+    code = ("import sys; from stetho.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'sklearn', 'scipy.signal', 'stetho.datasets.toy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "registered model" not in proc.stdout and proc.stdout.splitlines()[-1] == "[]"
+
+
+def test_novelty_help_lists_the_registered_models_that_score_arrays(capsys):
+    from stetho.novelty import array_models
+
+    code, out, _ = _run(capsys, "novelty", "--help")
+    assert code == 0 and array_models() == ["arae"]
+    assert f"models that score image arrays: {', '.join(array_models())}." in " ".join(out.split())
 
 
 def test_console_script_entry_point_runs():
