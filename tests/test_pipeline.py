@@ -350,3 +350,40 @@ def test_training_log_shows_the_validation_loss_only_when_there_is_one(toy_root,
     lines = [r.getMessage() for r in caplog.records if "epochs in" in r.getMessage()]
     assert len(lines) == 1 and ", loss " in lines[0] and "nan" not in lines[0].lower()
     assert ("(val " in lines[0]) == (split > 0)
+
+
+def test_test_decision_fpr_refits_thresholds_from_the_stored_scores(trained, tmp_path):
+    run_dir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    flagged = {}
+    for fpr in (0.1, 0.5):
+        pipeline.test(copy, score="mse", decision_fpr=fpr, progress=False)
+        rows = _rows(copy / "results" / "mse" / "decision_result_fan_section_00_test.csv")
+        scores = dict(_rows(copy / "results" / "mse" / "anomaly_score_fan_section_00_test.csv"))
+        det = Detector.load(copy / "models" / "fan.pt").refit_thresholds(decision_fpr=fpr)
+        assert all(int(d) == int(float(scores[n]) > det.threshold_for("mse", "fan")) for n, d in rows)
+        flagged[fpr] = sum(int(d) for _, d in rows)
+    assert flagged[0.5] > flagged[0.1]
+    # the model files are not changed: the next plain test decides with the trained thresholds
+    assert Detector.load(copy / "models" / "fan.pt").thresholds_ == Detector.load(run_dir / "models" / "fan.pt").thresholds_
+
+
+def test_an_unfinished_run_resumes_with_the_same_settings_only(trained, toy_root, tmp_path, caplog):
+    run_dir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "timings.json").unlink()  # as if killed after the fan model was saved
+    (copy / "models" / "valve.pt").unlink()
+    cfg = {"data": str(toy_root), "out": str(copy), "params": FAST, "progress": False}
+    with pytest.raises(ConfigError, match=r"unfinished run with other settings \(params, seed differ\)"):
+        pipeline.train({**cfg, "params": {**FAST, "epochs": 3}, "seed": 1})
+    with caplog.at_level("INFO", logger="stetho"):
+        pipeline.train(cfg)
+    assert "resuming it" in caplog.text and "fan: trained before the interruption, kept" in caplog.text
+    for machine in ("fan", "valve"):
+        a = Detector.load(copy / "models" / f"{machine}.pt")
+        b = Detector.load(run_dir / "models" / f"{machine}.pt")
+        assert a.thresholds_ == b.thresholds_
+    with pytest.raises(ConfigError, match="already holds a run"):
+        pipeline.train(cfg)
