@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -10,15 +11,18 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from stetho.backends import gamma_threshold, make_backend
 from stetho.datasets.clip import Clip
 from stetho.errors import ConfigError, StethoError
 from stetho.models import Detector
+from stetho.models.base import COMMON_PARAMS, FitContext
 from stetho.models.discriminative import DiscriminativeDetector, MultiResolutionNet, SCAdaCosHead, WaveBank
 from stetho.models.discriminative.augment import feature_exchange, mixup
 from stetho.models.discriminative.pseudo_labels import (
     cluster_machine, gmm_bic, read_pseudo_labels, write_pseudo_labels,
 )
 from stetho.models.discriminative.torch_model import BranchSpec, FFTBranch, STFTBranch
+from stetho.models.training import Trainer
 
 # -- network ------------------------------------------------------------------------------------
 
@@ -184,46 +188,156 @@ def _tiny_data(n_per=12):
 
 def test_detector_fits_scores_saves_and_loads(tmp_path):
     clips, waves = _tiny_data()
-    det = DiscriminativeDetector(**TINY).fit(clips, waves, work_dir=tmp_path / "work")
+    det = DiscriminativeDetector(**TINY).fit(clips, waves, context=FitContext(work_dir=tmp_path / "work"))
     assert det.machines_ == ["fan", "pump"] and len(det.classes_) == 8  # 2 machines x 2 attributes x 2 domains
     assert sorted(det.nets_) == [2, 4] and len(det.history_["epoch"]) == 4
-    assert sorted(p.name for p in (tmp_path / "work" / "checkpoints").iterdir()) == [
-        "main_epoch_002.pt", "main_epoch_004.pt"]
+    assert not list((tmp_path / "work").glob("*.ckpt"))  # checkpoints are deleted once fit succeeds
     scores = det.score_all(clips[:5], waves[:5])
     assert set(scores) == {"kmeans", "knn", "mahalanobis", "density", "kmeans_norm", "knn_norm"}
     assert all(np.isfinite(s).all() for s in scores.values())
-    assert set(det.thresholds_["kmeans"]) == {"fan", "pump"}
+    # a threshold per score mode and machine type: `stetho test --backend X` for every backend
+    assert all(set(det.thresholds_[mode]) == {"fan", "pump"} for mode in det.score_modes)
     pred = det.predict(clips[:5], waves[:5], mode="knn")
     assert np.array_equal(pred, (scores["knn"] > det.threshold_for("knn", "fan")).astype(int))
     det.save(tmp_path / "d.pt")
     again = Detector.load(tmp_path / "d.pt")
     for mode in det.score_modes:
-        assert np.allclose(again.score(clips[:5], waves[:5], mode=mode), scores[mode])
-    assert again.threshold_for("kmeans", "pump") == pytest.approx(det.threshold_for("kmeans", "pump"))
+        assert np.array_equal(again.score(clips[:5], waves[:5], mode=mode), scores[mode])
+        assert np.array_equal(again.decision_scores_[mode], det.decision_scores_[mode])
+    assert again.thresholds_ == det.thresholds_ and again.calibration_ == det.calibration_
+    assert again.threshold_for("kmeans", "pump") == det.threshold_for("kmeans", "pump")
+    assert again.machines_ == det.machines_ and again.classes_ == det.classes_
+    # the method's state holds no decisions: the base saves them (model format 2)
+    assert not {"thresholds", "train_scores", "machines"} & set(det._get_state())
     odd = Clip(Path("/x/valve/test/0.wav"), "valve", "00", "test")
     with pytest.raises(StethoError, match="no training clips of machine type.*valve"):
         det.score([odd], [waves[0]])
 
 
-def test_detector_is_deterministic_and_resumes(tmp_path):
+def test_calibrated_decision_scores_are_of_clips_the_network_did_not_train_on(monkeypatch):
+    clips, waves = _tiny_data()
+    seen: list[list[str]] = []
+    fit = DiscriminativeDetector._fit
+
+    def spy(self, clips, feats, context):
+        seen.append([str(c.path) for c in clips])
+        return fit(self, clips, feats, context)
+
+    monkeypatch.setattr(DiscriminativeDetector, "_fit", spy)
+    det = DiscriminativeDetector(**TINY).fit(clips, waves)
+    (trained,) = seen
+    held = det.calibration_["file"]
+    # 2 of the 10 source clips of each machine type held out (the 2 target clips are too few)
+    assert len(held) == 4 and sorted(det.calibration_["machine"]) == ["fan", "fan", "pump", "pump"]
+    assert not set(held) & set(trained) and sorted(held + trained) == sorted(str(c.path) for c in clips)
+    assert len(det.train_machine_of_) == len(trained) == 20  # the backends know only the trained clips
+    # the decision scores are the fitted detector's scores of the held-out clips
+    idx = [[str(c.path) for c in clips].index(f) for f in held]
+    again = det.score_all([clips[i] for i in idx], [waves[i] for i in idx])
+    for mode in det.score_modes:
+        assert det.decision_scores_[mode].shape == (4,)
+        assert np.allclose(det.decision_scores_[mode], again[mode])
+
+
+def test_official_thresholds_are_gamma_fits_of_cross_fitted_backend_scores(monkeypatch):
+    """threshold="official" is the original: the network trains on every clip and each machine
+    type's threshold is the Gamma 0.9 quantile of its training clips' backend scores, each
+    cross-fitted over its domain (EmbeddingBackend.train_scores), averaged over the epochs."""
+    clips, waves = _tiny_data()
+    seen: list[int] = []
+    fit = DiscriminativeDetector._fit
+    monkeypatch.setattr(DiscriminativeDetector, "_fit", lambda self, c, f, x: (seen.append(len(c)), fit(self, c, f, x)))
+    det = DiscriminativeDetector(**TINY, threshold="official").fit(clips, waves)
+    assert seen == [len(clips)] and det.calibration_["file"] == [str(c.path) for c in clips]
+    for m in ("fan", "pump"):
+        idx = [i for i, c in enumerate(clips) if c.machine == m]
+        for mode in ("kmeans", "knn", "knn_norm"):
+            per_epoch = []
+            for epoch, emb in det.train_embeddings_.items():
+                rows = {d: [i for i in idx if (clips[i].domain or "source") == d] for d in ("source", "target")}
+                be = make_backend(mode, seed=TINY["seed"], n_clusters=TINY["n_clusters"]).fit(
+                    {d: emb[r] for d, r in rows.items()})
+                s = be.train_scores({d: emb[r] for d, r in rows.items()}, seed=TINY["seed"])
+                per_epoch.append(np.concatenate([s["source"], s["target"]]))
+            expected = np.mean(per_epoch, axis=0)
+            got = det.decision_scores_[mode][idx]  # clip order: the 10 source clips, then the 2 target ones
+            assert np.allclose(got, expected)
+            assert det.thresholds_[mode][m] == pytest.approx(gamma_threshold(expected, 0.9), rel=1e-9)
+            # cross-fitted, not in-sample: a kNN memory would score its own clips 0
+            assert mode != "knn" or (got > 1e-9).all()
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_detector_is_deterministic_and_resumes_a_killed_training(tmp_path, monkeypatch, caplog):
     clips, waves = _tiny_data(8)
-    a = DiscriminativeDetector(**TINY).fit(clips, waves, work_dir=tmp_path / "a")
+    before = torch.get_rng_state().clone(), np.random.get_state()[1].copy()
+    a = DiscriminativeDetector(**TINY).fit(clips, waves, context=FitContext(work_dir=tmp_path / "a"))
+    # the training draws from its own seeded generators: the caller's global RNGs are untouched
+    assert torch.equal(torch.get_rng_state(), before[0]) and np.array_equal(np.random.get_state()[1], before[1])
     b = DiscriminativeDetector(**TINY).fit(clips, waves)
-    assert np.allclose(a.score(clips, waves), b.score(clips, waves))
-    # resume after epoch 2 from its checkpoint: the same model as an uninterrupted run
-    (tmp_path / "a" / "checkpoints" / "main_epoch_004.pt").unlink()
-    c = DiscriminativeDetector(**{**TINY, "resume": True}).fit(clips, waves, work_dir=tmp_path / "a")
-    assert np.allclose(c.score(clips, waves), a.score(clips, waves))
+    assert np.array_equal(a.score(clips, waves), b.score(clips, waves))
+    assert a.history_["train_loss"] == b.history_["train_loss"]
+
+    # killed after epoch 3 (its checkpoint of epoch 2 written, checkpoint_every=2), then run again
+    run = Trainer.run
+
+    def dying(self, step, batches, epochs, *, on_epoch=None, **kw):
+        def die(epoch, hist):
+            on_epoch(epoch, hist)
+            if epoch == 3:
+                raise Killed("killed")
+        return run(self, step, batches, epochs, on_epoch=die, **kw)
+
+    monkeypatch.setattr(Trainer, "run", dying)
+    context = FitContext(work_dir=tmp_path / "c")
+    with pytest.raises(Killed):
+        DiscriminativeDetector(**TINY).fit(clips, waves, context=context)
+    assert [p.name for p in (tmp_path / "c").glob("*.ckpt")] == ["discriminative_fan+pump.ckpt"]
+    monkeypatch.setattr(Trainer, "run", run)
+    with caplog.at_level(logging.INFO, logger="stetho.models.training"):
+        c = DiscriminativeDetector(**TINY).fit(clips, waves, context=context)
+    assert "discriminative main epochs: resuming after epoch 2 of 4" in caplog.text
+    assert c.history_["epoch"] == [1, 2, 3, 4] and c.history_["train_loss"] == a.history_["train_loss"]
+    for mode in a.score_modes:
+        assert np.array_equal(c.score(clips, waves, mode=mode), a.score(clips, waves, mode=mode))
+    assert c.thresholds_ == a.thresholds_
+    assert not list((tmp_path / "c").glob("*.ckpt"))
+    # other settings never resume another training's checkpoint
+    other = DiscriminativeDetector(**{**TINY, "lr": 2e-3})
+    assert other._fingerprint("main", clips) != a._fingerprint("main", clips)
+    runtime = DiscriminativeDetector(**{**TINY, "progress": True, "checkpoint_every": 1})
+    assert runtime._fingerprint("main", clips) == a._fingerprint("main", clips)
 
 
 def test_detector_checks_its_settings():
     clips, waves = _tiny_data(4)
-    with pytest.raises(ConfigError, match="ensemble_epochs"):
+    with pytest.raises(ConfigError, match=r"ensemble_epochs=\[5\] must be within 1..4"):
         DiscriminativeDetector(**{**TINY, "ensemble_epochs": [5]}).fit(clips, waves)
     with pytest.raises(ConfigError, match="FFT branch needs at least 4.38 s"):
         DiscriminativeDetector(**{**TINY, "branches": ["fft"]}).fit(clips, waves)
-    with pytest.raises(ConfigError, match="labels must be"):
-        DiscriminativeDetector(**{**TINY, "labels": "sections"}).fit(clips, waves)
+    with pytest.raises(ConfigError, match="too small for the ResNet"):
+        DiscriminativeDetector(**{**TINY, "branches": ["stft:512:4096"]}).check_params()
+    bad = {
+        "labels": ("sections", "expected one of attributes, machine_domain"),
+        "epochs": (0, "expected an integer >= 1"),
+        "score_mode": ("cosine", "expected one of kmeans, knn, mahalanobis, density, kmeans_norm, knn_norm"),
+        "branches": (["mel:64"], "expected a list of 1\\+ items, each fft or stft:<n_fft>:<hop>"),
+        "pseudo_label_clusters": (0, "expected an integer >= 1 or null"),
+        "pseudo_label_embedding": ("pca", "expected one of classifier, triplet"),
+        "checkpoint_every": (-1, "expected an integer >= 0"),
+        "mixup_prob": (1.5, r"expected a number in \[0, 1\]"),
+        "ensemble_epochs": ([], "expected a list of 1\\+ items, each an integer >= 1"),
+    }
+    for name, (value, allowed) in bad.items():
+        with pytest.raises(ConfigError, match=rf"discriminative: params.{name}=.* is not allowed; {allowed}"):
+            DiscriminativeDetector(**{**TINY, name: value}).check_params()
+    declared = set(DiscriminativeDetector._parameter_constraints)
+    assert declared == set(DiscriminativeDetector.param_defaults()) - set(COMMON_PARAMS)
+    with pytest.raises(TypeError, match="resume"):  # resuming is automatic now
+        DiscriminativeDetector(resume=True)
 
 
 def test_classes_without_attributes_and_machine_domain_mode():

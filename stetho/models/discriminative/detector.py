@@ -5,6 +5,13 @@ domain) of the training clips from their raw waveforms; a clip's anomaly score i
 embedding lies from the training embeddings of its machine type (a backend, per machine type).
 Scores of several epochs (12, 14, 16) are averaged. Machine types without attributes can get
 pseudo-attributes from clustering (``pseudo_labels="gmm"``).
+
+Training goes through :class:`~stetho.models.training.Trainer` (one per network: the pseudo-label
+stage, the main network, or the triplet models): checkpoints in ``FitContext.work_dir``, and a
+killed training run again with the same settings and clips continues from its last checkpoint.
+Thresholds are the base class's (:class:`~stetho.models.base.Detector`); with
+``threshold="official"`` they come, as in the original, from the backends' cross-fitted scores of
+the training embeddings of a network trained on every clip (:meth:`_in_sample_scores`).
 """
 
 from __future__ import annotations
@@ -18,15 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from stetho.backends import BACKENDS, ensemble, gamma_threshold, l2_normalize, make_backend
+from stetho.backends import BACKENDS, ensemble, l2_normalize, make_backend
 from stetho.datasets.clip import SOURCE, TARGET, Clip
 from stetho.errors import ConfigError, StethoError
 from stetho.features import AudioOptions, extract_waveforms
-from stetho.models.base import Detector
+from stetho.models.base import Detector, FitContext
 from stetho.models.discriminative.augment import feature_exchange, mixup
 from stetho.models.discriminative.pseudo_labels import cluster_machine, read_pseudo_labels, write_pseudo_labels
-from stetho.models.discriminative.torch_model import FFTBranch, MultiResolutionNet, SCAdaCosHead
-from stetho.models.training import atomic_torch_save, resolve_device, run_epochs, seed_everything
+from stetho.models.discriminative.torch_model import BranchSpec, FFTBranch, MultiResolutionNet, SCAdaCosHead, STFTBranch
+from stetho.models.params import Boolean, Check, Interval, Options, SequenceOf, String
+from stetho.models.training import Trainer, resolve_device, torch_fork_rng
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,10 @@ class WaveBank:
         return w[start:start + n].astype(np.float32) / 32768.0
 
 
+def _valid_branch(spec: Any) -> bool:
+    return isinstance(spec, str) and BranchSpec.parse(spec) is not None
+
+
 class DiscriminativeDetector(Detector):
     """Multi-resolution embedding network + SCAdaCos (+ subspace loss), embeddings scored by a
     backend per machine type; one model for every machine type (``joint``).
@@ -84,8 +96,9 @@ class DiscriminativeDetector(Detector):
         lr: AdamW learning rate (1e-3).
         weight_decay: AdamW weight decay (0.01, PyTorch's default, as the seed).
         ensemble_epochs: epochs whose scores are averaged ((12, 14, 16)); each ≤ ``epochs``.
-        checkpoint_every: save a resumable checkpoint every this many epochs (needs ``work_dir``).
-        resume: continue from the latest checkpoint in ``work_dir``.
+        checkpoint_every: save a checkpoint every this many epochs (and after the last) in
+            ``FitContext.work_dir`` (0: none). A killed training run again with the same settings
+            and clips resumes from it; the checkpoints are deleted once ``fit`` succeeds.
         labels: ``"attributes"`` (classes = machine type × attributes × domain; machine types
             without attributes: machine × domain) or ``"machine_domain"``.
         pseudo_labels: ``"none"``, ``"gmm"`` (train once with machine × domain classes for the
@@ -98,7 +111,8 @@ class DiscriminativeDetector(Detector):
         triplet_epochs: epochs of the triplet models (6).
         pseudo_label_clusters: ``None`` (BIC chooses 1-16 source clusters, the paper) or a fixed
             number of source-domain clusters per machine type (the target domain keeps BIC, 1-2).
-        transductive: let the test clips shape the UMAP map (the seed's variant; off by default).
+        transductive: let the test clips (``FitContext.unlabeled``) shape the UMAP map (the
+            seed's variant; off by default).
         n_clusters: k-means centres per machine type on source embeddings (16).
         knn_k: neighbours of the kNN backend (1).
         density_k: neighbours defining the local density in the ``"density"`` backend (1).
@@ -106,16 +120,54 @@ class DiscriminativeDetector(Detector):
             ``"kmeans_norm"`` or ``"knn_norm"`` (:mod:`stetho.backends.embedding`).
         test_hop: crops of a clip longer than the tile are this fraction of a tile apart at test
             time; their normalised embeddings are averaged.
-        decision_quantile: Gamma quantile of the per-machine thresholds (0.9).
         seed: seed of initialisation, batches, augmentation, k-means, UMAP and GMM.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         channel: channel of multi-channel files.
         progress: progress bars.
+        **common: the parameters every detector takes (threshold, calibration, decision_fpr ...;
+            :data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "discriminative"
     score_modes = tuple(BACKENDS)  # kmeans, knn, mahalanobis, density, kmeans_norm, knn_norm
     joint = True
+    _parameter_constraints = {
+        "branches": [SequenceOf(Check(_valid_branch, "fft or stft:<n_fft>:<hop>"), min_len=1)],
+        "tile_seconds": [Interval(float, 0, None, closed="neither")],
+        "sr": [Interval(int, 1000, None)],
+        "emb_dim": [Interval(int, 1, None)],
+        "channels": [SequenceOf(Interval(int, 1, None), min_len=1)],
+        "fft_channels": [Interval(int, 1, None)],
+        "fft_dense_layers": [Interval(int, 0, None)],
+        "n_subclusters": [Interval(int, 1, None)],
+        "subspace_weight": [Interval(float, 0, None)],
+        "featex": [Boolean()],
+        "featex_prob": [Interval(float, 0, 1)],
+        "featex_weight": [Interval(float, 0, None)],
+        "mixup_prob": [Interval(float, 0, 1)],
+        "epochs": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 2, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "weight_decay": [Interval(float, 0, None)],
+        "ensemble_epochs": [SequenceOf(Interval(int, 1, None), min_len=1)],
+        "checkpoint_every": [Interval(int, 0, None)],
+        "labels": [Options(*LABEL_MODES)],
+        "pseudo_labels": [String("none, gmm or the path of a pseudo-label CSV"), None],
+        "pseudo_label_machines": [Options("no_attributes", "all")],
+        "pseudo_label_embedding": [Options("classifier", "triplet")],
+        "triplet_epochs": [Interval(int, 1, None)],
+        "pseudo_label_clusters": [Interval(int, 1, None), None],
+        "transductive": [Boolean()],
+        "n_clusters": [Interval(int, 1, None)],
+        "knn_k": [Interval(int, 1, None)],
+        "density_k": [Interval(int, 1, None)],
+        "score_mode": [Options(*score_modes)],
+        "test_hop": [Interval(float, 0, 1, closed="right")],
+        "seed": [Interval(int, 0, None)],
+        "device": [String("auto, cpu, cuda or cuda:N")],
+        "channel": [Interval(int, 0, None)],
+        "progress": [Boolean()],
+    }
 
     def __init__(
         self, branches: Sequence[str] = ("fft", "stft:4096:2048", "stft:256:128"), tile_seconds: float = 18.0,
@@ -123,14 +175,15 @@ class DiscriminativeDetector(Detector):
         fft_dense_layers: int = 5, n_subclusters: int = 16, subspace_weight: float = 1.0, featex: bool = False,
         featex_prob: float = 0.5, featex_weight: float = 1.0, mixup_prob: float = 0.5, epochs: int = 16,
         batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.01,
-        ensemble_epochs: Sequence[int] = (12, 14, 16), checkpoint_every: int = 2, resume: bool = False,
+        ensemble_epochs: Sequence[int] = (12, 14, 16), checkpoint_every: int = 2,
         labels: str = "attributes", pseudo_labels: str = "none", pseudo_label_machines: str = "no_attributes",
         pseudo_label_embedding: str = "classifier", triplet_epochs: int = 6,
         pseudo_label_clusters: int | None = None, transductive: bool = False,
         n_clusters: int = 16, knn_k: int = 1, density_k: int = 1, score_mode: str = "kmeans",
-        test_hop: float = 0.5, decision_quantile: float = 0.9, seed: int = 13711, device: str = "auto",
-        channel: int = 0, progress: bool = False,
+        test_hop: float = 0.5, seed: int = 13711, device: str = "auto", channel: int = 0, progress: bool = False,
+        **common: Any,
     ) -> None:
+        super().__init__(**common)
         self.branches = list(branches)
         self.tile_seconds = tile_seconds
         self.sr = sr
@@ -150,7 +203,6 @@ class DiscriminativeDetector(Detector):
         self.weight_decay = weight_decay
         self.ensemble_epochs = list(ensemble_epochs)
         self.checkpoint_every = checkpoint_every
-        self.resume = resume
         self.labels = labels
         self.pseudo_labels = pseudo_labels
         self.pseudo_label_machines = pseudo_label_machines
@@ -163,7 +215,6 @@ class DiscriminativeDetector(Detector):
         self.density_k = density_k
         self.score_mode = score_mode
         self.test_hop = test_hop
-        self.decision_quantile = decision_quantile
         self.seed = seed
         self.device = device
         self.channel = channel
@@ -175,24 +226,23 @@ class DiscriminativeDetector(Detector):
         """Input length in samples."""
         return int(round(self.tile_seconds * self.sr))
 
-    def _check(self) -> None:
-        self._mode(self.score_mode)
-        if self.labels not in LABEL_MODES:
-            raise ConfigError(f"labels must be one of {', '.join(LABEL_MODES)}, got {self.labels!r}")
-        if self.pseudo_label_machines not in ("no_attributes", "all"):
-            raise ConfigError("pseudo_label_machines must be no_attributes or all")
-        if self.pseudo_label_embedding not in ("classifier", "triplet"):
-            raise ConfigError("pseudo_label_embedding must be classifier or triplet")
-        k = self.pseudo_label_clusters
-        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-            raise ConfigError(f"pseudo_label_clusters must be a positive integer or null (BIC), got {k!r}")
+    def _check_params(self) -> None:
+        """Ensemble epochs within the training epochs; every branch fits the tile."""
         bad = [e for e in self.ensemble_epochs if not 1 <= int(e) <= self.epochs]
-        if bad or not self.ensemble_epochs:
-            raise ConfigError(f"ensemble_epochs {self.ensemble_epochs} must be non-empty and within 1..{self.epochs} "
-                              "(the training epochs)")
-        if "fft" in [str(b).lower() for b in self.branches] and self.n_samples < FFTBranch.min_samples():
-            raise ConfigError(f"tile_seconds={self.tile_seconds}: the FFT branch needs at least "
-                              f"{FFTBranch.min_samples() / self.sr:.2f} s")
+        if bad:
+            raise ConfigError(f"{self.name}: params.ensemble_epochs={self.ensemble_epochs} must be within "
+                              f"1..{self.epochs} (params.epochs, the training epochs)")
+        for spec in map(BranchSpec.parse, self.branches):
+            if spec.kind == "fft":
+                if self.n_samples < FFTBranch.min_samples():
+                    raise ConfigError(f"{self.name}: params.tile_seconds={self.tile_seconds}: the FFT branch needs "
+                                      f"at least {FFTBranch.min_samples() / self.sr:.2f} s")
+                continue
+            try:  # the shapes only: one channel per stage, no random numbers drawn from the caller's RNG
+                with torch_fork_rng(None):
+                    STFTBranch(self.n_samples, spec.n_fft, spec.hop, self.sr, 1, [1] * len(self.channels))
+            except ValueError as exc:
+                raise ConfigError(f"{self.name}: params.tile_seconds={self.tile_seconds}: {exc}") from None
 
     # -- features ---------------------------------------------------------------------------
     def extract(self, clips, resample=True, cache=None, progress=False, raise_on_error=True, desc="audio"):
@@ -227,26 +277,26 @@ class DiscriminativeDetector(Detector):
         return names
 
     # -- training ---------------------------------------------------------------------------
-    def fit(
-        self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
-        work_dir: str | Path | None = None, unlabeled: tuple[Sequence[Clip], Sequence[np.ndarray]] | None = None,
-    ) -> "DiscriminativeDetector":
-        """Train on the normal training clips of every machine type at once.
+    def _checkpoint(self, work_dir: str | Path | None, machines: Sequence[str], stage: str = "") -> Path | None:
+        """The checkpoint file of a training stage (``None`` without a work dir)."""
+        if work_dir is None:
+            return None
+        return Path(work_dir) / f"{self.name}_{'+'.join(machines)}{'_' + stage if stage else ''}.ckpt"
 
-        Args:
-            clips: training clips (all machine types).
-            features: their waveforms (read from the files when ``None``).
-            work_dir: folder for checkpoints and the pseudo-label file (none written if ``None``).
-            unlabeled: ``(clips, waveforms)`` of test clips, used only by ``transductive`` pseudo-labelling.
-        """
-        self._check()
-        if not clips:
-            raise ValueError("fit() needs at least one training clip")
-        bank = WaveBank(self._features(clips, features))
-        work = Path(work_dir) if work_dir is not None else None
+    def _fingerprint(self, stage: str, clips: Sequence[Clip], *extra: Any) -> tuple:
+        """What makes a stage's training different: the hyper-parameters (not the runtime ones
+        nor ``checkpoint_every``), the stage, the training clips and ``extra`` (class labels ...)."""
+        params = {k: v for k, v in self._fingerprint_params().items() if k != "checkpoint_every"}
+        return (params, stage, [str(c.path) for c in clips], *extra)
+
+    def _fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
+        """Train one network on the training clips of every machine type at once (after the
+        pseudo-label stage for ``pseudo_labels="gmm"``), embed the clips, fit the backends."""
+        bank = WaveBank(feats)
+        stages: list[Trainer] = []  # the pseudo-label stage's checkpoints stay until the main one is done
         pseudo: dict[str, str] | None = None
         if self.pseudo_labels == "gmm":
-            pseudo = self._pseudo_label(clips, bank, work, unlabeled)
+            pseudo = self._pseudo_label(clips, bank, context.work_dir, context.unlabeled, keep=stages)
         elif self.pseudo_labels not in ("none", "", None):
             pseudo = read_pseudo_labels(self.pseudo_labels)
         names = self._class_names(clips, pseudo)
@@ -254,10 +304,11 @@ class DiscriminativeDetector(Detector):
         if len(self.classes_) < 2:
             log.warning("only one class (%s): the network has nothing to discriminate", self.classes_[0])
         y = np.array([self.classes_.index(n) for n in names])
-        nets, self.history_ = self._train(bank, y, work, stage="main")
-        self.machines_ = sorted({c.machine for c in clips})
+        nets, self.history_ = self._train(bank, y, self._checkpoint(context.work_dir, self.machines_), "main",
+                                          self._fingerprint("main", clips, y))
+        for tr in stages:
+            tr.remove_checkpoints()
         self._fit_backends(clips, bank, nets)
-        return self
 
     def fit_pseudo_labels(
         self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
@@ -266,28 +317,34 @@ class DiscriminativeDetector(Detector):
     ) -> dict[str, str]:
         """Pseudo-attributes of the training clips of the machine types without attributes (or
         all, see ``pseudo_label_machines``): ``{absolute file: cluster}``, also written to
-        ``work_dir/pseudo_labels.csv``. This is the first stage of ``pseudo_labels="gmm"``."""
-        self._check()
-        return self._pseudo_label(clips, WaveBank(self._features(clips, features)),
-                                  Path(work_dir) if work_dir is not None else None, unlabeled)
+        ``work_dir/pseudo_labels.csv`` (with the stage's checkpoints while it trains). This is the
+        first stage of ``pseudo_labels="gmm"``."""
+        self.check_params()
+        clips = list(clips)
+        return self._pseudo_label(clips, WaveBank(self._features(clips, features)), work_dir, unlabeled)
 
-    def _pseudo_label(self, clips, bank, work, unlabeled) -> dict[str, str]:
+    def _pseudo_label(self, clips, bank, work_dir, unlabeled, keep: list[Trainer] | None = None) -> dict[str, str]:
         """Stage 1 (machine × domain classes for the machine types to pseudo-label), embeddings,
-        UMAP + GMM per machine type; returns ``{file: label}`` and writes it to ``work``."""
+        UMAP + GMM per machine type; returns ``{file: label}`` and writes it to ``work_dir``.
+        With ``keep``, the stage's trainers are appended to it and their checkpoints kept (the
+        caller removes them once the main training is done)."""
         targets = self._pseudo_targets(clips)
         if not targets:
             log.info("pseudo-labels: every machine type has attributes; nothing to cluster")
             return {}
+        work = Path(work_dir) if work_dir is not None else None
+        machines = sorted({c.machine for c in clips})
         extra_bank = None
         if self.transductive and unlabeled is not None and len(unlabeled[0]):
             extra_bank = WaveBank(unlabeled[1])
         if self.pseudo_label_embedding == "triplet":
-            emb, extra_emb = self._triplet_embeddings(clips, bank, targets, unlabeled, extra_bank)
+            emb, extra_emb = self._triplet_embeddings(clips, bank, targets, unlabeled, extra_bank, work, keep)
         else:
             names = self._class_names(clips, plain=targets)
             classes = sorted(set(names))
-            nets, _ = self._train(bank, np.array([classes.index(n) for n in names]), work, stage="pseudo",
-                                  keep_last=True)
+            y = np.array([classes.index(n) for n in names])
+            nets, _ = self._train(bank, y, self._checkpoint(work, machines, "pseudo"), "pseudo",
+                                  self._fingerprint("pseudo", clips, y), keep_last=True, keep=keep)
             net = nets[max(nets)]
             emb = self._embed(net, bank)
             extra_emb = self._embed(net, extra_bank) if extra_bank is not None else None
@@ -300,7 +357,8 @@ class DiscriminativeDetector(Detector):
                 extra = extra_emb[[i for i, c in enumerate(unlabeled[0]) if c.machine == m]]
             result = cluster_machine(emb[idx], [clips[i].domain for i in idx], extra, seed=self.seed,
                                      source_components=self.pseudo_label_clusters)
-            log.info("pseudo-labels of %s: %s", m, ", ".join(f"{d} {k} cluster(s)" for d, k in result.n_components.items()))
+            log.info("pseudo-labels of %s: %s", m,
+                     ", ".join(f"{d} {k} cluster(s)" for d, k in result.n_components.items()))
             for i, k in zip(idx, result.labels):
                 key = str(clips[i].path.resolve())
                 out[key] = str(int(k))
@@ -311,130 +369,122 @@ class DiscriminativeDetector(Detector):
         self.pseudo_labels_ = out
         return out
 
-    def _triplet_embeddings(self, clips, bank, targets, unlabeled, extra_bank):
+    def _triplet_embeddings(self, clips, bank, targets, unlabeled, extra_bank, work, keep):
         """Embeddings of every training clip (rows of ``targets`` machine types filled) by one
         self-supervised triplet model per machine type; the same for the unlabeled clips."""
         from stetho.models.discriminative.triplet import TripletNet, train_triplet_embeddings
 
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
         emb = np.zeros((len(bank), self.emb_dim))
         extra = np.zeros((len(extra_bank), self.emb_dim)) if extra_bank is not None else None
-        for m in sorted(targets):
-            net = TripletNet(self.n_samples, self.sr, self.emb_dim, self.channels)
-            idx = [i for i, c in enumerate(clips) if c.machine == m]
-            others = [i for i, c in enumerate(clips) if c.machine != m]
-            others = [others[int(j)] for j in torch.randperm(len(others), generator=gen)[:256]]
+        machines = sorted({c.machine for c in clips})
+        trainer = Trainer(self.seed, device=self.device, threads=self.threads, progress=self.progress,
+                          checkpoint_every=self.checkpoint_every, keep_checkpoints=keep is not None)
+        with trainer as tr:
+            gen = tr.generator
+            for m in sorted(targets):
+                net = TripletNet(self.n_samples, self.sr, self.emb_dim, self.channels)
+                idx = [i for i, c in enumerate(clips) if c.machine == m]
+                others = [i for i, c in enumerate(clips) if c.machine != m]
+                others = [others[int(j)] for j in torch.randperm(len(others), generator=gen)[:256]]
 
-            def specs(b: WaveBank, rows: list[int]) -> torch.Tensor:
-                with torch.no_grad():
-                    return torch.cat([net.spectrogram(torch.from_numpy(np.stack(
-                        [b.crop(i, self.n_samples) for i in rows[s:s + 64]]))) for s in range(0, len(rows), 64)])
+                def specs(b: WaveBank, rows: list[int]) -> torch.Tensor:
+                    with torch.no_grad():
+                        return torch.cat([net.spectrogram(torch.from_numpy(np.stack(
+                            [b.crop(i, self.n_samples) for i in rows[s:s + 64]]))) for s in range(0, len(rows), 64)])
 
-            mine = specs(bank, idx)
-            rows = [i for i, c in enumerate(unlabeled[0]) if c.machine == m] if extra is not None else []
-            n_extra = len(rows)
-            if n_extra:
-                mine = torch.cat([mine, specs(extra_bank, rows)])  # transductive: test clips train it too
-            noise = specs(bank, others) if others else None
-            out = train_triplet_embeddings(mine, noise, net, self.triplet_epochs, generator=gen, device=device)
-            emb[idx] = out[:len(idx)]
-            if n_extra:
-                extra[rows] = out[len(idx):]
+                mine = specs(bank, idx)
+                rows = [i for i, c in enumerate(unlabeled[0]) if c.machine == m] if extra is not None else []
+                n_extra = len(rows)
+                if n_extra:
+                    mine = torch.cat([mine, specs(extra_bank, rows)])  # transductive: test clips train it too
+                noise = specs(bank, others) if others else None
+                out = train_triplet_embeddings(
+                    mine, noise, net, self.triplet_epochs, generator=gen, device=tr.device, trainer=tr,
+                    checkpoint=self._checkpoint(work, machines, f"triplet_{m}"), desc=f"{self.name} triplet {m} epochs",
+                    fingerprint=self._fingerprint(f"triplet {m}", clips, [str(unlabeled[0][i].path) for i in rows]))
+                emb[idx] = out[:len(idx)]
+                if n_extra:
+                    extra[rows] = out[len(idx):]
+        if keep is not None:
+            keep.append(trainer)
         return emb, extra
 
     def _new_net(self) -> MultiResolutionNet:
         return MultiResolutionNet(self.n_samples, self.branches, self.sr, self.emb_dim, self.channels,
                                   self.fft_channels, self.fft_dense_layers)
 
-    def _train(self, bank: WaveBank, y: np.ndarray, work: Path | None, stage: str, keep_last: bool = False):
-        """Train a fresh network on classes ``y``; returns ``({epoch: state_dict}, history)`` for
-        the ensemble epochs (or the last one)."""
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
+    def _train(self, bank: WaveBank, y: np.ndarray, checkpoint: Path | None, stage: str, fingerprint: Any,
+               keep_last: bool = False, keep: list[Trainer] | None = None):
+        """Train a fresh network on classes ``y`` in a :class:`Trainer` of its own (seeded with
+        ``seed``, checkpoints in ``checkpoint``); returns ``({epoch: network}, history)`` for the
+        ensemble epochs (or the last one). With ``keep``, the checkpoints outlive the trainer
+        (appended to ``keep``; the caller removes them)."""
         n_classes = int(y.max()) + 1
-        net = self._new_net().to(device)
-        heads = torch.nn.ModuleDict({"main": SCAdaCosHead(net.dim, n_classes, self.n_subclusters, trainable=False)})
-        if self.subspace_weight > 0:
-            for i in range(len(net.branches)):
-                heads[f"branch{i}"] = SCAdaCosHead(self.emb_dim, n_classes, self.n_subclusters, trainable=True)
-        if self.featex:
-            heads["featex"] = SCAdaCosHead(net.dim, (1 + len(net.branches)) * n_classes, self.n_subclusters,
-                                           trainable=True)
-        heads = heads.to(device)
-        params = [p for p in list(net.parameters()) + list(heads.parameters()) if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        onehot = torch.nn.functional.one_hot(torch.from_numpy(y), n_classes).float()
-        keep = {int(e) for e in self.ensemble_epochs} if not keep_last else {self.epochs}
-        saved: dict[int, dict[str, torch.Tensor]] = {}
-        ckpt_dir = work / "checkpoints" if work is not None else None
-        start, history = 0, None
-        if self.resume and ckpt_dir is not None:
-            start, history, saved = self._resume(ckpt_dir, stage, net, heads, opt, gen, keep)
-        n, size = len(bank), self.n_samples
-
-        def batches(epoch: int):
-            order = torch.randperm(n, generator=gen).numpy()
-            for s in range(0, n, self.batch_size):
-                idx = order[s:s + self.batch_size]
-                if len(idx) < 2:  # BatchNorm cannot train on one clip
-                    continue
-                starts = [int(torch.randint(0, max(1, bank.length(i) - size + 1), (1,), generator=gen))
-                          for i in idx]
-                x = torch.from_numpy(np.stack([bank.crop(i, size, st) for i, st in zip(idx, starts)]))
-                yield x, onehot[idx]
-
-        def step(batch) -> float:
-            x, t = batch
-            x, t = mixup(x, t, self.mixup_prob, gen)
-            x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
-            joint, parts = net(x)
-            loss = heads["main"](joint, t)
+        kept_epochs = {int(e) for e in self.ensemble_epochs} if not keep_last else {self.epochs}
+        trainer = Trainer(self.seed, device=self.device, threads=self.threads, progress=self.progress,
+                          checkpoint_every=self.checkpoint_every, keep_checkpoints=keep is not None)
+        with trainer as tr:
+            device, gen = tr.device, tr.generator
+            net = self._new_net().to(device)
+            heads = torch.nn.ModuleDict({"main": SCAdaCosHead(net.dim, n_classes, self.n_subclusters, trainable=False)})
             if self.subspace_weight > 0:
-                loss = loss + self.subspace_weight * sum(heads[f"branch{i}"](p, t) for i, p in enumerate(parts))
+                for i in range(len(net.branches)):
+                    heads[f"branch{i}"] = SCAdaCosHead(self.emb_dim, n_classes, self.n_subclusters, trainable=True)
             if self.featex:
-                ex, tx = feature_exchange(parts, t, self.featex_prob, gen)
-                loss = loss + self.featex_weight * heads["featex"](ex, tx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return float(loss.detach())
+                heads["featex"] = SCAdaCosHead(net.dim, (1 + len(net.branches)) * n_classes, self.n_subclusters,
+                                               trainable=True)
+            heads = heads.to(device)
+            params = [p for p in list(net.parameters()) + list(heads.parameters()) if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            onehot = torch.nn.functional.one_hot(torch.from_numpy(y), n_classes).float()
+            # The weights of the ensemble epochs, by epoch (str keys): checkpointed with the rest.
+            kept: dict[str, dict[str, torch.Tensor]] = {}
+            n, size = len(bank), self.n_samples
 
-        def checkpoint(epoch: int, hist: dict) -> None:
-            if epoch in keep:
-                saved[epoch] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            if ckpt_dir is not None and self.checkpoint_every > 0 and epoch % self.checkpoint_every == 0:
-                atomic_torch_save({"epoch": epoch, "net": net.state_dict(), "heads": heads.state_dict(),
-                                   "opt": opt.state_dict(), "history": hist, "generator": gen.get_state(),
-                                   "kept": saved}, ckpt_dir / f"{stage}_epoch_{epoch:03d}.pt")
+            def batches(epoch: int):
+                order = torch.randperm(n, generator=gen).numpy()
+                for s in range(0, n, self.batch_size):
+                    idx = order[s:s + self.batch_size]
+                    if len(idx) < 2:  # BatchNorm cannot train on one clip
+                        continue
+                    starts = [int(torch.randint(0, max(1, bank.length(i) - size + 1), (1,), generator=gen))
+                              for i in idx]
+                    x = torch.from_numpy(np.stack([bank.crop(i, size, st) for i, st in zip(idx, starts)]))
+                    yield x, onehot[idx]
 
-        net.train()
-        heads.train()
-        history = run_epochs(step, None, batches, self.epochs, progress=self.progress,
-                             desc=f"{self.name} {stage} epochs", checkpoint=checkpoint, start_epoch=start,
-                             history=history)
-        missing = sorted(keep - set(saved))
-        if missing:
-            raise StethoError(f"epochs {missing} of the ensemble were not kept (resumed past them without "
-                              "their checkpoints)")
-        nets = {}
-        for epoch, state in sorted(saved.items()):
-            m = self._new_net().to(device)
-            m.load_state_dict(state)
-            nets[epoch] = m.eval()
+            def step(batch) -> float:
+                x, t = batch
+                x, t = mixup(x, t, self.mixup_prob, gen)
+                x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
+                joint, parts = net(x)
+                loss = heads["main"](joint, t)
+                if self.subspace_weight > 0:
+                    loss = loss + self.subspace_weight * sum(heads[f"branch{i}"](p, t) for i, p in enumerate(parts))
+                if self.featex:
+                    ex, tx = feature_exchange(parts, t, self.featex_prob, gen)
+                    loss = loss + self.featex_weight * heads["featex"](ex, tx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return float(loss.detach())
+
+            def on_epoch(epoch: int, hist: dict) -> None:
+                if epoch in kept_epochs:
+                    kept[str(epoch)] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+            net.train()
+            heads.train()
+            history = tr.run(step, batches, self.epochs, on_epoch=on_epoch, desc=f"{self.name} {stage} epochs",
+                             checkpoint=checkpoint, state={"net": net, "heads": heads, "opt": opt, "kept": kept},
+                             fingerprint=fingerprint)
+            nets = {}
+            for epoch in sorted(kept, key=int):  # built inside the trainer: the caller's RNG is not drawn from
+                m = self._new_net().to(device)
+                m.load_state_dict(kept[epoch])
+                nets[int(epoch)] = m.eval()
+        if keep is not None:
+            keep.append(trainer)
         return nets, history
-
-    def _resume(self, ckpt_dir: Path, stage: str, net, heads, opt, gen, keep):
-        files = sorted(ckpt_dir.glob(f"{stage}_epoch_*.pt"))
-        if not files:
-            return 0, None, {}
-        blob = torch.load(files[-1], map_location="cpu", weights_only=True)
-        net.load_state_dict(blob["net"])
-        heads.load_state_dict(blob["heads"])
-        opt.load_state_dict(blob["opt"])
-        gen.set_state(blob["generator"])
-        log.info("resuming %s training after epoch %d (%s)", stage, blob["epoch"], files[-1])
-        return int(blob["epoch"]), blob["history"], dict(blob["kept"])
 
     # -- embeddings -------------------------------------------------------------------------
     def _crop_starts(self, length: int) -> list[int]:
@@ -477,34 +527,42 @@ class DiscriminativeDetector(Detector):
         self.train_machine_of_ = [c.machine for c in clips]
         self._build_backends()
 
-    def _build_backends(self, thresholds: bool = True) -> None:
-        """Backends of every epoch, machine type and mode from the stored training embeddings;
-        with ``thresholds``, also the thresholds from the cross-fitted training scores averaged
-        over the epochs (the costly part; a loaded model reads its thresholds instead)."""
+    def _build_backends(self) -> None:
+        """Backends of every epoch, machine type and mode from the stored training embeddings
+        (quick and deterministic: a loaded model refits them)."""
         self.backends_: dict[int, dict[str, dict[str, Any]]] = {}
-        train_scores: dict[str, dict[str, list[np.ndarray]]] = {}
         for epoch, emb in self.train_embeddings_.items():
             self.backends_[epoch] = {}
             for m in self.machines_:
                 parts = self._parts(emb, m)
-                self.backends_[epoch][m] = {}
+                self.backends_[epoch][m] = {
+                    mode: make_backend(mode, seed=self.seed, n_clusters=self.n_clusters, k=self.knn_k,
+                                       density_k=self.density_k).fit(parts)
+                    for mode in self.score_modes}
+
+    def _in_sample_scores(self, clips: list[Clip], feats: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Scores of the training clips for ``threshold="official"``, as the original fits its
+        thresholds: per machine type and epoch, each clip's embedding scored by the backend
+        cross-fitted over its domain's other embeddings (:meth:`EmbeddingBackend.train_scores`;
+        in-sample backend scores are biased low: a kNN memory holds the clip itself), averaged
+        over the ensemble epochs. No audio is read: the training embeddings are kept."""
+        if [c.machine for c in clips] != self.train_machine_of_:
+            raise ValueError("_in_sample_scores() takes the clips the detector was trained on")
+        per_epoch: dict[str, list[np.ndarray]] = {mode: [] for mode in self.score_modes}
+        for epoch, emb in self.train_embeddings_.items():
+            scores = {mode: np.full(len(clips), np.nan) for mode in self.score_modes}
+            for m in self.machines_:
+                rows = {d: [i for i, (mm, dd) in enumerate(zip(self.train_machine_of_, self.train_domains_))
+                            if mm == m and dd == d] for d in (SOURCE, TARGET)}
+                parts = {d: emb[r] for d, r in rows.items() if r}
                 for mode in self.score_modes:
-                    be = make_backend(mode, seed=self.seed, n_clusters=self.n_clusters, k=self.knn_k,
-                                      density_k=self.density_k).fit(parts)
-                    self.backends_[epoch][m][mode] = be
-                    if thresholds:
-                        s = be.train_scores(parts, seed=self.seed)
-                        train_scores.setdefault(m, {}).setdefault(mode, []).append(
-                            np.concatenate([s[d] for d in (SOURCE, TARGET) if d in s]))
-        if not thresholds:
-            return
-        self.thresholds_ = {mode: {} for mode in self.score_modes}
-        self.train_scores_ = {}
-        for m, per_mode in train_scores.items():
-            for mode, arrays in per_mode.items():
-                s = ensemble(arrays)
-                self.train_scores_[f"{m}/{mode}"] = s
-                self.thresholds_[mode][m] = gamma_threshold(s, self.decision_quantile)
+                    s = self.backends_[epoch][m][mode].train_scores(parts, seed=self.seed)
+                    for d, r in rows.items():
+                        if r:
+                            scores[mode][r] = s[d]
+            for mode in self.score_modes:
+                per_epoch[mode].append(scores[mode])
+        return {mode: ensemble(v) for mode, v in per_epoch.items()}
 
     def _parts(self, emb: np.ndarray, machine: str) -> dict[str, np.ndarray]:
         idx = [i for i, m in enumerate(self.train_machine_of_) if m == machine]
@@ -549,33 +607,26 @@ class DiscriminativeDetector(Detector):
         return {
             "nets": {int(e): {k: v.cpu() for k, v in n.state_dict().items()} for e, n in self.nets_.items()},
             "classes": list(self.classes_),
-            "machines": list(self.machines_),
             "train_embeddings": {int(e): t(x) for e, x in self.train_embeddings_.items()},  # float64: exact refit
             "train_domains": list(self.train_domains_),
             "train_machines": list(self.train_machine_of_),
             "history": {k: list(v) for k, v in self.history_.items()},
-            "thresholds": {mode: dict(v) for mode, v in self.thresholds_.items()},
-            "train_scores": {k: t(v) for k, v in self.train_scores_.items()},
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
         device = resolve_device(self.device)
         self.nets_ = {}
         for epoch, sd in state["nets"].items():
-            net = self._new_net()
+            with torch_fork_rng(None):  # the weights are loaded: draw nothing from the caller's RNG
+                net = self._new_net()
             net.load_state_dict(sd)
             self.nets_[int(epoch)] = net.to(device).eval()
         self.classes_ = list(state["classes"])
-        self.machines_ = list(state["machines"])
         self.train_embeddings_ = {int(e): x.double().numpy() for e, x in state["train_embeddings"].items()}
         self.train_domains_ = list(state["train_domains"])
         self.train_machine_of_ = list(state["train_machines"])
         self.history_ = {k: list(v) for k, v in state["history"].items()}
-        self.thresholds_ = {mode: dict(v) for mode, v in state["thresholds"].items()}
-        self.train_scores_ = {k: v.numpy() for k, v in state["train_scores"].items()}
-        # Refitting the backends is quick and deterministic. A model saved before a score mode
-        # existed has no thresholds for it: they are cross-fitted again (same result as at training).
-        self._build_backends(thresholds=any(m not in self.thresholds_ for m in self.score_modes))
+        self._build_backends()  # the base has set machines_ and reads the thresholds
 
 
 __all__ = ["BACKENDS", "DiscriminativeDetector", "WaveBank"]

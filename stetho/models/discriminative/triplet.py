@@ -17,11 +17,15 @@ triplet loss with margin 1; AdamW 1e-3; 6 epochs.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from stetho.models.discriminative.torch_model import STFTBranch
+from stetho.models.training import Trainer, run_epochs
 
 
 class TripletNet(nn.Module):
@@ -63,10 +67,17 @@ def _mix(spec: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor
 def train_triplet_embeddings(
     specs: torch.Tensor, noise: torch.Tensor | None, net: TripletNet, epochs: int = 6, batch_size: int = 32,
     lr: float = 1e-3, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+    trainer: Trainer | None = None, checkpoint: str | Path | None = None, fingerprint: Any = None,
+    desc: str = "triplet epochs",
 ) -> np.ndarray:
     """Train ``net`` on the spectrograms ``specs`` ``(n, F, T)`` of one machine type (``noise``:
-    spectrograms of other machines' clips, or ``None``) and return the embeddings ``(n, d)``."""
-    g = generator or torch.Generator().manual_seed(0)
+    spectrograms of other machines' clips, or ``None``) and return the embeddings ``(n, d)``.
+
+    With a ``trainer`` (:class:`~stetho.models.training.Trainer`, inside its block), the training
+    is one of its runs: checkpoints in ``checkpoint``, resumed when ``fingerprint`` matches; the
+    random numbers come from ``generator`` (default: the trainer's). Without one, the same loop
+    runs without checkpoints (``generator`` default: seeded with 0)."""
+    g = generator or (trainer.generator if trainer is not None else torch.Generator().manual_seed(0))
     n = specs.shape[0]
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
     loss_fn = nn.TripletMarginLoss(margin=1.0, p=2)
@@ -80,28 +91,37 @@ def train_triplet_embeddings(
             return s
         return _mix(s, noise[int(torch.randint(len(noise), (1,), generator=g))], u(-5, 5))
 
-    for _ in range(epochs):
+    def batches(epoch: int):
         order = torch.randperm(n, generator=g)
         for s in range(0, n, batch_size):
             idx = order[s:s + batch_size]
-            if len(idx) < 2:
-                continue
-            a, p, neg = [], [], []
-            for i in idx.tolist():
-                a.append(noisy(specs[i], 0.5))
-                p.append(noisy(specs[i], 1.0))
-                if float(torch.rand(1, generator=g)) < 0.5:
-                    ratio = u(0.5, 0.8) if float(torch.rand(1, generator=g)) < 0.5 else u(1.2, 1.5)
-                    other = _stretch(specs[i], ratio, axis=int(torch.randint(2, (1,), generator=g)))
-                else:
-                    j = (i + 1 + int(torch.randint(max(1, n - 1), (1,), generator=g))) % n
-                    other = specs[j]
-                neg.append(noisy(other, 0.5))
-            batch = [torch.stack(v).to(device) for v in (a, p, neg)]
-            loss = loss_fn(*(net(v) for v in batch))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if len(idx) >= 2:
+                yield idx
+
+    def step(idx: torch.Tensor) -> float:
+        a, p, neg = [], [], []
+        for i in idx.tolist():
+            a.append(noisy(specs[i], 0.5))
+            p.append(noisy(specs[i], 1.0))
+            if float(torch.rand(1, generator=g)) < 0.5:
+                ratio = u(0.5, 0.8) if float(torch.rand(1, generator=g)) < 0.5 else u(1.2, 1.5)
+                other = _stretch(specs[i], ratio, axis=int(torch.randint(2, (1,), generator=g)))
+            else:
+                j = (i + 1 + int(torch.randint(max(1, n - 1), (1,), generator=g))) % n
+                other = specs[j]
+            neg.append(noisy(other, 0.5))
+        batch = [torch.stack(v).to(device) for v in (a, p, neg)]
+        loss = loss_fn(*(net(v) for v in batch))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    if trainer is not None:
+        trainer.run(step, batches, epochs, desc=desc, checkpoint=checkpoint, state={"net": net, "opt": opt},
+                    fingerprint=fingerprint)
+    else:
+        run_epochs(step, None, batches, epochs, desc=desc)
     net.eval()
     with torch.no_grad():
         return torch.cat([net(specs[s:s + 64].to(device)).cpu() for s in range(0, n, 64)]).double().numpy()
