@@ -52,7 +52,8 @@ the load average is recorded; compare runs only at similar contention.
    Adam) at 1, 2, ... torch threads (and the number ``--threads auto`` picks on this machine), in
    a fresh subprocess per load level: idle, one core kept busy, every core kept busy (busy-loop
    Python processes this script starts and stops). Thread counts alternate within rounds; the
-   median ms/step per count is reported. This is the measurement behind
+   median ms/step per count is reported, and for 2+ threads also with ``OMP_WAIT_POLICY=PASSIVE``
+   (idle OpenMP threads sleep instead of spinning). This is the measurement behind
    :func:`stetho.models.training.default_threads`.
 
 Sizes are in :data:`FULL` / :data:`QUICK`; a full run takes about 3-4 minutes on 2 cores,
@@ -797,6 +798,11 @@ def bench_threads(sizes: Sizes) -> tuple[list[Row], dict]:
             res, _ = run_child("threads", {"counts": counts, "rounds": sizes.thread_rounds,
                                            "round_s": sizes.thread_round_s})
             res["other_cpus"] = meter.other_cpus()
+            multi = [c for c in counts if c > 1]
+            if multi:  # idle OpenMP threads sleep instead of spinning (set before torch starts)
+                res["passive"], _ = run_child("threads", {"counts": multi, "rounds": sizes.thread_rounds,
+                                                          "round_s": sizes.thread_round_s},
+                                              env={"OMP_WAIT_POLICY": "PASSIVE"})
         finally:
             stop_busy(procs)
         info["levels"][str(busy)] = res
@@ -809,6 +815,8 @@ def bench_threads(sizes: Sizes) -> tuple[list[Row], dict]:
             rows.append(Row(b, f"{what}: optimiser step, {c} thread(s){' (' + ', '.join(tags) + ')' if tags else ''}"
                                f" [{res['min_ms'][str(c)]:.3g}-{res['max_ms'][str(c)]:.3g}]",
                             med[str(c)], "ms/step"))
+        for c, ms in (res.get("passive") or {}).get("median_ms", {}).items():
+            rows.append(Row(b, f"{what}: optimiser step, {c} thread(s) with OMP_WAIT_POLICY=PASSIVE", ms, "ms/step"))
         auto = med[str(info["default_threads"])]
         rows.append(Row(b, f"{what}: auto ({info['default_threads']} thread(s)) vs the fastest count",
                         auto / fastest, "x", "<= 1.25x", verdict(auto <= 1.25 * fastest)))
@@ -955,11 +963,16 @@ def print_threads(info: dict) -> None:
     counts = list(next(iter(levels.values()))["median_ms"])
     print(f"\ntorch threads: ms per AENet optimiser step (batch 256 x 640, Adam), median of the rounds; "
           f"{info['cores']} usable cores, auto = {info['default_threads']}, torch's default = {info['torch_default']}")
-    print(f"  {'load':<28}" + "".join(f"{c + ' thr':>10}" for c in counts) + f"{'others CPU':>12}")
+    passive = list((next(iter(levels.values())).get("passive") or {}).get("median_ms", {}))
+    print(f"  {'load':<28}" + "".join(f"{c + ' thr':>10}" for c in counts)
+          + "".join(f"{c + ' passive':>12}" for c in passive) + f"{'others CPU':>12}")
     for busy, res in levels.items():
         what = "idle" if busy == "0" else f"{busy} core(s) kept busy"
         print(f"  {what:<28}" + "".join(f"{res['median_ms'][c]:>10.1f}" for c in counts)
+              + "".join(f"{res['passive']['median_ms'][c]:>12.1f}" for c in passive)
               + f"{res['other_cpus'] if res['other_cpus'] is not None else 'n/a':>12}")
+    print("  (passive: OMP_WAIT_POLICY=PASSIVE, idle OpenMP threads sleep instead of spinning; "
+          "others CPU: busy loops included)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -126,10 +126,11 @@ def available_cores() -> int:
 def default_threads(cores: int | None = None) -> int:
     """torch intra-op threads for training and scoring when none are asked for.
 
-    ``OMP_NUM_THREADS`` when set; else 1 on up to 2 cores, else ``min(cores // 2, 4)``. torch's
-    own default (one thread per core) spins its OpenMP threads against every other process: on a
-    busy 2-core machine an optimiser step took ~150x longer than with one thread (README,
-    "Threads").
+    ``OMP_NUM_THREADS`` when set; else 1 on up to 2 cores, else ``min(cores // 2, 4)`` (half
+    the cores left to other work; not measured). torch's own default, one thread per core, spins
+    its OpenMP threads against every other process: on a 2-core machine with one core kept busy
+    an AE optimiser step took 1,015 ms with 2 threads and 15.9 ms with 1 (idle: 6.0 vs 7.4 ms;
+    README, "Threads"; ``make bench``).
     """
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
