@@ -476,7 +476,11 @@ class Detector:
         kind = get_model(blob["model"])
         if cls is not Detector and not issubclass(kind, cls):
             raise StethoError(f"{path}: holds a '{blob['model']}' model, not '{cls.name}'")
-        det = kind(**blob["params"])
+        try:
+            det = kind(**blob["params"])
+        except TypeError as exc:
+            raise StethoError(f"{path}: its parameters do not fit this stetho's '{blob['model']}' ({exc}); "
+                              "re-train") from None
         base = blob["base"]
         det.machines_ = list(base["machines"])
         det._set_state(blob["state"])
@@ -484,10 +488,10 @@ class Detector:
         det.thresholds_ = {m: {k: float(v) for k, v in per.items()} for m, per in base["thresholds"].items()}
         det.decision_scores_ = {m: s.numpy() for m, s in base["decision_scores"].items()}
         det.calibration_ = {k: list(v) for k, v in base["calibration"].items()}
-        missing = [m for m in det.score_modes if m not in det.thresholds_ and m in det.decision_scores_]
-        if missing or any(m not in det.thresholds_ for m in det.score_modes):
-            raise StethoError(f"{path}: no thresholds for score mode(s) "
-                              f"{', '.join(m for m in det.score_modes if m not in det.thresholds_)}; re-train")
+        missing = [m for m in det.score_modes if m not in det.thresholds_]
+        if missing:  # a score mode added to the method after this file was written
+            raise StethoError(f"{path}: no thresholds for score mode(s) {', '.join(missing)} (added to "
+                              f"'{det.name}' after this model was trained); re-train")
         return det
 
     # -- for subclasses ---------------------------------------------------------------------
