@@ -516,12 +516,19 @@ def test_calibrated_decision_scores_are_of_clips_the_model_did_not_train_on(monk
     assert sorted(str(c.path) for c in context.validation[0]) == sorted(str(c.path) for c in tr if c.is_validation)
     assert trained_files | set(cal) == {str(c.path) for c in tr if not c.is_validation}
     assert det.report_tables() == {}  # the calibration clips' stream is not reported as a scoring
-    # decision_scores_ are the fitted model's scores of exactly those clips (one stream, as scored)
+    # decision_scores_ are the fitted model's scores of exactly those clips, each context's clips
+    # streamed on their own (a window carried over from another context would inflate them)
     by_path = {str(c.path): (c, f) for c, f in zip(tr, trf)}
-    again = det.score_all([by_path[f][0] for f in cal], [by_path[f][1] for f in cal])
+    names = det._context_names([by_path[f][0] for f in cal])
     for mode in det.score_modes:
         assert det.decision_scores_[mode].shape == (8,)
-        np.testing.assert_allclose(det.decision_scores_[mode], again[mode], rtol=1e-6)
+    for name in sorted(set(names)):
+        idx = [i for i, n in enumerate(names) if n == name]
+        again = det.score_all([by_path[cal[i]][0] for i in idx], [by_path[cal[i]][1] for i in idx])
+        for mode in det.score_modes:
+            np.testing.assert_allclose(det.decision_scores_[mode][idx], again[mode], rtol=1e-6)
+    one_stream = det.score_all([by_path[f][0] for f in cal], [by_path[f][1] for f in cal])
+    assert not np.allclose(one_stream["predicted_window"], det.decision_scores_["predicted_window"])
     assert det.thresholds_.keys() == set(det.score_modes) and all(v.keys() == {"m"} for v in det.thresholds_.values())
     # the validation clips may also come in the context only (as the pipeline gives them): same training
     calls.clear()
