@@ -26,12 +26,16 @@ from stetho.models.params import Interval, Options, SequenceOf, validate_params
 
 
 # -- thresholds -------------------------------------------------------------------------------
-def test_fpr_threshold_empirical_hand_value():
-    # 5 scores: plotting positions i / 6, so P(score > t) = 0.1 between 5 (CDF 5/6) and one
-    # spacing beyond it (CDF 1): t = 5 + (0.9 - 5/6) / (1/6) = 5.4.
-    assert fpr_threshold([3.0, 1.0, 5.0, 2.0, 4.0], fpr=0.1) == pytest.approx(5.4, abs=1e-9)
-    # 0.5 falls on the median exactly
-    assert fpr_threshold([1.0, 2.0, 3.0, 4.0, 5.0], fpr=0.5) == pytest.approx(3.0, abs=1e-9)
+def test_fpr_threshold_of_few_scores_is_a_log_normal_quantile():
+    # 5 positive scores: log-normal with the mean and sample std of log(1..5);
+    # t = exp(mu + z_0.9 * sd), z_0.9 = 1.2815515655446004.
+    x = np.log([1.0, 2.0, 3.0, 4.0, 5.0])
+    hand = float(np.exp(x.mean() + 1.2815515655446004 * x.std(ddof=1)))
+    assert fpr_threshold([3.0, 1.0, 5.0, 2.0, 4.0], fpr=0.1) == pytest.approx(hand, rel=1e-9)
+    # scores with negative values: normal; 0.5 falls on the mean
+    assert fpr_threshold([-1.0, 0.0, 1.0, 2.0], fpr=0.5) == pytest.approx(0.5, abs=1e-9)
+    # one score: nothing tells the spread; the threshold sits at it
+    assert fpr_threshold([7.0], fpr=0.1) == pytest.approx(7.0, rel=1e-2)
 
 
 def test_fpr_threshold_is_the_gamma_quantile_of_a_well_sampled_domain():
@@ -44,13 +48,13 @@ def test_fpr_threshold_is_the_gamma_quantile_of_a_well_sampled_domain():
 def test_fpr_threshold_weights_domains_equally_and_rescales_a_small_one():
     source = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     t = fpr_threshold(np.r_[source, 9.0], ["source"] * 5 + ["target"], fpr=0.1)
-    # Hand model: source empirical (positions i/6, spacing 1); the one target clip (median 9) is
-    # the source distribution scaled by 9 / 3 = 3.
-    xs, ys = np.r_[0.0, source, 6.0], np.r_[0.0, np.arange(1, 6) / 6, 1.0]
-    sf = lambda x: 1.0 - np.interp(x, xs, ys)  # noqa: E731
+    # Hand model: source log-normal (mean, sample std of the logs); the one target clip (median 9)
+    # takes the source distribution scaled by 9 / median(source) = 3.
+    x = np.log(source)
+    sf = lambda v: scipy.stats.norm.sf((np.log(v) - x.mean()) / x.std(ddof=1))  # noqa: E731
     assert 0.5 * (sf(t) + sf(t / 3.0)) == pytest.approx(0.1, abs=1e-9)
-    # The target clip moves the threshold up: a source-only fit would judge target clips by 5.4.
-    assert t > 5.4
+    # The target clip moves the threshold up: a source-only fit would judge target clips lower.
+    assert t > fpr_threshold(source, fpr=0.1)
     # Equal weights: 100 source clips do not drown 5 target clips.
     rng = np.random.default_rng(1)
     big = rng.gamma(3, 1, 100)
@@ -312,3 +316,10 @@ def test_recipe_bad_parameter_is_a_one_line_error_of_the_real_command(bad_audio_
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "stetho: error: ae: params.epochs=0 is not allowed; expected an integer >= 1" in proc.stderr
+
+
+def test_few_calibration_clips_are_warned_about(one_torch_thread, caplog):
+    rng = np.random.default_rng(6)
+    with caplog.at_level("WARNING", logger="stetho.models.base"):
+        AEDetector(epochs=1, device="cpu").fit(_fan(10), _logmels(rng, 10))
+    assert "thresholds of fan rest on 2 held-out normal clip(s)" in caplog.text

@@ -69,15 +69,42 @@ def _gamma_sf(s: np.ndarray):
     return None
 
 
+def _location_scale_sf(s: np.ndarray):
+    """A log-normal (positive scores) or normal survival function from the mean and standard
+    deviation (``ddof=1``) of the (log) scores: two parameters, for few scores."""
+    positive = bool((s > 0).all())
+    x = np.log(s) if positive else s
+    mu, sd = float(np.mean(x)), float(np.std(x, ddof=1))
+    if not sd > 0:
+        sd = max(abs(mu), 1.0) * 1e-3
+    if positive:
+        return lambda t: 1.0 if t <= 0 else float(scipy.stats.norm.sf((np.log(t) - mu) / sd))
+    return lambda t: float(scipy.stats.norm.sf((t - mu) / sd))
+
+
 def _sf(scores: np.ndarray):
-    """A continuous survival function of normal scores: a Gamma fit that describes them (at least
-    ``MIN_DOMAIN_SCORES`` distinct values, :func:`_gamma_sf`), else the linearly interpolated
-    empirical one."""
-    s = np.sort(scores)
-    if s.size >= MIN_DOMAIN_SCORES and np.unique(s).size >= MIN_DOMAIN_SCORES:
+    """A continuous survival function of normal scores.
+
+    * ``MIN_DOMAIN_SCORES`` (8) or more distinct values: a Gamma fit that describes them
+      (:func:`_gamma_sf`), else the log-normal (normal) fit if a Kolmogorov-Smirnov test accepts
+      it, else the linearly interpolated empirical distribution.
+    * 2 to 7 values: the log-normal (normal) fit. An empirical distribution of so few scores puts
+      a 0.1 tail beyond the largest one, so one high held-out clip would move the threshold far
+      out; two parameters extrapolate more gently.
+    * one value: a step at it (nothing tells the spread; ``fit`` warns).
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    distinct = np.unique(s).size
+    if s.size >= MIN_DOMAIN_SCORES and distinct >= MIN_DOMAIN_SCORES:
         sf = _gamma_sf(s)
         if sf is not None:
             return sf
+        ls = _location_scale_sf(s)
+        x = np.log(s) if (s > 0).all() else s
+        if scipy.stats.kstest(x, "norm", args=(np.mean(x), np.std(x, ddof=1))).pvalue >= 0.05:
+            return ls
+    elif distinct >= 2:
+        return _location_scale_sf(s)
     # Plotting positions (i + 1) / (n + 1): the largest score is exceeded with probability
     # 1 / (n + 1), not 0, and the survival falls linearly to 0 one spacing beyond it.
     n = s.size
@@ -124,9 +151,10 @@ def fpr_threshold(scores: np.ndarray, domains: np.ndarray | list | None = None, 
 
     ``scores`` are out-of-sample scores of normal clips (clips the model did not train on). With
     ``domains`` (one label per score), each domain counts equally, however few clips it has: the
-    threshold ``t`` solves ``mean_d P_d(score > t) = fpr``. ``P_d`` is a Gamma fit of the domain's
-    scores (8 or more distinct values; else their interpolated empirical distribution); a domain
-    with fewer than 8 scores takes the best-sampled domain's distribution rescaled to its median.
+    threshold ``t`` solves ``mean_d P_d(score > t) = fpr``. ``P_d`` is fitted to the domain's
+    scores (:func:`_sf`: a Gamma fit for 8 or more, else a log-normal one); a domain with fewer
+    than 8 scores and fewer than the best-sampled domain takes that domain's distribution
+    rescaled to its median.
     A target-domain clip is therefore never judged by a threshold fitted on source clips alone.
     """
     s = np.asarray(scores, dtype=np.float64).ravel()

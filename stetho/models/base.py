@@ -56,6 +56,9 @@ COMMON_PARAMS: dict[str, Any] = {
     "threads": "auto",
 }
 
+#: Fewer held-out clips of a machine type than this give rough thresholds (a warning says so).
+FEW_CALIBRATION_CLIPS = 20
+
 #: Parameters that change neither training nor a checkpoint's meaning (left out of fingerprints).
 RUNTIME_PARAMS = ("progress", "device", "threads", "decision_fpr", "decision_quantile")
 
@@ -406,6 +409,10 @@ class Detector:
                 sel = machines == m
                 if not sel.any():
                     raise StethoError(f"{self.name}: no calibration clips of machine type {m}")
+                if mode == self.score_modes[0] and self.threshold == "calibrated" and sel.sum() < FEW_CALIBRATION_CLIPS:
+                    log.warning("%s: the thresholds of %s rest on %d held-out normal clip(s): the share of normal "
+                                "clips they flag may be far from decision_fpr=%s (README: Calibrated decisions)",
+                                self.name, m, int(sel.sum()), self.decision_fpr)
                 if self.threshold == "official" or self.decision_fpr is None:
                     per[m] = gamma_threshold(s[sel], self.decision_quantile)
                 else:
