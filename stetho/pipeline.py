@@ -8,6 +8,7 @@ A run folder (``RUN/``) holds everything a run produced::
                          (train, or validation for detectors that pick their best epoch)
     skipped.csv          files left out with --skip-bad, with the reason (header only if none)
     models/<machine>.pt  one trained detector per machine type (``all.pt`` for joint detectors)
+    work/                checkpoints of an unfinished training (resumed by the same command)
     history_<machine>[_<part>].csv   training / validation loss per epoch (parts: CANDE-CP's
                          predictor ...)
     results/<mode>/      anomaly_score_* / decision_result_* per machine and section,
