@@ -18,7 +18,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 #: (model, training arguments): long enough that the kill lands mid-training.
 CASES = {
-    "ae": ["--epochs", "150", "--param", "batch_size=64"],
+    "ae": ["--epochs", "40", "--param", "batch_size=64"],
     "discriminative": [
         "--epochs", "6", "--param", "branches=[stft:256:128]", "--param", "tile_seconds=1.0",
         "--param", "channels=[4,8,8,16]", "--param", "emb_dim=16", "--param", "n_subclusters=2",
@@ -78,8 +78,4 @@ def test_killed_training_resumes_with_the_same_command_and_the_same_scores(data,
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stderr
     assert not list((run / "work").rglob("*.ckpt"))  # removed once training completed
-    assert _test(run) == expected
-
-    # A finished run is not silently retrained: the same command now refuses.
-    third = subprocess.run(_train_cmd(data, run, model), env=ENV, capture_output=True, text=True, timeout=300)
-    assert third.returncode == 2 and "already holds a run" in third.stderr
+    assert _test(run) == expected  # (a finished run is then refused: tests/test_pipeline.py)
