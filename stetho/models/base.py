@@ -36,7 +36,7 @@ from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import ConfigError, NotFittedError, StethoError
 from stetho.features import Extracted, FeatureCache
 from stetho.models.params import Constraint, Interval, Options, validate_params
-from stetho.models.training import atomic_torch_save, use_threads
+from stetho.models.training import atomic_torch_save, training_settings, use_threads
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ COMMON_PARAMS: dict[str, Any] = {
 #: Fewer held-out clips of a machine type than this give rough thresholds (a warning says so).
 FEW_CALIBRATION_CLIPS = 20
 
-#: Parameters that change neither training nor a checkpoint's meaning (left out of fingerprints).
-RUNTIME_PARAMS = ("progress", "device", "threads", "decision_fpr", "decision_quantile")
+#: Parameters read only after training (decisions): left out of checkpoint fingerprints, like
+#: the run-only ones of :func:`stetho.models.training.training_settings`.
+DECISION_PARAMS = ("decision_fpr", "decision_quantile")
 
 COMMON_CONSTRAINTS: dict[str, list[Constraint | None]] = {
     "threshold": [Options("calibrated", "official")],
@@ -176,7 +177,7 @@ class Detector:
 
     def _fingerprint_params(self) -> dict[str, Any]:
         """The parameters that shape training (for checkpoint fingerprints)."""
-        return {k: v for k, v in self.get_params().items() if k not in RUNTIME_PARAMS}
+        return {k: v for k, v in training_settings(self.get_params()).items() if k not in DECISION_PARAMS}
 
     def _check_params(self) -> None:
         """Checks across parameters (e.g. ensemble epochs within the training epochs)."""
@@ -318,13 +319,12 @@ class Detector:
         for machine, perms in per_machine.items():
             if machine in have:
                 continue
-            largest = max(perms, key=len)
-            if sum(map(len, perms)) < 2 or len(largest) < 2 and len(perms) < 2:
+            if sum(map(len, perms)) < 2:
                 raise ConfigError(
                     f"{self.name}: machine type {machine} has {sum(map(len, perms))} training clip(s): a "
                     "calibrated threshold needs clips the model did not train on; add clips or use "
                     "params.threshold=official (thresholds from in-sample scores)")
-            held.append(largest[0])
+            held.append(max(perms, key=len)[0])  # groups of 1-2 clips: one clip of the largest
         return sorted(held)
 
     def _folds(self, clips: Sequence[Clip]) -> list[list[int]]:
@@ -489,9 +489,8 @@ class Detector:
             raise StethoError(f"{path}: its parameters do not fit this stetho's '{blob['model']}' ({exc}); "
                               "re-train") from None
         base = blob["base"]
-        det.machines_ = list(base["machines"])
+        det.machines_ = list(base["machines"])  # before _set_state: a method may use it
         det._set_state(blob["state"])
-        det.machines_ = list(base["machines"])
         det.thresholds_ = {m: {k: float(v) for k, v in per.items()} for m, per in base["thresholds"].items()}
         det.decision_scores_ = {m: s.numpy() for m, s in base["decision_scores"].items()}
         det.calibration_ = {k: list(v) for k, v in base["calibration"].items()}

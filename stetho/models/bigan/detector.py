@@ -256,8 +256,7 @@ class BiGANDetector(Detector):
         ckpt = (None if context.work_dir is None
                 else Path(context.work_dir) / f"{self.name}_{'+'.join(self.machines_)}.ckpt")
         # what makes a training different: settings (not those read after it), clips, features
-        settings = {k: v for k, v in self._fingerprint_params().items()
-                    if k not in ("checkpoint_every", "collapse_threshold")}
+        settings = {k: v for k, v in self._fingerprint_params().items() if k != "collapse_threshold"}
         with Trainer(self.seed, device=self.device, threads=self.threads, progress=self.progress,
                      checkpoint_every=self.checkpoint_every) as tr:
             device, gen = tr.device, tr.generator

@@ -284,10 +284,9 @@ class DiscriminativeDetector(Detector):
         return Path(work_dir) / f"{self.name}_{'+'.join(machines)}{'_' + stage if stage else ''}.ckpt"
 
     def _fingerprint(self, stage: str, clips: Sequence[Clip], *extra: Any) -> tuple:
-        """What makes a stage's training different: the hyper-parameters (not the runtime ones
-        nor ``checkpoint_every``), the stage, the training clips and ``extra`` (class labels ...)."""
-        params = {k: v for k, v in self._fingerprint_params().items() if k != "checkpoint_every"}
-        return (params, stage, [str(c.path) for c in clips], *extra)
+        """What makes a stage's training different: the hyper-parameters (not the run-only ones),
+        the stage, the training clips and ``extra`` (class labels ...)."""
+        return (self._fingerprint_params(), stage, [str(c.path) for c in clips], *extra)
 
     def _fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
         """Train one network on the training clips of every machine type at once (after the
