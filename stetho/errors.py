@@ -30,6 +30,23 @@ class EvaluationError(StethoError):
     """Scores cannot be matched to ground truth (missing, extra or duplicated files)."""
 
 
+class StorageError(StethoError):
+    """A file or folder cannot be written: disk full, read-only, no permission, a path
+    component that is a file (see :func:`stetho.fileio.storage_error`).
+
+    Attributes:
+        path: the file or folder that could not be written.
+    """
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        self.path = Path(path)
+        super().__init__(message)
+
+
+class RunLockedError(StethoError):
+    """Another stetho process is writing the same run folder."""
+
+
 class AudioError(StethoError):
     """One audio file cannot be used.
 
