@@ -36,6 +36,14 @@ def write_wav(path: str | Path, y: np.ndarray, sr: int) -> None:
         raise
 
 
+def audio_extensions() -> frozenset[str]:
+    """File extensions (lower case, with the dot) of every format libsndfile reads here, e.g.
+    ``.wav``, ``.flac``, ``.ogg``, ``.mp3``, ``.aiff``: what the dataset layouts scan for."""
+    from stetho.audio import _formats
+
+    return _formats.EXTENSIONS
+
+
 #: Resampler used when a file's rate differs from the requested one: soxr "HQ"
 #: (the default quality of librosa.resample; 95 % passband, >= 100 dB stop-band rejection).
 RESAMPLER = "soxr_hq"
