@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import soundfile as sf
 
-#: libsndfile format name -> the extensions its files carry (formats without a usual extension,
-#: such as header-less RAW, are not scanned for).
+#: libsndfile format name -> the extensions its files carry (formats without a usual extension, such
+#: as header-less RAW, and .mat / .sf, which mostly hold other data, are not scanned for).
 _EXTENSIONS_OF = {
     "WAV": (".wav",), "WAVEX": (".wav",), "RF64": (".rf64", ".wav"), "W64": (".w64",), "FLAC": (".flac",),
     "OGG": (".ogg", ".oga", ".opus"), "MP3": (".mp3",), "AIFF": (".aif", ".aiff", ".aifc"), "AU": (".au", ".snd"),
-    "CAF": (".caf",), "NIST": (".nist", ".sph"), "IRCAM": (".sf",), "VOC": (".voc",), "PAF": (".paf",),
+    "CAF": (".caf",), "NIST": (".nist", ".sph"), "VOC": (".voc",), "PAF": (".paf",),
     "SVX": (".svx", ".8svx", ".16svx"), "SD2": (".sd2",), "AVR": (".avr",), "HTK": (".htk",), "PVF": (".pvf",),
-    "MAT4": (".mat",), "MAT5": (".mat",), "MPC2K": (".mpc2k",), "SDS": (".sds",), "WVE": (".wve",), "XI": (".xi",),
+    "MPC2K": (".mpc2k",), "SDS": (".sds",), "WVE": (".wve",), "XI": (".xi",),
 }
 
 EXTENSIONS: frozenset[str] = frozenset(
