@@ -36,7 +36,8 @@ from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import ConfigError, NotFittedError, StethoError
 from stetho.features import Extracted, FeatureCache
 from stetho.models.params import Constraint, Interval, Options, validate_params
-from stetho.models.training import atomic_torch_save, training_settings, use_threads
+from stetho.models.training import (TrainingDivergedError, atomic_torch_save, resolve_device, training_settings,
+                                    use_threads)
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,8 @@ class Detector:
         """Raise :class:`~stetho.errors.ConfigError` (one line naming the parameter and its
         allowed values) for a value that cannot work; called before any data is read."""
         validate_params(self.name, self.get_params(), self.parameter_constraints())
+        if isinstance(getattr(self, "device", None), str):
+            resolve_device(self.device)  # cuda without CUDA: one line now, not a crash in torch later
         self._mode(None)
         self._check_params()
 
@@ -201,8 +204,17 @@ class Detector:
         feats = self._features(clips, features)
         self.machines_ = sorted({c.machine for c in clips})
         with use_threads(self.threads):
-            self._fit_and_calibrate(clips, feats, context)
+            try:
+                self._fit_and_calibrate(clips, feats, context)
+            except TrainingDivergedError as exc:
+                raise exc.with_context(f"{self.name} ({', '.join(self.machines_)})", self._divergence_hint()) from None
         return self
+
+    def _divergence_hint(self) -> str:
+        """What to change after a diverged training: the learning rate(s), with their values."""
+        rates = [f"{k} (now {v:g})" for k, v in self.get_params().items()
+                 if (k == "lr" or k.endswith("_lr")) and isinstance(v, (int, float))]
+        return f"lower {' or '.join(rates)}" if rates else "lower the learning rate"
 
     def _fit_and_calibrate(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
         if self.threshold == "official":
@@ -417,6 +429,9 @@ class Detector:
                     per[m] = gamma_threshold(s[sel], self.decision_quantile)
                 else:
                     per[m] = fpr_threshold(s[sel], domains[sel], self.decision_fpr)
+                if not np.isfinite(per[m]):
+                    raise StethoError(f"{self.name}: the {mode} threshold of {m} is {per[m]}: the model diverged "
+                                      "or its scores are degenerate; nothing was saved")
             thresholds[mode] = per
         self.thresholds_ = thresholds
 
@@ -451,26 +466,56 @@ class Detector:
         }
 
     def save(self, path: str | Path) -> None:
-        """Write the detector (parameters + learnt state) to ``path`` atomically."""
+        """Write the detector (parameters + learnt state) to ``path`` atomically.
+
+        A detector with a non-finite threshold, decision score or weight is never written
+        (:class:`~stetho.errors.StethoError`); a full or read-only disk is a
+        :class:`~stetho.errors.StorageError` and leaves the previous file as it was.
+        """
         self._check_fitted()
+        base, state = self._base_state(), self._get_state()
+        bad = _non_finite({"thresholds": base["thresholds"], "decision_scores": base["decision_scores"],
+                           "state": state})
+        if bad:
+            raise StethoError(f"{self.name}: not saved to {path}: {', '.join(bad[:3])} hold NaN/inf "
+                              "(the training diverged)")
         atomic_torch_save(
             {"format": FORMAT, "version": FORMAT_VERSION, "model": self.name,
-             "params": self.get_params(), "base": self._base_state(), "state": self._get_state()},
+             "params": self.get_params(), "base": base, "state": state},
             path,
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Detector":
-        """Read a detector written by :meth:`save` (any registered kind when called on the base)."""
-        from stetho.models import get_model  # registry lives in the package
+    def load(cls, path: str | Path, device: str | None = None) -> "Detector":
+        """Read a detector written by :meth:`save` (any registered kind when called on the base).
 
+        Args:
+            path: the model file. ``torch.load`` reads it with ``weights_only=True`` (no code in
+                a crafted file runs) and ``map_location="cpu"`` (a file written on a GPU loads on
+                a machine without one); the networks are then moved to ``device``.
+            device: where the networks score: ``None`` keeps the device the model was trained
+                with when it is usable here and falls back to the CPU otherwise (a model trained
+                on CUDA loads on a machine without CUDA); ``"auto"``, ``"cpu"``, ``"cuda"``,
+                ``"cuda:N"`` use that one (:class:`~stetho.errors.ConfigError` when it is not
+                there). :meth:`set_device` moves a loaded detector later.
+
+        Raises:
+            StethoError: one line naming ``path`` for a missing, truncated, foreign, damaged or
+                crafted file: not a torch file, another format or version, a missing entry,
+                an unknown or invalid parameter, NaN/inf weights, a state that does not fit.
+        """
         path = Path(path)
+        if device is not None:
+            resolve_device(device)  # an unusable --device: its own one-line error, before reading
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise StethoError(f"{path}: model file does not exist") from None
+        except IsADirectoryError:
+            raise StethoError(f"{path}: is a folder, not a model file") from None
         except Exception as exc:  # noqa: BLE001 - torch raises many kinds
-            raise StethoError(f"{path}: not a stetho model file ({type(exc).__name__}: {exc})") from None
+            raise StethoError(f"{path}: not a stetho model file, or a truncated or damaged one "
+                              f"({_one_line(exc)})") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise StethoError(f"{path}: not a stetho model file")
         version = blob.get("version")
@@ -480,14 +525,43 @@ class Detector:
         if version != FORMAT_VERSION:
             raise StethoError(f"{path}: model format version {version!r}, this stetho reads {FORMAT_VERSION}; "
                               "upgrade stetho")
-        kind = get_model(blob["model"])
-        if cls is not Detector and not issubclass(kind, cls):
-            raise StethoError(f"{path}: holds a '{blob['model']}' model, not '{cls.name}'")
         try:
-            det = kind(**blob["params"])
-        except TypeError as exc:
-            raise StethoError(f"{path}: its parameters do not fit this stetho's '{blob['model']}' ({exc}); "
-                              "re-train") from None
+            return cls._from_blob(blob, path, device)
+        except StethoError as exc:
+            text = str(exc)
+            raise StethoError(text if text.startswith(str(path)) else f"{path}: {text}") from None
+        except Exception as exc:  # noqa: BLE001 - a crafted or damaged file fails anywhere in _set_state
+            what = (f"the entry {exc.args[0]!r} is missing" if isinstance(exc, KeyError) and exc.args
+                    else _one_line(exc))
+            raise StethoError(f"{path}: damaged or foreign model file ({what}); re-train") from None
+
+    @classmethod
+    def _from_blob(cls, blob: dict, path: Path, device: str | None) -> "Detector":
+        """The detector of a loaded file's ``blob`` (see :meth:`load`)."""
+        from stetho.models import get_model  # registry lives in the package
+
+        name = blob["model"]
+        if not isinstance(name, str):
+            raise StethoError(f"its model name is a {type(name).__name__}, not a name")
+        kind = get_model(name)
+        if cls is not Detector and not issubclass(kind, cls):
+            raise StethoError(f"holds a '{name}' model, not '{cls.name}'")
+        params = blob["params"]
+        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+            raise StethoError("its parameters are not a table of names and values")
+        unknown = sorted(set(params) - set(kind.param_defaults()))
+        if unknown:
+            raise StethoError(f"parameter(s) {', '.join(unknown)} unknown to this stetho's '{name}' (written by "
+                              "another version, or edited); re-train")
+        params = dict(params)
+        if "device" in params:
+            params["device"] = _load_device(params["device"], device, path)
+        det = kind(**params)
+        det.check_params()  # a crafted value (lr="x", epochs=-3) is named like a recipe's
+        bad = _non_finite({"state": blob["state"], "base": blob["base"]})
+        if bad:
+            raise StethoError(f"weights contain NaN/inf ({', '.join(bad[:3])}): the file is damaged or the "
+                              "training diverged; re-train")
         base = blob["base"]
         det.machines_ = list(base["machines"])  # before _set_state: a method may use it
         det._set_state(blob["state"])
@@ -496,9 +570,31 @@ class Detector:
         det.calibration_ = {k: list(v) for k, v in base["calibration"].items()}
         missing = [m for m in det.score_modes if m not in det.thresholds_]
         if missing:  # a score mode added to the method after this file was written
-            raise StethoError(f"{path}: no thresholds for score mode(s) {', '.join(missing)} (added to "
+            raise StethoError(f"no thresholds for score mode(s) {', '.join(missing)} (added to "
                               f"'{det.name}' after this model was trained); re-train")
         return det
+
+    def set_device(self, device: str) -> "Detector":
+        """Score on ``device`` from now on (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``): sets
+        :attr:`device` and moves every network of the fitted detector there. An unusable device
+        is a :class:`~stetho.errors.ConfigError` (see :func:`~stetho.models.training.resolve_device`)."""
+        target = resolve_device(device)
+        self.device = device
+
+        def move(x: Any) -> None:  # modules move in place; containers are walked
+            if isinstance(x, torch.nn.Module):
+                x.to(target)
+            elif isinstance(x, (list, tuple)):
+                for v in x:
+                    move(v)
+            elif isinstance(x, dict):
+                for v in x.values():
+                    move(v)
+
+        for attr, value in vars(self).items():
+            if attr.endswith("_") and not attr.startswith("_"):
+                move(value)
+        return self
 
     # -- for subclasses ---------------------------------------------------------------------
     thresholds_: dict[str, dict[str, float]]
@@ -529,3 +625,47 @@ class Detector:
 
     def _set_state(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (torch's unpickler messages run over many lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _non_finite(tree: Any, prefix: str = "") -> list[str]:
+    """Names (``state.net.encoder.0.weight``) of the floating tensors and arrays in ``tree``
+    (nested dicts and lists) that hold NaN or inf, and of the thresholds that are NaN or inf."""
+    out: list[str] = []
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out += _non_finite(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(tree, (list, tuple)):
+        if tree and all(isinstance(v, (int, float)) for v in tree):
+            return out  # histories: NaN marks epochs without validation
+        for i, v in enumerate(tree):
+            out += _non_finite(v, f"{prefix}[{i}]")
+    elif isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
+            out.append(prefix)
+    elif isinstance(tree, np.ndarray):
+        if np.issubdtype(tree.dtype, np.floating) and not np.isfinite(tree).all():
+            out.append(prefix)
+    elif isinstance(tree, float) and prefix.startswith(("thresholds", "base.thresholds")) and not np.isfinite(tree):
+        out.append(prefix)  # other plain numbers may be inf by design (BiGAN's diversity of constant data)
+    return out
+
+
+def _load_device(stored: Any, asked: str | None, path: Path) -> Any:
+    """The device a loaded detector scores on: ``asked`` when given, else the one it was trained
+    with when it is usable here, else the CPU (with a log line)."""
+    if asked is not None:
+        return asked
+    if not isinstance(stored, str):
+        return stored  # check_params names it
+    try:
+        resolve_device(stored)
+    except ConfigError:
+        log.info("%s: trained on device %s, which is not available here: scoring on the CPU", path, stored)
+        return "cpu"
+    return stored

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,8 @@ def _is_real(v: Any) -> bool:
 class Interval(Constraint):
     """A number of ``kind`` (``int`` or ``float``; a float parameter also takes ints) in the
     interval from ``low`` to ``high`` (``None``: unbounded); ``closed`` is ``"both"``,
-    ``"left"``, ``"right"`` or ``"neither"``. NaN is never inside."""
+    ``"left"``, ``"right"`` or ``"neither"``. NaN and ±infinity are never inside (an unbounded
+    side means any finite number: no hyper-parameter works with ``lr=inf``)."""
 
     kind: type
     low: float | None
@@ -60,9 +62,14 @@ class Interval(Constraint):
         if self.kind is int:
             if not _is_int(value):
                 return False
-        elif not _is_real(value) or math.isnan(float(value)):
+        elif not _is_real(value):
             return False
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an int beyond float range (10**400): no bound holds it
+            return self.low is None and self.high is None
+        if not math.isfinite(v):
+            return False
         left_closed = self.closed in ("both", "left")
         right_closed = self.closed in ("both", "right")
         if self.low is not None and (v < self.low or (v == self.low and not left_closed)):
@@ -73,15 +80,16 @@ class Interval(Constraint):
 
     def describe(self) -> str:
         name = "an integer" if self.kind is int else "a number"
+        fmt = (lambda x: str(int(x))) if self.kind is int else (lambda x: f"{x:g}")  # noqa: E731 - exact ints
         if self.low is None and self.high is None:
             return name
         if self.high is None:
-            return f"{name} {'>=' if self.closed in ('both', 'left') else '>'} {self.low:g}"
+            return f"{name} {'>=' if self.closed in ('both', 'left') else '>'} {fmt(self.low)}"
         if self.low is None:
-            return f"{name} {'<=' if self.closed in ('both', 'right') else '<'} {self.high:g}"
+            return f"{name} {'<=' if self.closed in ('both', 'right') else '<'} {fmt(self.high)}"
         lb = "[" if self.closed in ("both", "left") else "("
         rb = "]" if self.closed in ("both", "right") else ")"
-        return f"{name} in {lb}{self.low:g}, {self.high:g}{rb}"
+        return f"{name} in {lb}{fmt(self.low)}, {fmt(self.high)}{rb}"
 
 
 class Options(Constraint):
@@ -181,8 +189,22 @@ def validate_params(
             continue
         if any((c is None and value is None) or (c is not None and c.accepts(value)) for c in allowed):
             continue
-        raise ConfigError(f"{owner}: params.{name}={value!r} is not allowed; expected {describe(allowed)}")
+        note = " (a finite one)" if _is_real(value) and not _is_int(value) and not math.isfinite(float(value)) else ""
+        raise ConfigError(f"{owner}: params.{name}={value!r} is not allowed; expected {describe(allowed)}{note}")
 
 
-__all__ = ["Boolean", "Check", "Constraint", "Interval", "Options", "SequenceOf", "String", "describe",
-           "validate_params"]
+#: Largest seed: NumPy's legacy ``np.random.seed`` and scikit-learn take seeds in [0, 2**32 - 1];
+#: torch's generators overflow beyond 2**64 - 1 (``seed=10**20`` crashed in ``manual_seed``).
+MAX_SEED = 2**32 - 1
+
+#: The ``seed`` constraint every detector declares.
+SEED = Interval(int, 0, MAX_SEED)
+
+#: The ``device`` constraint: the spelling only; whether CUDA is there is checked by
+#: :func:`stetho.models.training.resolve_device` (called by ``Detector.check_params``).
+DEVICE = Check(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v) is not None,
+               "auto, cpu, cuda or cuda:N")
+
+
+__all__ = ["DEVICE", "MAX_SEED", "SEED", "Boolean", "Check", "Constraint", "Interval", "Options", "SequenceOf", "String",
+           "describe", "validate_params"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -38,16 +39,78 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stetho.errors import ConfigError, StethoError
+from stetho.fileio import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 
+class TrainingDivergedError(StethoError, FloatingPointError):
+    """A training loss (or validation loss) became NaN or infinite, or grew beyond
+    :data:`DIVERGENCE_FACTOR` times its first value: the training diverged and nothing of it
+    is kept. A ``FloatingPointError`` too (what the loop raised before).
+
+    ``Detector.fit`` re-raises it with the model, the machine types and the learning rate(s) to
+    lower (:meth:`with_context`).
+
+    Attributes:
+        desc: the run (``"AE epochs"``).
+        epoch: 1-based epoch.
+        step: 1-based step in the epoch (``None``: the validation loss after the epoch).
+        loss: the offending value.
+        first: the first step's loss of the run (for a loss that grew, else ``None``).
+    """
+
+    def __init__(self, desc: str, epoch: int, step: int | None, loss: float, first: float | None = None,
+                 context: str = "", hint: str = "lower the learning rate or normalise the inputs") -> None:
+        self.desc, self.epoch, self.step, self.loss, self.first = desc, epoch, step, loss, first
+        self.context, self.hint = context, hint
+        where = f"epoch {epoch}, step {step}" if step is not None else f"epoch {epoch} (validation)"
+        what = "validation loss" if step is None else "training loss"
+        if math.isfinite(loss):
+            problem = f"{what} grew from {first:.4g} to {loss:.4g}"
+        else:
+            problem = f"{what} is {'nan' if math.isnan(loss) else 'inf'}"
+        prefix = f"{context}: " if context else ""
+        super().__init__(f"{prefix}{desc}: {problem} at {where}: the training diverged; {hint}")
+
+    def with_context(self, context: str, hint: str | None = None) -> "TrainingDivergedError":
+        """The same error naming ``context`` (model and machine types) and ``hint``."""
+        return TrainingDivergedError(self.desc, self.epoch, self.step, self.loss, self.first, context,
+                                     self.hint if hint is None else hint)
+
+
+#: A training loss above this many times its run's first step loss (at least 1) is a divergence,
+#: like NaN or inf: no training of these methods recovers from it (``lr=1e6`` gave an AE loss of
+#: 1e24, finite, and a threshold of 1.2e24 with a saved model).
+DIVERGENCE_FACTOR = 1e6
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` ... as
+    ``torch.device`` reads them, checked here: a CUDA device on a machine (or a torch build)
+    without CUDA, or ``cuda:N`` beyond the devices present, is a one-line
+    :class:`~stetho.errors.ConfigError` instead of a crash deep inside torch at the first tensor."""
     if isinstance(device, torch.device):
-        return device
-    if device == "auto":
+        dev = device
+    elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ConfigError(f"--device {device!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "built without CUDA" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, " \
+                "but no GPU or driver is usable"
+            raise ConfigError(f"--device {device} was asked for but CUDA is not available (torch {torch.__version__}, "
+                              f"{build}); use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"--device {device} was asked for but this machine has {count} CUDA device(s) "
+                              f"(cuda:0 to cuda:{count - 1})")
+    return dev
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -335,6 +398,7 @@ def _loop(
     history = history if history is not None else {k: [] for k in HISTORY_COLUMNS}
     bar = _Progress(desc, epochs, start_epoch, progress, log_interval)
     warned_empty = False
+    first: float | None = None  # the run's first step loss: the scale of a divergence
     try:
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
@@ -342,15 +406,17 @@ def _loop(
             for batch in epoch_batches(epoch):
                 loss = float(step(batch))
                 count += 1
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"{desc}: training loss became {loss} at epoch {epoch + 1}, step {count} "
-                        "(a smaller learning rate, or normalised inputs, usually help)")
+                if first is None and math.isfinite(loss):
+                    first = loss
+                if not math.isfinite(loss) or abs(loss) > DIVERGENCE_FACTOR * max(abs(first), 1.0):
+                    raise TrainingDivergedError(desc, epoch + 1, count, loss, first)
                 total += loss
             if count == 0 and not warned_empty:
                 log.warning("%s: epoch %d had no training batch (fewer vectors than one batch?)", desc, epoch + 1)
                 warned_empty = True
             val = evaluate() if evaluate is not None else None
+            if val is not None and not math.isfinite(float(val)):
+                raise TrainingDivergedError(desc, epoch + 1, None, float(val))
             history["epoch"].append(epoch + 1)
             history["train_loss"].append(total / count if count else float("nan"))
             history["val_loss"].append(float(val) if val is not None else float("nan"))
@@ -380,8 +446,10 @@ def run_epochs(
     :meth:`Trainer.run` without its checkpoint file and RNG handling; kept for older callers).
 
     Args:
-        step: trains on one batch, returns its loss; a non-finite loss raises ``FloatingPointError``.
-        evaluate: returns the validation loss (``None`` or NaN: no validation that epoch).
+        step: trains on one batch, returns its loss; a non-finite or exploding loss raises
+            :class:`TrainingDivergedError` (a ``FloatingPointError``).
+        evaluate: returns the validation loss (``None``: no validation that epoch; NaN or inf
+            raises :class:`TrainingDivergedError`).
         epoch_batches: batches of an epoch (called once per epoch with the 0-based epoch).
         epochs: total number of epochs.
         progress: a bar over epochs when stderr is a terminal; otherwise (and when ``progress``
@@ -668,11 +736,13 @@ class Trainer:
         """Train ``epochs`` epochs (resuming from ``checkpoint`` when it matches).
 
         Args:
-            step: trains on one batch, returns its loss (a float; a non-finite one raises
-                ``FloatingPointError`` naming the epoch and step).
+            step: trains on one batch, returns its loss (a float; a non-finite one, or one above
+                :data:`DIVERGENCE_FACTOR` times the run's first, raises
+                :class:`TrainingDivergedError` naming the epoch and step).
             epoch_batches: the batches of an epoch, called once per epoch with the 0-based epoch.
             epochs: total number of epochs (a resumed run trains the remaining ones).
-            evaluate: the validation loss after an epoch (``None`` or NaN: none).
+            evaluate: the validation loss after an epoch (``None``: none; NaN or inf raises
+                :class:`TrainingDivergedError`).
             on_epoch: called after every epoch with (epochs done, history), before the
                 checkpoint is written: keep snapshots, update a :class:`BestState`, append
                 history columns. Whatever it changes must be in ``state`` to survive a resume.
@@ -799,12 +869,14 @@ class BestState:
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, then rename (never a half-written model file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``torch.save`` of ``obj`` to ``path`` atomically (:func:`stetho.fileio.atomic_write_bytes`:
+    a temporary file, fsync, rename): never a half-written model or checkpoint, and a full or
+    read-only disk is a one-line :class:`~stetho.errors.StorageError` ("disk full: ...") with
+    the previous file left as it was.
+
+    The object is serialised in memory first (a model file is a few MB): ``torch.save`` to a
+    file name writes from C++, where a full disk surfaces as a ``RuntimeError`` without its errno.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())

@@ -16,7 +16,7 @@ from stetho.datasets.clip import SOURCE, TARGET, Clip
 from stetho.features import AudioOptions, LogMelParams, extract_logmels
 from stetho.models.ae.torch_model import AENet
 from stetho.models.base import Detector, FitContext
-from stetho.models.params import Boolean, Interval, Options, String
+from stetho.models.params import DEVICE, SEED, Boolean, Interval, Options
 from stetho.models.training import FrameVectors, Trainer, recompute_batchnorm, resolve_device
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class AEDetector(Detector):
         "lr": [Interval(float, 0, None, closed="neither")],
         "validation_split": [Interval(float, 0, 1, closed="left")],
         "score_mode": [Options(*score_modes)], "precise_bn": [Boolean()],
-        "seed": [Interval(int, 0, None)], "device": [String("auto, cpu, cuda or cuda:N")],
+        "seed": [SEED], "device": [DEVICE],
         "channel": [Interval(int, 0, None)], "progress": [Boolean()],
     }
 

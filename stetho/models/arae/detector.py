@@ -27,7 +27,7 @@ from stetho.features import AudioOptions, LogMelParams, extract_logmels
 from stetho.models.arae.attacks import l2_pgd, linf_pgd, spatial_attack, spatial_grid
 from stetho.models.arae.torch_model import ARAENet
 from stetho.models.base import Detector, FitContext
-from stetho.models.params import Boolean, Interval, Options, SequenceOf, String
+from stetho.models.params import DEVICE, SEED, Boolean, Interval, Options, SequenceOf
 from stetho.models.training import FrameVectors, Trainer, make_generator, resolve_device
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class ARAEDetector(Detector):
         "epochs": [_COUNT], "batch_size": [_COUNT], "lr": [_POSITIVE],
         "n_mels": [_COUNT], "n_frames": [_COUNT], "frame_hop": [_COUNT],
         "n_fft": [Interval(int, 16, None)], "hop_length": [_COUNT], "sr": [Interval(int, 1000, None)],
-        "seed": [Interval(int, 0, None)], "device": [String("auto, cpu, cuda or cuda:N")],
+        "seed": [SEED], "device": [DEVICE],
         "channel": [Interval(int, 0, None)], "progress": [Boolean()],
     }
 

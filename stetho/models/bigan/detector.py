@@ -17,7 +17,7 @@ from stetho.errors import StethoError
 from stetho.features import AudioOptions, LogMelParams, extract_logmels
 from stetho.models.base import Detector, FitContext
 from stetho.models.bigan.torch_model import BiGAN, anomaly_scores, ema_update
-from stetho.models.params import Boolean, Check, Interval, Options, SequenceOf, String
+from stetho.models.params import DEVICE, SEED, Boolean, Check, Interval, Options, SequenceOf
 from stetho.models.training import FrameVectors, Trainer, resolve_device
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class BiGANDetector(Detector):
         "score_mode": [Options(*score_modes)], "patch_reduce": [Options(*PATCH_REDUCE)],
         "norm_scale": [Interval(float, 0, None, closed="neither")],
         "collapse_threshold": [Interval(float, 0, None)], "checkpoint_every": [Interval(int, 0, None)],
-        "seed": [Interval(int, 0, None)], "device": [String("auto, cpu, cuda or cuda:N")],
+        "seed": [SEED], "device": [DEVICE],
         "channel": [Interval(int, 0, None)], "progress": [Boolean()],
     }
 

@@ -27,7 +27,7 @@ from stetho.models.cande.context import (
     resolve_context_column, stream_order, windowed_predictions,
 )
 from stetho.models.cande.torch_model import ContextPredictor, FiLMAE, PlainAE
-from stetho.models.params import Boolean, Interval, Options, SequenceOf, String
+from stetho.models.params import DEVICE, SEED, Boolean, Interval, Options, SequenceOf
 from stetho.models.training import BestState, FrameVectors, Trainer, resolve_device
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class CANDEDetector(Detector):
         "reset_window_per_directory": [Boolean()], "stream_order": [Options(*STREAM_ORDERS)],
         "validation_split": [Interval(float, 0, 1, closed="left")],
         "score_mode": [Options(*CONTEXT_MODES)],
-        "seed": [Interval(int, 0, None)], "device": [String("auto, cpu, cuda or cuda:N")],
+        "seed": [SEED], "device": [DEVICE],
         "channel": [Interval(int, 0, None)], "progress": [Boolean()],
     }
 

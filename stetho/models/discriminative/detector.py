@@ -33,7 +33,7 @@ from stetho.models.base import Detector, FitContext
 from stetho.models.discriminative.augment import feature_exchange, mixup
 from stetho.models.discriminative.pseudo_labels import cluster_machine, read_pseudo_labels, write_pseudo_labels
 from stetho.models.discriminative.torch_model import BranchSpec, FFTBranch, MultiResolutionNet, SCAdaCosHead, STFTBranch
-from stetho.models.params import Boolean, Check, Interval, Options, SequenceOf, String
+from stetho.models.params import DEVICE, SEED, Boolean, Check, Interval, Options, SequenceOf, String
 from stetho.models.training import Trainer, resolve_device, torch_fork_rng
 
 log = logging.getLogger(__name__)
@@ -163,8 +163,8 @@ class DiscriminativeDetector(Detector):
         "density_k": [Interval(int, 1, None)],
         "score_mode": [Options(*score_modes)],
         "test_hop": [Interval(float, 0, 1, closed="right")],
-        "seed": [Interval(int, 0, None)],
-        "device": [String("auto, cpu, cuda or cuda:N")],
+        "seed": [SEED],
+        "device": [DEVICE],
         "channel": [Interval(int, 0, None)],
         "progress": [Boolean()],
     }
