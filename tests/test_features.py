@@ -241,9 +241,14 @@ def test_cache_hit_miss_and_invalidation(tmp_path):
     assert cache.get(wav, {**params, "n_mels": 64}) is None
     assert cache.get(wav, {**params, "channel": 1}) is None
 
-    # same size, new mtime -> miss
+    # keyed on content: same bytes with a new mtime -> hit; other bytes of the same size with the
+    # old mtime restored -> miss
     st = wav.stat()
     os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert cache.get(wav, params) is not None
+    sf.write(wav, np.full(2000, 0.5, dtype=np.float32), SR, subtype="PCM_16")
+    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert wav.stat().st_size == st.st_size
     assert cache.get(wav, params) is None
     cache.put(wav, params, value)
     assert cache.get(wav, params) is not None

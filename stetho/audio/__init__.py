@@ -1,5 +1,18 @@
 """Audio input/output: reading, validation, resampling, writing."""
 
-from stetho.audio.io import RESAMPLER, audio_info, read_audio, resample_audio, write_wav
+from stetho.audio.io import (
+    MAX_FLOAT_PEAK,
+    RESAMPLER,
+    audio_extensions,
+    audio_info,
+    check_channel,
+    load_audio,
+    read_audio,
+    resample_audio,
+    write_wav,
+)
 
-__all__ = ["RESAMPLER", "audio_info", "read_audio", "resample_audio", "write_wav"]
+__all__ = [
+    "MAX_FLOAT_PEAK", "RESAMPLER", "audio_extensions", "audio_info", "check_channel", "load_audio", "read_audio",
+    "resample_audio", "write_wav",
+]

@@ -1,39 +1,53 @@
-"""Reading and writing audio files (soundfile), with validation and resampling."""
+"""Reading and writing audio files (soundfile), with validation and resampling.
+
+Before a file reaches libsndfile its first bytes are checked against the headers of the formats
+libsndfile reads: junk named ``.wav`` / ``.mp3`` is refused with a clear message instead of being
+handed to libsndfile's MP3 decoder (mpg123), which prints "Note: Illegal Audio-MPEG-Header" lines on
+the process's stderr and ends with libsndfile's misleading "File does not exist". Sniffing was chosen
+over redirecting file descriptor 2 around the call: fd 2 is shared by every thread (the extraction
+workers, the progress bar, log messages), so a redirect would swallow other threads' output.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import struct
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from stetho.errors import AudioError
+from stetho.errors import AudioError, ConfigError
+from stetho.fileio import atomic_path
+
+#: Largest accepted magnitude of float samples (40 dB above full scale): float files hold samples in
+#: [-1, 1], a little more after gain; beyond this they were written as integers (x 32767) or are junk.
+MAX_FLOAT_PEAK = 100.0
 
 
 def write_wav(path: str | Path, y: np.ndarray, sr: int) -> None:
-    """Write a mono signal as 16-bit PCM WAV, atomically (temp file + rename).
+    """Write a mono signal as 16-bit PCM WAV, atomically (temp file + rename, ordinary permissions).
 
     Args:
         path: destination file; parent folders are created.
-        y: float samples in [-1, 1] (clipped), shape ``(n_samples,)``.
-        sr: sample rate in Hz.
+        y: finite float samples in [-1, 1] (clipped), shape ``(n_samples,)``.
+        sr: sample rate in Hz (a positive integer).
+
+    Raises:
+        AudioError: ``y`` is not 1-D or holds NaN/inf, or ``sr`` is not a positive integer.
+        StorageError: the disk is full or the folder cannot be written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     y = np.asarray(y)
     if y.ndim != 1:
         raise AudioError(path, f"write_wav expects a mono 1-D signal, got shape {y.shape}")
+    if not np.isfinite(y).all():
+        raise AudioError(path, f"cannot write {int(np.count_nonzero(~np.isfinite(y)))} NaN/inf sample(s)")
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+        raise AudioError(path, f"cannot write sample rate {sr!r}: expected a positive whole number of Hz")
     pcm = np.round(np.clip(y, -1.0, 1.0) * 32767.0).astype(np.int16)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, pcm, sr, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), pcm, int(sr), subtype="PCM_16", format="WAV")
 
 
 def audio_extensions() -> frozenset[str]:
@@ -48,22 +62,176 @@ def audio_extensions() -> frozenset[str]:
 #: (the default quality of librosa.resample; 95 % passband, >= 100 dB stop-band rejection).
 RESAMPLER = "soxr_hq"
 
+# ---------------------------------------------------------------- header sniffing
+
+#: Leading bytes of the formats libsndfile reads (its own detection looks at the same bytes).
+_MAGIC = (
+    (b"RIFF", "WAV"), (b"RIFX", "WAV"), (b"RF64", "WAV"), (b"BW64", "WAV"), (b"riff", "W64"),
+    (b"fLaC", "FLAC"), (b"OggS", "OGG"), (b"FORM", "AIFF"), (b".snd", "AU"), (b"dns.", "AU"),
+    (b"caff", "CAF"), (b"NIST_1A", "NIST"), (b"Creative Voice File", "VOC"), (b" paf", "PAF"),
+    (b"fap ", "PAF"), (b"PVF1", "PVF"), (b"2BIT", "AVR"), (b"Extended Instrument", "XI"),
+    (b"ALaw", "WVE"), (b"\xf0\x7e", "SDS"), (b"MATLAB 5.0", "MAT5"), (b"ID3", "MP3"),
+    (b"\x64\xa3\x01\x00", "IRCAM"), (b"\x00\x01\xa3\x64", "IRCAM"), (b"\x64\xa3\x02\x00", "IRCAM"),
+    (b"\x00\x02\xa3\x64", "IRCAM"), (b"\x64\xa3\x03\x00", "IRCAM"), (b"\x00\x03\xa3\x64", "IRCAM"),
+    (b"\x64\xa3\x04\x00", "IRCAM"), (b"\x00\x04\xa3\x64", "IRCAM"),
+)
+
+#: Extensions of formats with no recognisable header (HTK, SD2, MPC2000, raw PCM): such files are
+#: left to libsndfile; every other file must start with one of the headers above.
+_NO_MAGIC_EXTENSIONS = frozenset({".htk", ".sd2", ".mpc2k", ".raw", ".pcm", ".mat"})
+
+_HEAD_BYTES = 4096
+
+# MPEG audio frame headers: kbit/s by (version is MPEG-1, layer) and sample rates by version.
+_KBPS = {
+    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+def _mpeg_frame_length(h: bytes) -> int | None:
+    """Length in bytes of the MPEG audio frame whose 4-byte header is ``h``, or None if ``h`` is
+    not a valid header (sync word, no reserved or free-format fields)."""
+    if len(h) < 4 or h[0] != 0xFF or h[1] & 0xE0 != 0xE0:
+        return None
+    version, layer_bits = (h[1] >> 3) & 3, (h[1] >> 1) & 3
+    bitrate_idx, rate_idx, padding = h[2] >> 4, (h[2] >> 2) & 3, (h[2] >> 1) & 1
+    if version == 1 or layer_bits == 0 or bitrate_idx in (0, 15) or rate_idx == 3:
+        return None
+    layer = 4 - layer_bits
+    kbps = _KBPS[(version == 3, layer)][bitrate_idx]
+    rate = _MPEG_RATES[version][rate_idx]
+    if layer == 1:
+        return (12 * kbps * 1000 // rate + padding) * 4
+    per_frame = 144 if layer == 2 or version == 3 else 72
+    return per_frame * kbps * 1000 // rate + padding
+
+
+def _sniff(head: bytes) -> str | None:
+    """The format family whose header ``head`` starts with, or None."""
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    # A bare MP3 stream: two consecutive valid frame headers (one alone matches ~1 in 4000 junk files).
+    first = _mpeg_frame_length(head[:4])
+    if first is not None and _mpeg_frame_length(head[first : first + 4]) is not None:
+        return "MP3"
+    return None
+
+
+def _first_bytes(head: bytes) -> str:
+    shown = head[:8]
+    text = shown.decode("ascii", "replace")
+    hexes = " ".join(f"{b:02x}" for b in shown)
+    return f'{hexes} ("{text}")' if all(32 <= b < 127 for b in shown) else hexes
+
+
+# ---------------------------------------------------------------- truncation
+
+
+def _declared_frames(path: Path, head: bytes, fmt: str) -> tuple[int, int] | None:
+    """``(declared, held)`` frames of a WAV (RIFF/RIFX) or AIFF file whose header declares more
+    sample data than the file holds, else None (complete, other formats, streaming placeholders)."""
+    if fmt == "WAV" and head[:4] in (b"RIFF", b"RIFX"):
+        endian = "<" if head[:4] == b"RIFF" else ">"
+        block_align = 0
+        with open(path, "rb") as fh:
+            file_size = os.fstat(fh.fileno()).st_size
+            pos = 12
+            for _ in range(64):
+                fh.seek(pos)
+                chunk = fh.read(24)
+                if len(chunk) < 8:
+                    return None
+                size = struct.unpack(endian + "I", chunk[4:8])[0]
+                if chunk[:4] == b"fmt " and size >= 14 and len(chunk) >= 22:
+                    block_align = struct.unpack(endian + "H", chunk[20:22])[0]  # nBlockAlign
+                if chunk[:4] == b"data":
+                    held_bytes = file_size - (pos + 8)
+                    if size in (0, 0xFFFFFFFF) or size <= held_bytes or block_align <= 0:
+                        return None
+                    return size // block_align, held_bytes // block_align
+                pos += 8 + size + (size & 1)
+    if fmt == "AIFF" and head[8:12] in (b"AIFF", b"AIFC"):
+        pos, comm_frames, ssnd_bytes, frame_bytes = 12, None, None, 0
+        with open(path, "rb") as fh:
+            file_size = os.fstat(fh.fileno()).st_size
+            for _ in range(64):
+                fh.seek(pos)
+                chunk = fh.read(16)
+                if len(chunk) < 8:
+                    break
+                cid, size = chunk[:4], struct.unpack(">I", chunk[4:8])[0]
+                if cid == b"COMM" and len(chunk) >= 16:
+                    channels, comm_frames, bits = struct.unpack(">HIH", chunk[8:16])
+                    frame_bytes = channels * ((bits + 7) // 8)
+                if cid == b"SSND":
+                    ssnd_bytes = file_size - (pos + 16)  # after the offset and block-size fields
+                    break
+                pos += 8 + size + (size & 1)
+        if comm_frames and ssnd_bytes is not None and frame_bytes > 0 and head[8:12] == b"AIFF":
+            held = max(ssnd_bytes, 0) // frame_bytes
+            if held < comm_frames:
+                return comm_frames, held
+    return None
+
+
+def _truncated(path: Path, declared: int, held: int, sr: int) -> AudioError:
+    return AudioError(
+        path, f"truncated: the header declares {declared} frames ({declared / sr:.2f} s) but the file holds "
+              f"only {held} (an interrupted copy or download?)",
+    )
+
+
+# ---------------------------------------------------------------- reading
+
 
 def audio_info(path: str | Path) -> sf._SoundFileInfo:
     """Header of an audio file (rate, channels, frames) without reading samples.
 
+    The first bytes must be the header of a format libsndfile reads (files with extensions of
+    header-less formats such as ``.htk`` are left to libsndfile), and a WAV or AIFF file must hold
+    as many frames as its header declares.
+
     Raises:
-        AudioError: the file is missing or not an audio file libsndfile can read.
+        AudioError: the file is missing, empty, not an audio file libsndfile can read, or truncated.
     """
     path = Path(path)
     if not path.is_file():
-        raise AudioError(path, "file does not exist")
-    if path.stat().st_size == 0:
-        raise AudioError(path, "zero-length file (0 bytes)")
+        raise AudioError(path, "file does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        return sf.info(str(path))
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise AudioError(path, f"cannot be opened ({exc.strerror or exc})") from None
+    if not head:
+        raise AudioError(path, "zero-length file (0 bytes)")
+    fmt = _sniff(head)
+    if fmt is None and path.suffix.lower() not in _NO_MAGIC_EXTENSIONS:
+        raise AudioError(
+            path, "cannot be read as audio: unrecognised format, not one soundfile reads "
+                  f"(first bytes: {_first_bytes(head)})",
+        )
+    try:
+        info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(path, f"cannot be read as audio ({_short(exc)})") from None
+        text = _short(exc)
+        if "does not exist" in text or "not a regular file" in text:
+            # libsndfile's text when a decoder (e.g. MP3) gave up on a file that does exist
+            text = f"damaged or not {fmt or 'audio'} data"
+        raise AudioError(path, f"cannot be read as audio ({text})") from None
+    short = _declared_frames(path, head, fmt or "")
+    if short is not None:
+        raise _truncated(path, *short, info.samplerate)
+    if info.format == "OGG" and "ended unexpectedly" in (info.extra_info or ""):
+        raise AudioError(path, "truncated: the Ogg stream stops before its end-of-stream mark (an interrupted "
+                               "copy or download?)")
+    return info
 
 
 def read_audio(
@@ -76,28 +244,48 @@ def read_audio(
     """Read one channel of an audio file as float32 samples at ``sr`` Hz, validating it.
 
     Args:
-        path: audio file (any format libsndfile reads; WAV in practice).
+        path: audio file (any format libsndfile reads: WAV, FLAC, OGG, MP3, AIFF ...).
         sr: wanted sample rate in Hz.
-        channel: channel to keep (0-based) when the file has several; a mono file is read as
-            it is whatever ``channel`` says (the option selects among several channels).
+        channel: channel to keep (0-based, never negative) when the file has several; a mono
+            file is read as it is whatever ``channel`` says (the option selects among several).
         resample: resample other rates with soxr HQ; if False, such files are refused.
         min_samples: shortest acceptable length in samples, after resampling
             (e.g. ``n_fft`` so at least one full FFT frame fits).
 
     Returns:
-        float32 array of shape ``(n_samples,)`` in [-1, 1].
+        float32 array of shape ``(n_samples,)``: in [-1, 1] for integer formats; float formats
+        as stored (finite, at most :data:`MAX_FLOAT_PEAK` in magnitude).
 
     Raises:
-        AudioError: unreadable, zero-length, too short, NaN/inf samples, missing channel,
-            or a different rate with ``resample=False``. The message names the file.
+        AudioError: unreadable, unrecognised format, truncated, zero-length, too short, NaN/inf or
+            far out-of-range samples, missing channel, or a different rate with ``resample=False``.
+            The message names the file.
+        ConfigError: ``channel`` is negative or not a whole number.
     """
+    return load_audio(path, sr, channel, resample, min_samples)[0]
+
+
+def load_audio(
+    path: str | Path,
+    sr: int = 16000,
+    channel: int = 0,
+    resample: bool = True,
+    min_samples: int = 1,
+) -> tuple[np.ndarray, int]:
+    """:func:`read_audio`, also returning the file's native sample rate in Hz (before resampling).
+
+    Returns:
+        ``(samples, native_sr)``: float32 samples ``(n_samples,)`` at ``sr`` Hz, and the rate the
+        file was recorded at (``native_sr != sr`` means the samples were resampled).
+    """
+    check_channel(channel)
     path = Path(path)
     info = audio_info(path)
     if info.frames == 0:
         raise AudioError(path, "zero-length file (no samples)")
     if info.channels == 1:
         channel = 0
-    if not 0 <= channel < info.channels:
+    if not channel < info.channels:
         raise AudioError(
             path, f"has {info.channels} channel(s); channel {channel} was requested (--channel)"
         )
@@ -116,9 +304,17 @@ def read_audio(
             y = np.ascontiguousarray(data[:, channel])
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         raise AudioError(path, f"cannot be decoded ({_short(exc)})") from None
+    if data.shape[0] < info.frames and info.format != "MP3":  # an MP3's frame count may be an estimate
+        raise _truncated(path, info.frames, data.shape[0], info.samplerate)
     if not np.isfinite(y).all():
         bad = int(np.count_nonzero(~np.isfinite(y)))
         raise AudioError(path, f"contains {bad} NaN/inf sample(s)")
+    peak = float(np.abs(y).max())
+    if peak > MAX_FLOAT_PEAK:
+        raise AudioError(
+            path, f"sample values reach {peak:.3g}, over {MAX_FLOAT_PEAK:g}x full scale: float samples "
+                  "belong in [-1, 1] (were integer values written into a float file?)",
+        )
     if file_sr != sr:
         y = resample_audio(y, file_sr, sr)
     if y.shape[0] < min_samples:
@@ -127,7 +323,15 @@ def read_audio(
             f"too short: {y.shape[0]} samples at {sr} Hz, at least {min_samples} are needed "
             "(one FFT frame / the frames one feature vector spans)",
         )
-    return y
+    return y, int(file_sr)
+
+
+def check_channel(channel: object) -> int:
+    """``channel`` if it is a whole number >= 0, else :class:`ConfigError` (the ``--channel`` option)."""
+    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or channel < 0:
+        raise ConfigError(f"channel must be a whole number >= 0 (0 is the first channel), got {channel!r} "
+                          "(--channel)")
+    return int(channel)
 
 
 def resample_audio(y: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Features: log-mel spectrograms, frame stacking, on-disk cache, batched extraction."""
 
-from stetho.features.cache import FeatureCache, default_cache_dir
+from stetho.features.cache import CACHE_VERSION, CachedFeatures, FeatureCache, default_cache_dir, file_digest
 from stetho.features.extract import AudioOptions, Extracted, extract_logmels, extract_waveforms, min_samples_for
 from stetho.features.logmel import EPS, LogMelParams, logmel, mel_filterbank, stack_frames
 
 __all__ = [
-    "EPS", "AudioOptions", "Extracted", "FeatureCache", "LogMelParams", "default_cache_dir",
+    "CACHE_VERSION", "EPS", "AudioOptions", "CachedFeatures", "Extracted", "FeatureCache", "LogMelParams",
+    "default_cache_dir", "file_digest",
     "extract_logmels", "extract_waveforms", "logmel", "mel_filterbank", "min_samples_for", "stack_frames",
 ]

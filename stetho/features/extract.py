@@ -1,7 +1,9 @@
 """Feature extraction for many clips: decode, validate, log-mel in batches, cache.
 
 This is also where audio is validated: every clip is read (or found in the cache, which only
-holds clips that passed), and all problems are collected and reported together.
+holds clips that passed, keyed on their content), and all problems are collected and reported
+together. Each clip's native sample rate (before resampling) is returned with its features so a
+caller can warn about or refuse clips recorded at another rate than the training clips.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from stetho.audio import read_audio
+from stetho.audio import check_channel, load_audio
 from stetho.datasets.clip import Clip
-from stetho.errors import AudioError, AudioValidationError
+from stetho.errors import AudioError, AudioValidationError, ConfigError
 from stetho.features.cache import FeatureCache
 from stetho.features.logmel import LogMelParams, logmel
 
@@ -31,29 +33,44 @@ class AudioOptions:
     """How audio files are read.
 
     Attributes:
-        channel: channel kept from multi-channel files (0-based).
+        channel: channel kept from multi-channel files (0-based, >= 0).
         resample: resample files whose rate differs from ``sr`` (soxr HQ), else refuse them.
-        min_frames: fewest log-mel frames a clip must give (e.g. 5 for 5-frame stacking).
+        min_frames: fewest log-mel frames a clip must give (e.g. 5 for 5-frame stacking), >= 1.
+
+    Raises:
+        ConfigError: a negative or fractional channel, or ``min_frames`` below 1.
     """
 
     channel: int = 0
     resample: bool = True
     min_frames: int = 1
 
+    def __post_init__(self) -> None:
+        check_channel(self.channel)
+        if isinstance(self.min_frames, bool) or not isinstance(self.min_frames, (int, np.integer)) \
+                or self.min_frames < 1:
+            raise ConfigError(f"min_frames must be a whole number >= 1, got {self.min_frames!r}")
+
 
 @dataclass
 class Extracted:
-    """Result of :func:`extract_logmels`: features of the good clips, and the bad ones.
+    """Result of :func:`extract_logmels` / :func:`extract_waveforms`: features of the good clips,
+    and the bad ones.
 
     Attributes:
         clips: clips whose features were computed, in input order.
-        features: float32 log-mels ``(n_frames, n_mels)``, aligned with ``clips``.
+        features: float32 log-mels ``(n_frames, n_mels)`` (or waveforms ``(n_samples,)``), aligned
+            with ``clips``.
+        sample_rates: each clip's native sample rate in Hz as its file header gives it (before any
+            resampling; also on cache hits), aligned with ``clips``. A rate other than the
+            features' ``sr`` means the clip was resampled.
         problems: one :class:`AudioError` per clip that failed, in input order.
     """
 
     clips: list[Clip] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
     problems: list[AudioError] = field(default_factory=list)
+    sample_rates: list[int] = field(default_factory=list)
 
 
 def min_samples_for(params: LogMelParams, min_frames: int) -> int:
@@ -81,48 +98,91 @@ def extract_logmels(
         cache: feature cache, or ``None`` to always compute.
         batch_size: clips per work unit; equal-length clips of a unit share one torch batch.
             On CPU one clip at a time is fastest (cache-friendly; ``make bench`` sweeps it).
-        workers: worker threads, each decoding and computing the log-mels of its clips
-            (libsndfile and torch release the GIL); ``None``: one per CPU core.
+        workers: worker threads, which first look the clips up in the cache (a hash of each
+            file's bytes), then decode the misses and compute their log-mels (hashlib, libsndfile
+            and torch release the GIL); ``None``: one per CPU core.
         progress: show a progress bar.
         raise_on_error: raise one :class:`AudioValidationError` listing every bad clip;
             if False, bad clips are left out and returned in ``problems``.
 
     Returns:
-        :class:`Extracted`.
+        :class:`Extracted`, with each clip's native sample rate in ``sample_rates``.
+
+    Raises:
+        AudioValidationError: some clips failed and ``raise_on_error`` is set.
     """
+    # Everything the features depend on besides the file's bytes (the cache key hashes those).
     key_params = {**params.to_dict(), "channel": audio.channel, "resample": audio.resample}
     min_samples = min_samples_for(params, audio.min_frames)
-    results: list[np.ndarray | AudioError | None] = [None] * len(clips)
+    results: list[_Item | AudioError | None] = [None] * len(clips)
 
-    todo: list[int] = []
-    for i, clip in enumerate(clips):
-        hit = cache.get(clip.path, key_params) if cache is not None and clip.path.exists() else None
-        if hit is not None and hit.shape[0] >= audio.min_frames:
-            results[i] = hit
-        else:
-            todo.append(i)
+    keys: list[str | None] = [None] * len(clips)
+    todo = list(range(len(clips)))
+    if cache is not None:
+        todo = _lookup(clips, cache, key_params, audio.min_frames, results, keys, workers)
 
-    def work(chunk: list[int]) -> list[tuple[int, np.ndarray | AudioError]]:
+    def work(chunk: list[int]) -> list[tuple[int, _Item | AudioError]]:
         """Decode a chunk and compute its log-mels (equal lengths batched) in this worker."""
-        done: list[tuple[int, np.ndarray | AudioError]] = []
-        by_length: dict[int, list[tuple[int, np.ndarray]]] = {}
+        done: list[tuple[int, _Item | AudioError]] = []
+        by_length: dict[int, list[tuple[int, np.ndarray, int]]] = {}
         for i in chunk:
             try:
-                sig = read_audio(
+                sig, native_sr = load_audio(
                     clips[i].path, sr=params.sr, channel=audio.channel, resample=audio.resample,
                     min_samples=min_samples,
                 )
             except AudioError as exc:
                 done.append((i, exc))
                 continue
-            by_length.setdefault(sig.shape[0], []).append((i, sig))
+            by_length.setdefault(sig.shape[0], []).append((i, sig, native_sr))
         for group in by_length.values():
-            feats = logmel(torch.from_numpy(np.stack([sig for _, sig in group])), params).numpy()
-            done.extend((i, np.ascontiguousarray(f)) for (i, _), f in zip(group, feats))
+            feats = logmel(torch.from_numpy(np.stack([g[1] for g in group])), params).numpy()
+            for (i, _, native_sr), f in zip(group, feats):
+                if not np.isfinite(f).all():
+                    done.append((i, AudioError(clips[i].path, "log-mel has NaN/inf values (samples out of range)")))
+                else:
+                    done.append((i, _Item(np.ascontiguousarray(f), native_sr, keys[i])))
         return done
 
-    return _run(clips, todo, work, results, batch_size, workers, progress, desc, raise_on_error,
-                cache=cache, key_params=key_params)
+    return _run(clips, todo, work, results, batch_size, workers, progress, desc, raise_on_error, cache=cache)
+
+
+def _lookup(
+    clips: Sequence[Clip], cache: FeatureCache, key_params: dict, min_frames: int, results: list,
+    keys: list[str | None], workers: int | None, chunk_size: int = 32,
+) -> list[int]:
+    """Look every clip up in ``cache`` in parallel (hashing each file's bytes releases the GIL):
+    fill ``results`` with the hits and ``keys`` with the keys of the misses; return the misses'
+    indices. Chunks of several clips keep the per-task overhead small next to a hit's cost."""
+
+    def look(chunk: range) -> list[tuple[int, str | None, object]]:
+        out = []
+        for i in chunk:
+            try:
+                key = cache.key(clips[i].path, key_params)
+            except OSError:
+                out.append((i, None, None))  # missing or unreadable: load_audio says which
+                continue
+            hit = cache.read(key)
+            ok = hit is not None and hit.features.shape[0] >= min_frames and hit.sample_rate > 0
+            out.append((i, key, _Item(hit.features, hit.sample_rate) if ok else None))
+        return out
+
+    chunks = [range(s, min(s + chunk_size, len(clips))) for s in range(0, len(clips), chunk_size)]
+    misses: list[int] = []
+    with ThreadPoolExecutor(max_workers=_n_workers(workers)) as pool:
+        for done in pool.map(look, chunks):
+            for i, key, item in done:
+                if item is not None:
+                    results[i] = item
+                else:
+                    keys[i] = key
+                    misses.append(i)
+    return misses
+
+
+def _n_workers(workers: int | None) -> int:
+    return max(1, workers if workers is not None else (os.cpu_count() or 1))
 
 
 def extract_waveforms(
@@ -148,29 +208,40 @@ def extract_waveforms(
         raise_on_error: raise one :class:`AudioValidationError` listing every bad clip, or leave
             bad clips out and return them in ``problems``.
     """
-    results: list[np.ndarray | AudioError | None] = [None] * len(clips)
+    results: list[_Item | AudioError | None] = [None] * len(clips)
 
-    def work(chunk: list[int]) -> list[tuple[int, np.ndarray | AudioError]]:
-        done: list[tuple[int, np.ndarray | AudioError]] = []
+    def work(chunk: list[int]) -> list[tuple[int, _Item | AudioError]]:
+        done: list[tuple[int, _Item | AudioError]] = []
         for i in chunk:
             try:
-                done.append((i, read_audio(clips[i].path, sr=sr, channel=audio.channel, resample=audio.resample,
-                                           min_samples=min_samples)))
+                y, native_sr = load_audio(clips[i].path, sr=sr, channel=audio.channel, resample=audio.resample,
+                                          min_samples=min_samples)
             except AudioError as exc:
                 done.append((i, exc))
+            else:
+                done.append((i, _Item(y, native_sr)))
         return done
 
     return _run(clips, list(range(len(clips))), work, results, 8, workers, progress, desc, raise_on_error)
 
 
+@dataclass(frozen=True)
+class _Item:
+    """One clip's result: its features, native sample rate, and the cache key to store them under
+    (``None``: already cached, or no cache)."""
+
+    features: np.ndarray
+    sample_rate: int
+    key: str | None = None
+
+
 def _run(
     clips: Sequence[Clip], todo: list[int], work, results: list, batch_size: int, workers: int | None,
     progress: bool, desc: str, raise_on_error: bool, cache: FeatureCache | None = None,
-    key_params: dict | None = None,
 ) -> Extracted:
     """Run ``work`` over chunks of ``todo`` in threads, fill ``results``, gather an :class:`Extracted`."""
     chunks = [todo[s : s + batch_size] for s in range(0, len(todo), max(1, batch_size))]
-    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    workers = _n_workers(workers)
     # disable=None: no bar when stderr is not a terminal (CI logs, pipes), as pip does.
     bar = tqdm(total=len(clips), desc=desc, unit="clip", disable=None if progress else True, leave=False)
     bar.update(len(clips) - len(todo))
@@ -185,9 +256,9 @@ def _run(
             for chunk in chunks:
                 pending.append(pool.submit(work, chunk))
                 if len(pending) >= 2 * workers:
-                    _collect(pending.popleft(), results, clips, cache, key_params, bar)
+                    _collect(pending.popleft(), results, cache, bar)
             while pending:
-                _collect(pending.popleft(), results, clips, cache, key_params, bar)
+                _collect(pending.popleft(), results, cache, bar)
     finally:
         torch.set_num_threads(threads_before)
     bar.close()
@@ -198,24 +269,19 @@ def _run(
             out.problems.append(r)
         else:
             out.clips.append(clip)
-            out.features.append(r)
+            out.features.append(r.features)
+            out.sample_rates.append(r.sample_rate)
     if out.problems and raise_on_error:
         raise AudioValidationError(out.problems)
     return out
 
 
-def _collect(
-    future: Future,
-    results: list,
-    clips: Sequence[Clip],
-    cache: FeatureCache | None,
-    key_params: dict | None,
-    bar: tqdm,
-) -> None:
-    """Store one finished chunk (features cached from this thread only) and advance the bar."""
+def _collect(future: Future, results: list, cache: FeatureCache | None, bar: tqdm) -> None:
+    """Store one finished chunk (new features written to the cache from this thread only; a cache
+    that cannot be written warns once and is skipped) and advance the bar."""
     done = future.result()
     for i, r in done:
         results[i] = r
-        if cache is not None and not isinstance(r, AudioError):
-            cache.put(clips[i].path, key_params, r)
+        if cache is not None and isinstance(r, _Item) and r.key is not None:
+            cache.write(r.key, r.features, r.sample_rate)
     bar.update(len(done))
