@@ -10,12 +10,15 @@ from __future__ import annotations
 import csv
 import difflib
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stetho.audio.io import audio_extensions
 from stetho.datasets.clip import ANOMALY, NORMAL, Clip
+from stetho.datasets.names import name_message, quote
 from stetho.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,12 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 #: How many items an error message lists before "... and N more".
 LIST_LIMIT = 20
+#: The extensions scanned as audio (every format libsndfile reads here, any case).
+AUDIO_EXTENSIONS: frozenset[str] = audio_extensions()
+#: Regular-expression tail matching ``.<any audio extension>`` in any case, for file-name patterns.
+AUDIO_SUFFIX = r"\.(?i:" + "|".join(re.escape(e[1:]) for e in sorted(AUDIO_EXTENSIONS, key=len, reverse=True)) + r")$"
+#: How many ignored files the log line names.
+IGNORED_EXAMPLES = 3
 
 
 @dataclass
@@ -31,8 +40,11 @@ class Scan:
 
     Attributes:
         clips: parsed clips, sorted by path.
-        problems: ``(file, reason)`` for files that could not be used (names that do not parse);
-            never dropped silently: the caller decides whether they are fatal.
+        problems: ``(file, reason)`` for files that could not be used (names that do not parse,
+            machine types or sections that are not safe names); never dropped silently: the
+            caller decides whether they are fatal.
+        ignored: files in the scanned folders that are not audio by their extension (notes,
+            READMEs ...), sorted; :func:`stetho.datasets.scan_dataset` logs them in one line.
         dataset: the layout name (``"dcase2021"``, ``"mimii"`` ...), after auto-detection.
         root: the folder (or manifest file) actually scanned, after ``dev_data``/``eval_data``
             and ``raw`` resolution.
@@ -40,11 +52,13 @@ class Scan:
 
     clips: list[Clip] = field(default_factory=list)
     problems: list[tuple[Path, str]] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
     dataset: str = ""
     root: Path | None = None
 
     def sort(self) -> "Scan":
         self.clips.sort(key=lambda c: str(c.path))
+        self.ignored = sorted(set(self.ignored))
         return self
 
 
@@ -56,37 +70,74 @@ def listing(items: Sequence[object], limit: int = LIST_LIMIT, sep: str = "\n  ")
     return sep.join(shown)
 
 
-def wav_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """``.wav`` files (any case) in ``folder``, sorted; hidden files and folders are skipped."""
+def audio_files(folder: Path, recursive: bool = False, ignored: list[Path] | None = None) -> list[Path]:
+    """Audio files in ``folder`` (any extension of :data:`AUDIO_EXTENSIONS`, any case), sorted;
+    hidden files and folders are skipped. Other files are appended to ``ignored`` when given."""
     if not folder.is_dir():
         return []
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p for p in found
-        if p.suffix.lower() == ".wav" and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    out = []
+    for p in found:
+        if any(part.startswith(".") for part in p.relative_to(folder).parts) or not p.is_file():
+            continue
+        if p.suffix.lower() in AUDIO_EXTENSIONS:
+            out.append(p)
+        elif ignored is not None:
+            ignored.append(p)
+    return sorted(out)
 
 
-def nested_wav_problems(folder: Path) -> list[tuple[Path, str]]:
-    """``.wav`` files in sub-folders of ``folder``, as problems: DCASE layouts keep clips directly
+def ignored_message(ignored: Sequence[Path], root: Path) -> str:
+    """``"<root>: ignored N file(s) that are not audio (a.txt, b.pdf, ...)"``, one line."""
+    def short(p: Path) -> str:
+        try:
+            return p.relative_to(root).as_posix()
+        except ValueError:
+            return str(p)
+    shown = ", ".join(short(p) for p in ignored[:IGNORED_EXAMPLES])
+    more = ", ..." if len(ignored) > IGNORED_EXAMPLES else ""
+    common = ", ".join(e for e in (".wav", ".flac", ".ogg", ".mp3", ".aiff") if e in AUDIO_EXTENSIONS)
+    return (f"{root}: ignored {len(ignored)} file(s) that are not audio ({shown}{more}); audio files "
+            f"are those libsndfile reads ({common} ...)")
+
+
+def nested_audio_problems(folder: Path, ignored: list[Path] | None = None) -> list[tuple[Path, str]]:
+    """Audio files in sub-folders of ``folder``, as problems: DCASE layouts keep clips directly
     in their split folder, and a file that is not read must not vanish without a word."""
     if not folder.is_dir():
         return []
-    return [(p, f"lies in a sub-folder of {folder.name}/; this layout reads only files directly in it "
-                "(use --dataset folder for nested recordings)")
-            for p in wav_files(folder, recursive=True) if p.parent != folder]
+    nested_ignored: list[Path] = []
+    out = [(p, f"lies in a sub-folder of {folder.name}/; this layout reads only files directly in it "
+               "(use --dataset folder for nested recordings)")
+           for p in audio_files(folder, recursive=True, ignored=nested_ignored) if p.parent != folder]
+    if ignored is not None:
+        ignored += [p for p in nested_ignored if p.parent != folder]
+    return out
 
 
 def parse_folder(scan: Scan, folder: Path, parse: Callable[[Path], Clip]) -> None:
-    """Parse every ``.wav`` directly in ``folder`` into ``scan.clips``; names that do not parse
-    (the parser's :class:`DatasetError`) and files in sub-folders go to ``scan.problems``."""
-    scan.problems += nested_wav_problems(folder)
-    for path in wav_files(folder):
+    """Parse every audio file directly in ``folder`` into ``scan.clips``; names that do not parse
+    (the parser's :class:`DatasetError`) and files in sub-folders go to ``scan.problems``,
+    files that are not audio to ``scan.ignored``."""
+    scan.problems += nested_audio_problems(folder, scan.ignored)
+    for path in audio_files(folder, ignored=scan.ignored):
         try:
             scan.clips.append(parse(path))
         except DatasetError as exc:
             scan.problems.append((path, str(exc).split(": ", 1)[1]))
+
+
+def drop_unsafe_names(scan: Scan) -> None:
+    """Move clips whose machine type or section is not a safe name (they would become file
+    names: :mod:`stetho.datasets.names`) from ``scan.clips`` to ``scan.problems``."""
+    kept = []
+    for clip in scan.clips:
+        why = name_message(clip.machine, "machine type") or name_message(clip.section, "section")
+        if why is None:
+            kept.append(clip)
+        else:
+            scan.problems.append((clip.path, why))
+    scan.clips = kept
 
 
 def machine_dirs(root: Path, split_dirs: Iterable[str]) -> list[str]:
@@ -116,9 +167,9 @@ def choose_machines(available: Sequence[str], machines: Sequence[str] | None, ro
         for m in unknown:
             close = difflib.get_close_matches(m, available, n=1, cutoff=0.6)
             if close:
-                hints.append(f"'{m}' (did you mean '{close[0]}'?)")
+                hints.append(f"{quote(m)} (did you mean '{close[0]}'?)")
             else:
-                hints.append(f"'{m}'")
+                hints.append(quote(m))
         raise ConfigError(
             f"unknown machine type(s) {', '.join(hints)} in {root}; available: {', '.join(available)}"
         )
@@ -129,7 +180,7 @@ def warn_unfamiliar_machines(names: Iterable[str], known: Sequence[str], title: 
     """Log a warning for machine folders that look like a misspelt known machine type."""
     lower = {k.lower(): k for k in known}
     for name in names:
-        if name in known:
+        if name in known or name_message(name, "") is not None:  # unsafe names are problems instead
             continue
         if name.lower() in lower:
             close = [lower[name.lower()]]
@@ -182,12 +233,31 @@ def table_rows(
     """``(line number, row)`` of a CSV with a header (cells stripped, blank rows skipped), after
     checking that every ``required`` column is there and no column is outside ``known``.
 
+    Every row must have as many cells as the header: a longer row would lose its last cells (empty
+    ones are allowed) and a shorter one would read its missing cells as empty (an unknown label,
+    no domain), both without a word. An empty cell (``a.wav,fan,test,``) leaves a value unknown.
+
     Raises:
-        DatasetError: a missing or unknown column, named with the hint that says what is expected.
+        DatasetError: a missing, unknown or repeated column, named with the hint that says what
+            is expected; a row with more or fewer cells than the header; a file that is not UTF-8.
     """
+    try:
+        yield from _table_rows(path, required, known, missing_hint, unknown_hint)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not a UTF-8 text file (byte {exc.start}); save the table as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def _table_rows(
+    path: Path, required: Sequence[str], known: Sequence[str], missing_hint: str, unknown_hint: str,
+) -> Iterator[tuple[int, dict[str, str]]]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in reader.fieldnames or []]
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            raise DatasetError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
         missing = [c for c in required if c not in header]
         if missing:
             raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; {missing_hint}")
@@ -196,8 +266,20 @@ def table_rows(
             raise DatasetError(f"{path}: unknown column(s) {', '.join(unknown)}; {unknown_hint}")
         for raw in reader:
             row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            if any(row.values()):
-                yield reader.line_num, row  # the physical line: the reader skips blank lines
+            extra = [v for v in raw.get(None) or [] if v.strip()]  # type: ignore[call-overload]
+            if not any(row.values()) and not extra:
+                continue
+            # reader.line_num is the physical line (the reader skips blank lines)
+            if extra:  # empty cells past the header lose nothing (spreadsheets write them)
+                raise DatasetError(f"{path}: line {reader.line_num} has {len(header) + len(raw[None])} cells "
+                                   f"but the header has {len(header)} columns ({','.join(header)}); the "
+                                   f"cell(s) past the header ({', '.join(map(repr, extra[:3]))}) would be lost")
+            if any(v is None for v in raw.values()):
+                cells = sum(v is not None for v in raw.values())
+                raise DatasetError(f"{path}: line {reader.line_num} has {cells} cell(s) but the header has "
+                                   f"{len(header)} columns ({','.join(header)}); leave an unknown value as "
+                                   "an empty cell")
+            yield reader.line_num, row
 
 
 def check_unique_names(clips: Sequence[Clip], root: Path) -> None:

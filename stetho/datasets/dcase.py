@@ -1,6 +1,7 @@
 """DCASE Task 2 layouts of 2022-2025: ``ROOT/<machine>/{train,test}/section_XX_...wav``.
 
-File names, as the organisers write them::
+File names, as the organisers write them (``.wav``; any other audio extension libsndfile reads,
+e.g. ``.flac``, is accepted with the same stem)::
 
     section_00_source_train_normal_0000_<attributes>.wav   (labeled: dev data, renamed eval test)
     section_00_0000.wav                                     (unlabeled evaluation test clip)
@@ -18,7 +19,8 @@ import re
 from pathlib import Path
 
 from stetho.datasets.base import (
-    SPLITS, Scan, check_unique_names, choose_machines, machine_dirs, parse_folder, warn_unfamiliar_machines,
+    AUDIO_SUFFIX, SPLITS, Scan, check_unique_names, choose_machines, drop_unsafe_names, machine_dirs, parse_folder,
+    warn_unfamiliar_machines,
 )
 from stetho.datasets.clip import Clip
 from stetho.errors import DatasetError
@@ -27,9 +29,9 @@ log = logging.getLogger(__name__)
 
 LABELED_PATTERN = re.compile(
     r"^section_(?P<section>\d{2})_(?P<domain>source|target)_(?P<split>train|test)_"
-    r"(?P<label>normal|anomaly)_(?P<index>\d+)(?:_(?P<attrs>.*))?\.(?i:wav)$"
+    r"(?P<label>normal|anomaly)_(?P<index>\d+)(?:_(?P<attrs>.*))?" + AUDIO_SUFFIX
 )
-UNLABELED_PATTERN = re.compile(r"^section_(?P<section>\d{2})_(?P<index>\d+)\.(?i:wav)$")
+UNLABELED_PATTERN = re.compile(r"^section_(?P<section>\d{2})_(?P<index>\d+)" + AUDIO_SUFFIX)
 EXPECTED_NAME = (
     "section_<XX>_<source|target>_<train|test>_<normal|anomaly>_<NNNN>[_<attributes>].wav "
     "or, for unlabeled evaluation clips, section_<XX>_<NNNN>.wav"
@@ -154,6 +156,7 @@ def scan(
     for machine in chosen:
         for split in splits:
             parse_folder(out, root / machine / split, lambda p: parse_filename(p, machine, split))
+    drop_unsafe_names(out)
     check_unique_names(out.clips, root)
     return out.sort()
 

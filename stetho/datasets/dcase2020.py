@@ -1,6 +1,7 @@
 """DCASE 2020 Task 2 layout: ``ROOT/<machine>/{train,test}/<label>_id_<XX>_<NNNNNNNN>.wav``.
 
-File names, as the organisers write them::
+File names, as the organisers write them (``.wav``; any other audio extension libsndfile reads
+is accepted with the same stem)::
 
     normal_id_00_00000000.wav      (dev train/test, and renamed eval test)
     anomaly_id_02_00000012.wav     (dev test)
@@ -17,13 +18,14 @@ import re
 from pathlib import Path
 
 from stetho.datasets.base import (
-    SPLITS, Scan, check_unique_names, choose_machines, machine_dirs, parse_folder, warn_unfamiliar_machines,
+    AUDIO_SUFFIX, SPLITS, Scan, check_unique_names, choose_machines, drop_unsafe_names, machine_dirs, parse_folder,
+    warn_unfamiliar_machines,
 )
 from stetho.datasets.clip import Clip
 from stetho.errors import DatasetError
 
-LABELED_PATTERN = re.compile(r"^(?P<label>normal|anomaly)_id_(?P<id>\d{2})_(?P<index>\d+)\.(?i:wav)$")
-UNLABELED_PATTERN = re.compile(r"^id_(?P<id>\d{2})_(?P<index>\d+)\.(?i:wav)$")
+LABELED_PATTERN = re.compile(r"^(?P<label>normal|anomaly)_id_(?P<id>\d{2})_(?P<index>\d+)" + AUDIO_SUFFIX)
+UNLABELED_PATTERN = re.compile(r"^id_(?P<id>\d{2})_(?P<index>\d+)" + AUDIO_SUFFIX)
 EXPECTED_NAME = (
     "<normal|anomaly>_id_<XX>_<NNNNNNNN>.wav or, for unlabeled evaluation clips, id_<XX>_<NNNNNNNN>.wav"
 )
@@ -72,5 +74,6 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
     for machine in chosen:
         for split in splits:
             parse_folder(out, root / machine / split, lambda p: parse_filename(p, machine, split))
+    drop_unsafe_names(out)
     check_unique_names(out.clips, root)
     return out.sort()

@@ -1,6 +1,7 @@
 """DCASE 2021 Task 2 layout: ``ROOT/<machine>/{train,source_test,target_test}/section_XX_...wav``.
 
-File names, as the organisers write them::
+File names, as the organisers write them (``.wav``; any other audio extension libsndfile reads
+is accepted with the same stem)::
 
     train/section_00_source_train_normal_0000_<attributes>.wav
     train/section_00_target_train_normal_0000_<attributes>.wav
@@ -18,7 +19,8 @@ import re
 from pathlib import Path
 
 from stetho.datasets.base import (
-    Scan, check_unique_names, choose_machines, machine_dirs, parse_folder, warn_unfamiliar_machines, wav_files,
+    AUDIO_SUFFIX, Scan, audio_files, check_unique_names, choose_machines, drop_unsafe_names, machine_dirs,
+    parse_folder, warn_unfamiliar_machines,
 )
 from stetho.datasets.clip import Clip
 from stetho.datasets.dcase import parse_attributes
@@ -28,10 +30,10 @@ from stetho.errors import DatasetError
 FOLDERS = {"train": ("train",), "test": ("source_test", "target_test")}
 LABELED_PATTERN = re.compile(
     r"^section_(?P<section>\d{2})_(?P<domain>source|target)_(?P<split>train|test)_"
-    r"(?P<label>normal|anomaly)_(?P<index>\d+)(?:_(?P<attrs>.*))?\.(?i:wav)$"
+    r"(?P<label>normal|anomaly)_(?P<index>\d+)(?:_(?P<attrs>.*))?" + AUDIO_SUFFIX
 )
 UNLABELED_PATTERN = re.compile(
-    r"^section_(?P<section>\d{2})_(?P<domain>source|target)_test_(?P<index>\d+)\.(?i:wav)$"
+    r"^section_(?P<section>\d{2})_(?P<domain>source|target)_test_(?P<index>\d+)" + AUDIO_SUFFIX
 )
 EXPECTED_NAME = (
     "section_<XX>_<source|target>_<train|test>_<normal|anomaly>_<NNNN>[_<attributes>].wav or, for "
@@ -88,9 +90,10 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
     for machine in chosen:
         if "test" in splits:
             out.problems += [(p, "DCASE 2021 keeps test clips in source_test/ and target_test/, not test/")
-                             for p in wav_files(root / machine / "test", recursive=True)]
+                             for p in audio_files(root / machine / "test", recursive=True, ignored=out.ignored)]
         for split in splits:
             for folder in FOLDERS[split]:
                 parse_folder(out, root / machine / folder, lambda p: parse_filename(p, machine, folder))
+    drop_unsafe_names(out)
     check_unique_names(out.clips, root)
     return out.sort()

@@ -1,12 +1,16 @@
 """One's own recordings: ``ROOT/<machine>/{train,test}/**/*.wav`` with any file names.
 
+Every audio format libsndfile reads is scanned (``.wav``, ``.flac``, ``.ogg`` ...); other files
+are listed in :attr:`Scan.ignored`. Machine folders and sections must be safe names
+(:mod:`stetho.datasets.names`): they become file names of the run.
+
 - ``train/`` holds normal recordings (sub-folders allowed).
 - ``test/`` holds the recordings to score. Their labels, when known, come from a ``labels.csv``
   with the columns ``file,label[,domain][,section]``: ``file`` is the path relative to the folder
   holding that ``labels.csv`` (``ROOT/labels.csv`` → ``fan/test/a.wav``;
   ``ROOT/fan/labels.csv`` → ``test/a.wav``), ``label`` is normal/anomaly (or 0/1, abnormal),
   ``domain`` source/target (optional; empty = no domains), ``section`` a unit name (default
-  ``00``). Rows for training files may give their domain and section (their label must be normal).
+  ``00``; a safe name). Rows for training files may give their domain and section (their label must be normal).
   Every test file of a machine type must be listed once ``ROOT/labels.csv`` or that machine
   type's ``labels.csv`` exists (a partial table would silently misalign); without one, its test
   files are scored but not evaluated.
@@ -18,8 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from stetho.datasets.base import (
-    SPLITS, Scan, check_unique_names, choose_machines, listing, machine_dirs, parse_label, table_rows, wav_files,
+    SPLITS, Scan, audio_files, check_unique_names, choose_machines, drop_unsafe_names, listing, machine_dirs,
+    parse_label, table_rows,
 )
+from stetho.datasets.names import name_message
 from stetho.datasets.clip import DOMAINS, NORMAL, Clip
 from stetho.errors import DatasetError
 
@@ -41,8 +47,8 @@ def read_labels(path: Path) -> dict[Path, tuple[int, str | None, str | None]]:
     for lineno, row in table_rows(path, REQUIRED, REQUIRED + OPTIONAL, f"expected a header {expected}",
                                   f"expected {expected}"):
         name = row["file"]
-        if not name:
-            problems.append(f"line {lineno}: empty file name")
+        if not name or "\x00" in name:
+            problems.append(f"line {lineno}: {'empty file name' if not name else 'the file name contains a NUL character'}")
             continue
         try:
             label = parse_label(row["label"])
@@ -52,6 +58,10 @@ def read_labels(path: Path) -> dict[Path, tuple[int, str | None, str | None]]:
         domain = row.get("domain") or None
         if domain is not None and domain not in DOMAINS:
             problems.append(f"line {lineno} ({name}): domain '{domain}' is not source or target")
+            continue
+        bad_section = row.get("section") and name_message(row["section"], "section")
+        if bad_section:
+            problems.append(f"line {lineno} ({name}): {bad_section}")
             continue
         file = (base / name).resolve()
         if file in out:
@@ -66,9 +76,14 @@ def read_labels(path: Path) -> dict[Path, tuple[int, str | None, str | None]]:
 def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str, ...] = SPLITS) -> Scan:
     """Scan one's own recordings (see the module docstring).
 
+    Returns:
+        A :class:`Scan`; files of a machine folder whose name is not a safe name are in its
+        ``problems``, files that are not audio in its ``ignored``.
+
     Raises:
-        DatasetError: no machine folders, bad ``labels.csv`` rows, listed files that do not exist,
-            test files a ``labels.csv`` does not list, or names repeated within a machine type.
+        DatasetError: no machine folders, bad ``labels.csv`` rows (an unsafe section among them),
+            listed files that do not exist, test files a ``labels.csv`` does not list, or names
+            repeated within a machine type.
     """
     root = Path(root)
     available = machine_dirs(root, SPLITS)
@@ -93,7 +108,8 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
     for machine in available:
         for split in SPLITS:
             folder = root / machine / split
-            for path in wav_files(folder, recursive=True):
+            for path in audio_files(folder, recursive=True,
+                                    ignored=out.ignored if machine in chosen and split in splits else None):
                 resolved = path.resolve()
                 seen.add(resolved)
                 if machine not in chosen or split not in splits:
@@ -119,5 +135,6 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
         raise DatasetError(f"{root}: {len(unlisted)} test file(s) are not listed in labels.csv (list every "
                            "test file, or remove labels.csv to score without evaluating):\n  "
                            + listing([str(p) for p in unlisted]))
+    drop_unsafe_names(out)
     check_unique_names(out.clips, root)
     return out.sort()

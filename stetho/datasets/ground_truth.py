@@ -31,6 +31,7 @@ from pathlib import Path
 from stetho.datasets import dcase, dcase2020
 from stetho.datasets.base import listing, parse_label
 from stetho.datasets.clip import SOURCE, TARGET, Clip
+from stetho.datasets.names import check_name
 from stetho.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,14 @@ class GroundTruth:
 
 def _rows(path: Path) -> list[tuple[int, list[str]]]:
     """Non-blank rows of a headerless CSV, with their line numbers (blank lines still count)."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        return [(reader.line_num, [c.strip() for c in row]) for row in reader if row and "".join(row).strip()]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            return [(reader.line_num, [c.strip() for c in row]) for row in reader if row and "".join(row).strip()]
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: not a readable CSV file ({exc})") from None
 
 
 def _two_columns(path: Path, what: str) -> dict[str, str]:
@@ -94,7 +100,7 @@ def _read_2020(path: Path) -> dict[tuple[str, str], Truth]:
             if row[0].lower().endswith(".wav"):
                 raise DatasetError(f"{path}:{lineno}: expected '<eval name>,<renamed name>,<0|1>', "
                                    f"got only {row[0]}")
-            machine = row[0]
+            machine = check_name(row[0], "machine type", f"{path}:{lineno}")
             continue
         if machine is None:
             raise DatasetError(f"{path}:{lineno}: a file row before the first machine-type line")
@@ -117,7 +123,8 @@ def read_ground_truth(folder: str | Path) -> GroundTruth:
     """Read the ground-truth tables in ``folder`` (format detected; see the module docstring).
 
     Raises:
-        DatasetError: no known tables, malformed rows, or a data table without its domain table.
+        DatasetError: no known tables, malformed rows, a data table without its domain table, or
+            a machine type that is not a safe name (:mod:`stetho.datasets.names`).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -141,7 +148,7 @@ def read_ground_truth(folder: str | Path) -> GroundTruth:
     year2021 = all(per_domain)
     with_attributes = False
     for path, m in tables:
-        machine = m["machine"]
+        machine = check_name(m["machine"], "machine type", f"{path} (its file name)")
         labels = _two_columns(path, "0|1")
         domains: dict[str, str] = {}
         originals: dict[str, str] = {}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stetho.datasets import dcase, dcase2020, dcase2021, folder, manifest, mimii
-from stetho.datasets.base import SPLITS, Scan, listing, machine_dirs, resolve_root, wav_files
+from stetho.datasets.base import SPLITS, Scan, audio_files, ignored_message, listing, machine_dirs, resolve_root
 from stetho.datasets.clip import Clip
 from stetho.errors import ConfigError, DatasetError
 
@@ -115,9 +115,9 @@ _KINDS = {
 def _machine_kind(machine_dir: Path) -> tuple[str, list[Path]]:
     """The layout one machine folder follows, with example files; ``"mixed"`` if several."""
     if any((machine_dir / f).is_dir() for f in ("source_test", "target_test")):
-        files = wav_files(machine_dir / "source_test") + wav_files(machine_dir / "target_test")
+        files = audio_files(machine_dir / "source_test") + audio_files(machine_dir / "target_test")
         return "dcase2021", files[:3]
-    files = wav_files(machine_dir / "train", recursive=True) + wav_files(machine_dir / "test", recursive=True)
+    files = audio_files(machine_dir / "train", recursive=True) + audio_files(machine_dir / "test", recursive=True)
     y2020 = [p for p in files if dcase2020.matches(p.name)]
     y2022 = [p for p in files if dcase.matches(p.name)]
     if y2020 and y2022:
@@ -177,7 +177,7 @@ def detect(root: str | Path) -> tuple[str, str]:
     if kind == "dcase2022+":
         sections = {
             dcase.LABELED_PATTERN.match(p.name) or dcase.UNLABELED_PATTERN.match(p.name)
-            for m in machines for s in SPLITS for p in wav_files(root / m / s)
+            for m in machines for s in SPLITS for p in audio_files(root / m / s)
         }
         numbers = {mt["section"] for mt in sections if mt}
         if numbers - {"00"}:
@@ -209,11 +209,14 @@ def scan_dataset(
 
     Returns:
         The :class:`Scan` (its ``dataset`` is the layout used, its ``root`` the folder read).
+        Logged as warnings: files that are not audio (:attr:`Scan.ignored`, one line), and any
+        ``labels.csv`` that the layout used does not read (only ``folder`` reads them).
     """
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
     root = resolve_root(root, subset)
-    if dataset == "auto":
+    detected = dataset == "auto"
+    if detected:
         dataset, reason = detect(root)
         log.info("dataset layout: %s (%s)", dataset, reason)
     scan = LAYOUTS[dataset].scan(root, machines=machines, splits=splits, mimii_split=mimii_split)
@@ -221,4 +224,30 @@ def scan_dataset(
     if inner and inner not in LAYOUTS:
         raise DatasetError(f"{root}: the dataset column says '{inner}', which is not a layout stetho knows "
                            f"({', '.join(LAYOUTS)})")
+    if scan.ignored:
+        log.warning("%s", ignored_message(scan.ignored, root))
+    _warn_unused_labels(root, scan, detected)
     return scan
+
+
+#: (labels.csv, layout) pairs already warned about: a run scans its data several times.
+_WARNED_LABELS: set[tuple[Path, str]] = set()
+
+
+def _warn_unused_labels(root: Path, scan: Scan, detected: bool) -> None:
+    """Warn (once per file and layout in a process) about ``labels.csv`` files that the layout
+    used does not read: only the ``folder`` layout takes labels from them."""
+    if scan.dataset == "folder" or not root.is_dir():
+        return
+    tables = [root / folder.LABELS_FILE] + sorted(
+        p for p in root.glob(f"*/{folder.LABELS_FILE}") if not p.parent.name.startswith("."))
+    for table in tables:
+        key = (table.resolve(), scan.dataset)
+        if not table.is_file() or key in _WARNED_LABELS:
+            continue
+        _WARNED_LABELS.add(key)
+        title = get_layout(scan.dataset).title
+        source = "the folder names (normal/abnormal)" if scan.dataset == "mimii" else "the file names"
+        how = "detected by --dataset auto" if detected else f"--dataset {scan.dataset}"
+        log.warning("%s ignored: the data follows the %s layout (%s), whose labels come from %s; use "
+                    "--dataset folder to take the labels from labels.csv", table, title, how, source)

@@ -3,12 +3,14 @@
 Columns (header required, any order):
 
 ==============  ===========================================================================
-``path``        the audio file, absolute or relative to the manifest's folder (required)
-``machine``     machine type (required)
+``path``        the audio file (any format libsndfile reads), absolute or relative to the
+                manifest's folder (required)
+``machine``     machine type (required; a safe name: :mod:`stetho.datasets.names`)
 ``split``       ``train`` or ``test`` (required)
-``label``       normal/anomaly (0/1, abnormal); empty = unknown (unlabeled test clip)
+``label``       normal/anomaly (0/1, abnormal); empty = unknown (unlabeled test clip); any
+                other value is an error naming its line
 ``domain``      source/target; empty = no domains
-``section``     evaluation unit (DCASE section, machine ID ...); default ``00``
+``section``     evaluation unit (DCASE section, machine ID ...; a safe name); default ``00``
 ``attributes``  operating condition, ``name=value;name=value``
 ``key``         the name used in score files (default: the file name); needed when file
                 names repeat within a machine type
@@ -16,6 +18,10 @@ Columns (header required, any order):
 ``dataset``     the layout the clips come from (``dcase2021`` ...), which sets the official
                 score formula and submission file names; the same on every row
 ==============  ===========================================================================
+
+Every row has as many cells as the header (leave a value unknown with an empty cell: a short
+row is an error, not a row of unknowns). Rows may mix labeled and unlabeled test clips; each
+clip keeps what its own row says.
 
 ``stetho label`` writes such a file for an evaluation set and its ground truth.
 """
@@ -29,6 +35,7 @@ from stetho.datasets.base import (
     SPLITS, Scan, check_unique_names, choose_machines, format_pairs, listing, parse_label, parse_pairs, table_rows,
 )
 from stetho.datasets.clip import DOMAINS, NORMAL, Clip
+from stetho.datasets.names import name_message
 from stetho.errors import DatasetError
 from stetho.fileio import atomic_write_text, csv_text
 
@@ -40,8 +47,10 @@ def read_manifest(path: str | Path) -> tuple[list[Clip], str | None]:
     """Clips of a manifest (in file order) and its ``dataset`` value (``None`` if absent).
 
     Raises:
-        DatasetError: unreadable file, missing columns, unknown columns, bad values, duplicated
-            paths or differing ``dataset`` values; every bad row is listed with its line number.
+        DatasetError: unreadable file, missing, unknown or repeated columns, rows with more or
+            fewer cells than the header, bad values (a machine type or section that is not a
+            safe name among them), duplicated paths or differing ``dataset`` values; every bad
+            row is listed with its line number.
     """
     path = Path(path)
     if not path.is_file():
@@ -61,6 +70,12 @@ def read_manifest(path: str | Path) -> tuple[list[Clip], str | None]:
         try:
             if not row["path"] or not row["machine"]:
                 raise ValueError("path and machine must not be empty")
+            bad_name = name_message(row["machine"], "machine type") or (
+                row.get("section") and name_message(row["section"], "section"))
+            if bad_name:
+                raise ValueError(bad_name)
+            if "\x00" in row["path"]:
+                raise ValueError("the path contains a NUL character")
             file = Path(row["path"])
             file = file if file.is_absolute() else base / file
             if row["split"] not in SPLITS:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stetho.datasets.base import Scan, check_unique_names, choose_machines, wav_files
+from stetho.datasets.base import Scan, audio_files, check_unique_names, choose_machines, drop_unsafe_names
 from stetho.datasets.clip import ANOMALY, NORMAL, VALIDATION_META, Clip
 from stetho.errors import ConfigError, DatasetError
 
@@ -98,8 +98,10 @@ def scan(
     """Scan MIMII folders and split them (see the module docstring).
 
     Returns:
-        A :class:`Scan` with every ``.wav`` of every ``id_XX/{normal,abnormal}`` folder assigned
-        to train or test (then filtered by ``splits``).
+        A :class:`Scan` with every audio file (``.wav``, ``.flac`` ...: any format libsndfile
+        reads) of every ``id_XX/{normal,abnormal}`` folder assigned to train or test (then
+        filtered by ``splits``); files of a machine folder whose name is not a safe name are in
+        its ``problems``, files that are not audio in its ``ignored``.
 
     Raises:
         DatasetError: no ``id_XX`` folders, or a folder whose name says another machine type.
@@ -131,7 +133,7 @@ def scan(
     chosen = choose_machines(sorted(by_machine), machines, root)
     for machine in chosen:
         for folder, mid, snr in by_machine[machine]:
-            files = {label: wav_files(folder / d) for d, label in LABEL_FOLDERS.items()}
+            files = {label: audio_files(folder / d, ignored=out.ignored) for d, label in LABEL_FOLDERS.items()}
             train, validation, test_normals = split_folder(files[NORMAL], files[ANOMALY], split_rule)
             section = mid if snr is None else f"{mid}_{snr}dB"
             meta = (("id", mid),) + ((("snr", snr),) if snr is not None else ())
@@ -146,5 +148,6 @@ def scan(
                 key = f"{prefix}{path.parent.name}_id_{mid}_{path.name}"
                 out.clips.append(Clip(path=path, machine=machine, section=section, split=split,
                                       label=label, key=key, meta=clip_meta))
+    drop_unsafe_names(out)
     check_unique_names(out.clips, root)
     return out.sort()
