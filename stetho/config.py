@@ -3,6 +3,10 @@
 A recipe is a YAML mapping with the keys of :data:`DEFAULTS`; nested keys are addressed with dots
 in overrides (``params.epochs=5``). Values of overrides are parsed as YAML (``5`` → int,
 ``[fan,pump]`` → list, ``null`` → None).
+
+Everything but the model's hyper-parameters (``params``, checked by the model) is validated here,
+before any data is read: a key that appears twice, an unknown key, a value of the wrong type or
+out of range is a one-line :class:`ConfigError` naming the file (or ``config``) and the key.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import yaml
 
 from stetho.datasets import DATASETS
 from stetho.datasets.mimii import SPLIT_RULES
+from stetho.datasets.names import check_name, quote
 from stetho.errors import ConfigError
 from stetho.metrics import FORMULAS
 
@@ -47,6 +52,12 @@ DEFAULTS: dict[str, Any] = {
 #: Keys of ``compare:``: ``variants`` (name -> config overrides, e.g. ``{params: {variant: separate}}``),
 #: ``seeds`` (one run per seed and variant) and ``reuse`` (keep a finished run of the same config).
 COMPARE_KEYS = ("variants", "seeds", "reuse")
+#: Seeds are 32-bit unsigned integers: numpy's legacy seeding and torch.manual_seed take no more.
+SEED_MAX = 2**32 - 1
+#: Keys holding yes/no switches.
+BOOL_KEYS = ("overwrite", "resample", "skip_bad", "cache", "progress")
+#: Keys holding a path (or nothing).
+PATH_KEYS = ("data", "out", "cache_dir")
 
 
 class _Loader(yaml.SafeLoader):
@@ -65,6 +76,38 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """PyYAML keeps the last of two equal keys without a word; a recipe that says ``seed`` twice
+    (two recipes pasted together, an edit gone wrong) is refused instead."""
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:  # before merging ``<<: *anchor`` keys, which may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            first = lines.get(key)
+            lines[key] = line
+        except TypeError:
+            continue  # an unhashable key: the base constructor reports it
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (lines {first} and {line})", key_node.start_mark)
+    loader.flatten_mapping(node)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+def yaml_error(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (``line 3, column 7``)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
 def yaml_load(text: str) -> Any:
     """Parse YAML text as recipes and overrides are parsed (:class:`_Loader`)."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
@@ -75,7 +118,10 @@ def _merge(base: dict, extra: Mapping, where: str) -> dict:
     for key, value in extra.items():
         if key not in base:
             raise ConfigError(f"{where}: unknown key '{key}'; known keys: {', '.join(base)}")
-        if isinstance(base[key], dict) and base[key] and isinstance(value, Mapping):
+        if isinstance(base[key], dict) and base[key]:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: {key} must be a mapping with the keys {', '.join(base[key])}, "
+                                  f"got {_shown(value)}")
             out[key] = _merge(base[key], value, f"{where}.{key}")
         else:
             out[key] = copy.deepcopy(value)
@@ -83,19 +129,39 @@ def _merge(base: dict, extra: Mapping, where: str) -> dict:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe (not yet merged with defaults)."""
+    """Read a YAML recipe (not yet merged with defaults).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, not UTF-8, not valid YAML (a file cut
+            short mostly is not), repeats a key, or is not a mapping of keys to values; one line
+            naming the file.
+    """
     path = Path(path)
     try:
         data = yaml_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe file does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a recipe file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); a recipe is YAML text") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_error(exc)}); is the file complete?") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a YAML mapping of keys to values")
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping of keys to values (key: value lines), "
+                          f"got {_shown(data)}; is the file complete?")
     return data
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: its type and (shortened) repr."""
+    if isinstance(value, (dict, list)):
+        return f"a {'list' if isinstance(value, list) else 'mapping'} {quote(value)}"
+    return quote(value)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -120,46 +186,102 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def resolve(*layers: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
-    """Defaults, then each layer in turn (recipe, overrides, CLI options); then validated."""
+    """Defaults, then each layer in turn (recipe, overrides, CLI options); then validated.
+
+    Args:
+        layers: mappings of config keys.
+        where: what the messages name (the recipe file, ``RUN/config.yaml``, ``config``).
+
+    Raises:
+        ConfigError: ``"<where>: ..."``, one line: an unknown key, a value of the wrong type or
+            out of range (see :func:`validate`).
+    """
     cfg = copy.deepcopy(DEFAULTS)
     for layer in layers:
-        params = dict(layer.get("params") or {}) if isinstance(layer, Mapping) else {}
+        if not isinstance(layer, Mapping):
+            raise ConfigError(f"{where}: must be a mapping of keys to values, got {_shown(layer)}")
+        params = layer.get("params")
+        if params is not None and not isinstance(params, Mapping):
+            raise ConfigError(f"{where}: params must be a mapping of model hyper-parameters "
+                              f"(e.g. params: {{epochs: 5}}), got {_shown(params)}")
         rest = {k: v for k, v in layer.items() if k != "params"}
         cfg = _merge(cfg, rest, where)
-        cfg["params"].update(params)  # model params are checked against the model's signature
-    validate(cfg)
+        cfg["params"].update(params or {})  # model params are checked against the model's signature
+    validate(cfg, where)
     return cfg
 
 
-def validate(cfg: dict[str, Any]) -> None:
-    """Check types and values that can be checked without touching data."""
+def validate(cfg: dict[str, Any], where: str = "config") -> None:
+    """Check types and values that can be checked without touching data (in place: a
+    comma-separated ``machines`` string becomes a list).
+
+    Raises:
+        ConfigError: ``"<where>: <key> ..."`` naming the key, what it must be and the value.
+    """
+    def fail(message: str) -> None:
+        raise ConfigError(f"{where}: {message}")
+
     if cfg["dataset"] not in DATASETS:
-        raise ConfigError(f"dataset '{cfg['dataset']}' is not supported; choose from {', '.join(DATASETS)}")
+        fail(f"dataset {_shown(cfg['dataset'])} is not supported; choose from {', '.join(DATASETS)}")
     if cfg["subset"] not in (None, "dev", "eval"):
-        raise ConfigError(f"subset must be dev or eval, got {cfg['subset']!r}")
+        fail(f"subset must be dev or eval, got {_shown(cfg['subset'])}")
     if cfg["mimii_split"] not in SPLIT_RULES:
-        raise ConfigError(f"mimii_split must be one of {', '.join(SPLIT_RULES)}, got {cfg['mimii_split']!r}")
-    if cfg["formula"] is not None:
-        if cfg["formula"] not in FORMULAS:
-            raise ConfigError(f"formula '{cfg['formula']}' is unknown; choose from {', '.join(FORMULAS)}")
+        fail(f"mimii_split must be one of {', '.join(SPLIT_RULES)}, got {_shown(cfg['mimii_split'])}")
+    if cfg["formula"] is not None and cfg["formula"] not in FORMULAS:
+        fail(f"formula {_shown(cfg['formula'])} is unknown; choose from {', '.join(FORMULAS)}")
+    for key in PATH_KEYS:
+        value = cfg[key]
+        if value is not None and (not isinstance(value, (str, Path)) or not str(value).strip()
+                                  or "\x00" in str(value)):
+            fail(f"{key} must be a path, got {_shown(value)}")
     if cfg["machines"] is not None:
         if isinstance(cfg["machines"], str):
-            cfg["machines"] = [m for m in cfg["machines"].split(",") if m]
-        if not isinstance(cfg["machines"], list) or not all(isinstance(m, str) for m in cfg["machines"]):
-            raise ConfigError("machines must be a list of machine type names (or comma-separated)")
-    if not isinstance(cfg["channel"], int) or cfg["channel"] < 0:
-        raise ConfigError(f"channel must be a non-negative integer, got {cfg['channel']!r}")
-    if not isinstance(cfg["seed"], int):
-        raise ConfigError(f"seed must be an integer, got {cfg['seed']!r}")
-    if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {cfg['device']!r}")
+            cfg["machines"] = [m.strip() for m in cfg["machines"].split(",") if m.strip()]
+        if not isinstance(cfg["machines"], list):
+            fail(f"machines must be a list of machine type names (or comma-separated), got {_shown(cfg['machines'])}")
+        for m in cfg["machines"]:
+            check_name(m, "machine type", f"{where}: machines", ConfigError)
+    if not isinstance(cfg["model"], str) or not cfg["model"]:
+        fail(f"model must be a model name, got {_shown(cfg['model'])}")
+    for key in BOOL_KEYS:
+        if not isinstance(cfg[key], bool):
+            fail(f"{key} must be true or false, got {_shown(cfg[key])}")
+    channel = cfg["channel"]
+    if isinstance(channel, bool) or not isinstance(channel, int) or channel < 0:
+        fail(f"channel must be a non-negative integer (0 = the first channel), got {_shown(channel)}")
+    check_seed(cfg["seed"], f"{where}: seed")
+    if not isinstance(cfg["device"], str) or (cfg["device"] not in ("auto", "cpu", "cuda")
+                                              and not re.fullmatch(r"cuda:\d+", cfg["device"])):
+        fail(f"device must be auto, cpu or cuda[:N], got {_shown(cfg['device'])}")
     threads = cfg["threads"]
     if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be auto or a positive integer, got {threads!r}")
+        fail(f"threads must be auto or a positive integer, got {_shown(threads)}")
     if not isinstance(cfg["params"], dict):
-        raise ConfigError("params must be a mapping of model hyper-parameters")
+        fail("params must be a mapping of model hyper-parameters")
+    score, test_data = cfg["test"]["score"], cfg["test"]["data"]
+    if not (isinstance(score, str) and score) and not (
+            isinstance(score, list) and score and all(isinstance(x, str) and x for x in score)):
+        fail(f"test.score must be all, a score mode or a list of them, got {_shown(score)}")
+    if test_data is not None and (not isinstance(test_data, (str, Path)) or not str(test_data).strip()):
+        fail(f"test.data must be a path, got {_shown(test_data)}")
+    if cfg["toy"] is not None and not isinstance(cfg["toy"], Mapping):
+        fail(f"toy must be a mapping of toy-data settings (e.g. toy: {{machines: [fan]}}), got {_shown(cfg['toy'])}")
     if cfg["compare"] is not None:
-        _validate_compare(cfg["compare"])
+        try:
+            _validate_compare(cfg["compare"])
+        except ConfigError as exc:
+            fail(str(exc))
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """``seed`` when it is an integer in [0, 2**32 - 1] (what numpy and torch accept).
+
+    Raises:
+        ConfigError: ``"<what> must be an integer from 0 to 4294967295, got ..."``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{what} must be an integer from 0 to {SEED_MAX}, got {_shown(seed)}")
+    return seed
 
 
 def _validate_compare(spec: Any) -> None:
@@ -170,17 +292,18 @@ def _validate_compare(spec: Any) -> None:
     if unknown:
         raise ConfigError(f"compare: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(COMPARE_KEYS)}")
     seeds = spec.get("seeds")
-    if seeds is not None and (not isinstance(seeds, list) or not seeds
-                              or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
-                              or len(set(seeds)) != len(seeds)):
-        raise ConfigError(f"compare.seeds must be a non-empty list of distinct integers, got {seeds!r}")
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in seeds) or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"compare.seeds must be a non-empty list of distinct integers, got {_shown(seeds)}")
+        for x in seeds:
+            check_seed(x, "compare.seeds")
     variants = spec.get("variants")
     if variants is not None:
         if not isinstance(variants, Mapping) or not variants:
             raise ConfigError("compare.variants must map variant names to config overrides")
         for name, over in variants.items():
-            if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-                raise ConfigError(f"compare.variants: {name!r} is not a usable name (it names a folder)")
+            check_name(name, "variant name (it names a folder)", "compare.variants", ConfigError)
             if over is not None and not isinstance(over, Mapping):
                 raise ConfigError(f"compare.variants.{name} must be a mapping of config overrides")
             fixed = sorted({"out", "seed", "compare", "toy"} & set(over or {}))
