@@ -4,14 +4,23 @@ Before a file reaches libsndfile its first bytes are checked against the headers
 libsndfile reads: junk named ``.wav`` / ``.mp3`` is refused with a clear message instead of being
 handed to libsndfile's MP3 decoder (mpg123), which prints "Note: Illegal Audio-MPEG-Header" lines on
 the process's stderr and ends with libsndfile's misleading "File does not exist". Sniffing was chosen
-over redirecting file descriptor 2 around the call: fd 2 is shared by every thread (the extraction
-workers, the progress bar, log messages), so a redirect would swallow other threads' output.
+over redirecting file descriptor 2 around every call: fd 2 is shared by every thread (the
+extraction workers, the progress bar, log messages), so a redirect would hold up other threads'
+output. Only MP3 data (and files of header-less formats, which libsndfile may try as MP3) is
+decoded with fd 2 captured, one file at a time: mpg123 also prints on damaged real MP3 files. Its
+lines go into the error message or the debug log; anything else written meanwhile is passed on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import struct
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +28,8 @@ import soundfile as sf
 
 from stetho.errors import AudioError, ConfigError
 from stetho.fileio import atomic_path
+
+log = logging.getLogger(__name__)
 
 #: Largest accepted magnitude of float samples (40 dB above full scale): float files hold samples in
 #: [-1, 1], a little more after gain; beyond this they were written as integers (x 32767) or are junk.
@@ -188,6 +199,47 @@ def _truncated(path: Path, declared: int, held: int, sr: int) -> AudioError:
     )
 
 
+# ---------------------------------------------------------------- decoder messages
+
+_FD2_LOCK = threading.Lock()
+#: How mpg123's lines start (libsndfile's MP3 decoder prints them on fd 2).
+_DECODER_PREFIXES = (b"Note:", b"Warning:", b"Error:", b"[src/libmpg123", b"[libmpg123")
+
+
+@contextlib.contextmanager
+def _decoder_output(active: bool) -> Iterator[list[str]]:
+    """While active, capture what native code writes on fd 2; yield a list that receives the
+    decoder's (mpg123's) lines afterwards; pass any other output on to the real stderr."""
+    lines: list[str] = []
+    if not active:
+        yield lines
+        return
+    with _FD2_LOCK, tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            other = []
+            for line in tmp.read().splitlines(keepends=True):
+                if line.lstrip().startswith(_DECODER_PREFIXES):
+                    lines.append(line.decode("utf-8", "replace").strip())
+                else:
+                    other.append(line)
+            if other:
+                os.write(2, b"".join(other))
+
+
+def _with_decoder_text(text: str, lines: list[str]) -> str:
+    return f"{text}; decoder: {lines[0][:160]}" if lines else text
+
+
 # ---------------------------------------------------------------- reading
 
 
@@ -217,14 +269,19 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
             path, "cannot be read as audio: unrecognised format, not one soundfile reads "
                   f"(first bytes: {_first_bytes(head)})",
         )
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        text = _short(exc)
+    with _decoder_output(fmt in ("MP3", None)) as decoder:
+        try:
+            info = sf.info(str(path))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            info, error = None, exc
+    if info is None:
+        text = _short(error)
         if "does not exist" in text or "not a regular file" in text:
             # libsndfile's text when a decoder (e.g. MP3) gave up on a file that does exist
             text = f"damaged or not {fmt or 'audio'} data"
-        raise AudioError(path, f"cannot be read as audio ({text})") from None
+        raise AudioError(path, f"cannot be read as audio ({_with_decoder_text(text, decoder)})")
+    if decoder:
+        log.debug("%s: MP3 decoder: %s", path, " | ".join(decoder))
     short = _declared_frames(path, head, fmt or "")
     if short is not None:
         raise _truncated(path, *short, info.samplerate)
@@ -293,17 +350,23 @@ def load_audio(
         raise AudioError(
             path, f"sample rate is {info.samplerate} Hz, expected {sr} Hz (resampling is off)"
         )
-    try:
-        if info.subtype == "PCM_16":
-            # Decoding to int16 and scaling in NumPy is ~1.6x faster than libsndfile's float
-            # conversion and gives the same values (x / 32768 is exact in float32).
-            data, file_sr = sf.read(str(path), dtype="int16", always_2d=True)
-            y = np.multiply(data[:, channel], np.float32(1.0 / 32768.0), dtype=np.float32)
-        else:
-            data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
-            y = np.ascontiguousarray(data[:, channel])
-    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise AudioError(path, f"cannot be decoded ({_short(exc)})") from None
+    error = None
+    with _decoder_output(info.format == "MP3") as decoder:
+        try:
+            if info.subtype == "PCM_16":
+                # Decoding to int16 and scaling in NumPy is ~1.6x faster than libsndfile's float
+                # conversion and gives the same values (x / 32768 is exact in float32).
+                data, file_sr = sf.read(str(path), dtype="int16", always_2d=True)
+                y = np.multiply(data[:, channel], np.float32(1.0 / 32768.0), dtype=np.float32)
+            else:
+                data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+                y = np.ascontiguousarray(data[:, channel])
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            error = exc
+    if error is not None:
+        raise AudioError(path, f"cannot be decoded ({_with_decoder_text(_short(error), decoder)})")
+    if decoder:
+        log.debug("%s: MP3 decoder: %s", path, " | ".join(decoder))
     if data.shape[0] < info.frames and info.format != "MP3":  # an MP3's frame count may be an estimate
         raise _truncated(path, info.frames, data.shape[0], info.samplerate)
     if not np.isfinite(y).all():

@@ -12,14 +12,15 @@ CRC-32, the key, finite values); an entry that fails is counted as a miss and re
 
 Entries are written atomically with ordinary permissions (:mod:`stetho.fileio`). A cache that cannot
 be written (disk full, read-only, permission denied) never fails a run: one warning naming the
-folder is logged and the cache is read but no longer written for the rest of that run. Temporary
-files of writes killed between writing and renaming are removed when older than an hour, once
-per cache object for each sub-folder it writes to.
+folder is logged (once per folder, until a write there succeeds again) and that cache object is
+still read but no longer written. Temporary files of writes killed between writing and renaming
+are removed when older than an hour, once per cache object for each sub-folder it writes to.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -47,6 +48,11 @@ _MAGIC = b"STETHOFC"
 _TRAILER = struct.Struct("<8sIIII32s")
 #: Temporary files of killed writes older than this (seconds) are removed.
 STALE_TEMP_SECONDS = 3600.0
+
+
+#: Cache folders a "not written" warning was logged for (this process).
+_WARNED: set[Path] = set()
+_WARNED_LOCK = threading.Lock()
 
 
 class CachedFeatures(NamedTuple):
@@ -163,10 +169,19 @@ class FeatureCache:
 
         try:
             atomic_write_with(f, dump)
+            if self.root in _WARNED:  # writable again: a later failure is news
+                with _WARNED_LOCK:
+                    _WARNED.discard(self.root)
         except (StorageError, OSError) as exc:
             self.writable = False
-            log.warning("feature cache not written: %s at %s; continuing without the cache",
-                        _reason(exc), self.root)
+            with _WARNED_LOCK:
+                first = self.root not in _WARNED
+                _WARNED.add(self.root)
+            if first:  # once per folder, however many cache objects a run makes
+                log.warning("feature cache not written: %s at %s; continuing without the cache",
+                            _reason(exc), self.root)
+            else:
+                log.debug("feature cache not written: %s at %s", _reason(exc), self.root)
 
     # -- by file ------------------------------------------------------------------------------
     def get(self, path: str | Path, params: dict) -> np.ndarray | None:
@@ -202,15 +217,10 @@ def _decode(blob: memoryview, key: str) -> CachedFeatures | None:
         return None
     if start > len(blob) - _TRAILER.size:
         return None
-    header = io.BytesIO(bytes(blob[:start]))
-    try:
-        np.lib.format.read_magic(header)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(header)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, UnicodeDecodeError):
+    parsed = _npy_header(bytes(blob[:start]))
+    if parsed is None:
         return None
-    if fortran or dtype.kind != "f" or dtype.hasobject:
-        return None
+    shape, dtype = parsed
     data = blob[start : len(blob) - _TRAILER.size]
     if len(data) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize or zlib.crc32(data) != crc:
         return None
@@ -218,6 +228,22 @@ def _decode(blob: memoryview, key: str) -> CachedFeatures | None:
     if not np.isfinite(arr).all():
         return None
     return CachedFeatures(arr, int(sample_rate))
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[tuple[int, ...], np.dtype] | None:
+    """``(shape, dtype)`` of a C-order float ``.npy`` header, else None. Memoised: the entries of
+    one run share a handful of headers, and numpy parses them with ``ast.literal_eval``."""
+    fh = io.BytesIO(header)
+    try:
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, UnicodeDecodeError, MemoryError):
+        return None
+    if fortran or dtype.kind != "f" or dtype.hasobject or any(n < 0 for n in shape):
+        return None
+    return tuple(shape), dtype
 
 
 def _reason(exc: BaseException) -> str:
