@@ -375,6 +375,17 @@ def test_huge_float_samples_never_give_infinite_features(tmp_path):
     assert out.features == [] and [p.path for p in out.problems] == [c.path]
 
 
+def test_implausibly_low_sample_rate_is_refused_not_resampled(tmp_path):
+    # a header claiming 2 Hz: resampling 20000 frames to 16 kHz would make 160 million samples
+    f = tmp_path / "two_hz.wav"
+    sf.write(f, noise(1, 20000), 2, subtype="PCM_16")
+    with pytest.raises(AudioError) as ei:
+        read_audio(f)
+    assert ei.value.reason.startswith("sample rate 2 Hz in the header is implausibly low")
+    sf.write(f, noise(1, 2000), 1000, subtype="PCM_16")
+    assert read_audio(f).shape == (32000,)
+
+
 def test_write_wav_refuses_nan_and_bad_rates(tmp_path):
     y = noise(9, 100).astype(np.float64)
     y[3] = np.nan

@@ -2,6 +2,7 @@
 
 from stetho.audio.io import (
     MAX_FLOAT_PEAK,
+    MIN_SAMPLE_RATE,
     RESAMPLER,
     audio_extensions,
     audio_info,
@@ -13,6 +14,6 @@ from stetho.audio.io import (
 )
 
 __all__ = [
-    "MAX_FLOAT_PEAK", "RESAMPLER", "audio_extensions", "audio_info", "check_channel", "load_audio", "read_audio",
+    "MAX_FLOAT_PEAK", "MIN_SAMPLE_RATE", "RESAMPLER", "audio_extensions", "audio_info", "check_channel", "load_audio", "read_audio",
     "resample_audio", "write_wav",
 ]

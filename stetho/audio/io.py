@@ -31,6 +31,10 @@ from stetho.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
+#: Lowest accepted sample rate in Hz: a header claiming less is damaged or not machine audio, and
+#: resampling it (e.g. 1 Hz to 16 kHz) would need thousands of times the file's memory.
+MIN_SAMPLE_RATE = 1000
+
 #: Largest accepted magnitude of float samples (40 dB above full scale): float files hold samples in
 #: [-1, 1], a little more after gain; beyond this they were written as integers (x 32767) or are junk.
 MAX_FLOAT_PEAK = 100.0
@@ -315,7 +319,8 @@ def read_audio(
 
     Raises:
         AudioError: unreadable, unrecognised format, truncated, zero-length, too short, NaN/inf or
-            far out-of-range samples, missing channel, or a different rate with ``resample=False``.
+            far out-of-range samples, a sample rate below :data:`MIN_SAMPLE_RATE`, missing channel,
+            or a different rate with ``resample=False``.
             The message names the file.
         ConfigError: ``channel`` is negative or not a whole number.
     """
@@ -345,6 +350,11 @@ def load_audio(
     if not channel < info.channels:
         raise AudioError(
             path, f"has {info.channels} channel(s); channel {channel} was requested (--channel)"
+        )
+    if info.samplerate < MIN_SAMPLE_RATE:
+        raise AudioError(
+            path, f"sample rate {info.samplerate} Hz in the header is implausibly low for audio (at least "
+                  f"{MIN_SAMPLE_RATE} Hz is expected)",
         )
     if info.samplerate != sr and not resample:
         raise AudioError(
