@@ -706,6 +706,12 @@ def undefined_terms(sections: Sequence[SectionResult], formula: str) -> list[str
 # ---------------------------------------------------------------------------------------------
 
 
+def _shown(name: str) -> str:
+    """``name`` as printed in an error: with escapes (``repr``) when it holds characters that do
+    not print (e.g. ``'\\ufeffsection_00_0000.wav'``)."""
+    return name if name.isprintable() else repr(name)
+
+
 def _key(name) -> str:
     if isinstance(name, os.PathLike):
         return PurePath(name).name
@@ -750,8 +756,10 @@ def join_by_name(
     score_count = Counter(score_names)
     dup_truth = [n for n, k in truth_count.items() if k > 1]
     dup_scores = [n for n, k in score_count.items() if k > 1]
-    missing = [n for n in truth_count if n not in score_count]
-    extra = [n for n in score_count if n not in truth_count]
+    # Names with invisible characters (a byte-order mark, a zero-width space ...) are shown with
+    # their escapes, or a missing and an extra name would print identically.
+    missing = [_shown(n) for n in truth_count if n not in score_count]
+    extra = [_shown(n) for n in score_count if n not in truth_count]
 
     value_of: dict[str, float] = {}
     bad_values: list[str] = []

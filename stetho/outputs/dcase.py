@@ -241,7 +241,8 @@ class SubmissionFiles:
 
 def _read_rows(path: Path, kind: str) -> list[tuple[str, float]]:
     rows: list[tuple[str, float]] = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    # utf-8-sig: a byte-order mark (spreadsheet programs write one) is not part of the first name.
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             if not row or not "".join(row).strip():
                 continue
