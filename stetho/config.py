@@ -113,12 +113,16 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+#: Top-level keys whose value is a mapping or None (unset): ``compare: null`` turns a comparison off.
+_OPTIONAL_MAPPINGS = ("toy", "compare")
+
+
 def _merge(base: dict, extra: Mapping, where: str) -> dict:
     out = copy.deepcopy(base)
     for key, value in extra.items():
         if key not in base:
             raise ConfigError(f"{where}: unknown key '{key}'; known keys: {', '.join(base)}")
-        if isinstance(base[key], dict) and base[key]:
+        if isinstance(base[key], dict) and base[key] and not (value is None and key in _OPTIONAL_MAPPINGS):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}: {key} must be a mapping with the keys {', '.join(base[key])}, "
                                   f"got {_shown(value)}")
