@@ -74,7 +74,6 @@ def test_anomaly_in_train_is_an_error():
         "normal_id_0_00000000.wav",  # one-digit ID
         "normal_id_001_00000000.wav",  # three-digit ID
         "normal_id_00.wav",  # no index
-        "normal_id_00_00000000.flac",
         "abnormal_id_00_00000000.wav",  # MIMII folder word, not a 2020 name
         "id_01_00000000_extra.wav",
         "section_00_source_test_normal_0000.wav",  # a 2021+ name

@@ -106,7 +106,6 @@ def test_names_contradicting_their_folder(name, folder, reason):
         "section_00_source_0000.wav",
         "section_00_source_test_0000_extra.wav",
         "normal_id_00_00000000.wav",  # a 2020 name
-        "section_00_source_test_normal_0000.mp3",
     ],
 )
 def test_garbage_names(name):

@@ -116,7 +116,6 @@ def test_anomaly_in_train_is_an_error():
         "section_00_source_dev_normal_0000.wav",  # bad split
         "section_00_source_train_abnormal_0000.wav",  # MIMII-style label
         "section_00_source_train_normal_.wav",  # no index
-        "section_00_source_train_normal_0000.flac",  # not .wav
         "normal_id_00_00000000.wav",  # DCASE 2020 naming
         "section_00_0000_extra.wav",
     ],
