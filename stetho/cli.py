@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decision-fpr", type=float, metavar="F",
                    help="decide with thresholds refitted for this false-alarm rate from the run's stored "
                         "out-of-sample normal scores (default: the thresholds fitted at training)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="refuse test clips whose sample rate no training clip had (default: score them with a "
+                        "warning and a note in RUN/test_files.csv)")
     _dataset_options(p, test=True)
     _formula_option(p)
     _common_run_options(p)
@@ -329,6 +332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(exc)
         print(f"stetho: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # What the operating system refused that no stetho check foresaw (the writers turn the
+        # usual ones -- disk full, read-only -- into StethoErrors): still one line, with the file.
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"stetho: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("stetho: interrupted", file=sys.stderr)
         return 130
@@ -373,6 +384,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             over["cache_dir"] = str(args.cache_dir)
         if args.decision_fpr is not None:
             over["decision_fpr"] = args.decision_fpr
+        if args.strict:
+            over["strict"] = True
         outcome = pipeline.test(args.run, score=args.score, data=args.data, **over)
         for mode, result in outcome.results.items():
             if result is None:

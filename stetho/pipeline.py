@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import inspect
 import json
 import logging
+import os
 import platform
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,11 @@ import torch
 import stetho
 from stetho.config import dump, resolve
 from stetho.datasets import (
-    Clip, Scan, get_layout, label_clips, official_formula, read_ground_truth, scan_dataset, write_manifest,
+    Clip, Scan, check_name, get_layout, label_clips, official_formula, read_ground_truth, scan_dataset,
+    write_manifest,
 )
 from stetho.errors import ConfigError, DatasetError, StethoError
-from stetho.fileio import atomic_write_bytes
+from stetho.fileio import atomic_write_bytes, make_dirs, remove_stale_temp_files
 from stetho.features import FeatureCache, default_cache_dir
 from stetho.metrics import FORMULAS, EvaluationResult, evaluate
 from stetho.models import Detector, get_model
@@ -64,12 +67,16 @@ from stetho.outputs.dcase import score_cells
 from stetho.outputs.compare import Comparison, compare_runs
 from stetho.outputs.io import atomic_write_text
 from stetho.outputs.summary import RunsSummary, summarize_runs
+from stetho.run_folder import (
+    TEST_STAGING, check_out_folder, commit_test, recover_run, run_lock, run_models, staging_dir, swap_in,
+    write_models_index,
+)
 
 log = logging.getLogger(__name__)
 
 SKIPPED_HEADER = ("file", "stage", "reason")
-TRAIN_FILES_HEADER = ("file", "machine", "section", "domain", "label", "role")
-TEST_FILES_HEADER = ("name", "machine", "section", "domain", "label", "file")
+TRAIN_FILES_HEADER = ("file", "machine", "section", "domain", "label", "role", "sample_rate")
+TEST_FILES_HEADER = ("name", "machine", "section", "domain", "label", "file", "sample_rate", "note")
 
 
 @dataclass
@@ -117,7 +124,7 @@ def _scan(cfg: Mapping[str, Any], root: str | Path, split: str, machines: list[s
         lines = [f"  {p}: {r}" for p, r in scan.problems[:20]]
         more = f"\n  ... and {len(scan.problems) - 20} more" if len(scan.problems) > 20 else ""
         raise DatasetError(
-            f"{len(scan.problems)} file name(s) in {scan.root} do not parse (use --skip-bad to leave them "
+            f"{len(scan.problems)} file(s) in {scan.root} cannot be used (use --skip-bad to leave them "
             "out; they are then listed in skipped.csv):\n" + "\n".join(lines) + more
         )
     return scan, list(scan.problems)
@@ -138,19 +145,51 @@ def _data_test_split(cfg: Mapping[str, Any], root: str | Path, scan: Scan) -> li
     return full.clips
 
 
-def _features(cfg, detector: Detector, clips: list[Clip], desc: str):
-    """The detector's features of ``clips``; bad audio fatal unless skip_bad."""
+def _features(cfg, detector: Detector, clips: list[Clip], desc: str, rates: list[int] | None = None):
+    """The detector's features of ``clips``; bad audio fatal unless skip_bad. Each clip's native
+    sample rate is appended to ``rates`` when given."""
     ex = detector.extract(clips, resample=cfg["resample"], cache=_cache(cfg), progress=cfg["progress"],
                           raise_on_error=not cfg["skip_bad"], desc=desc)
+    if rates is not None:
+        rates.extend(ex.sample_rates)
     return ex.clips, ex.features, [(p.path, p.reason) for p in ex.problems]
 
 
-def _write_skipped(run_dir: Path, stage: str, skipped: Sequence[tuple[Path, str]]) -> None:
-    """Record skipped files of ``stage`` in RUN/skipped.csv, keeping other stages' rows."""
-    path = run_dir / "skipped.csv"
-    rows: list[list[str]] = []
-    if path.exists():
+def _rate_notes(run_dir: Path, clips: Sequence[Clip], rates: Sequence[int], strict: bool) -> list[str]:
+    """A note per test clip whose native sample rate no training clip had (resampling cannot
+    bring back a band the recording never had: an 8 kHz clip among 16 kHz ones scores as an
+    anomaly); an error listing them with ``strict``."""
+    trained: set[int] = set()
+    path = run_dir / "train_files.csv"
+    if path.is_file():
         with open(path, newline="", encoding="utf-8") as fh:
+            trained = {int(r["sample_rate"]) for r in csv.DictReader(fh) if r.get("sample_rate")}
+    if not trained:
+        return [""] * len(clips)  # a run from before sample rates were recorded
+    seen = ", ".join(f"{r} Hz" for r in sorted(trained))
+    notes = [f"sample rate {r} Hz, training clips had {seen}" if r not in trained else "" for r in rates]
+    odd = [(c.path, n) for c, n in zip(clips, notes) if n]
+    if odd:
+        lines = "\n".join(f"  {p}: {n}" for p, n in odd[:20]) + (f"\n  ... and {len(odd) - 20} more"
+                                                              if len(odd) > 20 else "")
+        if strict:
+            raise DatasetError(f"{len(odd)} test clip(s) have a sample rate the training clips did not have "
+                               f"(--strict):\n{lines}")
+        log.warning("%d test clip(s) have a sample rate the training clips did not have; they are resampled and "
+                    "scored, but a band the recording lacks reads as an anomaly (noted in test_files.csv; "
+                    "--strict refuses them):\n%s", len(odd), lines)
+    return notes
+
+
+def _write_skipped(run_dir: Path, stage: str, skipped: Sequence[tuple[Path, str]],
+                   previous: Path | None = None) -> None:
+    """Record skipped files of ``stage`` in RUN/skipped.csv, keeping other stages' rows (read
+    from ``previous``, default the file itself)."""
+    path = run_dir / "skipped.csv"
+    previous = previous or path
+    rows: list[list[str]] = []
+    if previous.exists():
+        with open(previous, newline="", encoding="utf-8") as fh:
             rows = [r for r in list(csv.reader(fh))[1:] if r and r[1] != stage]
     rows += [[str(p), stage, reason] for p, reason in skipped]
     write_csv(path, rows, header=SKIPPED_HEADER)
@@ -206,6 +245,10 @@ def train(cfg: Mapping[str, Any]) -> Path:
     All training audio is read and validated before any model is trained; every problem is
     reported at once (or, with ``skip_bad``, the files are left out and listed in skipped.csv).
 
+    The run is written into a staging folder beside ``out`` and swapped in only when complete
+    (see :mod:`stetho.run_folder`): ``overwrite`` never loses the finished run to a killed
+    training, and a second process training into the same folder fails at once (lock).
+
     Returns:
         The run folder.
     """
@@ -214,11 +257,22 @@ def train(cfg: Mapping[str, Any]) -> Path:
         raise ConfigError(_missing_data_message(cfg))
     if not cfg["out"]:
         raise ConfigError("no run folder given (--out RUN or `out:` in the recipe)")
-    data, run_dir = Path(cfg["data"]), Path(cfg["out"])
+    run_dir = Path(cfg["out"])
+    check_out_folder(run_dir)
     probe = make_detector(cfg)  # checks model params before any work
-    resuming = (run_dir / "config.yaml").exists() and not cfg["overwrite"]
-    if resuming and _train_finished(run_dir):
+    with run_lock(run_dir, "train"):
+        recover_run(run_dir)
+        return _train_locked(cfg, run_dir, probe)
+
+
+def _train_locked(cfg: dict[str, Any], run_dir: Path, probe: Detector) -> Path:
+    data = Path(cfg["data"])
+    if _train_finished(run_dir) and not cfg["overwrite"]:
         raise ConfigError(f"{run_dir} already holds a run; choose another --out or pass --overwrite")
+    if (run_dir / "config.yaml").is_file() and not _train_finished(run_dir) and not cfg["overwrite"]:
+        raise ConfigError(f"{run_dir} holds an unfinished run of an older stetho (trained in place); pass "
+                          "--overwrite to replace it")
+    stage = staging_dir(run_dir)
     t_start = time.perf_counter()
 
     scan, skipped = _scan(cfg, data, "train", cfg["machines"])
@@ -231,27 +285,40 @@ def train(cfg: Mapping[str, Any]) -> Path:
     if not clips:
         raise DatasetError(f"{scan.root}: no training clips found")
     t0 = time.perf_counter()
-    clips, feats, bad = _features(cfg, probe, clips, "train features")
+    rates: list[int] = []
+    clips, feats, bad = _features(cfg, probe, clips, "train features", rates)
     skipped += bad
     features_s = time.perf_counter() - t0
     log.info("features of %d training clips ready in %.1f s", len(clips), features_s)
 
     # The layout found is recorded, so `stetho test` reads the test split the same way.
     cfg = {**cfg, "data": str(data.resolve()), "out": str(run_dir), "dataset": scan.dataset.split(":")[0]}
+    resuming = (stage / "config.yaml").exists()
     if resuming:
-        # The same command again after a kill: continue from the checkpoints in RUN/work/.
-        _check_same_training(run_dir, cfg)
-        log.info("%s holds an unfinished training of the same settings: resuming it", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        _clear_run(run_dir)
-    atomic_write_text(run_dir / "config.yaml", dump(cfg))
-    atomic_write_text(run_dir / "versions.json", json.dumps(_versions(cfg), indent=2) + "\n")
-    write_csv(run_dir / "train_files.csv",
+        # The same command again after a kill: continue from the checkpoints in the staging folder.
+        try:
+            _check_same_training(stage, cfg, run_dir)
+        except ConfigError:
+            if not cfg["overwrite"]:
+                raise
+            resuming = False
+        else:
+            log.info("%s holds an unfinished training of the same settings: resuming it", run_dir)
+    if not resuming and stage.exists():
+        shutil.rmtree(stage)
+    make_dirs(stage)
+    remove_stale_temp_files(stage)
+    atomic_write_text(stage / "config.yaml", dump(cfg))
+    atomic_write_text(stage / "versions.json", json.dumps(_versions(cfg), indent=2) + "\n")
+    write_csv(stage / "train_files.csv",
               ([str(c.path), c.machine, c.section, c.domain or "", c.label,
-                "validation" if c.is_validation else "train"] for c in clips),
+                "validation" if c.is_validation else "train", r] for c, r in zip(clips, rates)),
               header=TRAIN_FILES_HEADER)
-    _write_skipped(run_dir, "train", skipped)
+    if len(set(rates)) > 1:
+        log.warning("training clips have several sample rates (%s): each is resampled to the features' rate, "
+                    "but bands missing from the lower-rate recordings make them differ",
+                    ", ".join(f"{n} at {r} Hz" for r, n in sorted(Counter(rates).items())))
+    _write_skipped(stage, "train", skipped)
 
     machines = sorted({c.machine for c in clips})
     wanted = cfg["machines"] or machines
@@ -262,6 +329,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
     groups = {"all": list(range(len(clips)))} if probe.joint else {
         m: [i for i, c in enumerate(clips) if c.machine == m] for m in machines}
     fit_s: dict[str, float] = {}
+    trained: dict[str, list[str]] = {}
     for name, idx in groups.items():
         # Validation clips (detectors that choose their best epoch on them) reach fit apart.
         vidx = [i for i in idx if clips[i].is_validation]
@@ -269,17 +337,18 @@ def train(cfg: Mapping[str, Any]) -> Path:
         mclips, mfeats = [clips[i] for i in idx], [feats[i] for i in idx]
         vclips, vfeats = [clips[i] for i in vidx], [feats[i] for i in vidx]
         t0 = time.perf_counter()
-        model_file = run_dir / "models" / f"{name}.pt"
+        model_file = _model_file(stage, name)
         if resuming and model_file.is_file():
             det = Detector.load(model_file)  # finished before the interruption
             log.info("%s: trained before the interruption, kept (%s)", name, model_file)
         else:
             det = make_detector(cfg)
-            det.fit(mclips, mfeats, _fit_context(cfg, det, run_dir, vclips, vfeats))
+            det.fit(mclips, mfeats, _fit_context(cfg, det, stage, vclips, vfeats))
             det.save(model_file)
+        trained[name] = list(det.machines_)
         fit_s[name] = time.perf_counter() - t0
         for part, table in det.histories().items():
-            write_csv(run_dir / f"history_{name}{'_' + part if part else ''}.csv", zip(*table.values()),
+            write_csv(stage / f"history_{name}{'_' + part if part else ''}.csv", zip(*table.values()),
                       header=list(table))
         hist = det.history_
         val = hist["val_loss"][-1] if hist["val_loss"] else float("nan")
@@ -292,25 +361,18 @@ def train(cfg: Mapping[str, Any]) -> Path:
         for m in det.machines_:
             log.info("  %s: threshold %s", m, ", ".join(f"{mode} {det.threshold_for(mode, m):.4g}"
                                                        for mode in det.score_modes))
-    _record_timings(run_dir, "train", {"seconds": time.perf_counter() - t_start, "features_seconds": features_s,
-                                       "fit_seconds": fit_s, "clips": len(clips)}, fresh=True)
+    write_models_index(stage, trained)
+    _record_timings(stage, "train", {"seconds": time.perf_counter() - t_start, "features_seconds": features_s,
+                                     "fit_seconds": fit_s, "clips": len(clips)}, fresh=True)
+    swap_in(stage, run_dir)
     return run_dir
 
 
-def _clear_run(run_dir: Path) -> None:
-    """Remove the models, histories and results of an earlier run in ``run_dir`` (``--overwrite``),
-    so `stetho test` never mixes them with the new ones. ``work/`` (checkpoints) stays for resuming."""
-    import shutil
-
-    for f in list((run_dir / "models").glob("*.pt")) + list(run_dir.glob("history_*.csv")) + list(
-            run_dir.glob("history_*.png")) + list(run_dir.glob("embeddings_*.png")):
-        f.unlink()
-    for name in ("results", "summary.csv", "test_files.csv", "report.html", "embeddings.png", "timings.json"):
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+def _model_file(run_dir: Path, name: str) -> Path:
+    """``RUN/models/<name>.pt``; ``name`` (a machine type, or ``all``) was validated where the
+    data entered, and is checked again here so no name can ever point outside the run folder."""
+    check_name(name, "machine type", "model file name")
+    return run_dir / "models" / f"{name}.pt"
 
 
 #: Config keys that change neither the training nor its result (a rerun may differ in them).
@@ -329,10 +391,10 @@ def _train_finished(run_dir: Path) -> bool:
         return False
 
 
-def _check_same_training(run_dir: Path, cfg: Mapping[str, Any]) -> None:
+def _check_same_training(stage: Path, cfg: Mapping[str, Any], run_dir: Path) -> None:
     """Refuse to resume an unfinished run of other settings (data, model, parameters, seed ...)."""
     try:
-        old = load_run_config(run_dir)
+        old = load_run_config(stage)
     except StethoError as exc:
         raise ConfigError(f"{run_dir} holds an unfinished run that cannot be read ({exc}); pass --overwrite "
                           "to replace it") from None
@@ -375,35 +437,55 @@ def test(
 ) -> TestOutcome:
     """Score the ``test`` split with a trained run; write DCASE files; evaluate when labeled.
 
+    The test is one transaction: its results (``results/``, ``summary.csv``, ``test_files.csv``,
+    the test rows of ``skipped.csv``) are written into ``RUN/.test.partial/`` and replace the
+    previous test's together at the end; a killed or failed test leaves the previous results as
+    they were. ``summary.csv`` is removed when the new test yields no metrics (unlabeled data), so
+    it never shows an earlier test's score. The run folder is locked while the test runs.
+
     Args:
         run_dir: a folder written by :func:`train`.
         score: score modes (``"all"``, ``"both"``, a mode, or a list); default from the config.
         data: test data root or manifest (default: the run's test data, else its training data).
             Other data is read with ``dataset="auto"`` unless ``dataset`` is given.
         overrides: config keys to change for this test (e.g. ``skip_bad=True``, ``progress=False``,
-            ``dataset="dcase2021"``, ``formula="dcase2020"``), and ``decision_fpr``: decide with
-            thresholds refitted for this false-alarm rate from the stored out-of-sample scores.
+            ``dataset="dcase2021"``, ``formula="dcase2020"``, ``channel=1``, ``device="cpu"``), and
+            ``decision_fpr``: decide with thresholds refitted for this false-alarm rate from the
+            stored out-of-sample scores, and ``strict``: refuse test clips whose native sample rate
+            no training clip had (default: score them with a warning and a note in
+            ``test_files.csv``).
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder; train one with `stetho train`")
+    with run_lock(run_dir, "test"):
+        recover_run(run_dir)
+        return _test_locked(run_dir, score, data, overrides)
+
+
+def _test_locked(run_dir: Path, score, data, overrides: dict[str, Any]) -> TestOutcome:
     t_start = time.perf_counter()
     cfg = load_run_config(run_dir)
     decision_fpr = overrides.pop("decision_fpr", None)
+    strict = bool(overrides.pop("strict", False))
     if data is not None and "dataset" not in overrides:
         overrides = {**overrides, "dataset": "auto"}
-    cfg = resolve(cfg, {k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = resolve(cfg, given)
     root = Path(data or cfg["test"]["data"] or cfg["data"])
-    models = sorted((run_dir / "models").glob("*.pt"))
-    if not models:
-        raise StethoError(f"{run_dir}: no trained models in models/")
     detectors: dict[str, Detector] = {}
-    for path in models:
+    for path in run_models(run_dir):
         det = Detector.load(path)
         det.progress = cfg["progress"]
         if cfg.get("threads"):
             det.threads = cfg["threads"]
+        if "channel" in given:
+            det.channel = cfg["channel"]
+        if "device" in given:
+            det.set_device(cfg["device"])
         if decision_fpr is not None:
             det.refit_thresholds(decision_fpr=decision_fpr)
-        for machine in getattr(det, "machines_", None) or [path.stem]:
+        for machine in det.machines_:
             detectors[machine] = det
     first = next(iter(detectors.values()))
     modes = _modes(first, score or cfg["test"]["score"])
@@ -419,23 +501,27 @@ def test(
     natural = official_formula(scan.dataset, clips)
     naming = FORMULAS[natural].naming
     _warn_unseen_sections(run_dir, clips)
-    clips, feats, bad = _features(cfg, first, clips, "test features")
+    rates: list[int] = []
+    clips, feats, bad = _features(cfg, first, clips, "test features", rates)
     skipped += bad
-    _write_skipped(run_dir, "test", skipped)
-    write_csv(run_dir / "test_files.csv",
-              ([c.name, c.machine, c.section, c.domain or "", "" if c.label is None else c.label, str(c.path)]
-               for c in clips), header=TEST_FILES_HEADER)
+    notes = _rate_notes(run_dir, clips, rates, strict)
+
+    stage = run_dir / TEST_STAGING
+    if stage.exists():
+        shutil.rmtree(stage)
+    staged_results = make_dirs(stage / "results")
+    _write_skipped(stage, "test", skipped, previous=run_dir / "skipped.csv")
+    write_csv(stage / "test_files.csv",
+              ([c.name, c.machine, c.section, c.domain or "", "" if c.label is None else c.label, str(c.path), r, n]
+               for c, r, n in zip(clips, rates, notes)), header=TEST_FILES_HEADER)
 
     out = TestOutcome(run_dir=run_dir, skipped=skipped)
-    for mode in modes:
-        _clear_results(run_dir / "results" / mode)
-    for f in [*(run_dir / "results").glob("*.csv"), *(run_dir / "results").glob("*.npz")]:
-        f.unlink()  # detector reports of an earlier test
     for machine in detectors:
         if not any(c.machine == machine for c in clips):
             log.warning("%s: no test clips in %s", machine, scan.root)
     reports: dict[str, list[dict[str, Any]]] = {}
     arrays: dict[str, list[dict[str, np.ndarray]]] = {}
+    staged: dict[str, Path] = {}
     # Each detector scores all its clips in one call: a joint model (e.g. CANDE-CP's stream of
     # context predictions) sees every machine type's clips together, in the scan's sorted order.
     for det in {id(d): d for d in detectors.values()}.values():
@@ -449,7 +535,7 @@ def test(
         for name, part in det.report_arrays().items():
             arrays.setdefault(name, []).append({**part, **_clip_arrays(dclips)})
         for mode in modes:
-            folder = run_dir / "results" / mode
+            folder = staged[mode] = staged_results / mode
             for machine in sorted({c.machine for c in dclips}):
                 sel = [j for j, c in enumerate(dclips) if c.machine == machine]
                 s = all_scores[mode][sel]
@@ -459,34 +545,48 @@ def test(
                     part = [j for j, c in enumerate(mclips) if c.section == section]
                     write_submission(folder, machine, section, [mclips[j].name for j in part], s[part],
                                      decisions[part], naming=naming, domains=[mclips[j].domain for j in part])
-            out.folders[mode] = folder
     for name, rows in reports.items():
-        write_dict_csv(run_dir / "results" / f"{name}.csv", rows)
+        write_dict_csv(staged_results / f"{name}.csv", rows)
     for name, parts in arrays.items():
-        _write_npz(run_dir / "results" / f"{name}.npz",
+        _write_npz(staged_results / f"{name}.npz",
                    {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
-    labeled = all(c.label is not None for c in clips)
+    unlabeled = [c for c in clips if c.label is None]
     formula = cfg["formula"] or natural
     summary_rows = []
     for mode in modes:
-        if not labeled:
+        out.folders[mode] = run_dir / "results" / mode
+        if len(unlabeled) == len(clips):
             log.info("test clips carry no labels: %s scores written to %s, no metrics", mode, out.folders[mode])
             out.results[mode] = None
             continue
-        result = evaluate_folder(out.folders[mode], scan.root, truth=clips, formula=formula, test_split=test_split)
+        result = evaluate_folder(staged[mode], scan.root, truth=[c for c in clips if c.label is not None],
+                                 formula=formula, test_split=test_split,
+                                 leave_out={(c.machine, c.name) for c in unlabeled})
+        if unlabeled:
+            result.missing.append(_unlabeled_note(unlabeled, len(clips)))
         if n_unparsed:
             result.missing.append(f"{n_unparsed} test file name(s) that do not parse were skipped (skipped.csv)")
-        write_results(out.folders[mode], result)
-        write_section_metrics(out.folders[mode] / "sections.csv", result)
+        write_results(staged[mode], result)
+        write_section_metrics(staged[mode] / "sections.csv", result)
         out.results[mode] = result
         summary_rows.append({"score": mode, "formula": result.formula, **score_cells(result),
                              "machines": " ".join(result.machines())})
+    if unlabeled and len(unlabeled) < len(clips):
+        log.warning("%s", _unlabeled_note(unlabeled, len(clips)) + ": the metrics are partial")
     if summary_rows:
-        write_dict_csv(run_dir / "summary.csv", summary_rows)
+        write_dict_csv(stage / "summary.csv", summary_rows)
+    commit_test(run_dir)
     _record_timings(run_dir, "test", {"seconds": time.perf_counter() - t_start, "clips": len(clips),
                                       "data": str(scan.root), "dataset": scan.dataset})
     return out
+
+
+def _unlabeled_note(unlabeled: Sequence[Clip], n: int) -> str:
+    """What a partly labeled test set leaves out of the metrics, with examples."""
+    names = ", ".join(str(c.path.name) for c in unlabeled[:3]) + (" ..." if len(unlabeled) > 3 else "")
+    return (f"{len(unlabeled)} of {n} test clip(s) carry no label and are left out of the metrics "
+            f"(e.g. {names})")
 
 
 def _clip_arrays(clips: Sequence[Clip]) -> dict[str, np.ndarray]:
@@ -505,19 +605,6 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def _clear_results(folder: Path) -> None:
-    """Remove the score, decision and result files (and the report's figures of them) an earlier
-    test wrote into ``folder``."""
-    if not folder.is_dir():
-        return
-    for f in folder.iterdir():
-        if f.suffix == ".csv" and f.name.startswith(("anomaly_score_", "decision_result_", "result_", "summary",
-                                                     "sections")):
-            f.unlink()
-        elif f.suffix == ".png" and f.name.startswith(("roc_", "histogram_")):
-            f.unlink()
 
 
 def _warn_unseen_sections(run_dir: Path, clips: Sequence[Clip]) -> None:
@@ -539,7 +626,7 @@ def _warn_unseen_sections(run_dir: Path, clips: Sequence[Clip]) -> None:
 def evaluate_folder(
     scores_dir: str | Path, data: str | Path, truth: Sequence[Clip] | None = None,
     formula: str | None = None, dataset: str = "auto", subset: str | None = None,
-    test_split: Sequence[Clip] | None = None,
+    test_split: Sequence[Clip] | None = None, leave_out: Collection[tuple[str, str]] = (),
 ) -> EvaluationResult:
     """Evaluate the ``anomaly_score_*`` (and ``decision_result_*``) files of a folder.
 
@@ -552,8 +639,15 @@ def evaluate_folder(
     section of ``test_split``, the data's whole test split (default: the test split of every
     machine type under ``data``, or ``truth`` when it is given); otherwise it is partial and its
     ``missing`` names the machine types and sections without score files.
+
+    ``leave_out`` holds (machine, name) pairs of scored clips without a label, left out of the
+    join (the caller marks the result partial).
     """
     sub = read_submission(scores_dir)
+    if leave_out:
+        drop = set(leave_out)
+        sub.scores = {k: [r for r in rows if (k[0], r[0]) not in drop] for k, rows in sub.scores.items()}
+        sub.decisions = {k: [r for r in rows if (k[0], r[0]) not in drop] for k, rows in sub.decisions.items()}
     machines = sorted({m for m, _ in sub.scores})
     if truth is None:
         cfg = resolve({"dataset": dataset, "subset": subset})
@@ -659,9 +753,16 @@ def run(cfg: Mapping[str, Any], report: bool = True) -> TestOutcome | Comparison
 def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
     """``stetho report``: the self-contained HTML report of tested runs (see
     :mod:`stetho.outputs.report`); returns the HTML file."""
+    import contextlib
+
     from stetho.outputs.report import write_report
 
-    return write_report(run_dirs, out).path
+    with contextlib.ExitStack() as stack:  # no run changes under the report's feet
+        for run_dir in dict.fromkeys(Path(r) for r in run_dirs):
+            if run_dir.is_dir():
+                stack.enter_context(run_lock(run_dir, "report"))
+                recover_run(run_dir)
+        return write_report(run_dirs, out).path
 
 
 def _report(run_dirs: Sequence[Path], out: Path) -> None:

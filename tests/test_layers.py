@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stetho"
 
 # Lower number = lower layer. Backends are estimators on plain arrays, so models may use them.
 RANK = {
-    "errors": 0, "fileio": 0, "audio": 1, "datasets": 2, "features": 3, "backends": 4,
+    "errors": 0, "fileio": 0, "run_folder": 0, "audio": 1, "datasets": 2, "features": 3, "backends": 4,
     "models": 5, "metrics": 6, "outputs": 7, "config": 8, "pipeline": 8, "novelty": 8, "cli": 9,
 }
 

@@ -15,6 +15,7 @@ import yaml
 from scipy.stats import hmean
 
 from stetho import pipeline
+from stetho.run_folder import staging_dir
 from stetho.datasets import scan_dcase
 from stetho.datasets.toy import make_toy_dataset
 from stetho.errors import AudioValidationError, ConfigError, DatasetError, EvaluationError
@@ -372,9 +373,10 @@ def test_test_decision_fpr_refits_thresholds_from_the_stored_scores(trained, tmp
 def test_an_unfinished_run_resumes_with_the_same_settings_only(trained, toy_root, tmp_path, caplog):
     run_dir, _ = trained
     copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    (copy / "timings.json").unlink()  # as if killed after the fan model was saved
-    (copy / "models" / "valve.pt").unlink()
+    stage = staging_dir(copy)  # an unfinished training lives beside the run folder until complete
+    shutil.copytree(run_dir, stage)
+    (stage / "timings.json").unlink()  # as if killed after the fan model was saved
+    (stage / "models" / "valve.pt").unlink()
     cfg = {"data": str(toy_root), "out": str(copy), "params": FAST, "progress": False}
     with pytest.raises(ConfigError, match=r"unfinished run with other settings \(params, seed differ\)"):
         pipeline.train({**cfg, "params": {**FAST, "epochs": 3}, "seed": 1})
@@ -385,5 +387,6 @@ def test_an_unfinished_run_resumes_with_the_same_settings_only(trained, toy_root
         a = Detector.load(copy / "models" / f"{machine}.pt")
         b = Detector.load(run_dir / "models" / f"{machine}.pt")
         assert a.thresholds_ == b.thresholds_
+    assert not stage.exists()  # swapped in when complete
     with pytest.raises(ConfigError, match="already holds a run"):
         pipeline.train(cfg)

@@ -387,10 +387,12 @@ def test_a_new_test_removes_the_figures_of_the_earlier_one(runs):
     run = runs[1]
     stale = run / "results" / "mse" / "roc_pump_section_07.png"
     stale.write_bytes(PNG_MAGIC)
-    kept = run / "results" / "mse" / "notes.png"
-    kept.write_bytes(PNG_MAGIC)
+    other = run / "results" / "mse" / "notes.png"
+    other.write_bytes(PNG_MAGIC)
     pipeline.test(run, progress=False)
-    assert not stale.exists() and kept.exists()
+    # results/ is replaced as a whole by each test (one transaction): nothing of the earlier one stays
+    assert not stale.exists() and not other.exists()
+    assert (run / "results" / "mse" / "summary.csv").is_file()
 
 
 def test_a_run_from_before_test_files_and_timings_is_reported_from_its_data(runs, tmp_path):

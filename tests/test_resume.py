@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from stetho.datasets.toy import make_toy_dataset
+from stetho.run_folder import staging_dir
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -55,13 +56,14 @@ def test_killed_training_resumes_with_the_same_command_and_the_same_scores(data,
     assert expected
 
     run = tmp_path / "killed"
+    stage = staging_dir(run)  # where a training lives until it is complete
     proc = subprocess.Popen(_train_cmd(data, run, model), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     try:
         # Kill at the first checkpoint whose training is under way (a few epochs in).
         while time.monotonic() < deadline and proc.poll() is None:
-            if list((run / "work").rglob("*.ckpt")):
+            if list((stage / "work").rglob("*.ckpt")):
                 time.sleep(0.3)
                 break
             time.sleep(0.02)
@@ -71,11 +73,12 @@ def test_killed_training_resumes_with_the_same_command_and_the_same_scores(data,
     finally:
         if proc.poll() is None:
             proc.kill()
-    checkpoints = list((run / "work").rglob("*.ckpt"))
-    assert checkpoints and not (run / "timings.json").exists()  # killed mid-way, checkpoint left
+    checkpoints = list((stage / "work").rglob("*.ckpt"))
+    assert checkpoints and not run.exists()  # killed mid-way: checkpoint left, no half run folder
 
     again = subprocess.run(_train_cmd(data, run, model), env=ENV, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stderr
     assert not list((run / "work").rglob("*.ckpt"))  # removed once training completed
+    assert not stage.exists()  # swapped in
     assert _test(run) == expected  # (a finished run is then refused: tests/test_pipeline.py)

@@ -155,11 +155,18 @@ def _test_truth(run_dir: Path, config: Mapping[str, Any]) -> dict[tuple[str, str
 
 
 def _load_detectors(run_dir: Path) -> dict[str, Any]:
-    """machine type (or ``"all"``) -> loaded detector; unreadable models are left out with a warning."""
+    """machine type (or ``"all"``) -> loaded detector (exactly the run's recorded model files);
+    unreadable models are left out with a warning."""
     from stetho.models import Detector
+    from stetho.run_folder import run_models
 
     out: dict[str, Any] = {}
-    for path in sorted((run_dir / "models").glob("*.pt")):
+    try:
+        paths = run_models(run_dir)
+    except StethoError as exc:
+        log.warning("report: %s", exc)
+        return out
+    for path in paths:
         try:
             det = Detector.load(path)
         except StethoError as exc:
