@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from stetho import pipeline
+from stetho.run_folder import staging_dir
 from stetho.cli import main
 from stetho.datasets.toy import make_toy_dataset
 from stetho.models import Detector
@@ -94,8 +95,10 @@ def test_pseudo_labels_are_written_and_used_and_the_first_stage_resumes(toy, tmp
     monkeypatch.setattr(Trainer, "run", dying)
     with pytest.raises(Killed):
         pipeline.train(cfg)
-    assert [p.name for p in (run / "work").glob("*.ckpt")] == ["discriminative_fan+valve_pseudo.ckpt"]
-    first = _rows(run / "work" / "pseudo_labels.csv")
+    stage = staging_dir(run)  # the unfinished training, beside the run folder until complete
+    assert not run.exists()
+    assert [p.name for p in (stage / "work").glob("*.ckpt")] == ["discriminative_fan+valve_pseudo.ckpt"]
+    first = _rows(stage / "work" / "pseudo_labels.csv")
     monkeypatch.setattr(Trainer, "run", run_epochs)
     with caplog.at_level(logging.INFO, logger="stetho.models.training"):
         pipeline.train(cfg)  # the same command: the first stage is restored, not trained again
