@@ -47,14 +47,15 @@ _COMMIT_MARK = "COMMIT"
 
 
 def lock_file(run_dir: Path) -> Path:
-    """The lock of ``run_dir``: ``.<name>.lock`` beside it (it must outlive swaps of the folder)."""
-    run_dir = Path(os.path.abspath(run_dir))
+    """The lock of ``run_dir``: ``.<name>.lock`` beside it (it must outlive swaps of the folder).
+    A symlinked run folder is locked, staged and swapped where it really is."""
+    run_dir = Path(os.path.realpath(run_dir))
     return run_dir.parent / f".{run_dir.name}.lock"
 
 
 def staging_dir(run_dir: Path) -> Path:
     """Where a training of ``run_dir`` is written until it is complete: ``.<name>.partial``."""
-    run_dir = Path(os.path.abspath(run_dir))
+    run_dir = Path(os.path.realpath(run_dir))
     return run_dir.parent / f".{run_dir.name}.partial"
 
 
@@ -83,7 +84,7 @@ def run_lock(run_dir: str | Path, purpose: str) -> Iterator[None]:
         log.debug("no fcntl: %s is not locked", run_dir)
         yield
         return
-    run_dir = Path(os.path.abspath(run_dir))
+    run_dir = Path(os.path.realpath(run_dir))
     path = lock_file(run_dir)
     if run_dir.parent.exists() and not run_dir.parent.is_dir():
         raise ConfigError(f"{run_dir}: {run_dir.parent} is a file, not a folder")
@@ -122,7 +123,7 @@ def swap_in(new: Path, target: Path) -> None:
     Two renames (``target`` -> ``.<name>.old``, ``new`` -> ``target``): every state a crash can
     leave is unambiguous, and :func:`recover` finishes the swap (``new`` is complete) — an atomic
     exchange would leave the old run under the staging name, indistinguishable from a new one."""
-    new, target = Path(new), Path(target)
+    new, target = Path(new), Path(os.path.realpath(target))
     old = _old_dir(target)
     try:
         if old.exists():
@@ -138,7 +139,7 @@ def swap_in(new: Path, target: Path) -> None:
 def recover(target: Path) -> None:
     """Finish or undo a :func:`swap_in` of the run folder ``target`` that a crash interrupted;
     call while holding the run's lock."""
-    target = Path(os.path.abspath(target))
+    target = Path(os.path.realpath(target))
     old = _old_dir(target)
     if not old.exists():
         return

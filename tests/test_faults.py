@@ -163,6 +163,16 @@ def test_a_second_process_on_the_same_run_folder_fails_naming_the_holder(data, t
         assert json.loads(lock_file(run).read_text())["pid"] == os.getpid()
 
 
+def test_a_symlinked_run_folder_is_replaced_where_it_really_is(data, tested, tmp_path):
+    real = _copy(tested, tmp_path)
+    link = tmp_path / "latest"
+    link.symlink_to(real, target_is_directory=True)
+    pipeline.train(_cfg(data, link, overwrite=True, seed=4))
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert "seed: 4" in (real / "config.yaml").read_text() and not (real / "summary.csv").exists()
+    assert not staging_dir(link).exists() and not (tmp_path / ".run.old").exists()
+
+
 def test_out_must_be_a_folder_stetho_may_replace(data, tmp_path, capsys):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
