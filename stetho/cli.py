@@ -158,14 +158,14 @@ def _complete_novelty_help(parser: argparse.ArgumentParser) -> None:
 
 
 def _complete_toy_help(shift: argparse.Action) -> None:
-    from stetho.datasets.toy import DOMAIN_SHIFTS
+    from stetho.synth import DOMAIN_SHIFTS
 
     shift.help = f"{shift.help} (one of {', '.join(DOMAIN_SHIFTS)}; default mild)".replace("%", "%%")
 
 
 def _domain_shift(text: str) -> str:
     """``--domain-shift`` checked against the toy synthesiser's list (imported only when used)."""
-    from stetho.datasets.toy import DOMAIN_SHIFTS
+    from stetho.synth import DOMAIN_SHIFTS
 
     if text not in DOMAIN_SHIFTS:
         raise argparse.ArgumentTypeError(f"invalid choice: '{text}' (choose from {', '.join(DOMAIN_SHIFTS)})")
@@ -351,7 +351,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     run_keys = ("channel", "skip_bad", "resample", "device", "threads", "cache", "cache_dir", "progress")
     if args.command == "toy":
-        from stetho.datasets.toy import make_toy_dataset
+        from stetho.synth import make_toy_dataset
 
         clips = make_toy_dataset(
             args.out, machines=args.machines, train_clips=args.train_clips,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from stetho import pipeline
-from stetho.datasets.toy import make_toy_dataset
+from stetho.synth import make_toy_dataset
 from stetho.models import MODELS
 
 #: Small settings per model (seconds of training on the toy data).

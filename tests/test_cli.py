@@ -102,7 +102,7 @@ def test_train_help_gives_each_model_its_own_epochs_default(capsys):
 def test_help_without_a_subcommand_does_not_load_torch_or_the_toy_synthesiser():
     code = ("import sys; from stetho.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'sklearn', 'scipy.signal', 'stetho.datasets.toy') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'sklearn', 'scipy.signal', 'stetho.synth') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "registered model" not in proc.stdout and proc.stdout.splitlines()[-1] == "[]"
 

@@ -25,7 +25,7 @@ import pytest
 
 from stetho import pipeline
 from stetho.cli import main
-from stetho.datasets.toy import make_toy_dataset
+from stetho.synth import make_toy_dataset
 from stetho.errors import ConfigError, RunLockedError, StethoError, StorageError
 from stetho.run_folder import lock_file, run_lock, staging_dir
 

@@ -18,7 +18,7 @@ from stetho.datasets import (
     MAX_NAME_LENGTH, check_name, is_safe_name, read_ground_truth, read_manifest, scan_dataset,
 )
 from stetho.datasets import dcase, dcase2020, dcase2021, mimii
-from stetho.datasets.toy import MACHINES as TOY_MACHINES
+from stetho.synth import MACHINES as TOY_MACHINES
 from stetho.errors import ConfigError, DatasetError
 
 

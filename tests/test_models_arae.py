@@ -372,7 +372,7 @@ def test_fit_leaves_the_callers_random_state_alone():
 @pytest.mark.slow
 def test_stetho_train_and_test_with_arae_write_the_dcase_outputs(tmp_path):
     from stetho.cli import main
-    from stetho.datasets.toy import make_toy_dataset
+    from stetho.synth import make_toy_dataset
 
     root = tmp_path / "toy"
     make_toy_dataset(root, machines=["fan"], train_clips=12, target_train_clips=2, test_clips=5, duration=2.0, seed=0)

@@ -17,7 +17,7 @@ from scipy.stats import hmean
 from stetho import pipeline
 from stetho.run_folder import staging_dir
 from stetho.datasets import scan_dcase
-from stetho.datasets.toy import make_toy_dataset
+from stetho.synth import make_toy_dataset
 from stetho.errors import AudioValidationError, ConfigError, DatasetError, EvaluationError
 from stetho.metrics import TABLE_COLUMNS
 from stetho.models import Detector

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stetho.cli import main
-from stetho.datasets.toy import make_toy_dataset
+from stetho.synth import make_toy_dataset
 from stetho.metrics import evaluate
 from stetho.models import BiGANDetector, Detector
 from stetho.models.params import Interval

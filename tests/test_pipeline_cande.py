@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from stetho import pipeline
 from stetho.cli import main
 from stetho.config import load_recipe, resolve
-from stetho.datasets.toy import make_toy_dataset
+from stetho.synth import make_toy_dataset
 from stetho.models import Detector
 
 TINY = {"epochs": 2, "predictor_epochs": 2, "predictor_hidden": [16, 8], "batch_size": 64, "lr": 1e-3,

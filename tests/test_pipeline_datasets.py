@@ -15,7 +15,7 @@ from stetho import pipeline
 from stetho.cli import main
 from stetho.config import parse_overrides, resolve
 from stetho.datasets import read_manifest, scan_dataset
-from stetho.datasets.toy import make_toy_dataset
+from stetho.synth import make_toy_dataset
 from stetho.errors import DatasetError
 
 FAST = {"epochs": 15, "batch_size": 128}

@@ -13,7 +13,7 @@ import pytest
 from stetho import pipeline
 from stetho.run_folder import staging_dir
 from stetho.cli import main
-from stetho.datasets.toy import make_toy_dataset
+from stetho.synth import make_toy_dataset
 from stetho.models import Detector
 from stetho.models.training import Trainer
 

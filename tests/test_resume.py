@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stetho.datasets.toy import make_toy_dataset
+from stetho.synth import make_toy_dataset
 from stetho.run_folder import staging_dir
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stetho.datasets.toy import DOMAIN_SHIFTS, MACHINES, make_toy_dataset
+from stetho.synth import DOMAIN_SHIFTS, MACHINES, make_toy_dataset
 
 #: Every machine type (each renderer and its own faults), source and target domains, train and
 #: test, normal and anomalous clips, short clips to keep it fast.

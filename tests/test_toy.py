@@ -1,4 +1,4 @@
-"""Tests of the synthetic toy dataset (stetho.datasets.toy).
+"""Tests of the synthetic toy dataset (stetho.synth).
 
 The dataset is the demo's data and the end-to-end tests' data, so besides the layout we check
 that it is deterministic, that machine types and attributes really sound different, and that
@@ -22,7 +22,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 from stetho.datasets.clip import ANOMALY, NORMAL, SOURCE, TARGET, Clip
-from stetho.datasets.toy import (
+from stetho.synth import (
     factory_events,
     FAULT_LEVEL_DB,
     MACHINES,
