@@ -12,7 +12,7 @@ the load average is recorded; compare runs only at similar contention.
    target 1,000 clips in under a minute).
 
 1. **Feature extraction** (decode + log-mel). ``N`` ten-second 16 kHz int16 mono WAV clips (the
-   toy dataset when :mod:`stetho.datasets.toy` works, else noise + tones). Measured, best of 3
+   toy dataset when :mod:`stetho.synth` works, else noise + tones). Measured, best of 3
    after one warm-up call:
 
    * stetho's ``extract_logmels(clips, LogMelParams(), AudioOptions(), cache=None)`` with its
@@ -270,7 +270,7 @@ def run_child(kind: str, args: dict, env: dict[str, str | None] | None = None) -
 
 def bench_toy(sizes: Sizes, tmp: Path) -> tuple[list[Row], dict]:
     """Toy dataset generation, every machine type, 10 s clips (target: 1,000 clips in < 60 s)."""
-    from stetho.datasets.toy import MACHINES, make_toy_dataset
+    from stetho.synth import MACHINES, make_toy_dataset
 
     machines = sorted(MACHINES)
     per = max(1, sizes.toy_clips // (len(machines) * 5))  # train, 4 test groups of `per`
@@ -288,14 +288,14 @@ def bench_toy(sizes: Sizes, tmp: Path) -> tuple[list[Row], dict]:
 def make_clips(folder: Path, n: int) -> tuple[list[Clip], str]:
     """``n`` ten-second 16 kHz int16 mono WAVs: the toy dataset's fan, else noise + tones."""
     try:
-        from stetho.datasets.toy import make_toy_dataset
+        from stetho.synth import make_toy_dataset
 
         clips = make_toy_dataset(
             folder / "toy", machines=["fan"], train_clips=n, target_train_clips=0, test_clips=0,
             duration=DURATION, seed=0, sr=SR, progress=False,
         )
         if len(clips) == n:
-            return list(clips), "stetho.datasets.toy (fan, train)"
+            return list(clips), "stetho.synth (fan, train)"
     except Exception as exc:  # noqa: BLE001 - any failure: fall back to our own clips
         print(f"  toy dataset unavailable ({type(exc).__name__}: {exc}); writing noise + tones")
     return noise_tone_clips(folder / "noise", n), "noise + tones (soundfile, int16)"

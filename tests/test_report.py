@@ -16,7 +16,7 @@ import pytest
 
 from stetho import pipeline
 from stetho.cli import main
-from stetho.datasets.toy import make_toy_dataset
+from stetho.synth import make_toy_dataset
 from stetho.metrics import auc
 from stetho.models import Detector
 from stetho.outputs.report import _embeddings, _png, embedding_figure, load_run, write_report
