@@ -32,8 +32,8 @@ the load average is recorded; compare runs only at similar contention.
    given as synthetic float32 log-mels ``(313, 128)``, ``AEDetector(epochs=E, device="cpu")
    .fit(clips, features)``, in a fresh subprocess so its peak RSS (``VmHWM``, cross-checked with
    ``getrusage(RUSAGE_CHILDREN)``) is not polluted by benchmark 1. Before training, a short probe
-   times optimiser steps at 1 and 2 torch threads; ``--train-threads auto`` trains with the
-   faster one. Reports training vectors/s from the epoch timings (one epoch = the training steps
+   times ``AEDetector``'s own training step (:func:`ae_training_step`) at 1 and 2 torch threads;
+   ``--train-threads auto`` trains with the faster one. Reports training vectors/s from the epoch timings (one epoch = the training steps
    plus the validation pass), the fit total (adds precise-BN and the scoring passes) and the
    peak RSS (target <= 1.5 GB) beside the 1.58 GB the original's float64 stacked vectors take.
 
@@ -48,8 +48,8 @@ the load average is recorded; compare runs only at similar contention.
    (4 clips). Reports training patches/s from the epoch timing (each step trains D, then G+E, then
    updates the weight average) and the peak RSS.
 
-5. **Threads**: optimiser steps of the AE's network (``AENet``, batch 256 of 640-dim vectors,
-   Adam) at 1, 2, ... torch threads (and the number ``--threads auto`` picks on this machine), in
+5. **Threads**: ``AEDetector``'s own training step (:func:`ae_training_step`: its ``AENet``,
+   batch 256 of 640-dim vectors, Adam) at 1, 2, ... torch threads (and the number ``--threads auto`` picks on this machine), in
    a fresh subprocess per load level: idle, one core kept busy, every core kept busy (busy-loop
    Python processes this script starts and stops). Thread counts alternate within rounds; the
    median ms/step per count is reported, and for 2+ threads also with ``OMP_WAIT_POLICY=PASSIVE``
@@ -73,7 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -558,32 +558,60 @@ def timed_fit(module, det, clips, data) -> tuple[object, float, list[float] | No
     return det, fit_s, [b - a for a, b in zip(marks[:-1], marks[1:])] if len(marks) > 1 else None
 
 
+class _Captured(BaseException):
+    """Stops a ``fit`` at its first ``Trainer.run`` (a ``BaseException``: no ``except Exception`` eats it)."""
+
+
+def ae_training_step(feats: list[np.ndarray], **params) -> tuple[Callable[[object], float], Iterator]:
+    """The real training step of :class:`AEDetector` and its batches, for timing steps alone.
+
+    ``AEDetector(**params).fit`` runs on ``feats`` up to its ``Trainer.run`` call, which is
+    intercepted: the ``step`` closure it was given (zero_grad, forward, MSE, backward, Adam step
+    on the detector's own ``AENet`` and optimiser) and an endless iterator over its epoch
+    batches (shuffled training vectors, as ``fit`` draws them) are returned, the network built
+    and ready. Nothing here re-implements the step, so the timings follow stetho's code."""
+    import itertools
+
+    from stetho.models import AEDetector
+    from stetho.models.training import Trainer
+
+    captured: dict = {}
+    original = Trainer.run
+
+    def intercept(self, step, epoch_batches, epochs, **kw):
+        captured.update(step=step, epoch_batches=epoch_batches)
+        raise _Captured
+
+    clips = [Clip(Path(f"/nonexistent/section_00_source_train_normal_{i:04d}.wav"), "bench", "00", "train",
+                  SOURCE, 0) for i in range(len(feats))]
+    Trainer.run = intercept
+    try:
+        AEDetector(**{"epochs": 1, "device": "cpu", "progress": False, **params}).fit(clips, feats)
+    except _Captured:
+        pass
+    finally:
+        Trainer.run = original
+    batches = itertools.chain.from_iterable(captured["epoch_batches"](e) for e in itertools.count())
+    return captured["step"], batches
+
+
 def child_train(args: dict) -> dict:
     import stetho.models.ae.detector as ae_detector
     from stetho.models import AEDetector
-    from stetho.models.ae.torch_model import AENet
-    from stetho.models.training import FrameVectors
 
     rss_import = proc_status_kb("VmRSS")
 
-    # Probe: optimiser steps at 1 and 2 intra-op threads (alternating rounds, best per setting).
+    # Probe: AEDetector's own training steps at 1 and 2 intra-op threads (alternating rounds,
+    # best per setting).
     probe_feats = synth_logmels(40, seed=1)
-    vec = FrameVectors(probe_feats, N_FRAMES)
-    net = AENet(vec.dim)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
+    step, batches = ae_training_step(probe_feats)
 
     def steps(k: int, budget_s: float = 2.0) -> float:
-        """Mean ms per optimiser step over ``k`` steps (fewer if ``budget_s`` runs out)."""
-        batches = vec.batches(torch.arange(len(vec)), 256, shuffle=True, generator=gen, min_batch=2)
+        """Mean ms per training step (batch included) over ``k`` steps (fewer if ``budget_s`` runs out)."""
         t = time.perf_counter()
         done = 0
-        for _, (x, _) in zip(range(k), batches):
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(net(x), x)
-            loss.backward()
-            opt.step()
-            loss.item()
+        for _, batch in zip(range(k), batches):
+            step(batch)
             done += 1
             if time.perf_counter() - t > budget_s:
                 break
@@ -599,7 +627,7 @@ def child_train(args: dict) -> dict:
         for th in candidates:
             torch.set_num_threads(th)
             probe[str(th)] = min(probe.get(str(th), float("inf")), steps(half))
-    del vec, net, opt, probe_feats
+    del step, batches, probe_feats
     threads = args["threads"]
     threads = int(min(probe, key=probe.get)) if threads == "auto" else int(threads) or DEFAULT_TORCH_THREADS
     torch.set_num_threads(threads)
@@ -780,7 +808,7 @@ def thread_counts() -> list[int]:
 
 
 def bench_threads(sizes: Sizes) -> tuple[list[Row], dict]:
-    """Optimiser steps of ``AENet`` at each of :func:`thread_counts`, idle and under load."""
+    """``AEDetector``'s training step at each of :func:`thread_counts`, idle and under load."""
     from stetho.models.training import available_cores, default_threads
 
     cores = available_cores()
@@ -826,26 +854,14 @@ def bench_threads(sizes: Sizes) -> tuple[list[Row], dict]:
 
 
 def child_threads(args: dict) -> dict:
-    from stetho.models.ae.torch_model import AENet
-
-    gen = torch.Generator().manual_seed(0)
-    data = torch.randn(4096, 640, generator=gen)
-    net = AENet(640)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-
-    def step() -> None:
-        x = data[torch.randint(0, len(data), (256,), generator=gen)]
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(net(x), x)
-        loss.backward()
-        opt.step()
-        loss.item()
+    # AEDetector's own training step (batch 256 of 640-dim vectors, Adam) on 14 clips' vectors.
+    step, batches = ae_training_step(synth_logmels(14, seed=0), batch_size=256)
 
     def mean_ms(budget_s: float) -> float:
         """Mean ms per step over ``budget_s`` (at least 3 steps)."""
         t, done = time.perf_counter(), 0
         while done < 3 or time.perf_counter() - t < budget_s:
-            step()
+            step(next(batches))
             done += 1
         return (time.perf_counter() - t) / done * 1e3
 

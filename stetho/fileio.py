@@ -1,4 +1,7 @@
-"""Atomic file writing (text and bytes), shared by every layer that writes files (lowest layer, like ``errors``).
+"""Atomic file writing (text, bytes, CSV), shared by every layer that writes files (lowest layer, like ``errors``).
+
+Every file stetho writes (run-folder records, cache entries, audio, model files, CSV tables and
+submissions) goes through :func:`atomic_path` or a function built on it; CSV text is made here too.
 
 A reader never sees a half-written file: the data goes to a temporary file in the same folder
 (``.<name>.<random>.tmp``), is flushed to disk, then renamed over the destination (``os.replace``
@@ -152,12 +155,36 @@ def remove_stale_temp_files(folder: str | Path, older_than: float = 0.0) -> list
     return removed
 
 
-def csv_text(rows: Iterable[Sequence[object]], header: Sequence[str] | None = None) -> str:
-    """CSV text (``\\n`` line ends) of ``rows`` with an optional header; ``None`` cells are empty."""
+def _csv(rows: Iterable[Sequence[object]], header: Sequence[str] | None,
+         cell: Callable[[object], object]) -> str:
+    """CSV text (``\\n`` line ends) of ``rows``, each value passed through ``cell``."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     if header is not None:
         w.writerow(header)
     for row in rows:
-        w.writerow(["" if v is None else v for v in row])
+        w.writerow([cell(v) for v in row])
     return buf.getvalue()
+
+
+def csv_text(rows: Iterable[Sequence[object]], header: Sequence[str] | None = None) -> str:
+    """CSV text (``\\n`` line ends) of ``rows`` with an optional header; ``None`` cells are empty."""
+    return _csv(rows, header, lambda v: "" if v is None else v)
+
+
+def format_value(v: object) -> str:
+    """CSV text of a value: floats in full precision (``repr``), NaN as ``nan``."""
+    if isinstance(v, float):
+        return repr(v)
+    return "" if v is None else str(v)
+
+
+def write_csv(path: str | Path, rows: Iterable[Sequence[object]], header: Sequence[str] | None = None) -> Path:
+    """Write rows (and an optional header) as CSV, atomically (values through :func:`format_value`)."""
+    return atomic_write_text(path, _csv(rows, header, format_value))
+
+
+def write_dict_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
+    """Write dict rows with a header (columns default to the first row's keys), atomically."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    return write_csv(path, ([r.get(c) for c in columns] for r in rows), header=columns)

@@ -34,9 +34,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 from stetho.config import yaml_load
 from stetho.datasets.images import ImageSet, load_image_set
 from stetho.errors import ConfigError
-from stetho.fileio import atomic_write_bytes, atomic_write_text
+from stetho.fileio import atomic_write_bytes, atomic_write_text, write_dict_csv
 from stetho.models import MODELS, Detector, get_model
-from stetho.outputs.io import write_dict_csv
 
 log = logging.getLogger(__name__)
 

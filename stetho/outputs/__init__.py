@@ -1,10 +1,10 @@
-"""Outputs: atomic CSV writing, DCASE submission files, result tables, multi-run summaries."""
+"""Outputs: DCASE submission files, result tables, multi-run summaries; the CSV writers (from ``stetho.fileio``)."""
 
+from stetho.fileio import atomic_write_text, write_csv, write_dict_csv
 from stetho.outputs.dcase import (
     NAMINGS, SECTION_COLUMNS, SubmissionFiles, SubmissionName, decision_filename, parse_submission_filename,
     read_submission, score_filename, submission_filenames, write_results, write_section_metrics, write_submission,
 )
-from stetho.outputs.io import atomic_write_text, write_csv, write_dict_csv
 from stetho.outputs.summary import RunsSummary, format_mean_std, summarize_runs
 
 __all__ = [

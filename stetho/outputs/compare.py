@@ -32,8 +32,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from stetho.errors import EvaluationError
+from stetho.fileio import atomic_write_text, write_dict_csv
 from stetho.outputs.dcase import SECTION_COLUMNS
-from stetho.outputs.io import atomic_write_text, write_dict_csv
 from stetho.outputs.summary import format_mean_std, mean_std, read_summary_file
 
 log = logging.getLogger(__name__)

@@ -36,8 +36,8 @@ import numpy as np
 
 from stetho.datasets.clip import DOMAINS
 from stetho.errors import EvaluationError
+from stetho.fileio import write_csv, write_dict_csv
 from stetho.metrics import EvaluationResult
-from stetho.outputs.io import write_csv, write_dict_csv
 
 log = logging.getLogger(__name__)
 

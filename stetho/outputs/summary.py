@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from stetho.errors import EvaluationError
+from stetho.fileio import write_dict_csv
 from stetho.metrics import FORMULAS, SUMMARY_PRINT_COLUMNS
 from stetho.outputs.dcase import (
     MISSING_SEPARATOR, OFFICIAL_SCORE_ROW, PARTIAL_SCORE_ROW, SUMMARY_EXTRA_COLUMNS, SUMMARY_FORMULA_COLUMN,
     SUMMARY_MISSING_COLUMN, SUMMARY_PARTIAL_COLUMN, SUMMARY_SCORE_COLUMN, SUMMARY_STATUS_COLUMN,
 )
-from stetho.outputs.io import write_dict_csv
 
 log = logging.getLogger(__name__)
 
