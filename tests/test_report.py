@@ -1,5 +1,6 @@
-"""The HTML report (stetho/outputs/report.py): a tiny toy run and two seeds of it, rendered and
-checked against the run's own CSVs and models."""
+"""The HTML report (stetho/outputs/report.py, report_data.py, report_figures.py) and the run
+record it reads (stetho/outputs/run_record.py): a tiny toy run and two seeds of it, rendered and
+checked against the run's own CSVs and models; the report never imports torch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import csv
 import json
 import math
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from stetho.synth import make_toy_dataset
 from stetho.metrics import auc
 from stetho.models import Detector
 from stetho.outputs.report import _embeddings, _png, embedding_figure, load_run, write_report
+from stetho.outputs.run_record import read_train_embeddings, write_run_record
+from stetho.run_folder import run_models
 
 MACHINES = ["fan", "valve"]
 FAST = {"epochs": 2, "batch_size": 128}
@@ -35,9 +40,17 @@ def toy_root(tmp_path_factory) -> Path:
     return root
 
 
+def _record(run: Path) -> None:
+    """The run record of a freshly trained run, written here only while pipeline.train does not
+    write it itself (then this is a no-op)."""
+    if not (run / "thresholds.csv").is_file():
+        write_run_record(run, {p.stem: Detector.load(p) for p in run_models(run)})
+
+
 def _train_test(root: Path, out: Path, seed: int) -> Path:
     cfg = {"data": str(root), "out": str(out), "params": FAST, "seed": seed, "progress": False, "cache": False}
     pipeline.train(cfg)
+    _record(out)
     pipeline.test(out, progress=False)
     return out
 
@@ -274,12 +287,19 @@ def test_report_refuses_an_untested_folder(tmp_path):
 
 
 class _EmbeddingModel:
+    """A fitted joint embedding model as the run record reads it (attributes only, no torch)."""
+
     name = "fake"
 
     def __init__(self, x, domains, machines):
         self.train_embeddings_ = {12: x[::-1] * 0, 16: x}  # the last epoch is shown
         self.train_domains_ = domains
         self.train_machine_of_ = machines
+        self.machines_ = sorted(set(machines))
+        self.thresholds_ = {"kmeans": {"valve": 0.25, "fan": 1 / 3}, "knn": {"fan": 2.0, "valve": 1e-9}}
+        self.decision_scores_ = {"kmeans": np.array([0.1, 1 / 7]), "knn": np.array([3.0, 0.5])}
+        self.calibration_ = {"file": ["a.wav", "b.wav"], "machine": ["fan", "valve"], "section": ["00", "01"],
+                             "domain": ["source", "target"]}
 
 
 def _pca_ref(train: np.ndarray, other: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -297,10 +317,12 @@ def _same_up_to_sign(a: np.ndarray, b: np.ndarray, atol: float) -> bool:
 
 
 def _fake_run(tmp_path: Path, n_test: int = 12, epoch: int = 16):
-    """A fake joint embedding model (fan: rows 0-19, valve: 20-39) and a test_embeddings.npz."""
+    """A fake joint embedding model (fan: rows 0-19, valve: 20-39), its run record and a
+    test_embeddings.npz."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
     det = _EmbeddingModel(x, (["source"] * 15 + ["target"] * 5) * 2, ["fan"] * 20 + ["valve"] * 20)
+    write_run_record(tmp_path, {"fan": det, "valve": det})
     test = rng.normal(size=(n_test, 6)) * 2.0
     (tmp_path / "results").mkdir(parents=True, exist_ok=True)
     machine = np.array(["fan", "valve"] * (n_test // 2))
@@ -312,10 +334,31 @@ def _fake_run(tmp_path: Path, n_test: int = 12, epoch: int = 16):
     return det, x, test.astype(np.float32).astype(np.float64), machine
 
 
+def test_the_run_record_holds_thresholds_decision_scores_and_the_last_training_embeddings(tmp_path):
+    det, x, _, _ = _fake_run(tmp_path)
+    assert _csv(tmp_path / "thresholds.csv") == [  # once, though listed under two machine types
+        {"mode": "kmeans", "machine": "fan", "threshold": repr(1 / 3)},
+        {"mode": "kmeans", "machine": "valve", "threshold": "0.25"},
+        {"mode": "knn", "machine": "fan", "threshold": "2.0"},
+        {"mode": "knn", "machine": "valve", "threshold": "1e-09"}]
+    assert _csv(tmp_path / "decision_scores.csv") == [
+        {"file": "a.wav", "machine": "fan", "section": "00", "domain": "source", "kmeans": "0.1", "knn": "3.0"},
+        {"file": "b.wav", "machine": "valve", "section": "01", "domain": "target", "kmeans": repr(1 / 7),
+         "knn": "0.5"}]
+    train = read_train_embeddings(tmp_path)
+    assert np.array_equal(train["embeddings"], x) and train["embeddings"].dtype == np.float64
+    assert train["epoch"].tolist() == [16] * 40
+    assert train["machine"].tolist() == det.train_machine_of_ and train["domain"].tolist() == det.train_domains_
+    # a model without embeddings, trained again into the same folder, leaves no stale npz
+    del det.train_embeddings_
+    write_run_record(tmp_path, {"fan": det})
+    assert read_train_embeddings(tmp_path) is None and (tmp_path / "thresholds.csv").is_file()
+
+
 def test_embedding_projection_is_the_pca_of_the_stored_training_embeddings_per_machine(tmp_path):
     det, x, _, _ = _fake_run(tmp_path / "old")
     (tmp_path / "old" / "results" / "test_embeddings.npz").unlink()  # a run tested before the npz existed
-    emb, note = _embeddings({"fan": det, "valve": det}, tmp_path / "old")
+    emb, note = _embeddings(read_train_embeddings(tmp_path / "old"), tmp_path / "old")
     assert emb is not None and emb["epoch"] == 16 and not emb["has_test"]
     assert "training clips only" in note and "test_embeddings.npz" in note
     for machine, rows in (("fan", slice(0, 20)), ("valve", slice(20, 40))):
@@ -331,7 +374,7 @@ def test_test_embeddings_are_projected_by_the_pca_of_the_training_ones(tmp_path)
     from sklearn.decomposition import PCA
 
     det, x, test, machine = _fake_run(tmp_path)
-    emb, note = _embeddings({"fan": det, "valve": det}, tmp_path)
+    emb, note = _embeddings(read_train_embeddings(tmp_path), tmp_path)
     assert emb["has_test"] and "train and test embeddings of epoch 16" in note
     for m, rows in (("fan", slice(0, 20)), ("valve", slice(20, 40))):
         entry = emb["machines"][m]
@@ -347,15 +390,12 @@ def test_test_embeddings_are_projected_by_the_pca_of_the_training_ones(tmp_path)
         assert png.startswith(PNG_MAGIC)
     # test embeddings of another epoch than the shown training ones are left out, with a note
     _fake_run(tmp_path, epoch=12)
-    emb, note = _embeddings({"fan": det, "valve": det}, tmp_path)
+    emb, note = _embeddings(read_train_embeddings(tmp_path), tmp_path)
     assert not emb["has_test"] and "another epoch" in note
 
 
 def test_models_without_embeddings_get_a_note():
-    class _AE:
-        name = "ae"
-
-    emb, note = _embeddings({"fan": _AE()})
+    emb, note = _embeddings(None, model="ae")
     assert emb is None and "(ae)" in note and "stores no embeddings" in note
 
 
@@ -421,6 +461,7 @@ def disc_run(toy_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("disc") / "run"
     pipeline.train({"data": str(toy_root), "out": str(out), "model": "discriminative", "params": TINY_DISC,
                     "seed": 3, "progress": False, "cache": False})
+    _record(out)
     pipeline.test(out, progress=False, score="kmeans")
     return out
 
@@ -440,6 +481,10 @@ def test_a_discriminative_test_stores_the_test_embeddings_of_the_last_ensemble_e
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     det = Detector.load(disc_run / "models" / "all.pt")
     assert set(data["epoch"]) == {max(det.nets_)} == {max(det.train_embeddings_)} == {2}
+    # the run record holds the training embeddings of that epoch, as the model stores them
+    train = read_train_embeddings(disc_run)
+    assert np.array_equal(train["embeddings"], det.train_embeddings_[2]) and set(train["epoch"]) == {2}
+    assert train["machine"].tolist() == det.train_machine_of_ and train["domain"].tolist() == det.train_domains_
     # one row per scored clip: the names of every score file, in their order
     for path in sorted((disc_run / "results" / "kmeans").glob("anomaly_score_*.csv")):
         machine, section = path.stem.split("_")[2], path.stem.split("_")[4]
@@ -488,3 +533,44 @@ def test_the_report_projects_train_and_test_embeddings_of_each_machine(disc_run)
         assert "training clips only" in text and "training embeddings — fan" in text
     finally:
         pipeline.test(disc_run, progress=False, score="kmeans")
+
+
+def test_a_run_from_before_the_run_record_is_reported_without_its_model(runs, disc_run, tmp_path):
+    """No thresholds.csv / train_embeddings.npz: thresholds from the decisions, no embedding
+    figure, and a note saying why; nothing is loaded from models/."""
+    import shutil
+
+    for name, run in (("ae", runs[0]), ("disc", disc_run)):
+        old = tmp_path / name
+        shutil.copytree(run, old)
+        for f in ("thresholds.csv", "decision_scores.csv", "train_embeddings.npz"):
+            (old / f).unlink(missing_ok=True)
+        shutil.rmtree(old / "models")  # proof that the report does not need them
+        data = load_run(old)
+        for md in data.modes.values():
+            for sec in md.sections:
+                normal, anomalous = sec.scores[sec.decisions == 0], sec.scores[sec.decisions == 1]
+                if normal.size and anomalous.size:
+                    assert normal.max() < sec.threshold < anomalous.min()
+        assert data.embeddings is None and "no train_embeddings.npz" in data.embedding_note
+        text = write_report([old], save_png=False).path.read_text(encoding="utf-8")
+        _parse(text)
+        assert "has no thresholds.csv (trained before stetho recorded it" in text
+        assert "no train_embeddings.npz" in text
+
+
+def test_the_report_imports_neither_torch_nor_the_models(runs, disc_run, tmp_path):
+    code = (
+        "import sys\n"
+        "from stetho.outputs.report import report_runs, write_report\n"
+        f"report = write_report([{str(runs[0])!r}, {str(disc_run)!r}], {str(tmp_path / 'r.html')!r})\n"
+        f"report_runs([{str(disc_run)!r}], {str(tmp_path / 'locked.html')!r})  # `stetho report`: locks too\n"
+        "ids = sorted(f.id for f in report.figures)\n"
+        "assert any(i.startswith('run1-embeddings-') for i in ids), ids\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'stetho.models')))\n"
+        "assert not bad, bad\n"
+        "print('ok', len(ids))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
+    assert (tmp_path / "r.html").is_file() and (tmp_path / "locked.html").is_file()
