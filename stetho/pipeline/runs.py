@@ -1,0 +1,126 @@
+"""``stetho run`` (toy data, train, test, report), ``compare`` (variants × seeds) and ``report``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from stetho.config import resolve
+from stetho.errors import ConfigError, DatasetError, StethoError
+from stetho.outputs.compare import Comparison, compare_runs
+from stetho.pipeline.common import load_run_config, make_detector, missing_data_message, score_modes
+from stetho.pipeline.testing import TestOutcome, test
+from stetho.pipeline.training import train
+from stetho.run_folder import recover_run, run_lock
+
+log = logging.getLogger("stetho.pipeline")
+
+def run(cfg: Mapping[str, Any], report: bool = True) -> TestOutcome | Comparison:
+    """``stetho run``: generate toy data if the recipe asks for it, then train, test, evaluate —
+    or, when the recipe has ``compare:``, every variant × seed and their :func:`compare`.
+
+    With ``report`` (the default) the HTML report follows: ``RUN/report.html`` (or, for a
+    comparison, ``OUT/report.html`` over all its runs), figures also as PNGs beside the CSVs."""
+    cfg = resolve(cfg)
+    if cfg["toy"] is not None:
+        from stetho.synth import make_toy_dataset
+
+        data = Path(cfg["data"] or "toy_data")
+        if not data.exists():
+            toy = dict(cfg["toy"])
+            log.info("generating toy data in %s (%s)", data, ", ".join(f"{k}={v}" for k, v in toy.items()))
+            make_toy_dataset(data, progress=cfg["progress"], **toy)
+        cfg["data"] = str(data)
+    if cfg["compare"] is not None:
+        comparison = compare(cfg)
+        if report:
+            runs = list(dict.fromkeys(p for pairs in comparison.runs.values() for p, _ in pairs))
+            _report(runs, Path(cfg["out"]) / "report.html")
+        return comparison
+    run_dir = train(cfg)
+    outcome = test(run_dir, progress=cfg["progress"])
+    if report and any(r is not None for r in outcome.results.values()):
+        _report([run_dir], run_dir / "report.html")
+    return outcome
+
+
+def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """``stetho report``: the self-contained HTML report of tested runs (see
+    :mod:`stetho.outputs.report`); returns the HTML file."""
+    from stetho.outputs.report import write_report
+
+    with contextlib.ExitStack() as stack:  # no run changes under the report's feet
+        for run_dir in dict.fromkeys(Path(r) for r in run_dirs):
+            if run_dir.is_dir():
+                stack.enter_context(run_lock(run_dir, "report"))
+                recover_run(run_dir)
+        return write_report(run_dirs, out).path
+
+
+def _report(run_dirs: Sequence[Path], out: Path) -> None:
+    """The report at the end of ``stetho run``; a failure to draw it does not fail the finished run."""
+    try:
+        report(run_dirs, out)  # logs where it was written
+    except (StethoError, OSError, ValueError) as exc:
+        log.warning("report not written: %s", exc)
+
+
+def compare(cfg: Mapping[str, Any]) -> Comparison:
+    """Train and test every variant of ``cfg["compare"]`` with every seed, then compare them.
+
+    Runs go to ``OUT/<variant>/seed_<seed>/`` (ordinary run folders); the comparison of every
+    (variant, score mode) over the seeds to ``OUT/comparison_settings.csv``,
+    ``comparison_models.csv`` and ``comparison.txt`` (see :mod:`stetho.outputs.compare`). A model
+    is named ``<variant>/<mode>``, or ``<variant>`` when the variant is tested in one mode only.
+    Every variant's config is checked before the first run. With ``compare.reuse``, a run
+    folder already tested with the same model, parameters, seed and data is kept as it is.
+    """
+    cfg = resolve(cfg)
+    spec = cfg["compare"] or {}
+    if not cfg["out"]:
+        raise ConfigError("no output folder given (out: in the recipe, or out=DIR)")
+    out = Path(cfg["out"])
+    seeds = spec.get("seeds") or [cfg["seed"]]
+    variants = spec.get("variants") or {cfg["model"]: {}}
+    base = {**cfg, "compare": None, "toy": None}
+    plans = []
+    for name, over in variants.items():
+        for seed in seeds:
+            run_cfg = resolve(base, over or {}, {"seed": seed, "out": str(out / name / f"seed_{seed}"), "overwrite": True},
+                              where=f"compare.variants.{name}")
+            det = make_detector(run_cfg)  # parameter errors before any training
+            plans.append((name, run_cfg, score_modes(det, run_cfg["test"]["score"])))
+    if not cfg["data"]:
+        raise ConfigError(missing_data_message(cfg))
+    models: dict[str, list[tuple[Path, str]]] = {}
+    for name, run_cfg, modes in plans:
+        run_dir = Path(run_cfg["out"])
+        if not (spec.get("reuse") and _finished(run_dir, run_cfg, modes)):
+            log.info("compare: %s, seed %d → %s", name, run_cfg["seed"], run_dir)
+            train(run_cfg)
+            outcome = test(run_dir, score=modes, progress=run_cfg["progress"])
+            if any(r is None for r in outcome.results.values()):
+                raise DatasetError(f"{run_cfg['data']}: the test clips carry no labels; nothing to compare")
+        else:
+            log.info("compare: %s, seed %d: reusing the finished run in %s", name, run_cfg["seed"], run_dir)
+        for mode in modes:
+            models.setdefault(name if len(modes) == 1 else f"{name}/{mode}", []).append((run_dir, mode))
+    comparison = compare_runs(models)
+    comparison.write(out)
+    return comparison
+
+
+def _finished(run_dir: Path, cfg: Mapping[str, Any], modes: Sequence[str]) -> bool:
+    """True when ``run_dir`` holds a tested run of the same model, parameters, seed and data."""
+    if not all((run_dir / "results" / m / "sections.csv").is_file() for m in modes):
+        return False
+    try:
+        done = load_run_config(run_dir)
+    except StethoError:
+        return False
+    same = ("model", "params", "seed", "dataset", "mimii_split", "machines", "channel")
+    return (all(done[k] == cfg[k] for k in same if k != "dataset" or cfg[k] != "auto")
+            and Path(done["data"]) == Path(cfg["data"]).resolve())
