@@ -1,5 +1,12 @@
 """Models: one folder per method, each a pure ``nn.Module`` beside its detector; a registry.
 
+Shared by every method: ``base`` (the detector contract: parameters, fit, scores, thresholds)
+with ``calibration`` (held-out and cross-fitted calibration clips) and ``persistence`` (model
+files, devices); ``params`` (parameter constraints); ``logmel`` (the log-mel front end of the
+frame-based methods); ``training`` (the one training loop) with ``runtime`` (device, threads,
+RNGs), ``checkpoints`` (fingerprints, resumable state, atomic files) and ``frames`` (stacked-frame
+vectors, per-clip means).
+
 The registry names each detector by module and class, and :data:`MODELS` imports a class only when
 it is looked up: listing the names (``--model`` choices) does not load torch.
 """

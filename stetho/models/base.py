@@ -13,6 +13,10 @@ A detector **only produces scores**; the base class owns everything about decisi
 * ``thresholds_[mode][machine]``: always this shape; ``threshold_for(mode, machine)``.
 * ``score`` / ``score_all`` / ``predict``; ``save`` / ``load`` round-trip (format version 2).
 
+Two parts of the base live in modules of their own: which clips calibrate
+(:class:`stetho.models.calibration.Calibration`: hold-out, cross-fitting) and model files
+(:class:`stetho.models.persistence.Persistence`: save, load, devices).
+
 Hyper-parameters are constructor arguments only (plus the common ones of :data:`COMMON_PARAMS`);
 learnt state ends in ``_``. Each class declares ``_parameter_constraints`` for every parameter
 (:mod:`stetho.models.params`); :meth:`Detector.check_params` checks them before any audio is read.
@@ -20,7 +24,6 @@ learnt state ends in ``_``. Each class declares ``_parameter_constraints`` for e
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
@@ -29,25 +32,26 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from stetho.backends import fpr_threshold, gamma_threshold
 from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import ConfigError, NotFittedError, StethoError
 from stetho.features import Extracted, FeatureCache
-from stetho.models.params import Constraint, Interval, Options, validate_params
-from stetho.models.training import (TrainingDivergedError, atomic_torch_save, resolve_device, training_settings,
-                                    use_threads)
+from stetho.models.calibration import Calibration
+from stetho.models.params import DEVICE, SEED, Boolean, Constraint, Interval, Options, validate_params
+from stetho.models.persistence import FORMAT, FORMAT_SINCE, FORMAT_VERSION, Persistence  # noqa: F401 (importable here)
+from stetho.models.training import TrainingDivergedError, resolve_device, training_settings, use_threads
 
 log = logging.getLogger(__name__)
 
-FORMAT = "stetho-detector"
-#: Version 2: base-owned decision scores and ``thresholds_[mode][machine]`` (stetho 0.2.0).
-FORMAT_VERSION = 2
-FORMAT_SINCE = "0.2.0"
-
-#: Parameters every detector takes (keyword-only), with their defaults.
+#: Parameters every detector takes (keyword-only), with their defaults: where and how it runs
+#: (``seed`` of every random choice, ``device``, the ``channel`` read from multi-channel files,
+#: ``progress`` bars), then how it decides.
 COMMON_PARAMS: dict[str, Any] = {
+    "seed": 13711,
+    "device": "auto",
+    "channel": 0,
+    "progress": False,
     "threshold": "calibrated",
     "calibration": "holdout",
     "calibration_split": 0.2,
@@ -65,6 +69,10 @@ FEW_CALIBRATION_CLIPS = 20
 DECISION_PARAMS = ("decision_fpr", "decision_quantile")
 
 COMMON_CONSTRAINTS: dict[str, list[Constraint | None]] = {
+    "seed": [SEED],
+    "device": [DEVICE],
+    "channel": [Interval(int, 0, None)],
+    "progress": [Boolean()],
     "threshold": [Options("calibrated", "official")],
     "calibration": [Options("holdout", "cv")],
     "calibration_split": [Interval(float, 0, 0.5, closed="right")],
@@ -96,11 +104,12 @@ class FitContext:
         return replace(self, work_dir=None if self.work_dir is None else Path(self.work_dir) / name)
 
 
-class Detector:
+class Detector(Calibration, Persistence):
     """Base class. A method implements ``_fit``, ``_score_all``, ``_get_state``, ``_set_state``
-    and ``extract``, declares ``_parameter_constraints``, and registers itself in
-    :data:`stetho.models.MODELS`; the base does parameters, calibration, thresholds, decisions
-    and persistence (see the module docstring)."""
+    and ``extract`` (a log-mel method inherits it from :class:`stetho.models.logmel.LogMelDetector`),
+    declares ``_parameter_constraints`` for its own constructor arguments, and registers itself
+    in :data:`stetho.models.MODELS`; the base does the common parameters, calibration,
+    thresholds, decisions and persistence (see the module docstring)."""
 
     #: Registry name (``--model``).
     name: ClassVar[str] = ""
@@ -115,6 +124,10 @@ class Detector:
     #: argument must be declared (a test checks it for every registered model).
     _parameter_constraints: ClassVar[dict[str, list[Constraint | None]]] = {}
 
+    seed: int
+    device: str
+    channel: int
+    progress: bool
     threshold: str
     calibration: str
     calibration_split: float
@@ -173,7 +186,7 @@ class Detector:
         """Raise :class:`~stetho.errors.ConfigError` (one line naming the parameter and its
         allowed values) for a value that cannot work; called before any data is read."""
         validate_params(self.name, self.get_params(), self.parameter_constraints())
-        if isinstance(getattr(self, "device", None), str):
+        if isinstance(self.device, str):
             resolve_device(self.device)  # cuda without CUDA: one line now, not a crash in torch later
         self._mode(None)
         self._check_params()
@@ -306,89 +319,6 @@ class Detector:
                               f"fitted on {', '.join(per)}")
         return float(per[machine])
 
-    # -- calibration ------------------------------------------------------------------------
-    def _groups(self, clips: Sequence[Clip]) -> dict[tuple[str, str, str], list[int]]:
-        groups: dict[tuple[str, str, str], list[int]] = {}
-        for i, c in enumerate(clips):
-            groups.setdefault((c.machine, c.section, c.domain or SOURCE), []).append(i)
-        return dict(sorted(groups.items()))
-
-    def _rng(self) -> np.random.Generator:
-        return np.random.default_rng([int(getattr(self, "seed", 0)) % 2**32, 0xCA11B])
-
-    def _holdout(self, clips: Sequence[Clip]) -> list[int]:
-        """Indices of the calibration clips: a share ``calibration_split`` of every (machine
-        type, section, domain), at least one of a group of 3 or more, never a whole group."""
-        rng = self._rng()
-        held: list[int] = []
-        per_machine: dict[str, list[list[int]]] = {}
-        for (machine, _, _), idx in self._groups(clips).items():
-            perm = [idx[j] for j in rng.permutation(len(idx))]
-            k = min(max(int(round(self.calibration_split * len(idx))), 1 if len(idx) >= 3 else 0), len(idx) - 1)
-            held += perm[:k]
-            per_machine.setdefault(machine, []).append(perm)
-        have = {clips[i].machine for i in held}
-        for machine, perms in per_machine.items():
-            if machine in have:
-                continue
-            if sum(map(len, perms)) < 2:
-                raise ConfigError(
-                    f"{self.name}: machine type {machine} has {sum(map(len, perms))} training clip(s): a "
-                    "calibrated threshold needs clips the model did not train on; add clips or use "
-                    "params.threshold=official (thresholds from in-sample scores)")
-            held.append(max(perms, key=len)[0])  # groups of 1-2 clips: one clip of the largest
-        return sorted(held)
-
-    def _folds(self, clips: Sequence[Clip]) -> list[list[int]]:
-        """``calibration_folds`` folds, stratified by (machine type, section, domain)."""
-        k = self.calibration_folds
-        rng = self._rng()
-        fold_of = np.empty(len(clips), dtype=np.int64)
-        offset = 0
-        for idx in self._groups(clips).values():
-            perm = [idx[j] for j in rng.permutation(len(idx))]
-            for r, i in enumerate(perm):
-                fold_of[i] = (offset + r) % k
-            offset += len(idx)
-        folds = [np.flatnonzero(fold_of == f).tolist() for f in range(k)]
-        for f, held in enumerate(folds):
-            left = {clips[i].machine for i in range(len(clips)) if fold_of[i] != f}
-            lost = sorted(set(self.machines_) - left)
-            if lost:
-                raise ConfigError(f"{self.name}: too few training clips of {', '.join(lost)} for "
-                                  f"{k}-fold calibration; lower params.calibration_folds or use holdout")
-        return [f for f in folds if f]
-
-    def _clone(self) -> "Detector":
-        return type(self)(**copy.deepcopy(self.get_params()))
-
-    def _cross_fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> dict[str, np.ndarray]:
-        """Out-of-sample scores of every clip by K-fold cross-fitting, then the final fit on all."""
-        folds = self._folds(clips)
-        out = {m: np.full(len(clips), np.nan) for m in self.score_modes}
-        for f, held in enumerate(folds):
-            log.info("%s: calibration fold %d of %d (%d clips held out)", self.name, f + 1, len(folds), len(held))
-            held_set = set(held)
-            rest = [i for i in range(len(clips)) if i not in held_set]
-            clone = self._clone()
-            clone.machines_ = sorted({clips[i].machine for i in rest})
-            clone._fit([clips[i] for i in rest], [feats[i] for i in rest], context.sub(f"fold_{f + 1}"))
-            scores = clone._calibration_scores([clips[i] for i in held], [feats[i] for i in held])
-            for m in self.score_modes:
-                out[m][held] = scores[m]
-        self._fit(clips, feats, context if context.work_dir is None else context.sub("final"))
-        return out
-
-    def _calibration_scores(self, clips: list[Clip], feats: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Scores of held-out normal clips, as the method scores test clips (``_score_all``); a
-        method whose scores depend on the order of a stream overrides it (CANDE-CP)."""
-        return self._score_all(clips, feats)
-
-    def _in_sample_scores(self, clips: list[Clip], feats: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Scores of the training clips for ``threshold="official"`` (the baselines' in-sample
-        fit); a method whose original fits differently (e.g. cross-fitted backends) overrides it."""
-        return self._score_all(clips, feats)
-
     def _set_calibration(self, clips: Sequence[Clip], scores: Mapping[str, np.ndarray]) -> None:
         """Store the out-of-sample scores of the calibration clips and fit the thresholds."""
         self.decision_scores_ = {}
@@ -455,147 +385,6 @@ class Detector:
         and ``label`` (-1 unknown) and writes each to ``RUN/results/<name>.npz``. None by default."""
         return {}
 
-    # -- persistence ------------------------------------------------------------------------
-    def _base_state(self) -> dict[str, Any]:
-        return {
-            "machines": list(self.machines_),
-            "thresholds": {m: dict(v) for m, v in self.thresholds_.items()},
-            "decision_scores": {m: torch.from_numpy(np.asarray(s, dtype=np.float64))
-                                for m, s in self.decision_scores_.items()},
-            "calibration": {k: list(v) for k, v in self.calibration_.items()},
-        }
-
-    def save(self, path: str | Path) -> None:
-        """Write the detector (parameters + learnt state) to ``path`` atomically.
-
-        A detector with a non-finite threshold, decision score or weight is never written
-        (:class:`~stetho.errors.StethoError`); a full or read-only disk is a
-        :class:`~stetho.errors.StorageError` and leaves the previous file as it was.
-        """
-        self._check_fitted()
-        base, state = self._base_state(), self._get_state()
-        bad = _non_finite({"thresholds": base["thresholds"], "decision_scores": base["decision_scores"],
-                           "state": state})
-        if bad:
-            raise StethoError(f"{self.name}: not saved to {path}: {', '.join(bad[:3])} hold NaN/inf "
-                              "(the training diverged)")
-        atomic_torch_save(
-            {"format": FORMAT, "version": FORMAT_VERSION, "model": self.name,
-             "params": self.get_params(), "base": base, "state": state},
-            path,
-        )
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "Detector":
-        """Read a detector written by :meth:`save` (any registered kind when called on the base).
-
-        Args:
-            path: the model file. ``torch.load`` reads it with ``weights_only=True`` (no code in
-                a crafted file runs) and ``map_location="cpu"`` (a file written on a GPU loads on
-                a machine without one); the networks are then moved to ``device``.
-            device: where the networks score: ``None`` keeps the device the model was trained
-                with when it is usable here and falls back to the CPU otherwise (a model trained
-                on CUDA loads on a machine without CUDA); ``"auto"``, ``"cpu"``, ``"cuda"``,
-                ``"cuda:N"`` use that one (:class:`~stetho.errors.ConfigError` when it is not
-                there). :meth:`set_device` moves a loaded detector later.
-
-        Raises:
-            StethoError: one line naming ``path`` for a missing, truncated, foreign, damaged or
-                crafted file: not a torch file, another format or version, a missing entry,
-                an unknown or invalid parameter, NaN/inf weights, a state that does not fit.
-        """
-        path = Path(path)
-        if device is not None:
-            resolve_device(device)  # an unusable --device: its own one-line error, before reading
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise StethoError(f"{path}: model file does not exist") from None
-        except IsADirectoryError:
-            raise StethoError(f"{path}: is a folder, not a model file") from None
-        except Exception as exc:  # noqa: BLE001 - torch raises many kinds
-            raise StethoError(f"{path}: not a stetho model file, or a truncated or damaged one "
-                              f"({_one_line(exc)})") from None
-        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise StethoError(f"{path}: not a stetho model file")
-        version = blob.get("version")
-        if isinstance(version, int) and version < FORMAT_VERSION:
-            raise StethoError(f"{path}: written by an older stetho (model format {version}, before the "
-                              f"calibrated thresholds); re-train with stetho >= {FORMAT_SINCE}")
-        if version != FORMAT_VERSION:
-            raise StethoError(f"{path}: model format version {version!r}, this stetho reads {FORMAT_VERSION}; "
-                              "upgrade stetho")
-        try:
-            return cls._from_blob(blob, path, device)
-        except StethoError as exc:
-            text = str(exc)
-            raise StethoError(text if text.startswith(str(path)) else f"{path}: {text}") from None
-        except Exception as exc:  # noqa: BLE001 - a crafted or damaged file fails anywhere in _set_state
-            what = (f"the entry {exc.args[0]!r} is missing" if isinstance(exc, KeyError) and exc.args
-                    else _one_line(exc))
-            raise StethoError(f"{path}: damaged or foreign model file ({what}); re-train") from None
-
-    @classmethod
-    def _from_blob(cls, blob: dict, path: Path, device: str | None) -> "Detector":
-        """The detector of a loaded file's ``blob`` (see :meth:`load`)."""
-        from stetho.models import get_model  # registry lives in the package
-
-        name = blob["model"]
-        if not isinstance(name, str):
-            raise StethoError(f"its model name is a {type(name).__name__}, not a name")
-        kind = get_model(name)
-        if cls is not Detector and not issubclass(kind, cls):
-            raise StethoError(f"holds a '{name}' model, not '{cls.name}'")
-        params = blob["params"]
-        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
-            raise StethoError("its parameters are not a table of names and values")
-        unknown = sorted(set(params) - set(kind.param_defaults()))
-        if unknown:
-            raise StethoError(f"parameter(s) {', '.join(unknown)} unknown to this stetho's '{name}' (written by "
-                              "another version, or edited); re-train")
-        params = dict(params)
-        if "device" in params:
-            params["device"] = _load_device(params["device"], device, path)
-        det = kind(**params)
-        det.check_params()  # a crafted value (lr="x", epochs=-3) is named like a recipe's
-        bad = _non_finite({"state": blob["state"], "base": blob["base"]})
-        if bad:
-            raise StethoError(f"weights contain NaN/inf ({', '.join(bad[:3])}): the file is damaged or the "
-                              "training diverged; re-train")
-        base = blob["base"]
-        det.machines_ = list(base["machines"])  # before _set_state: a method may use it
-        det._set_state(blob["state"])
-        det.thresholds_ = {m: {k: float(v) for k, v in per.items()} for m, per in base["thresholds"].items()}
-        det.decision_scores_ = {m: s.numpy() for m, s in base["decision_scores"].items()}
-        det.calibration_ = {k: list(v) for k, v in base["calibration"].items()}
-        missing = [m for m in det.score_modes if m not in det.thresholds_]
-        if missing:  # a score mode added to the method after this file was written
-            raise StethoError(f"no thresholds for score mode(s) {', '.join(missing)} (added to "
-                              f"'{det.name}' after this model was trained); re-train")
-        return det
-
-    def set_device(self, device: str) -> "Detector":
-        """Score on ``device`` from now on (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``): sets
-        :attr:`device` and moves every network of the fitted detector there. An unusable device
-        is a :class:`~stetho.errors.ConfigError` (see :func:`~stetho.models.training.resolve_device`)."""
-        target = resolve_device(device)
-        self.device = device
-
-        def move(x: Any) -> None:  # modules move in place; containers are walked
-            if isinstance(x, torch.nn.Module):
-                x.to(target)
-            elif isinstance(x, (list, tuple)):
-                for v in x:
-                    move(v)
-            elif isinstance(x, dict):
-                for v in x.values():
-                    move(v)
-
-        for attr, value in vars(self).items():
-            if attr.endswith("_") and not attr.startswith("_"):
-                move(value)
-        return self
-
     # -- for subclasses ---------------------------------------------------------------------
     thresholds_: dict[str, dict[str, float]]
     decision_scores_: dict[str, np.ndarray]
@@ -626,46 +415,3 @@ class Detector:
     def _set_state(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (torch's unpickler messages run over many lines)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _non_finite(tree: Any, prefix: str = "") -> list[str]:
-    """Names (``state.net.encoder.0.weight``) of the floating tensors and arrays in ``tree``
-    (nested dicts and lists) that hold NaN or inf, and of the thresholds that are NaN or inf."""
-    out: list[str] = []
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            out += _non_finite(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(tree, (list, tuple)):
-        if tree and all(isinstance(v, (int, float)) for v in tree):
-            return out  # histories: NaN marks epochs without validation
-        for i, v in enumerate(tree):
-            out += _non_finite(v, f"{prefix}[{i}]")
-    elif isinstance(tree, torch.Tensor):
-        if tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
-            out.append(prefix)
-    elif isinstance(tree, np.ndarray):
-        if np.issubdtype(tree.dtype, np.floating) and not np.isfinite(tree).all():
-            out.append(prefix)
-    elif isinstance(tree, float) and prefix.startswith(("thresholds", "base.thresholds")) and not np.isfinite(tree):
-        out.append(prefix)  # other plain numbers may be inf by design (BiGAN's diversity of constant data)
-    return out
-
-
-def _load_device(stored: Any, asked: str | None, path: Path) -> Any:
-    """The device a loaded detector scores on: ``asked`` when given, else the one it was trained
-    with when it is usable here, else the CPU (with a log line)."""
-    if asked is not None:
-        return asked
-    if not isinstance(stored, str):
-        return stored  # check_params names it
-    try:
-        resolve_device(stored)
-    except ConfigError:
-        log.info("%s: trained on device %s, which is not available here: scoring on the CPU", path, stored)
-        return "cpu"
-    return stored

@@ -16,22 +16,22 @@ The trainer owns the device, the torch threads, the seed (a local ``torch.Genera
 ``fit``), progress (a bar on a terminal, else one log line per epoch), checkpoints and resume.
 A method supplies ``step(batch) -> loss`` and its batches. :func:`run_epochs` is the older entry
 point (no checkpoint file, no RNG handling); it shares the same loop.
+
+The pieces around the loop live in their own modules and are importable from here too:
+:mod:`stetho.models.runtime` (device, threads, random number generators),
+:mod:`stetho.models.checkpoints` (fingerprints, checkpoint state, atomic model files) and
+:mod:`stetho.models.frames` (stacked-frame vectors, per-clip means).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import io
 import json
 import logging
 import math
-import os
-import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from stetho.errors import ConfigError, StethoError
-from stetho.fileio import atomic_write_bytes
+from stetho.errors import StethoError
+from stetho.models.checkpoints import (CHECKPOINT_FORMAT, RUN_ONLY_PARAMS, _encode, _fingerprint, _get_state,
+                                       _global_rng_states, _set_global_rng_states, _set_state, _state_kind,
+                                       _structure, atomic_torch_save, fingerprint, training_settings)
+from stetho.models.frames import ClipMeans, FrameVectors, recompute_batchnorm
+from stetho.models.runtime import (available_cores, default_threads, fork_global_rngs, make_generator, make_rng,
+                                   resolve_device, resolve_threads, seed_everything, set_threads, torch_fork_rng,
+                                   use_threads)
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "DIVERGENCE_FACTOR", "HISTORY_COLUMNS", "RUN_ONLY_PARAMS", "BestState", "ClipMeans",
+    "FrameVectors", "Trainer", "TrainingDivergedError", "atomic_torch_save", "available_cores", "default_threads",
+    "fingerprint", "fork_global_rngs", "make_generator", "make_rng", "optimizer_step", "recompute_batchnorm",
+    "resolve_device", "resolve_threads", "run_epochs", "seed_everything", "set_threads", "torch_fork_rng",
+    "training_settings", "use_threads",
+]
 
 
 class TrainingDivergedError(StethoError, FloatingPointError):
@@ -86,243 +100,13 @@ class TrainingDivergedError(StethoError, FloatingPointError):
 DIVERGENCE_FACTOR = 1e6
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` ... as
-    ``torch.device`` reads them, checked here: a CUDA device on a machine (or a torch build)
-    without CUDA, or ``cuda:N`` beyond the devices present, is a one-line
-    :class:`~stetho.errors.ConfigError` instead of a crash deep inside torch at the first tensor."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError, ValueError):
-            raise ConfigError(f"--device {device!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "built without CUDA" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, " \
-                "but no GPU or driver is usable"
-            raise ConfigError(f"--device {device} was asked for but CUDA is not available (torch {torch.__version__}, "
-                              f"{build}); use --device cpu or auto")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ConfigError(f"--device {device} was asked for but this machine has {count} CUDA device(s) "
-                              f"(cuda:0 to cuda:{count - 1})")
-    return dev
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU ``torch.Generator`` seeded with ``seed``.
-
-    Deprecated inside ``fit``: it reseeds the caller's global RNGs and leaves them changed. Use
-    :class:`Trainer` (or :func:`make_generator` and :func:`fork_global_rngs`), which seeds the
-    same way but restores the caller's states on exit.
-    """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
-# -- random numbers ----------------------------------------------------------------------------
-def make_generator(seed: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded with ``seed`` (the global RNGs are not touched)."""
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
-def make_rng(seed: int) -> np.random.Generator:
-    """A NumPy ``Generator`` (PCG64) seeded with ``seed`` (the global RNGs are not touched)."""
-    return np.random.default_rng(seed)
-
-
-@contextlib.contextmanager
-def torch_fork_rng(seed: int | None = None, cuda_devices: Sequence[int] = ()) -> Iterator[None]:
-    """Fork torch's global CPU RNG (and those of ``cuda_devices``), seeded with ``seed`` inside.
-
-    Modules initialise their weights from the global RNG; built inside this block they are the
-    same for the same seed, and the caller's RNG state is restored on exit. ``None``: fork without
-    seeding (a block that must not consume the caller's random numbers).
-    """
-    with torch.random.fork_rng(devices=list(cuda_devices)):
-        if seed is not None:
-            torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed CUDA too
-            for d in cuda_devices:
-                torch.cuda.default_generators[d].manual_seed(seed)
-        yield
-
-
-@contextlib.contextmanager
-def fork_global_rngs(seed: int, cuda_devices: Sequence[int] = ()) -> Iterator[None]:
-    """Inside the block, torch's CPU RNG, NumPy's legacy ``np.random`` and Python's ``random`` are
-    seeded with ``seed`` as :func:`seed_everything` seeds them; on exit all three are restored.
-
-    Third-party code that draws from the global RNGs (module initialisation, dropout) is then
-    reproducible without changing what the caller draws afterwards. Not thread-safe: another
-    thread drawing from the global RNGs meanwhile sees the forked state.
-    """
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-        with torch_fork_rng(seed, cuda_devices):
-            np.random.seed(seed % 2**32)
-            random.seed(seed)
-            yield
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-
-
-# -- threads -------------------------------------------------------------------------------------
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where unknown)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def default_threads(cores: int | None = None) -> int:
-    """torch intra-op threads for training and scoring when none are asked for.
-
-    ``OMP_NUM_THREADS`` when set; else 1 on up to 2 cores, else ``min(cores // 2, 4)`` (half
-    the cores left to other work; not measured). torch's own default, one thread per core, spins
-    its OpenMP threads against every other process: on a 2-core machine with one core kept busy
-    an AE optimiser step took 1,015 ms with 2 threads and 15.9 ms with 1 (idle: 6.0 vs 7.4 ms;
-    README, "Threads"; ``make bench``).
-    """
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    cores = available_cores() if cores is None else cores
-    return 1 if cores <= 2 else min(cores // 2, 4)
-
-
-def resolve_threads(threads: int | str | None = None) -> int:
-    """``None`` / ``"auto"`` → :func:`default_threads`; a positive integer stays as it is."""
-    if threads is None or threads == "auto":
-        return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or auto, got {threads!r}")
-    return threads
-
-
-def set_threads(threads: int | str | None = None) -> int:
-    """Set torch's intra-op threads (:func:`resolve_threads`); returns the previous number."""
-    previous = torch.get_num_threads()
-    n = resolve_threads(threads)
-    if n != previous:
-        torch.set_num_threads(n)
-    return previous
-
-
-@contextlib.contextmanager
-def use_threads(threads: int | str | None = None) -> Iterator[int]:
-    """torch intra-op threads set to :func:`resolve_threads` inside the block, restored after."""
-    previous = set_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
-
-
-class FrameVectors:
-    """All stacked-frame vectors of a set of clips, without materialising them.
-
-    The log-mels are concatenated into one float32 tensor ``(total_frames, n_mels)``; a vector is
-    gathered on demand as ``frames[start : start + n_frames].reshape(-1)``, which is the DCASE
-    stacking order. Memory is that of the log-mels (5x less than the stacked vectors, and float32,
-    unlike the original's float64 copies).
-
-    Args:
-        logmels: per-clip log-mels ``(n_frames_i, n_mels)``.
-        n_frames: frames per vector.
-        hop: frame hop between vectors.
-    """
-
-    def __init__(self, logmels: Sequence[np.ndarray], n_frames: int = 5, hop: int = 1) -> None:
-        if not logmels:
-            raise ValueError("no clips to build vectors from")
-        n_mels = logmels[0].shape[1]
-        self.n_frames = n_frames
-        self.n_mels = n_mels
-        self.frames = torch.from_numpy(
-            np.concatenate([np.asarray(m, dtype=np.float32) for m in logmels], axis=0)
-        )
-        starts, owners, offset = [], [], 0
-        for i, m in enumerate(logmels):
-            if m.shape[1] != n_mels:
-                raise ValueError(f"clip {i} has {m.shape[1]} mel bands, expected {n_mels}")
-            count = (m.shape[0] - n_frames) // hop + 1
-            if count < 1:
-                raise ValueError(f"clip {i} has {m.shape[0]} frames, fewer than {n_frames}")
-            starts.append(offset + hop * np.arange(count))
-            owners.append(np.full(count, i))
-            offset += m.shape[0]
-        self.starts = torch.from_numpy(np.concatenate(starts).astype(np.int64))
-        self.clip_index = torch.from_numpy(np.concatenate(owners).astype(np.int64))
-        self.n_clips = len(logmels)
-        self._offsets = torch.arange(n_frames, dtype=torch.int64)
-
-    @property
-    def dim(self) -> int:
-        return self.n_frames * self.n_mels
-
-    def __len__(self) -> int:
-        return int(self.starts.shape[0])
-
-    def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """Vectors ``(len(idx), n_frames * n_mels)`` for vector indices ``idx``."""
-        rows = self.starts[idx].unsqueeze(1) + self._offsets
-        return self.frames[rows].reshape(len(idx), self.dim)
-
-    def batches(
-        self, idx: torch.Tensor, batch_size: int, shuffle: bool = False,
-        generator: torch.Generator | None = None, min_batch: int = 1,
-    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(vectors, clip_index)`` batches over the vector indices ``idx``.
-
-        A trailing batch smaller than ``min_batch`` is dropped (BatchNorm cannot train on one
-        vector); the number dropped is below ``min_batch`` per epoch.
-        """
-        if shuffle:
-            idx = idx[torch.randperm(len(idx), generator=generator)]
-        for start in range(0, len(idx), batch_size):
-            b = idx[start : start + batch_size]
-            if len(b) < min_batch:
-                break
-            yield self.gather(b), self.clip_index[b]
-
-
-def recompute_batchnorm(
-    net: torch.nn.Module, batches: Iterable[torch.Tensor], device: torch.device
-) -> None:
-    """Set every BatchNorm's running statistics to their averages over ``batches`` ("precise BN").
-
-    With momentum 0.01 (Keras' 0.99) the running statistics trail the weights by ~100 steps; a
-    small dataset trains for few steps, so eval-mode outputs would be biased. One pass over the
-    training data with the final weights fixes that; on full DCASE data it changes almost nothing.
-    """
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    was_training = net.training
-    net.train()
-    with torch.no_grad():
-        for x in batches:
-            net(x.to(device))
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    net.train(was_training)
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One training step of ``opt`` on ``loss``: clear the gradients, backpropagate, step; returns
+    the loss as a float (what a ``step`` function given to :meth:`Trainer.run` returns)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -465,177 +249,6 @@ def run_epochs(
     """
     return _loop(step, epoch_batches, epochs, evaluate, checkpoint, desc, progress, start_epoch, history,
                  log_interval)
-
-
-# -- checkpoints ---------------------------------------------------------------------------------
-CHECKPOINT_FORMAT = 1
-
-
-def fingerprint(*parts: Any) -> str:
-    """A hex digest of ``parts``: hyper-parameters, data, anything that makes a training different.
-
-    Understands ``None``, bools, numbers, strings, paths, mappings (key order ignored),
-    sequences, dataclasses (e.g. :class:`~stetho.datasets.clip.Clip`), NumPy arrays and torch
-    tensors (by dtype, shape and bytes). Anything else is a ``TypeError`` (its ``repr`` might
-    hold a memory address and never match).
-    """
-    h = hashlib.blake2b(digest_size=16)
-
-    def feed(x: Any) -> None:
-        if x is None or isinstance(x, (bool, int, float, str, np.generic)):
-            h.update(f"{type(x).__name__}:{x!r};".encode())
-        elif isinstance(x, Path):
-            h.update(f"path:{x};".encode())
-        elif isinstance(x, torch.Tensor):
-            feed(x.detach().cpu().numpy())
-        elif isinstance(x, np.ndarray):
-            a = np.ascontiguousarray(x)
-            h.update(f"array:{a.dtype.str}:{a.shape};".encode())
-            h.update(a.view(np.uint8).reshape(-1).data if a.dtype != object else repr(a.tolist()).encode())
-        elif isinstance(x, Mapping):
-            h.update(b"{")
-            for k in sorted(x, key=repr):
-                feed(k)
-                feed(x[k])
-            h.update(b"}")
-        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
-            h.update(f"{type(x).__name__}(".encode())
-            for f in dataclasses.fields(x):
-                feed(f.name)
-                feed(getattr(x, f.name))
-            h.update(b")")
-        elif isinstance(x, (list, tuple, set, frozenset)):
-            items = sorted(x, key=repr) if isinstance(x, (set, frozenset)) else x
-            h.update(b"[")
-            for item in items:
-                feed(item)
-            h.update(b"]")
-        else:
-            raise TypeError(f"fingerprint: cannot digest a {type(x).__name__} (give its parameters instead)")
-
-    feed(parts)
-    return h.hexdigest()
-
-
-_fingerprint = fingerprint  # Trainer.run's argument of the same name hides the function there
-
-#: Constructor arguments that change how a training runs, not what it learns: left out of a
-#: checkpoint's fingerprint by :func:`training_settings` (a resumed run may change them).
-RUN_ONLY_PARAMS = frozenset({"progress", "threads", "device", "checkpoint_every", "resume", "keep_checkpoints"})
-
-
-def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` (e.g. ``detector.get_params()``) without :data:`RUN_ONLY_PARAMS`: the part of
-    a checkpoint's fingerprint that the hyper-parameters give."""
-    return {k: v for k, v in params.items() if k not in RUN_ONLY_PARAMS}
-
-
-def _encode(x: Any) -> Any:
-    """Plain state → what ``torch.load(weights_only=True)`` reads back (NumPy arrays as tensors)."""
-    if isinstance(x, np.ndarray):
-        return {"__ndarray__": torch.from_numpy(np.array(x))}
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, Mapping):
-        return {k: _encode(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_encode(v) for v in x)
-    if x is None or isinstance(x, (bool, int, float, str, torch.Tensor)):
-        return x
-    raise TypeError(f"checkpoint state: cannot store a {type(x).__name__} (use tensors, numbers, strings, "
-                    "NumPy arrays, and lists or dicts of them)")
-
-
-def _decode(x: Any) -> Any:
-    if isinstance(x, dict):
-        if set(x) == {"__ndarray__"}:
-            return x["__ndarray__"].numpy()
-        return {k: _decode(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_decode(v) for v in x)
-    return x
-
-
-def _state_kind(name: str, obj: Any) -> str:
-    if isinstance(obj, torch.Generator):
-        return "torch_generator"
-    if isinstance(obj, np.random.Generator):
-        return "numpy_generator"
-    if isinstance(obj, random.Random):
-        return "python_random"
-    if callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None)):
-        return "state_dict"
-    if callable(getattr(obj, "get_state", None)) and callable(getattr(obj, "set_state", None)):
-        return "get_state"
-    if isinstance(obj, MutableMapping):
-        return "dict"
-    raise TypeError(f"checkpoint state '{name}': a {type(obj).__name__} has no state to save (give an object "
-                    "with state_dict/load_state_dict or get_state/set_state, a generator, or a dict)")
-
-
-def _python_state(state: tuple) -> dict:
-    version, internal, gauss = state
-    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
-
-
-def _get_state(kind: str, obj: Any) -> Any:
-    if kind == "torch_generator":
-        return obj.get_state()
-    if kind == "numpy_generator":
-        return json.dumps(obj.bit_generator.state)  # 128-bit integers: kept exact as JSON text
-    if kind == "python_random":
-        return _python_state(obj.getstate())
-    if kind == "state_dict":
-        return obj.state_dict()
-    if kind == "get_state":
-        return _encode(obj.get_state())
-    return _encode(dict(obj))
-
-
-def _set_state(kind: str, obj: Any, state: Any) -> None:
-    if kind == "torch_generator":
-        obj.set_state(state)
-    elif kind == "numpy_generator":
-        obj.bit_generator.state = json.loads(state)
-    elif kind == "python_random":
-        obj.setstate((state["version"], tuple(state["internal"].tolist()), state["gauss"]))
-    elif kind == "state_dict":
-        obj.load_state_dict(state)
-    elif kind == "get_state":
-        obj.set_state(_decode(state))
-    else:
-        obj.clear()
-        obj.update(_decode(state))
-
-
-def _global_rng_states() -> dict:
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached": float(cached)},
-        "python": _python_state(random.getstate()),
-    }
-
-
-def _set_global_rng_states(state: Mapping) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss"]))
-
-
-def _structure(state: Mapping[str, Any], kinds: Mapping[str, str]) -> list:
-    """Names, kinds and (for modules) parameter shapes: a checkpoint of another architecture
-    never matches."""
-    out = []
-    for name in sorted(state):
-        obj = state[name]
-        shapes = ([(k, list(v.shape)) for k, v in obj.state_dict().items()]
-                  if isinstance(obj, torch.nn.Module) else None)
-        out.append((name, kinds[name], type(obj).__name__, shapes))
-    return out
 
 
 class Trainer:
@@ -866,17 +479,3 @@ class BestState:
         self.epoch = None if state["epoch"] is None else int(state["epoch"])
         self.value = float(state["value"])
         self._state = None if state["weights"] is None else dict(state["weights"])
-
-
-def atomic_torch_save(obj: object, path: str | Path) -> None:
-    """``torch.save`` of ``obj`` to ``path`` atomically (:func:`stetho.fileio.atomic_write_bytes`:
-    a temporary file, fsync, rename): never a half-written model or checkpoint, and a full or
-    read-only disk is a one-line :class:`~stetho.errors.StorageError` ("disk full: ...") with
-    the previous file left as it was.
-
-    The object is serialised in memory first (a model file is a few MB): ``torch.save`` to a
-    file name writes from C++, where a full disk surfaces as a ``RuntimeError`` without its errno.
-    """
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +12,17 @@ import torch
 
 from stetho.backends import StreamingLedoitWolf, precision_from_covariance, selective_mahalanobis
 from stetho.datasets.clip import SOURCE, TARGET, Clip
-from stetho.features import AudioOptions, LogMelParams, extract_logmels
 from stetho.models.ae.torch_model import AENet
-from stetho.models.base import Detector, FitContext
-from stetho.models.params import DEVICE, SEED, Boolean, Interval, Options
-from stetho.models.training import FrameVectors, Trainer, recompute_batchnorm, resolve_device
+from stetho.models.base import FitContext
+from stetho.models.logmel import LogMelDetector
+from stetho.models.params import Boolean, Interval, Options
+from stetho.models.training import (ClipMeans, FrameVectors, Trainer, optimizer_step, recompute_batchnorm,
+                                    resolve_device)
 
 log = logging.getLogger(__name__)
 
 
-class AEDetector(Detector):
+class AEDetector(LogMelDetector):
     """The DCASE2023 baseline AE for one machine type (METHODS.md §3).
 
     Trained with MSE on 5-frame stacked log-mel vectors of all training clips (source + target).
@@ -50,12 +50,9 @@ class AEDetector(Detector):
         precise_bn: after training, recompute BatchNorm statistics over the training vectors with
             the final weights (documented deviation: the original keeps the running averages,
             which lag the weights badly when a small dataset gives few steps). ``False`` = original.
-        seed: seed of initialisation, split and shuffling (13711).
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        channel: channel read from multi-channel files.
-        progress: show progress bars.
-        **common: the parameters every detector takes (threshold, calibration, decision_fpr ...;
-            :data:`stetho.models.base.COMMON_PARAMS`).
+        seed: seeds initialisation, split and shuffling (13711).
+        **common: the parameters every detector takes (seed, device, channel, progress, threshold,
+            calibration, decision_fpr ...; :data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "ae"
@@ -69,24 +66,17 @@ class AEDetector(Detector):
         "lr": [Interval(float, 0, None, closed="neither")],
         "validation_split": [Interval(float, 0, 1, closed="left")],
         "score_mode": [Options(*score_modes)], "precise_bn": [Boolean()],
-        "seed": [SEED], "device": [DEVICE],
-        "channel": [Interval(int, 0, None)], "progress": [Boolean()],
     }
 
     def __init__(
         self, n_mels: int = 128, n_frames: int = 5, frame_hop: int = 1, n_fft: int = 1024,
         hop_length: int = 512, sr: int = 16000, hidden: int = 128, bottleneck: int = 8,
         epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, validation_split: float = 0.1,
-        score_mode: str = "mahalanobis", precise_bn: bool = True, seed: int = 13711,
-        device: str = "auto", channel: int = 0, progress: bool = False, **common: Any,
+        score_mode: str = "mahalanobis", precise_bn: bool = True, **common: Any,
     ) -> None:
-        super().__init__(**common)
-        self.n_mels = n_mels
+        super().__init__(n_mels=n_mels, n_fft=n_fft, hop_length=hop_length, sr=sr, **common)
         self.n_frames = n_frames
         self.frame_hop = frame_hop
-        self.n_fft = n_fft
-        self.hop_length = hop_length
-        self.sr = sr
         self.hidden = hidden
         self.bottleneck = bottleneck
         self.epochs = epochs
@@ -95,24 +85,6 @@ class AEDetector(Detector):
         self.validation_split = validation_split
         self.score_mode = score_mode
         self.precise_bn = precise_bn
-        self.seed = seed
-        self.device = device
-        self.channel = channel
-        self.progress = progress
-
-    # -- features ---------------------------------------------------------------------------
-    @property
-    def logmel_params(self) -> LogMelParams:
-        return LogMelParams(sr=self.sr, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels)
-
-    @property
-    def audio_options(self) -> AudioOptions:
-        return AudioOptions(channel=self.channel, min_frames=self.n_frames)
-
-    def extract(self, clips, resample=True, cache=None, progress=False, raise_on_error=True, desc="log-mel"):
-        """Log-mels of ``clips`` (see :meth:`Detector.extract`)."""
-        return extract_logmels(clips, self.logmel_params, replace(self.audio_options, resample=resample),
-                               cache=cache, progress=progress, raise_on_error=raise_on_error, desc=desc)
 
     # -- training ---------------------------------------------------------------------------
     def _fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
@@ -129,11 +101,7 @@ class AEDetector(Detector):
 
             def step(batch) -> float:
                 x = batch[0].to(device, non_blocking=True)
-                opt.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.mse_loss(net(x), x)
-                loss.backward()
-                opt.step()
-                return float(loss.detach())
+                return optimizer_step(opt, torch.nn.functional.mse_loss(net(x), x))
 
             def validate() -> float:
                 net.eval()
@@ -181,19 +149,15 @@ class AEDetector(Detector):
         ``covariances`` maps a domain to ``(clip mask, estimator)``; when given, the same pass
         feeds every error block of that domain's clips to its estimator.
         """
-        n = vectors.n_clips
-        sq = torch.zeros(n, dtype=torch.float64)
-        blocks = torch.zeros(n, self.n_mels, dtype=torch.float64)
-        counts = torch.zeros(n, dtype=torch.float64)
+        sq, blocks = ClipMeans(vectors.n_clips), ClipMeans(vectors.n_clips, self.n_mels)
         for err, owner in self._errors(vectors):
-            sq.index_add_(0, owner, err.square().mean(dim=1).double())
-            blocks.index_add_(0, owner, err.view(len(err), self.n_frames, self.n_mels).mean(dim=1).double())
-            counts.index_add_(0, owner, torch.ones(len(owner), dtype=torch.float64))
+            sq.add(err.square().mean(dim=1), owner)
+            blocks.add(err.view(len(err), self.n_frames, self.n_mels).mean(dim=1), owner)
             for mask, est in (covariances or {}).values():
                 sel = mask[owner]
                 if sel.any():
                     est.update(err[sel].reshape(-1, self.n_mels).numpy())
-        return (sq / counts).numpy(), (blocks / counts[:, None]).numpy()
+        return sq.means(), blocks.means()
 
     def _fit_covariances(self, clips: Sequence[Clip], vectors: FrameVectors) -> None:
         """Ledoit-Wolf covariances of the training error blocks per domain (one pass)."""

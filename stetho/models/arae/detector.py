@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import ConfigError, StethoError
-from stetho.features import AudioOptions, LogMelParams, extract_logmels
 from stetho.models.arae.attacks import l2_pgd, linf_pgd, spatial_attack, spatial_grid
 from stetho.models.arae.torch_model import ARAENet
-from stetho.models.base import Detector, FitContext
-from stetho.models.params import DEVICE, SEED, Boolean, Interval, Options, SequenceOf
-from stetho.models.training import FrameVectors, Trainer, make_generator, resolve_device
+from stetho.models.base import FitContext
+from stetho.models.logmel import LogMelDetector
+from stetho.models.params import Interval, Options, SequenceOf
+from stetho.models.training import ClipMeans, FrameVectors, Trainer, make_generator, optimizer_step, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ _POSITIVE = Interval(float, 0, None, closed="neither")
 _COUNT = Interval(int, 1, None)
 
 
-class ARAEDetector(Detector):
+class ARAEDetector(LogMelDetector):
     """Adversarially robust autoencoder (METHODS.md §7), with its plain/denoising baselines.
 
     Variants: ``"linf"`` (ARAE: each batch is attacked by latent L∞ PGD with the current weights,
@@ -91,12 +91,10 @@ class ARAEDetector(Detector):
         scale: ``"none"`` (inputs already in [0, 1]: images), ``"minmax"`` (per dimension, from the
             training data: feature vectors) or ``"auto"`` (minmax for clips, none for arrays).
         epochs, batch_size, lr: Adam training (lr 1e-3).
-        n_mels, n_frames, frame_hop, n_fft, hop_length, sr, channel: DCASE frame features
+        n_mels, n_frames, frame_hop, n_fft, hop_length, sr: DCASE frame features
             (640-d = 128 mels × 5 frames, as ``ae``).
-        seed, device, progress: as every detector (progress: a bar on a terminal, else one log
-            line per epoch).
-        **common: the parameters every detector takes (threshold, calibration, decision_fpr ...;
-            :data:`stetho.models.base.COMMON_PARAMS`).
+        **common: the parameters every detector takes (seed, device, channel, progress, threshold,
+            calibration, decision_fpr ...; :data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "arae"
@@ -115,8 +113,6 @@ class ARAEDetector(Detector):
         "epochs": [_COUNT], "batch_size": [_COUNT], "lr": [_POSITIVE],
         "n_mels": [_COUNT], "n_frames": [_COUNT], "frame_hop": [_COUNT],
         "n_fft": [Interval(int, 16, None)], "hop_length": [_COUNT], "sr": [Interval(int, 1000, None)],
-        "seed": [SEED], "device": [DEVICE],
-        "channel": [Interval(int, 0, None)], "progress": [Boolean()],
     }
 
     def __init__(
@@ -127,10 +123,9 @@ class ARAEDetector(Detector):
         image_shape: Sequence[int] | None = None, noise_std: float = 0.2, scale: str = "auto",
         epochs: int = 20, batch_size: int = 128, lr: float = 1e-3,
         n_mels: int = 128, n_frames: int = 5, frame_hop: int = 1, n_fft: int = 1024, hop_length: int = 512,
-        sr: int = 16000, seed: int = 13711, device: str = "auto", channel: int = 0, progress: bool = False,
-        **common: Any,
+        sr: int = 16000, **common: Any,
     ) -> None:
-        super().__init__(**common)
+        super().__init__(n_mels=n_mels, n_fft=n_fft, hop_length=hop_length, sr=sr, **common)
         self.variant = variant
         self.hidden = hidden
         self.latent = latent
@@ -150,16 +145,8 @@ class ARAEDetector(Detector):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
-        self.n_mels = n_mels
         self.n_frames = n_frames
         self.frame_hop = frame_hop
-        self.n_fft = n_fft
-        self.hop_length = hop_length
-        self.sr = sr
-        self.seed = seed
-        self.device = device
-        self.channel = channel
-        self.progress = progress
 
     # -- hyper-parameters ---------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -173,17 +160,6 @@ class ARAEDetector(Detector):
     @property
     def gamma_(self) -> float:
         return float(self.gamma) if self.gamma is not None else (0.2 if self.variant == "union" else 0.1)
-
-    # -- features (DCASE clips) -----------------------------------------------------------------
-    @property
-    def logmel_params(self) -> LogMelParams:
-        return LogMelParams(sr=self.sr, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels)
-
-    def extract(self, clips, resample=True, cache=None, progress=False, raise_on_error=True, desc="log-mel"):
-        """Log-mels of ``clips`` (see :meth:`Detector.extract`)."""
-        opts = AudioOptions(channel=self.channel, min_frames=self.n_frames, resample=resample)
-        return extract_logmels(clips, self.logmel_params, opts, cache=cache, progress=progress,
-                               raise_on_error=raise_on_error, desc=desc)
 
     # -- attacks with the fitted network ----------------------------------------------------------
     def attack(self, x: torch.Tensor, kind: str = "linf", eps: float | None = None, steps: int | None = None,
@@ -271,11 +247,7 @@ class ARAEDetector(Detector):
 
             def step(x: torch.Tensor) -> float:
                 x = self._scale(x.to(tr.device))
-                loss = self._loss(net, x, gen, transforms)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                return float(loss.detach())
+                return optimizer_step(opt, self._loss(net, x, gen, transforms))
 
             net.train()
             self.history_ = tr.run(step, epoch_batches, self.epochs, desc=f"ARAE ({self.variant}) epochs",
@@ -325,12 +297,10 @@ class ARAEDetector(Detector):
 
     # -- scoring (DCASE clips, or array rows) -----------------------------------------------------
     def _clip_scores(self, vectors: FrameVectors) -> np.ndarray:
-        sums = torch.zeros(vectors.n_clips, dtype=torch.float64)
-        counts = torch.zeros(vectors.n_clips, dtype=torch.float64)
+        means = ClipMeans(vectors.n_clips)
         for x, owner in vectors.batches(torch.arange(len(vectors)), 8192):
-            sums.index_add_(0, owner, torch.from_numpy(self.score_arrays(x)))
-            counts.index_add_(0, owner, torch.ones(len(owner), dtype=torch.float64))
-        return (sums / counts).numpy()
+            means.add(torch.from_numpy(self.score_arrays(x)), owner)
+        return means.means()
 
     def _score_all(self, clips, features) -> dict[str, np.ndarray]:
         feats = self._features(clips, features)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,11 @@ from torch.nn.functional import binary_cross_entropy_with_logits as bce
 
 from stetho.datasets.clip import Clip
 from stetho.errors import StethoError
-from stetho.features import AudioOptions, LogMelParams, extract_logmels
-from stetho.models.base import Detector, FitContext
+from stetho.models.base import FitContext
 from stetho.models.bigan.torch_model import BiGAN, anomaly_scores, ema_update
-from stetho.models.params import DEVICE, SEED, Boolean, Check, Interval, Options, SequenceOf
-from stetho.models.training import FrameVectors, Trainer, resolve_device
+from stetho.models.logmel import LogMelDetector
+from stetho.models.params import Boolean, Check, Interval, Options, SequenceOf
+from stetho.models.training import ClipMeans, FrameVectors, Trainer, optimizer_step, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def generator_diversity(net: BiGAN, data: torch.Tensor, n_samples: int = 64,
     return mean_pairwise_distance(fake) / spread if spread > 0 else float("inf")
 
 
-class BiGANDetector(Detector):
+class BiGANDetector(LogMelDetector):
     """BiGAN / EGBAD (Zenati et al. 2018) for one machine type (METHODS.md §5).
 
     Inputs are 64-frame × 128-mel log-mel patches with a hop of 8 frames (32 per 10 s clip),
@@ -139,15 +138,13 @@ class BiGANDetector(Detector):
         checkpoint_every: epochs between checkpoints in ``FitContext.work_dir`` (5; 0: none). A
             killed training run again with the same settings and clips resumes from the last
             one (:class:`~stetho.models.training.Trainer`); they are deleted after a finished fit.
-        seed: seed of initialisation, shuffling, noise and dropout (13711).
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        channel: channel read from multi-channel files.
-        progress: show progress bars.
-        **common: the parameters every detector takes (threshold, calibration, decision_fpr ...;
-            :data:`stetho.models.base.COMMON_PARAMS`).
+        seed: seeds initialisation, shuffling, noise and dropout (13711).
+        **common: the parameters every detector takes (seed, device, channel, progress, threshold,
+            calibration, decision_fpr ...; :data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "bigan"
+    min_frames_param = "patch_frames"  # a clip shorter than one patch is refused
     score_modes = ("fm", "cross-e")
     _parameter_constraints = {
         "n_mels": [Check(_multiple_of_4, "a positive multiple of 4")],
@@ -164,8 +161,6 @@ class BiGANDetector(Detector):
         "score_mode": [Options(*score_modes)], "patch_reduce": [Options(*PATCH_REDUCE)],
         "norm_scale": [Interval(float, 0, None, closed="neither")],
         "collapse_threshold": [Interval(float, 0, None)], "checkpoint_every": [Interval(int, 0, None)],
-        "seed": [SEED], "device": [DEVICE],
-        "channel": [Interval(int, 0, None)], "progress": [Boolean()],
     }
 
     def __init__(
@@ -176,14 +171,9 @@ class BiGANDetector(Detector):
         epochs: int = 100, batch_size: int = 100, lr: float = 1e-5, beta1: float = 0.5, ema_decay: float = 0.999,
         ema_warmup: bool = True, weight: float = 0.1, degree: float = 1.0, score_mode: str = "fm",
         patch_reduce: str = "mean", norm_scale: float = 3.0, collapse_threshold: float = 0.05,
-        checkpoint_every: int = 5, seed: int = 13711, device: str = "auto", channel: int = 0,
-        progress: bool = False, **common: Any,
+        checkpoint_every: int = 5, **common: Any,
     ) -> None:
-        super().__init__(**common)
-        self.n_mels = n_mels
-        self.n_fft = n_fft
-        self.hop_length = hop_length
-        self.sr = sr
+        super().__init__(n_mels=n_mels, n_fft=n_fft, hop_length=hop_length, sr=sr, **common)
         self.patch_frames = patch_frames
         self.patch_hop = patch_hop
         self.latent = latent
@@ -207,24 +197,6 @@ class BiGANDetector(Detector):
         self.norm_scale = norm_scale
         self.collapse_threshold = collapse_threshold
         self.checkpoint_every = checkpoint_every
-        self.seed = seed
-        self.device = device
-        self.channel = channel
-        self.progress = progress
-
-    # -- features ---------------------------------------------------------------------------
-    @property
-    def logmel_params(self) -> LogMelParams:
-        return LogMelParams(sr=self.sr, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels)
-
-    @property
-    def audio_options(self) -> AudioOptions:
-        return AudioOptions(channel=self.channel, min_frames=self.patch_frames)
-
-    def extract(self, clips, resample=True, cache=None, progress=False, raise_on_error=True, desc="log-mel"):
-        """Log-mels of ``clips``; clips shorter than one patch are refused (see :meth:`Detector.extract`)."""
-        return extract_logmels(clips, self.logmel_params, replace(self.audio_options, resample=resample),
-                               cache=cache, progress=progress, raise_on_error=raise_on_error, desc=desc)
 
     def _patches(self, clips: Sequence[Clip], feats: Sequence[np.ndarray]) -> FrameVectors:
         """Normalised patches of every clip (gathered on demand as ``(b, frames·mels)``)."""
@@ -288,21 +260,16 @@ class BiGANDetector(Detector):
                 l_real, _ = net.discriminator(ez, x)
                 l_fake, _ = net.discriminator(z, gz)
                 d_loss = bce(l_real, ones(l_real)) + bce(l_fake, zeros(l_fake))
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
+                d = optimizer_step(opt_d, d_loss)
                 # generator and encoder: the opposite labels
                 l_real, _ = net.discriminator(net.encoder(x), x)
                 l_fake, _ = net.discriminator(z, net.generator(z))
                 ge_loss = bce(l_fake, ones(l_fake)) + bce(l_real, zeros(l_real))
-                opt_ge.zero_grad(set_to_none=True)
-                ge_loss.backward()
-                opt_ge.step()
+                g = optimizer_step(opt_ge, ge_loss)
                 t = counters["step"]
                 decay = min(self.ema_decay, (1 + t) / (10 + t)) if self.ema_warmup else self.ema_decay
                 ema_update(ema, net, decay)
                 counters["step"] = t + 1
-                d, g = float(d_loss.detach()), float(ge_loss.detach())
                 counters["d"] += d
                 counters["ge"] += g
                 counters["n"] += 1
@@ -349,10 +316,11 @@ class BiGANDetector(Detector):
         for m, s in scores.items():
             if self.patch_reduce == "max":
                 clip = torch.full((n,), -torch.inf, dtype=torch.float64).scatter_reduce(0, owner, s, "amax")
+                result[m] = clip.numpy()
             else:
-                clip = torch.zeros(n, dtype=torch.float64).index_add(0, owner, s)
-                clip = clip / torch.bincount(owner, minlength=n).double()
-            result[m] = clip.numpy()
+                means = ClipMeans(n)
+                means.add(s, owner)
+                result[m] = means.means()
         return result
 
     def _score_all(self, clips, features) -> dict[str, np.ndarray]:

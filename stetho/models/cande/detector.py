@@ -20,15 +20,15 @@ import torch
 
 from stetho.datasets.clip import Clip
 from stetho.errors import ConfigError, StethoError
-from stetho.features import AudioOptions, LogMelParams, extract_logmels
-from stetho.models.base import Detector, FitContext
-from stetho.models.cande.context import (
-    CONTEXT_COLUMNS, STREAM_ORDERS, context_indices, context_of, embedding_table, file_modes, file_votes,
-    resolve_context_column, stream_order, windowed_predictions,
-)
+from stetho.models.base import FitContext
+from stetho.models.cande.context import (CONTEXT_COLUMNS, STREAM_ORDERS, context_indices, context_of,
+                                        resolve_context_column)
+from stetho.models.cande.predictor import (ContextFrames, context_accuracy_rows, context_embedding_table,
+                                          predict_stream_contexts, train_predictor)
 from stetho.models.cande.torch_model import ContextPredictor, FiLMAE, PlainAE
-from stetho.models.params import DEVICE, SEED, Boolean, Interval, Options, SequenceOf
-from stetho.models.training import BestState, FrameVectors, Trainer, resolve_device
+from stetho.models.logmel import LogMelDetector
+from stetho.models.params import Boolean, Interval, Options, SequenceOf
+from stetho.models.training import BestState, ClipMeans, FrameVectors, Trainer, optimizer_step, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ VARIANTS = ("film-onehot", "film-embedding", "separate", "unconditioned")
 CONTEXT_MODES = ("predicted_window", "predicted", "oracle")
 
 
-class CANDEDetector(Detector):
+class CANDEDetector(LogMelDetector):
     """CANDE-CP (METHODS.md §4): context-conditioned autoencoders with a context predictor.
 
     One model for all machine types (``joint``). Training, on 64-mel × 5-frame vectors (320-d):
@@ -104,12 +104,9 @@ class CANDEDetector(Detector):
         validation_split: share of each context's training files held out for validation when no
             validation clips are given (0.1; 0 = no validation, the last epoch is kept).
         score_mode: default score mode, one of :data:`CONTEXT_MODES`.
-        seed: seed of initialisation, hold-out, shuffling and the shuffled stream order.
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        channel: channel read from multi-channel files (MIMII: 0).
-        progress: progress bars.
-        **common: the parameters every detector takes (threshold, calibration, decision_fpr ...;
-            :data:`stetho.models.base.COMMON_PARAMS`).
+        seed: seeds initialisation, hold-out, shuffling and the shuffled stream order.
+        **common: the parameters every detector takes (seed, device, channel, progress, threshold,
+            calibration, decision_fpr ...; :data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "cande"
@@ -132,8 +129,6 @@ class CANDEDetector(Detector):
         "reset_window_per_directory": [Boolean()], "stream_order": [Options(*STREAM_ORDERS)],
         "validation_split": [Interval(float, 0, 1, closed="left")],
         "score_mode": [Options(*CONTEXT_MODES)],
-        "seed": [SEED], "device": [DEVICE],
-        "channel": [Interval(int, 0, None)], "progress": [Boolean()],
     }
 
     def __init__(
@@ -143,18 +138,13 @@ class CANDEDetector(Detector):
         predictor_hidden: Sequence[int] = (512, 512, 256, 128, 128, 64), predictor_epochs: int = 50,
         predictor_batch_size: int = 512, predictor_lr: float = 1e-4, window: int = 50, window_lambda: float = 0.1,
         reset_window_per_directory: bool = False, stream_order: str = "path", validation_split: float = 0.1,
-        score_mode: str = "predicted_window", seed: int = 13711, device: str = "auto", channel: int = 0,
-        progress: bool = False, **common: Any,
+        score_mode: str = "predicted_window", **common: Any,
     ) -> None:
-        super().__init__(**common)
+        super().__init__(n_mels=n_mels, n_fft=n_fft, hop_length=hop_length, sr=sr, **common)
         self.variant = variant
         self.context = context
-        self.n_mels = n_mels
         self.n_frames = n_frames
         self.frame_hop = frame_hop
-        self.n_fft = n_fft
-        self.hop_length = hop_length
-        self.sr = sr
         self.log_floor = log_floor
         self.hidden = hidden
         self.bottleneck = bottleneck
@@ -171,26 +161,10 @@ class CANDEDetector(Detector):
         self.stream_order = stream_order
         self.validation_split = validation_split
         self.score_mode = score_mode
-        self.seed = seed
-        self.device = device
-        self.channel = channel
-        self.progress = progress
 
     @property
     def needs_predictor(self) -> bool:
         return self.variant != "unconditioned"
-
-    # -- features ---------------------------------------------------------------------------
-    @property
-    def logmel_params(self) -> LogMelParams:
-        return LogMelParams(sr=self.sr, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels,
-                            log_floor=self.log_floor)
-
-    def extract(self, clips, resample=True, cache=None, progress=False, raise_on_error=True, desc="log-mel"):
-        """64-band log-mels of ``clips`` (see :meth:`Detector.extract`)."""
-        audio = AudioOptions(channel=self.channel, min_frames=self.n_frames, resample=resample)
-        return extract_logmels(clips, self.logmel_params, audio, cache=cache, progress=progress,
-                               raise_on_error=raise_on_error, desc=desc)
 
     # -- training ---------------------------------------------------------------------------
     def fit(
@@ -245,9 +219,10 @@ class CANDEDetector(Detector):
                 log.warning("one context only (%s): conditioning has nothing to tell apart", self.contexts_[0])
             log.info("%s: %d contexts (%s), %d training and %d validation files", self.name, len(self.contexts_),
                      self.context_column_, len(clips), len(vclips))
-            trp = _Part(FrameVectors(feats, self.n_frames, self.frame_hop), np.array([index[n] for n in names]))
-            vap = (_Part(FrameVectors(vfeats, self.n_frames, self.frame_hop), np.array([index[n] for n in vnames]))
-                   if vclips else None)
+            trp = ContextFrames(FrameVectors(feats, self.n_frames, self.frame_hop),
+                                np.array([index[n] for n in names]))
+            vap = (ContextFrames(FrameVectors(vfeats, self.n_frames, self.frame_hop),
+                                 np.array([index[n] for n in vnames])) if vclips else None)
             # Resuming needs the same hyper-parameters and the same training and validation files.
             fp = (self._fingerprint_params(), [str(c.path) for c in clips], [str(c.path) for c in vclips])
             prefix = None if context.work_dir is None else Path(context.work_dir) / f"{self.name}_{'+'.join(machines)}"
@@ -278,66 +253,15 @@ class CANDEDetector(Detector):
                  len(held), len(train), self.validation_split)
         return sorted(keep), sorted(held)
 
-    def _fit_predictor(self, tr: Trainer, trp: "_Part", vap: "_Part | None", checkpoint: Path | None,
+    def _fit_predictor(self, tr: Trainer, trp: ContextFrames, vap: ContextFrames | None, checkpoint: Path | None,
                        fp: Any) -> None:
-        device = tr.device
-        net = ContextPredictor(trp.vectors.dim, len(self.contexts_), self.predictor_hidden).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=self.predictor_lr)
-        best = BestState(net, higher_is_better=True)
-        accuracy: list[float] = []
+        self.predictor_, self.predictor_history_, self.predictor_best_epoch_ = train_predictor(
+            tr, trp, vap, len(self.contexts_), self.predictor_hidden, self.predictor_lr, self.predictor_batch_size,
+            self.predictor_epochs, checkpoint, fp)
 
-        def step(batch) -> float:
-            x, owner = batch
-            x, y = x.to(device, non_blocking=True), trp.context_of(owner).to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-            loss.backward()
-            opt.step()
-            return float(loss.detach())
-
-        def validate() -> float:
-            net.eval()
-            total, correct = 0.0, 0
-            with torch.no_grad():
-                for x, owner in vap.vectors.batches(torch.arange(len(vap.vectors)), 8192):
-                    logits, y = net(x.to(device)), vap.context_of(owner).to(device)
-                    total += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-                    correct += int((logits.argmax(1) == y).sum())
-            net.train()
-            accuracy.append(correct / len(vap.vectors))
-            return total / len(vap.vectors)
-
-        def on_epoch(epoch: int, hist: dict) -> None:
-            value = accuracy[-1] if vap is not None else float("nan")
-            hist.setdefault("val_accuracy", []).append(value)
-            best.update(epoch, value)
-
-        net.train()
-        history = tr.run(
-            step, lambda e: trp.vectors.batches(trp.all, self.predictor_batch_size, shuffle=True,
-                                                generator=tr.generator),
-            self.predictor_epochs, evaluate=validate if vap is not None else None, on_epoch=on_epoch,
-            desc="context predictor epochs", checkpoint=checkpoint,
-            state={"net": net, "opt": opt, "best": best}, fingerprint=("predictor", fp),
-        )
-        self.predictor_best_epoch_ = best.restore()
-        history["best"] = [int(e == self.predictor_best_epoch_) for e in history["epoch"]]
-        self.predictor_ = net.eval()
-        self.predictor_history_ = history
-        if self.predictor_best_epoch_ is None:
-            log.info("context predictor: no validation files, the last epoch is kept")
-        else:
-            log.info("context predictor: best epoch %d, validation frame accuracy %.4f",
-                     self.predictor_best_epoch_, best.value)
-
-    def _embedding_table(self, trp: "_Part", device: torch.device) -> np.ndarray:
+    def _embedding_table(self, trp: ContextFrames, device: torch.device) -> np.ndarray:
         """The frozen context embeddings from the predictor's 64-unit layer (training frames)."""
-        chunks, owners = [], []
-        with torch.no_grad():
-            for x, owner in trp.vectors.batches(trp.all, 8192):
-                chunks.append(self.predictor_.embed(x.to(device)).double().cpu().numpy())
-                owners.append(owner.numpy())
-        return embedding_table(np.concatenate(chunks), trp.contexts[np.concatenate(owners)], len(self.contexts_))
+        return context_embedding_table(self.predictor_, trp, len(self.contexts_), device)
 
     def _new_aes(self) -> list[torch.nn.Module]:
         dim = self.n_mels * self.n_frames
@@ -347,7 +271,7 @@ class CANDEDetector(Detector):
             return [PlainAE(dim, self.hidden, self.bottleneck)]
         return [FiLMAE(dim, self.table_.shape[1], self.hidden, self.bottleneck)]
 
-    def _fit_autoencoders(self, tr: Trainer, trp: "_Part", vap: "_Part | None", prefix: Path | None,
+    def _fit_autoencoders(self, tr: Trainer, trp: ContextFrames, vap: ContextFrames | None, prefix: Path | None,
                           fp: Any) -> None:
         self.aes_ = [net.to(tr.device) for net in self._new_aes()]
         self.codes_ = torch.as_tensor(self.table_, dtype=torch.float32)
@@ -377,11 +301,8 @@ class CANDEDetector(Detector):
         def step(batch) -> float:
             x, owner = batch
             x = x.to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(self._reconstruct(net, x, codes[trp.context_of(owner).to(device)]), x)
-            loss.backward()
-            opt.step()
-            return float(loss.detach())
+            rec = self._reconstruct(net, x, codes[trp.context_of(owner).to(device)])
+            return optimizer_step(opt, torch.nn.functional.mse_loss(rec, x))
 
         def validate() -> float:
             net.eval()
@@ -485,21 +406,19 @@ class CANDEDetector(Detector):
             choice = {m: np.zeros(n, dtype=np.int64) for m in choice}
         device = next(self.aes_[0].parameters()).device
         codes = self.codes_.to(device)
-        sums: dict[int, torch.Tensor] = {}
-        counts = torch.zeros(n, dtype=torch.float64)
-        counts.index_add_(0, vectors.clip_index, torch.ones(len(vectors), dtype=torch.float64))
+        means: dict[int, np.ndarray] = {}
         for k in sorted({int(k) for c in choice.values() for k in c}):
             owners = torch.from_numpy(np.flatnonzero(np.any([c == k for c in choice.values()], axis=0)))
             idx = torch.nonzero(torch.isin(vectors.clip_index, owners)).flatten()
             net = self.aes_[k if self.variant == "separate" else 0]
-            sums[k] = torch.zeros(n, dtype=torch.float64)
+            acc = ClipMeans(n)  # the clips of ``owners`` get all their vectors: their means are complete
             with torch.no_grad():
                 for x, owner in vectors.batches(idx, 8192):
                     x = x.to(device)
                     code = codes[k].expand(len(x), -1)
-                    err = (x - self._reconstruct(net, x, code)).square().mean(dim=1)
-                    sums[k].index_add_(0, owner, err.double().cpu())
-        return {m: np.array([float(sums[int(k)][i] / counts[i]) for i, k in enumerate(c)]) for m, c in choice.items()}
+                    acc.add((x - self._reconstruct(net, x, code)).square().mean(dim=1).cpu(), owner)
+            means[k] = acc.means()
+        return {m: np.array([float(means[int(k)][i]) for i, k in enumerate(c)]) for m, c in choice.items()}
 
     def predict_contexts(
         self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None
@@ -514,22 +433,9 @@ class CANDEDetector(Detector):
         return self._predict_contexts(clips, FrameVectors(feats, self.n_frames, self.frame_hop))[0]
 
     def _predict_contexts(self, clips: Sequence[Clip], vectors: FrameVectors):
-        device = next(self.predictor_.parameters()).device
-        preds, owners = [], []
-        with torch.no_grad():
-            for x, owner in vectors.batches(torch.arange(len(vectors)), 8192):
-                preds.append(self.predictor_(x.to(device)).argmax(1).cpu().numpy())
-                owners.append(owner.numpy())
-        votes = file_votes(np.concatenate(preds), np.concatenate(owners), len(clips), len(self.contexts_))
-        raw = file_modes(votes)
-        order = stream_order(clips, self.stream_order, self.seed)
-        groups = [str(clips[i].path.parent) for i in order] if self.reset_window_per_directory else None
-        windowed = np.empty_like(raw)
-        windowed[order] = windowed_predictions(raw[order], len(self.contexts_), int(self.window),
-                                               float(self.window_lambda), groups)
-        position = np.empty(len(clips), dtype=np.int64)
-        position[order] = np.arange(len(clips))
-        return {"predicted": raw, "predicted_window": windowed, "order": position}, votes
+        return predict_stream_contexts(self.predictor_, clips, vectors, len(self.contexts_), self.stream_order,
+                                       self.seed, int(self.window), float(self.window_lambda),
+                                       self.reset_window_per_directory)
 
     def _score_all(self, clips, features) -> dict[str, np.ndarray]:
         unknown = sorted({c.machine for c in clips} - set(self.machines_))
@@ -665,41 +571,3 @@ def _split_validation(
 def _checkpoint(prefix: Path | None, part: str) -> Path | None:
     """The checkpoint file of one training (``<work_dir>/cande_<machines>_<part>.ckpt``)."""
     return None if prefix is None else prefix.with_name(f"{prefix.name}_{part}.ckpt")
-
-
-class _Part:
-    """Frame vectors of a set of files with each file's context index."""
-
-    def __init__(self, vectors: FrameVectors, contexts: np.ndarray) -> None:
-        self.vectors = vectors
-        self.contexts = np.asarray(contexts, dtype=np.int64)
-        self._ctx = torch.from_numpy(self.contexts)
-        self.all = torch.arange(len(vectors))
-
-    def context_of(self, owner: torch.Tensor) -> torch.Tensor:
-        """Context index of each vector, from its owning file ``owner``."""
-        return self._ctx[owner]
-
-    def vectors_of(self, k: int) -> torch.Tensor:
-        """Indices of the vectors of context ``k``'s files."""
-        return torch.nonzero(self._ctx[self.vectors.clip_index] == k).flatten()
-
-
-def context_accuracy_rows(stream: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Context-prediction accuracy of a context stream (rows as in :meth:`CANDEDetector.report_tables`):
-    one row overall (``scope`` ``all``), then per machine type and per true context, with the
-    number of files and the share right without (``accuracy``) and with the window
-    (``accuracy (window)``)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {("all", "all"): list(stream)}
-    for r in stream:
-        groups.setdefault(("machine", r["machine"]), []).append(r)
-    for r in stream:
-        groups.setdefault(("context", r["context"]), []).append(r)
-    out = []
-    for (scope, name), rows in groups.items():
-        out.append({
-            "scope": scope, "name": name, "files": len(rows),
-            "accuracy": float(np.mean([r["predicted"] == r["context"] for r in rows])),
-            "accuracy (window)": float(np.mean([r["predicted_window"] == r["context"] for r in rows])),
-        })
-    return out

@@ -33,40 +33,13 @@ from stetho.models.base import Detector, FitContext
 from stetho.models.discriminative.augment import feature_exchange, mixup
 from stetho.models.discriminative.pseudo_labels import cluster_machine, read_pseudo_labels, write_pseudo_labels
 from stetho.models.discriminative.torch_model import BranchSpec, FFTBranch, MultiResolutionNet, SCAdaCosHead, STFTBranch
-from stetho.models.params import DEVICE, SEED, Boolean, Check, Interval, Options, SequenceOf, String
-from stetho.models.training import Trainer, resolve_device, torch_fork_rng
+from stetho.models.discriminative.waves import WaveBank
+from stetho.models.params import Boolean, Check, Interval, Options, SequenceOf, String
+from stetho.models.training import Trainer, optimizer_step, resolve_device, torch_fork_rng
 
 log = logging.getLogger(__name__)
 
 LABEL_MODES = ("attributes", "machine_domain")
-
-
-class WaveBank:
-    """Waveforms of many clips in one int16 array (half the memory of float32; exact for the
-    16-bit PCM audio of every DCASE and MIMII file), cut or tiled to a fixed length on demand."""
-
-    def __init__(self, waves: Sequence[np.ndarray]) -> None:
-        lengths = np.array([len(w) for w in waves], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
-        self.data = np.empty(int(self.offsets[-1]), dtype=np.int16)
-        for i, w in enumerate(waves):
-            self.data[self.offsets[i]:self.offsets[i + 1]] = np.round(
-                np.clip(np.asarray(w, dtype=np.float32), -1.0, 32767 / 32768) * 32768.0)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def length(self, i: int) -> int:
-        return int(self.offsets[i + 1] - self.offsets[i])
-
-    def crop(self, i: int, n: int, start: int = 0) -> np.ndarray:
-        """``n`` float32 samples of clip ``i`` from ``start``; a clip shorter than ``n`` is
-        repeated from its beginning (the seed's "tile")."""
-        w = self.data[self.offsets[i]:self.offsets[i + 1]]
-        if len(w) < n:
-            w = np.tile(w, math.ceil(n / len(w)))
-            start = 0
-        return w[start:start + n].astype(np.float32) / 32768.0
 
 
 def _valid_branch(spec: Any) -> bool:
@@ -120,12 +93,9 @@ class DiscriminativeDetector(Detector):
             ``"kmeans_norm"`` or ``"knn_norm"`` (:mod:`stetho.backends.embedding`).
         test_hop: crops of a clip longer than the tile are this fraction of a tile apart at test
             time; their normalised embeddings are averaged.
-        seed: seed of initialisation, batches, augmentation, k-means, UMAP and GMM.
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        channel: channel of multi-channel files.
-        progress: progress bars.
-        **common: the parameters every detector takes (threshold, calibration, decision_fpr ...;
-            :data:`stetho.models.base.COMMON_PARAMS`).
+        seed: seeds initialisation, batches, augmentation, k-means, UMAP and GMM.
+        **common: the parameters every detector takes (seed, device, channel, progress, threshold,
+            calibration, decision_fpr ...; :data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "discriminative"
@@ -163,10 +133,6 @@ class DiscriminativeDetector(Detector):
         "density_k": [Interval(int, 1, None)],
         "score_mode": [Options(*score_modes)],
         "test_hop": [Interval(float, 0, 1, closed="right")],
-        "seed": [SEED],
-        "device": [DEVICE],
-        "channel": [Interval(int, 0, None)],
-        "progress": [Boolean()],
     }
 
     def __init__(
@@ -180,8 +146,7 @@ class DiscriminativeDetector(Detector):
         pseudo_label_embedding: str = "classifier", triplet_epochs: int = 6,
         pseudo_label_clusters: int | None = None, transductive: bool = False,
         n_clusters: int = 16, knn_k: int = 1, density_k: int = 1, score_mode: str = "kmeans",
-        test_hop: float = 0.5, seed: int = 13711, device: str = "auto", channel: int = 0, progress: bool = False,
-        **common: Any,
+        test_hop: float = 0.5, **common: Any,
     ) -> None:
         super().__init__(**common)
         self.branches = list(branches)
@@ -215,10 +180,6 @@ class DiscriminativeDetector(Detector):
         self.density_k = density_k
         self.score_mode = score_mode
         self.test_hop = test_hop
-        self.seed = seed
-        self.device = device
-        self.channel = channel
-        self.progress = progress
 
     # -- configuration checks ---------------------------------------------------------------
     @property
@@ -462,10 +423,7 @@ class DiscriminativeDetector(Detector):
                 if self.featex:
                     ex, tx = feature_exchange(parts, t, self.featex_prob, gen)
                     loss = loss + self.featex_weight * heads["featex"](ex, tx)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                return float(loss.detach())
+                return optimizer_step(opt, loss)
 
             def on_epoch(epoch: int, hist: dict) -> None:
                 if epoch in kept_epochs:

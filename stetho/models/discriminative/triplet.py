@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from stetho.models.discriminative.torch_model import STFTBranch
-from stetho.models.training import Trainer, run_epochs
+from stetho.models.training import Trainer, optimizer_step, run_epochs
 
 
 class TripletNet(nn.Module):
@@ -111,11 +111,7 @@ def train_triplet_embeddings(
                 other = specs[j]
             neg.append(noisy(other, 0.5))
         batch = [torch.stack(v).to(device) for v in (a, p, neg)]
-        loss = loss_fn(*(net(v) for v in batch))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        return optimizer_step(opt, loss_fn(*(net(v) for v in batch)))
 
     if trainer is not None:
         trainer.run(step, batches, epochs, desc=desc, checkpoint=checkpoint, state={"net": net, "opt": opt},
