@@ -23,7 +23,7 @@ from stetho.synth import make_toy_dataset
 from stetho.metrics import auc
 from stetho.models import Detector
 from stetho.outputs.report import _embeddings, _png, embedding_figure, load_run, write_report
-from stetho.outputs.run_record import read_train_embeddings, write_run_record
+from stetho.outputs.run_record import read_thresholds, read_train_embeddings, write_run_record, write_thresholds
 from stetho.run_folder import run_models
 
 MACHINES = ["fan", "valve"]
@@ -349,6 +349,11 @@ def test_the_run_record_holds_thresholds_decision_scores_and_the_last_training_e
     assert np.array_equal(train["embeddings"], x) and train["embeddings"].dtype == np.float64
     assert train["epoch"].tolist() == [16] * 40
     assert train["machine"].tolist() == det.train_machine_of_ and train["domain"].tolist() == det.train_domains_
+    assert read_thresholds(tmp_path)[("knn", "valve")] == 1e-9
+    # the thresholds a test decided with (refitted by --decision-fpr) come before the trained ones
+    det.thresholds_ = {"kmeans": {"fan": 5.0, "valve": 6.0}}
+    write_thresholds(tmp_path / "results", {"fan": det})
+    assert read_thresholds(tmp_path) == {("kmeans", "fan"): 5.0, ("kmeans", "valve"): 6.0}
     # a model without embeddings, trained again into the same folder, leaves no stale npz
     del det.train_embeddings_
     write_run_record(tmp_path, {"fan": det})
@@ -543,7 +548,7 @@ def test_a_run_from_before_the_run_record_is_reported_without_its_model(runs, di
     for name, run in (("ae", runs[0]), ("disc", disc_run)):
         old = tmp_path / name
         shutil.copytree(run, old)
-        for f in ("thresholds.csv", "decision_scores.csv", "train_embeddings.npz"):
+        for f in ("thresholds.csv", "decision_scores.csv", "train_embeddings.npz", "results/thresholds.csv"):
             (old / f).unlink(missing_ok=True)
         shutil.rmtree(old / "models")  # proof that the report does not need them
         data = load_run(old)
