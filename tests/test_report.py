@@ -24,7 +24,6 @@ from stetho.metrics import auc
 from stetho.models import Detector
 from stetho.outputs.report import _embeddings, _png, embedding_figure, load_run, write_report
 from stetho.outputs.run_record import read_thresholds, read_train_embeddings, write_run_record, write_thresholds
-from stetho.run_folder import run_models
 
 MACHINES = ["fan", "valve"]
 FAST = {"epochs": 2, "batch_size": 128}
@@ -40,17 +39,9 @@ def toy_root(tmp_path_factory) -> Path:
     return root
 
 
-def _record(run: Path) -> None:
-    """The run record of a freshly trained run, written here only while pipeline.train does not
-    write it itself (then this is a no-op)."""
-    if not (run / "thresholds.csv").is_file():
-        write_run_record(run, {p.stem: Detector.load(p) for p in run_models(run)})
-
-
 def _train_test(root: Path, out: Path, seed: int) -> Path:
     cfg = {"data": str(root), "out": str(out), "params": FAST, "seed": seed, "progress": False, "cache": False}
-    pipeline.train(cfg)
-    _record(out)
+    pipeline.train(cfg)  # writes the run record the report reads
     pipeline.test(out, progress=False)
     return out
 
@@ -466,7 +457,6 @@ def disc_run(toy_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("disc") / "run"
     pipeline.train({"data": str(toy_root), "out": str(out), "model": "discriminative", "params": TINY_DISC,
                     "seed": 3, "progress": False, "cache": False})
-    _record(out)
     pipeline.test(out, progress=False, score="kmeans")
     return out
 

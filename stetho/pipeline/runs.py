@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,7 +13,6 @@ from stetho.outputs.compare import Comparison, compare_runs
 from stetho.pipeline.common import load_run_config, make_detector, missing_data_message, score_modes
 from stetho.pipeline.testing import TestOutcome, test
 from stetho.pipeline.training import train
-from stetho.run_folder import recover_run, run_lock
 
 log = logging.getLogger("stetho.pipeline")
 
@@ -48,16 +46,11 @@ def run(cfg: Mapping[str, Any], report: bool = True) -> TestOutcome | Comparison
 
 
 def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
-    """``stetho report``: the self-contained HTML report of tested runs (see
-    :mod:`stetho.outputs.report`); returns the HTML file."""
-    from stetho.outputs.report import write_report
+    """``stetho report``: the self-contained HTML report of tested runs, every run locked and
+    recovered first (see :func:`stetho.outputs.report.report_runs`); returns the HTML file."""
+    from stetho.outputs.report import report_runs
 
-    with contextlib.ExitStack() as stack:  # no run changes under the report's feet
-        for run_dir in dict.fromkeys(Path(r) for r in run_dirs):
-            if run_dir.is_dir():
-                stack.enter_context(run_lock(run_dir, "report"))
-                recover_run(run_dir)
-        return write_report(run_dirs, out).path
+    return report_runs(run_dirs, out)
 
 
 def _report(run_dirs: Sequence[Path], out: Path) -> None:

@@ -22,6 +22,7 @@ from stetho.fileio import make_dirs, remove_stale_temp_files
 from stetho.models import Detector
 from stetho.models.base import FitContext
 from stetho.outputs import write_csv
+from stetho.outputs.run_record import write_run_record
 from stetho.fileio import atomic_write_text
 from stetho.pipeline.common import (
     TRAIN_FILES_HEADER, features_of, load_run_config, make_detector, missing_data_message, record_timings,
@@ -159,6 +160,7 @@ def _fit_models(cfg: Mapping[str, Any], stage: Path, probe: Detector, data: _Tra
         m: [i for i, c in enumerate(clips) if c.machine == m] for m in sorted({c.machine for c in clips})}
     fit_s: dict[str, float] = {}
     trained: dict[str, list[str]] = {}
+    fitted: dict[str, Detector] = {}
     for name, idx in groups.items():
         t0 = time.perf_counter()
         # Validation clips (detectors that choose their best epoch on them) reach fit apart.
@@ -173,9 +175,10 @@ def _fit_models(cfg: Mapping[str, Any], stage: Path, probe: Detector, data: _Tra
             context = _fit_context(cfg, det, stage, [clips[i] for i in val_idx], [feats[i] for i in val_idx])
             det.fit([clips[i] for i in train_idx], [feats[i] for i in train_idx], context)
             det.save(model_file)
-        trained[name] = list(det.machines_)
+        trained[name], fitted[name] = list(det.machines_), det
         fit_s[name] = time.perf_counter() - t0
         _log_model(stage, name, det, [clips[i] for i in train_idx], t0)
+    write_run_record(stage, fitted)  # what `stetho report` draws, in plain files (no torch there)
     return fit_s, trained
 
 
