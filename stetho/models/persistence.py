@@ -10,6 +10,7 @@ written atomically, never with NaN/inf, and read with ``weights_only=True``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +33,26 @@ FORMAT_SINCE = "0.2.0"
 
 
 
+def cpu_weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of ``net`` on the CPU, as a model file stores them (``_get_state``)."""
+    return {k: v.cpu() for k, v in net.state_dict().items()}
+
+
+def plain_history(history: Mapping[str, Sequence]) -> dict[str, list]:
+    """A training history ``{column: values per epoch}`` as plain lists (saved and loaded)."""
+    return {k: list(v) for k, v in history.items()}
+
+
 class Persistence:
     """Saving, loading and moving a fitted detector (a base of :class:`~stetho.models.base.Detector`,
     which supplies ``name``, ``get_params``, ``check_params``, ``_check_fitted`` and the
     method's ``_get_state`` / ``_set_state``)."""
+
+    def _restore_net(self, net: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+        """``net`` with the saved ``weights`` loaded, on the detector's device, in eval mode
+        (``_set_state``)."""
+        net.load_state_dict(weights)
+        return net.to(resolve_device(self.device)).eval()
 
     def _base_state(self) -> dict[str, Any]:
         return {

@@ -16,8 +16,8 @@ from stetho.models.ae.torch_model import AENet
 from stetho.models.base import FitContext
 from stetho.models.logmel import LogMelDetector
 from stetho.models.params import Boolean, Interval, Options
-from stetho.models.training import (ClipMeans, FrameVectors, Trainer, optimizer_step, recompute_batchnorm,
-                                    resolve_device)
+from stetho.models.persistence import cpu_weights, plain_history
+from stetho.models.training import ClipMeans, FrameVectors, Trainer, optimizer_step, recompute_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -190,17 +190,16 @@ class AEDetector(LogMelDetector):
     def _get_state(self) -> dict[str, Any]:
         t = lambda a: torch.as_tensor(np.asarray(a))  # noqa: E731
         return {
-            "net": {k: v.cpu() for k, v in self.net_.state_dict().items()},
+            "net": cpu_weights(self.net_),
             "covariances": {d: t(c) for d, c in self.covariances_.items()},
             "shrinkage": dict(self.shrinkage_),
-            "history": {k: list(v) for k, v in self.history_.items()},
+            "history": plain_history(self.history_),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
         net = AENet(self.n_mels * self.n_frames, self.hidden, self.bottleneck)
-        net.load_state_dict(state["net"])
-        self.net_ = net.to(resolve_device(self.device)).eval()
+        self.net_ = self._restore_net(net, state["net"])
         self.covariances_ = {d: c.numpy() for d, c in state["covariances"].items()}
         self.precisions_ = {d: precision_from_covariance(c) for d, c in self.covariances_.items()}
         self.shrinkage_ = dict(state["shrinkage"])
-        self.history_ = {k: list(v) for k, v in state["history"].items()}
+        self.history_ = plain_history(state["history"])

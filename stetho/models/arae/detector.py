@@ -28,7 +28,8 @@ from stetho.models.arae.torch_model import ARAENet
 from stetho.models.base import FitContext
 from stetho.models.logmel import LogMelDetector
 from stetho.models.params import Interval, Options, SequenceOf
-from stetho.models.training import ClipMeans, FrameVectors, Trainer, make_generator, optimizer_step, resolve_device
+from stetho.models.persistence import cpu_weights, plain_history
+from stetho.models.training import ClipMeans, FrameVectors, Trainer, make_generator, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -313,19 +314,18 @@ class ARAEDetector(LogMelDetector):
     # -- persistence ----------------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:
         return {
-            "net": {k: v.cpu() for k, v in self.net_.state_dict().items()},
+            "net": cpu_weights(self.net_),
             "input_dim": int(self.net_.encoder[0].in_features),
             "scale_min": self.scale_min_, "scale_max": None if self.scale_min_ is None
             else self.scale_min_ + self.scale_range_,
-            "history": {k: list(v) for k, v in self.history_.items()},
+            "history": plain_history(self.history_),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
         net = ARAENet(state["input_dim"], tuple(self.hidden), self.latent, self.activation_)
-        net.load_state_dict(state["net"])
-        self.net_ = net.to(resolve_device(self.device)).eval()
+        self.net_ = self._restore_net(net, state["net"])
         self._set_scale(state["scale_min"], state["scale_max"])
-        self.history_ = {k: list(v) for k, v in state["history"].items()}
+        self.history_ = plain_history(state["history"])
 
 
 def _is_rows(feats: Sequence[np.ndarray]) -> bool:

@@ -17,7 +17,8 @@ from stetho.models.base import FitContext
 from stetho.models.bigan.torch_model import BiGAN, anomaly_scores, ema_update
 from stetho.models.logmel import LogMelDetector
 from stetho.models.params import Boolean, Check, Interval, Options, SequenceOf
-from stetho.models.training import ClipMeans, FrameVectors, Trainer, optimizer_step, resolve_device
+from stetho.models.persistence import cpu_weights, plain_history
+from stetho.models.training import ClipMeans, FrameVectors, Trainer, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -332,16 +333,15 @@ class BiGANDetector(LogMelDetector):
     # -- persistence ------------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:
         return {
-            "net": {k: v.cpu() for k, v in self.net_.state_dict().items()},
+            "net": cpu_weights(self.net_),
             "mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
-            "history": {k: list(v) for k, v in self.history_.items()},
+            "history": plain_history(self.history_),
             "diversity": float(self.diversity_),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
         net = self._new_net()
-        net.load_state_dict(state["net"])
-        self.net_ = net.to(resolve_device(self.device)).eval()
+        self.net_ = self._restore_net(net, state["net"])
         self.mean_, self.std_ = state["mean"].numpy(), state["std"].numpy()
-        self.history_ = {k: list(v) for k, v in state["history"].items()}
+        self.history_ = plain_history(state["history"])
         self.diversity_ = float(state["diversity"])

@@ -28,7 +28,8 @@ from stetho.models.cande.predictor import (ContextFrames, context_accuracy_rows,
 from stetho.models.cande.torch_model import ContextPredictor, FiLMAE, PlainAE
 from stetho.models.logmel import LogMelDetector
 from stetho.models.params import Boolean, Interval, Options, SequenceOf
-from stetho.models.training import BestState, ClipMeans, FrameVectors, Trainer, optimizer_step, resolve_device
+from stetho.models.persistence import cpu_weights, plain_history
+from stetho.models.training import BestState, ClipMeans, FrameVectors, Trainer, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -515,16 +516,15 @@ class CANDEDetector(LogMelDetector):
             "contexts": list(self.contexts_),
             "table": torch.as_tensor(self.table_),
             "predictor": (None if self.predictor_ is None
-                          else {k: v.cpu() for k, v in self.predictor_.state_dict().items()}),
-            "aes": [{k: v.cpu() for k, v in net.state_dict().items()} for net in self.aes_],
-            "predictor_history": {k: list(v) for k, v in self.predictor_history_.items()},
+                          else cpu_weights(self.predictor_)),
+            "aes": [cpu_weights(net) for net in self.aes_],
+            "predictor_history": plain_history(self.predictor_history_),
             "predictor_best_epoch": self.predictor_best_epoch_,
-            "ae_histories": {n: {k: list(v) for k, v in h.items()} for n, h in self.ae_histories_.items()},
+            "ae_histories": {n: plain_history(h) for n, h in self.ae_histories_.items()},
             "ae_best_epochs": dict(self.ae_best_epochs_),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        device = resolve_device(self.device)
         self.context_column_ = state["context_column"]
         self.contexts_ = list(state["contexts"])
         self.table_ = state["table"].double().numpy()
@@ -532,15 +532,13 @@ class CANDEDetector(LogMelDetector):
         self.predictor_ = None
         if state["predictor"] is not None:
             net = ContextPredictor(self.n_mels * self.n_frames, len(self.contexts_), self.predictor_hidden)
-            net.load_state_dict(state["predictor"])
-            self.predictor_ = net.to(device).eval()
+            self.predictor_ = self._restore_net(net, state["predictor"])
         self.aes_ = self._new_aes()
         for net, sd in zip(self.aes_, state["aes"]):
-            net.load_state_dict(sd)
-            net.to(device).eval()
-        self.predictor_history_ = {k: list(v) for k, v in state["predictor_history"].items()}
+            self._restore_net(net, sd)
+        self.predictor_history_ = plain_history(state["predictor_history"])
         self.predictor_best_epoch_ = state["predictor_best_epoch"]
-        self.ae_histories_ = {n: {k: list(v) for k, v in h.items()} for n, h in state["ae_histories"].items()}
+        self.ae_histories_ = {n: plain_history(h) for n, h in state["ae_histories"].items()}
         self.ae_best_epochs_ = dict(state["ae_best_epochs"])
 
 

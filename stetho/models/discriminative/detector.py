@@ -35,7 +35,8 @@ from stetho.models.discriminative.pseudo_labels import cluster_machine, read_pse
 from stetho.models.discriminative.torch_model import BranchSpec, FFTBranch, MultiResolutionNet, SCAdaCosHead, STFTBranch
 from stetho.models.discriminative.waves import WaveBank
 from stetho.models.params import Boolean, Check, Interval, Options, SequenceOf, String
-from stetho.models.training import Trainer, optimizer_step, resolve_device, torch_fork_rng
+from stetho.models.persistence import cpu_weights, plain_history
+from stetho.models.training import Trainer, optimizer_step, torch_fork_rng
 
 log = logging.getLogger(__name__)
 
@@ -562,27 +563,25 @@ class DiscriminativeDetector(Detector):
     def _get_state(self) -> dict[str, Any]:
         t = lambda a: torch.as_tensor(np.asarray(a))  # noqa: E731
         return {
-            "nets": {int(e): {k: v.cpu() for k, v in n.state_dict().items()} for e, n in self.nets_.items()},
+            "nets": {int(e): cpu_weights(n) for e, n in self.nets_.items()},
             "classes": list(self.classes_),
             "train_embeddings": {int(e): t(x) for e, x in self.train_embeddings_.items()},  # float64: exact refit
             "train_domains": list(self.train_domains_),
             "train_machines": list(self.train_machine_of_),
-            "history": {k: list(v) for k, v in self.history_.items()},
+            "history": plain_history(self.history_),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        device = resolve_device(self.device)
         self.nets_ = {}
         for epoch, sd in state["nets"].items():
             with torch_fork_rng(None):  # the weights are loaded: draw nothing from the caller's RNG
                 net = self._new_net()
-            net.load_state_dict(sd)
-            self.nets_[int(epoch)] = net.to(device).eval()
+            self.nets_[int(epoch)] = self._restore_net(net, sd)
         self.classes_ = list(state["classes"])
         self.train_embeddings_ = {int(e): x.double().numpy() for e, x in state["train_embeddings"].items()}
         self.train_domains_ = list(state["train_domains"])
         self.train_machine_of_ = list(state["train_machines"])
-        self.history_ = {k: list(v) for k, v in state["history"].items()}
+        self.history_ = plain_history(state["history"])
         self._build_backends()  # the base has set machines_ and reads the thresholds
 
 
