@@ -156,6 +156,22 @@ def machine_dirs(root: Path, split_dirs: Iterable[str]) -> list[str]:
     )
 
 
+def found_machines(root: Path, split_dirs: Iterable[str], expected: str) -> list[str]:
+    """:func:`machine_dirs` of ``root``; none is an error that says what the layout expects."""
+    available = machine_dirs(root, split_dirs)
+    if not available:
+        raise DatasetError(f"{root}: no machine folders found; expected {expected}")
+    return available
+
+
+def finish_scan(scan: Scan, root: Path) -> Scan:
+    """The end of every layout's scan: clips with unsafe names moved to the problems, file names
+    checked unique per machine type, everything sorted."""
+    drop_unsafe_names(scan)
+    check_unique_names(scan.clips, root)
+    return scan.sort()
+
+
 def choose_machines(available: Sequence[str], machines: Sequence[str] | None, root: Path) -> list[str]:
     """``machines`` checked against ``available`` (all of them when ``machines`` is empty)."""
     if not machines:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from stetho.datasets.base import (
-    AUDIO_SUFFIX, SPLITS, Scan, check_unique_names, choose_machines, drop_unsafe_names, machine_dirs, parse_folder,
+    AUDIO_SUFFIX, SPLITS, Scan, choose_machines, finish_scan, machine_dirs, parse_folder,
     warn_unfamiliar_machines,
 )
 from stetho.datasets.clip import Clip
@@ -156,9 +156,7 @@ def scan(
     for machine in chosen:
         for split in splits:
             parse_folder(out, root / machine / split, lambda p: parse_filename(p, machine, split))
-    drop_unsafe_names(out)
-    check_unique_names(out.clips, root)
-    return out.sort()
+    return finish_scan(out, root)
 
 
 def scan_dcase(root: str | Path, machines: list[str] | None = None, splits: tuple[str, ...] = SPLITS) -> Scan:

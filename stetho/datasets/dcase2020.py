@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from stetho.datasets.base import (
-    AUDIO_SUFFIX, SPLITS, Scan, check_unique_names, choose_machines, drop_unsafe_names, machine_dirs, parse_folder,
+    AUDIO_SUFFIX, SPLITS, Scan, choose_machines, finish_scan, found_machines, parse_folder,
     warn_unfamiliar_machines,
 )
 from stetho.datasets.clip import Clip
@@ -64,16 +64,12 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
         A :class:`Scan`; names that do not parse are in ``problems``.
     """
     root = Path(root)
-    available = machine_dirs(root, SPLITS)
-    if not available:
-        raise DatasetError(f"{root}: no machine folders found; expected {root}/<machine>/{{train,test}}/"
-                           "<normal|anomaly>_id_XX_NNNNNNNN.wav (DCASE 2020 layout)")
+    available = found_machines(root, SPLITS, f"{root}/<machine>/{{train,test}}/"
+                                             "<normal|anomaly>_id_XX_NNNNNNNN.wav (DCASE 2020 layout)")
     chosen = choose_machines(available, machines, root)
     warn_unfamiliar_machines(chosen, MACHINES, "DCASE 2020")
     out = Scan(dataset="dcase2020", root=root)
     for machine in chosen:
         for split in splits:
             parse_folder(out, root / machine / split, lambda p: parse_filename(p, machine, split))
-    drop_unsafe_names(out)
-    check_unique_names(out.clips, root)
-    return out.sort()
+    return finish_scan(out, root)

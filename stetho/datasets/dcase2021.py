@@ -19,8 +19,8 @@ import re
 from pathlib import Path
 
 from stetho.datasets.base import (
-    AUDIO_SUFFIX, Scan, audio_files, check_unique_names, choose_machines, drop_unsafe_names, machine_dirs,
-    parse_folder, warn_unfamiliar_machines,
+    AUDIO_SUFFIX, Scan, audio_files, choose_machines, finish_scan, found_machines, parse_folder,
+    warn_unfamiliar_machines,
 )
 from stetho.datasets.clip import Clip
 from stetho.datasets.dcase import parse_attributes
@@ -80,10 +80,9 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
         A :class:`Scan`; names that do not parse are in ``problems``.
     """
     root = Path(root)
-    available = machine_dirs(root, ("train", "source_test", "target_test"))
-    if not available:
-        raise DatasetError(f"{root}: no machine folders found; expected {root}/<machine>/"
-                           "{train,source_test,target_test}/section_XX_...wav (DCASE 2021 layout)")
+    available = found_machines(root, ("train", "source_test", "target_test"),
+                               f"{root}/<machine>/{{train,source_test,target_test}}/section_XX_...wav "
+                               "(DCASE 2021 layout)")
     chosen = choose_machines(available, machines, root)
     warn_unfamiliar_machines(chosen, MACHINES, "DCASE 2021")
     out = Scan(dataset="dcase2021", root=root)
@@ -94,6 +93,4 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
         for split in splits:
             for folder in FOLDERS[split]:
                 parse_folder(out, root / machine / folder, lambda p: parse_filename(p, machine, folder))
-    drop_unsafe_names(out)
-    check_unique_names(out.clips, root)
-    return out.sort()
+    return finish_scan(out, root)

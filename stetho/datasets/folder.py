@@ -22,8 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from stetho.datasets.base import (
-    SPLITS, Scan, audio_files, check_unique_names, choose_machines, drop_unsafe_names, listing, machine_dirs,
-    parse_label, table_rows,
+    SPLITS, Scan, audio_files, choose_machines, finish_scan, found_machines, listing, parse_label,
+    table_rows,
 )
 from stetho.datasets.names import name_message
 from stetho.datasets.clip import DOMAINS, NORMAL, Clip
@@ -86,10 +86,8 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
             repeated within a machine type.
     """
     root = Path(root)
-    available = machine_dirs(root, SPLITS)
-    if not available:
-        raise DatasetError(f"{root}: no machine folders found; expected {root}/<machine>/train/*.wav "
-                           "and/or <machine>/test/*.wav (one's own recordings)")
+    available = found_machines(root, SPLITS, f"{root}/<machine>/train/*.wav and/or <machine>/test/*.wav "
+                                             "(one's own recordings)")
     chosen = choose_machines(available, machines, root)
     tables = [root / LABELS_FILE] + [root / m / LABELS_FILE for m in available]
     labels: dict[Path, tuple[int, str | None, str | None]] = {}
@@ -135,6 +133,4 @@ def scan(root: str | Path, machines: list[str] | None = None, splits: tuple[str,
         raise DatasetError(f"{root}: {len(unlisted)} test file(s) are not listed in labels.csv (list every "
                            "test file, or remove labels.csv to score without evaluating):\n  "
                            + listing([str(p) for p in unlisted]))
-    drop_unsafe_names(out)
-    check_unique_names(out.clips, root)
-    return out.sort()
+    return finish_scan(out, root)

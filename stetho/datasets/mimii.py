@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stetho.datasets.base import Scan, audio_files, check_unique_names, choose_machines, drop_unsafe_names
+from stetho.datasets.base import Scan, audio_files, choose_machines, finish_scan
 from stetho.datasets.clip import ANOMALY, NORMAL, VALIDATION_META, Clip
 from stetho.errors import ConfigError, DatasetError
 
@@ -148,6 +148,4 @@ def scan(
                 key = f"{prefix}{path.parent.name}_id_{mid}_{path.name}"
                 out.clips.append(Clip(path=path, machine=machine, section=section, split=split,
                                       label=label, key=key, meta=clip_meta))
-    drop_unsafe_names(out)
-    check_unique_names(out.clips, root)
-    return out.sort()
+    return finish_scan(out, root)
