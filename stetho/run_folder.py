@@ -42,7 +42,7 @@ MODELS_INDEX = "models.json"
 TEST_STAGING = ".test.partial"
 #: Files of a test outside ``results/`` that it replaces (``summary.csv`` last: its presence says
 #: the test's metrics are complete).
-TEST_FILES = ("test_files.csv", "skipped.csv", "summary.csv")
+TEST_FILES = ("test_files.csv", "skipped.csv", "test_thresholds.csv", "summary.csv")
 _COMMIT_MARK = "COMMIT"
 
 

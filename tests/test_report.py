@@ -343,7 +343,7 @@ def test_the_run_record_holds_thresholds_decision_scores_and_the_last_training_e
     assert read_thresholds(tmp_path)[("knn", "valve")] == 1e-9
     # the thresholds a test decided with (refitted by --decision-fpr) come before the trained ones
     det.thresholds_ = {"kmeans": {"fan": 5.0, "valve": 6.0}}
-    write_thresholds(tmp_path / "results", {"fan": det})
+    write_thresholds(tmp_path, {"fan": det}, "test_thresholds.csv")
     assert read_thresholds(tmp_path) == {("kmeans", "fan"): 5.0, ("kmeans", "valve"): 6.0}
     # a model without embeddings, trained again into the same folder, leaves no stale npz
     del det.train_embeddings_
@@ -538,7 +538,7 @@ def test_a_run_from_before_the_run_record_is_reported_without_its_model(runs, di
     for name, run in (("ae", runs[0]), ("disc", disc_run)):
         old = tmp_path / name
         shutil.copytree(run, old)
-        for f in ("thresholds.csv", "decision_scores.csv", "train_embeddings.npz", "results/thresholds.csv"):
+        for f in ("thresholds.csv", "decision_scores.csv", "train_embeddings.npz", "test_thresholds.csv"):
             (old / f).unlink(missing_ok=True)
         shutil.rmtree(old / "models")  # proof that the report does not need them
         data = load_run(old)

@@ -12,7 +12,7 @@ styles are inline, and nothing refers to the network. It reads only what a run f
   ROC curves per machine type and section (source: source normals + all anomalies; target:
   target normals + all anomalies, as ``AUC (source|target)`` are defined; pAUC's FPR range
   shaded) and score histograms of normal vs anomalous clips per domain with the decision
-  threshold (``results/thresholds.csv`` the test decided with, else ``thresholds.csv`` as
+  threshold (``test_thresholds.csv`` the test decided with, else ``thresholds.csv`` as
   trained: :mod:`stetho.outputs.run_record`; runs trained before it existed: the midpoint between the highest score decided normal and the lowest decided
   anomalous, with a note);
 - ``history_*.csv``: training curves; ``train_embeddings.npz`` and ``results/test_embeddings.npz``:

@@ -4,7 +4,7 @@ The report (:mod:`stetho.outputs.report`) draws threshold lines and embedding pr
 these files, so it never loads a model (no torch, no refit of the discriminative model's backends):
 
 - ``RUN/thresholds.csv`` (``mode, machine, threshold``): each score mode's decision threshold
-  per machine type, as trained; ``RUN/results/thresholds.csv`` the same for the thresholds a
+  per machine type, as trained; ``RUN/test_thresholds.csv`` the same for the thresholds the last
   test decided with (``stetho test --decision-fpr`` refits them), when the test wrote it;
 - ``RUN/decision_scores.csv`` (``file, machine, section, domain, <mode> ...``): the out-of-sample
   scores of the calibration clips the thresholds were fitted on (``decision_scores_``), one row
@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # the models import torch; this module must not
 log = logging.getLogger(__name__)
 
 THRESHOLDS = "thresholds.csv"
+#: The thresholds the last test decided with (written with its results, committed together).
+TEST_THRESHOLDS = "test_thresholds.csv"
 DECISION_SCORES = "decision_scores.csv"
 TRAIN_EMBEDDINGS = "train_embeddings.npz"
 THRESHOLD_HEADER = ("mode", "machine", "threshold")
@@ -46,11 +48,12 @@ def _unique(detectors: Mapping[str, Detector]) -> list[Detector]:
     return list({id(d): d for d in detectors.values()}.values())
 
 
-def write_thresholds(folder: str | Path, detectors: Mapping[str, Detector]) -> Path:
-    """``folder/thresholds.csv``: every score mode's threshold per machine type of ``detectors``."""
+def write_thresholds(folder: str | Path, detectors: Mapping[str, Detector], name: str = THRESHOLDS) -> Path:
+    """``folder/<name>`` (``thresholds.csv``): every score mode's threshold per machine type of
+    ``detectors``."""
     rows = [(mode, machine, float(per[machine]))
             for det in _unique(detectors) for mode, per in det.thresholds_.items() for machine in sorted(per)]
-    return write_csv(Path(folder) / THRESHOLDS, sorted(rows), header=THRESHOLD_HEADER)
+    return write_csv(Path(folder) / name, sorted(rows), header=THRESHOLD_HEADER)
 
 
 def write_run_record(run_dir: str | Path, detectors: Mapping[str, Detector]) -> list[Path]:
@@ -103,9 +106,9 @@ def _train_embeddings(det: Detector) -> dict[str, np.ndarray] | None:
 
 # -- reading ------------------------------------------------------------------------------------
 def read_thresholds(run_dir: str | Path) -> dict[tuple[str, str], float] | None:
-    """``(mode, machine) -> threshold`` the run's last test decided with (``results/thresholds.csv``)
+    """``(mode, machine) -> threshold`` the run's last test decided with (``test_thresholds.csv``)
     or else the trained ones (``thresholds.csv``); None when the run recorded neither."""
-    for path in (Path(run_dir) / "results" / THRESHOLDS, Path(run_dir) / THRESHOLDS):
+    for path in (Path(run_dir) / TEST_THRESHOLDS, Path(run_dir) / THRESHOLDS):
         if path.is_file():
             with open(path, newline="", encoding="utf-8") as fh:
                 return {(r["mode"], r["machine"]): float(r["threshold"]) for r in csv.DictReader(fh)}

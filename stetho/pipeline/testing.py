@@ -22,7 +22,7 @@ from stetho.metrics import FORMULAS, EvaluationResult
 from stetho.models import Detector
 from stetho.outputs import write_csv, write_dict_csv, write_results, write_section_metrics, write_submission
 from stetho.outputs.dcase import score_cells
-from stetho.outputs.run_record import write_thresholds
+from stetho.outputs.run_record import TEST_THRESHOLDS, write_thresholds
 from stetho.pipeline.common import (
     TEST_FILES_HEADER, data_test_split, features_of, load_run_config, record_timings, scan_split, score_modes,
     write_skipped,
@@ -105,7 +105,7 @@ def _test_locked(run_dir: Path, score, data, overrides: dict[str, Any]) -> TestO
     tset = _read_test_set(run_dir, cfg, root, detectors, strict)
     stage = _stage_test_files(run_dir, tset)
     staged = _score_and_write(detectors, tset, modes, stage / "results")
-    write_thresholds(stage / "results", detectors)  # the thresholds this test decided with
+    write_thresholds(stage, detectors, TEST_THRESHOLDS)  # the thresholds this test decided with
     out = TestOutcome(run_dir=run_dir, skipped=tset.skipped)
     summary_rows = _evaluate(out, cfg, tset, staged)
     if summary_rows:
