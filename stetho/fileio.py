@@ -57,18 +57,40 @@ def file_mode() -> int:
     return 0o666 & ~umask()
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of the bytes of the file at ``path`` (``OSError`` when it cannot be read)."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """Short words for an ``OSError`` a user can cause while writing — ``"disk full"``,
+    ``"read-only file system"``, ``"permission denied"`` — or None for any other error."""
+    code = getattr(exc, "errno", None)
+    if code in _DISK_FULL:
+        return "disk full"
+    if code == errno.EROFS:
+        return "read-only file system"
+    if code in _READ_ONLY:
+        return "permission denied"
+    return None
+
+
 def storage_error(exc: OSError, path: str | Path, action: str = "write") -> Exception:
     """A one-line :class:`StorageError` for an ``OSError`` a user can cause while writing
     ``path`` (disk full, read-only folder, no permission, a path component that is a file),
     or ``exc`` itself for anything else."""
     path = Path(path)
     code = exc.errno
-    if code in _DISK_FULL:
+    problem = storage_problem(exc)
+    if problem == "disk full":
         return StorageError(path, f"disk full: cannot {action} {path} ({os.strerror(code)}); "
                                   "the previous file, if any, is unchanged")
-    if code == errno.EROFS:
+    if problem == "read-only file system":
         return StorageError(path, f"cannot {action} {path}: the file system is read-only")
-    if code in _READ_ONLY:
+    if problem == "permission denied":
         return StorageError(path, f"cannot {action} {path}: permission denied (the folder is read-only "
                                   "for this user)")
     if code in (errno.ENOTDIR, errno.EEXIST) or isinstance(exc, (NotADirectoryError, FileExistsError)):

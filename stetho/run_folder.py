@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from stetho.errors import ConfigError, RunLockedError, StethoError
-from stetho.fileio import atomic_write_text, make_dirs, remove_stale_temp_files, storage_error
+from stetho.fileio import atomic_write_text, file_sha256, make_dirs, remove_stale_temp_files, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -228,17 +227,9 @@ def check_out_folder(run_dir: Path) -> None:
 
 
 # -- model index ----------------------------------------------------------------------------------
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_models_index(run_dir: Path, models: dict[str, list[str]]) -> Path:
     """Record the run's model files (``name -> machine types``) with their SHA-256."""
-    index = {"models": {f"{name}.pt": {"sha256": sha256(run_dir / "models" / f"{name}.pt"), "machines": machines}
+    index = {"models": {f"{name}.pt": {"sha256": file_sha256(run_dir / "models" / f"{name}.pt"), "machines": machines}
                         for name, machines in sorted(models.items())}}
     return atomic_write_text(run_dir / MODELS_INDEX, json.dumps(index, indent=2) + "\n")
 
@@ -269,7 +260,7 @@ def run_models(run_dir: Path) -> list[Path]:
         path = run_dir / "models" / name
         if not path.is_file():
             raise StethoError(f"{path}: missing (the run trained it; it was moved or deleted)")
-        if sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise StethoError(f"{path}: differs from the file this run trained (SHA-256 mismatch): it was replaced "
                               "or damaged; re-train, or restore the original file")
         paths.append(path)

@@ -19,7 +19,6 @@ are removed when older than an hour, once per cache object for each sub-folder i
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import io
@@ -35,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from stetho.errors import StorageError
-from stetho.fileio import atomic_write_with, remove_stale_temp_files
+from stetho.fileio import atomic_write_with, file_sha256, remove_stale_temp_files, storage_problem
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +71,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "stetho"
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 (hex) of the bytes of the file at ``path``.
-
-    Raises:
-        OSError: the file cannot be read (e.g. it does not exist).
-    """
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+#: SHA-256 (hex) of a file's bytes: the content part of a cache key.
+file_digest = file_sha256
 
 
 class FeatureCache:
@@ -249,12 +242,8 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], np.dtype] | None:
 def _reason(exc: BaseException) -> str:
     """Short words for why a cache write failed."""
     for e in (exc, exc.__context__):
-        code = getattr(e, "errno", None)
-        if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-            return "disk full"
-        if code == errno.EROFS:
-            return "read-only file system"
-        if code in (errno.EACCES, errno.EPERM):
-            return "permission denied"
+        problem = storage_problem(e) if e is not None else None
+        if problem:
+            return problem
     text = str(exc)
     return "a part of the path is a file, not a folder" if "is a file, not a folder" in text else text

@@ -149,10 +149,11 @@ def _read_test_set(run_dir: Path, cfg: Mapping[str, Any], root: Path, detectors:
     test_split = data_test_split(cfg, root, scan)
     # Score files are named as the data's own year names them, whatever formula is asked for.
     natural = official_formula(scan.dataset, scan.clips)
-    _warn_unseen_sections(run_dir, scan.clips)
+    trained = _training_files(run_dir)
+    _warn_unseen_sections(trained, scan.clips)
     rates: list[int] = []
     clips, feats, bad = features_of(cfg, next(iter(detectors.values())), scan.clips, "test features", rates)
-    notes = _rate_notes(run_dir, clips, rates, strict)
+    notes = _rate_notes(trained, clips, rates, strict)
     for machine in detectors:
         if not any(c.machine == machine for c in clips):
             log.warning("%s: no test clips in %s", machine, scan.root)
@@ -245,15 +246,21 @@ def _evaluate(out: TestOutcome, cfg: Mapping[str, Any], tset: _TestSet,
     return rows
 
 
-def _rate_notes(run_dir: Path, clips: Sequence[Clip], rates: Sequence[int], strict: bool) -> list[str]:
-    """A note per test clip whose native sample rate no training clip had (resampling cannot
-    bring back a band the recording never had: an 8 kHz clip among 16 kHz ones scores as an
-    anomaly); an error listing them with ``strict``."""
-    trained: set[int] = set()
+def _training_files(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of the run's ``train_files.csv`` (none for a run without one)."""
     path = run_dir / "train_files.csv"
-    if path.is_file():
-        with open(path, newline="", encoding="utf-8") as fh:
-            trained = {int(r["sample_rate"]) for r in csv.DictReader(fh) if r.get("sample_rate")}
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _rate_notes(training: Sequence[Mapping[str, str]], clips: Sequence[Clip], rates: Sequence[int],
+                strict: bool) -> list[str]:
+    """A note per test clip whose native sample rate no training clip (rows of
+    ``train_files.csv``) had (resampling cannot bring back a band the recording never had: an
+    8 kHz clip among 16 kHz ones scores as an anomaly); an error listing them with ``strict``."""
+    trained = {int(r["sample_rate"]) for r in training if r.get("sample_rate")}
     if not trained:
         return [""] * len(clips)  # a run from before sample rates were recorded
     seen = ", ".join(f"{r} Hz" for r in sorted(trained))
@@ -292,13 +299,11 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     atomic_write_with(path, lambda fh: np.savez(fh, **arrays))
 
 
-def _warn_unseen_sections(run_dir: Path, clips: Sequence[Clip]) -> None:
+def _warn_unseen_sections(training: Sequence[Mapping[str, str]], clips: Sequence[Clip]) -> None:
     """Warn about test sections (IDs) of a machine type that had no training clip."""
-    path = run_dir / "train_files.csv"
-    if not path.is_file():
+    if not training:
         return
-    with open(path, newline="", encoding="utf-8") as fh:
-        trained = {(r["machine"], r["section"]) for r in csv.DictReader(fh)}
+    trained = {(r["machine"], r["section"]) for r in training}
     unseen = sorted({(c.machine, c.section) for c in clips} - trained)
     if unseen:
         log.warning(
