@@ -17,6 +17,7 @@ from stetho.models import Detector, get_model
 from stetho.models.arae import ARAEDetector, ARAENet, arae_loss, union_loss
 from stetho.models.base import FitContext
 from stetho.models.arae.attacks import (
+    transform_images,
     l2_pgd, latent_distance, linf_pgd, linf_random_start, spatial_attack, spatial_grid,
 )
 
@@ -38,22 +39,25 @@ def _images(n: int = 16, dim: int = 64, seed: int = 0) -> torch.Tensor:
 
 
 # -- network --------------------------------------------------------------------------------------
-def test_network_has_the_spec_shape_glorot_weights_and_sigmoid_outputs():
+def test_network_has_the_spec_shape_glorot_normal_weights_and_each_originals_output_layer():
     torch.manual_seed(0)
     net = ARAENet()  # METHODS.md §7 defaults
     linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [
         (784, 512), (512, 256), (256, 128), (128, 256), (256, 512), (512, 784)]
-    for m in linears:
-        bound = np.sqrt(6.0 / (m.in_features + m.out_features))  # Glorot-uniform limit
-        w = float(m.weight.detach().abs().max())
-        assert 0.9 * bound < w <= bound
+    for m in linears:  # Glorot-normal (both originals): std sqrt(2 / (fan_in + fan_out)), not uniform
+        w = m.weight.detach().numpy().ravel()
+        std = np.sqrt(2.0 / (m.in_features + m.out_features))
+        assert abs(w.std() / std - 1) < 0.05 and abs(w.mean()) < 0.05 * std
+        assert np.abs(w).max() > np.sqrt(3) * std  # beyond a uniform distribution's limit of the same std
         assert float(m.bias.detach().abs().max()) == 0.0
     assert all(isinstance(net.encoder[i], torch.nn.Sigmoid) for i in (1, 3, 5))
     out = net(torch.rand(4, 784)).detach()
     assert out.shape == (4, 784) and float(out.min()) > 0 and float(out.max()) < 1
-    relu = ARAENet(activation="relu")
-    assert isinstance(relu.encoder[1], torch.nn.ReLU) and isinstance(relu.decoder[-1], torch.nn.Sigmoid)
+    union = ARAENet(activation="relu", output="linear")  # MNIST-union/code.py: ReLU, linear output
+    assert isinstance(union.encoder[1], torch.nn.ReLU) and isinstance(union.decoder[-1], torch.nn.Linear)
+    with pytest.raises(ValueError, match="output must be one of sigmoid, linear"):
+        ARAENet(output="tanh")
 
 
 # -- attacks --------------------------------------------------------------------------------------
@@ -119,16 +123,29 @@ def test_spatial_attack_picks_the_worst_transform_of_a_known_set():
     z = net.encode(x).detach()
     for i in range(len(x)):
         img = x[i].numpy().reshape(8, 8)
-        # independent brute force: each transform with scipy on the single image
+        # brute force: each transform on the single image, one at a time (the attack batches and chunks)
         dists = []
         for angle, (dy, dx) in transforms:
-            t = ndimage.rotate(img, angle, reshape=False, order=1, mode="constant", cval=0.0) if angle else img
-            t = ndimage.shift(t, (dy, dx), order=0, mode="constant", cval=0.0) if (dy or dx) else t
-            t = torch.from_numpy(np.clip(t, 0, 1).astype(np.float32)).reshape(1, -1)
+            t = torch.from_numpy(np.clip(transform_images(img[None], angle, (dy, dx))[0], 0, 1)).reshape(1, -1)
             dists.append(float(latent_distance(net.encode(t), z[i:i + 1])))
         assert chosen[i] == int(np.argmax(dists))
         assert float(latent_distance(net.encode(adv[i:i + 1]), z[i:i + 1])) == pytest.approx(max(dists), rel=1e-5)
     assert len(set(chosen.tolist())) > 1  # not one transform for everything
+    adv_small, chosen_small = spatial_attack(net.encode, x, (8, 8), transforms, chunk=7)  # one transform a chunk
+    assert np.array_equal(chosen_small, chosen) and torch.equal(adv_small, adv)
+
+
+def test_the_spatial_grid_is_the_originals_279_transforms_and_rotation_agrees_with_scipy():
+    grid = spatial_grid()  # MNIST-union/code.py: linspace(-30, 30, 31) x 3 x 3 translations
+    assert len(grid) == 279 and grid[0] == (-30.0, (-4.0, -4.0)) and grid[-1] == (30.0, (4.0, 4.0))
+    assert sorted({a for a, _ in grid})[:3] == [-30.0, -28.0, -26.0]
+    img = np.zeros((1, 28, 28), dtype=np.float32)
+    img[0, 6:22, 12:16] = 1.0  # a bar
+    for angle in (-30.0, 14.0):
+        ours = transform_images(img, angle, (0.0, 0.0))[0]
+        # scipy rotates the other way round in (row, col) axes; the same bilinear interpolation
+        ref = ndimage.rotate(img[0], -angle, reshape=False, order=1, mode="constant", cval=0.0)
+        assert np.abs(ours - ref).mean() < 0.01 and ours.sum() == pytest.approx(img.sum(), rel=0.02)
 
 
 def test_spatial_transform_moves_a_pixel_where_expected():
@@ -137,7 +154,7 @@ def test_spatial_transform_moves_a_pixel_where_expected():
     from stetho.models.arae.attacks import transform_images
 
     moved = transform_images(img, 0.0, (1.0, 2.0))
-    assert moved[0, 3, 5] == 1.0 and moved.sum() == 1.0
+    assert moved[0, 3, 5] == pytest.approx(1.0, abs=1e-5) and moved.sum() == pytest.approx(1.0, abs=1e-5)
     turned = transform_images(img, 90.0, (0.0, 0.0))
     assert turned.sum() == pytest.approx(1.0, abs=1e-5) and turned[0, 2, 3] < 0.5
 
@@ -150,7 +167,11 @@ def test_arae_and_union_losses_match_a_hand_computation():
     t = lambda a: torch.from_numpy(a)  # noqa: E731
     want = np.mean((r - x) ** 2) + 0.1 * np.mean((z - za) ** 2)
     assert float(arae_loss(t(r), t(x), t(z), t(za), 0.1)) == pytest.approx(want, rel=1e-12)
-    want_u = np.mean((r - x) ** 2) + np.mean((r2 - x) ** 2) + 0.2 * (np.mean((z - za) ** 2) + np.mean((z - za2) ** 2)) / 2
+    # the original: MSE over the adversarial batches stacked = the mean of the per-attack terms
+    want_u = (np.mean((r - x) ** 2) + np.mean((r2 - x) ** 2)) / 2 + 0.2 * (np.mean((z - za) ** 2) + np.mean((z - za2) ** 2)) / 2
+    stacked = np.mean((np.concatenate([r, r2]) - np.concatenate([x, x])) ** 2) + \
+        0.2 * np.mean((np.concatenate([za, za2]) - np.concatenate([z, z])) ** 2)
+    assert want_u == pytest.approx(stacked, rel=1e-12)
     assert float(union_loss([t(r), t(r2)], t(x), t(z), [t(za), t(za2)], 0.2)) == pytest.approx(want_u, rel=1e-12)
 
 
@@ -187,17 +208,53 @@ def test_official_array_fit_trains_on_every_row_with_gamma_thresholds_of_their_s
     assert det.threshold_for("recon", "images") == pytest.approx(gamma_threshold(s, 0.9), rel=1e-12)
 
 
-def test_union_variant_trains_with_all_three_attacks():
+def test_union_variant_trains_with_all_three_attacks_per_batch(monkeypatch):
+    import stetho.models.arae.detector as mod
+
     x, d = _digits(1)
+    calls: dict[str, list] = {"l2_pgd": [], "linf_pgd": [], "spatial_attack": []}
+    for name in calls:
+        real = getattr(mod, name)
+
+        def counted(encode, xb, *a, _real=real, _name=name, **k):
+            calls[_name].append((encode.__self__, len(xb)))
+            return _real(encode, xb, *a, **k)
+        monkeypatch.setattr(mod, name, counted)
     det = ARAEDetector(variant="union", hidden=(32, 16), latent=8, eps=0.1, steps=2, l2_eps=1.0, l2_steps=2,
                        angles=[-10, 10], shifts=[0, 1], image_shape=(8, 8), epochs=2, batch_size=64,
-                       seed=0, device="cpu").fit_arrays(x)
-    assert det.activation_ == "relu" and det.gamma_ == 0.2
+                       seed=0, device="cpu", threshold="official").fit_arrays(x)
+    assert (det.activation_, det.output_, det.craft_, det.gamma_, det.step_size_) == ("relu", "linear", "batch", 0.2, 0.01)
+    assert isinstance(det.net_.decoder[-1], torch.nn.Linear)  # linear output, as MNIST-union/code.py
     assert np.isfinite(det.history_["train_loss"]).all()
-    # three reconstruction terms: the first epoch's loss is well above a plain AE's
-    plain = ARAEDetector(variant="plain", activation="relu", hidden=(32, 16), latent=8, epochs=2, batch_size=64,
-                         seed=0, device="cpu").fit_arrays(x)
-    assert det.history_["train_loss"][0] > 2 * plain.history_["train_loss"][0]
+    n_batches = 2 * -(-len(x) // 64)
+    for name, seen in calls.items():  # every attack on every batch, against the network being trained
+        assert len(seen) == n_batches, name
+        assert all(net is det.net_ for net, _ in seen)
+
+
+def test_linf_arae_crafts_against_the_weights_of_the_epochs_start(monkeypatch):
+    import stetho.models.arae.detector as mod
+
+    x, _ = _digits(2)
+    crafted_with: list[torch.Tensor] = []
+    real = mod.linf_pgd
+
+    def spy(encode, xb, *a, **k):
+        crafted_with.append(torch.cat([p.detach().flatten().clone() for p in encode.__self__.parameters()]))
+        return real(encode, xb, *a, **k)
+    monkeypatch.setattr(mod, "linf_pgd", spy)
+    det = ARAEDetector(hidden=(32, 16), latent=8, eps=0.1, steps=2, epochs=2, batch_size=32, seed=0,
+                       device="cpu", threshold="official").fit_arrays(x)
+    assert (det.output_, det.craft_) == ("sigmoid", "epoch") and isinstance(det.net_.decoder[-1], torch.nn.Sigmoid)
+    per_epoch = -(-len(x) // 32)
+    assert len(crafted_with) == 2 * per_epoch
+    first, second = crafted_with[:per_epoch], crafted_with[per_epoch:]
+    assert all(torch.equal(w, first[0]) for w in first) and all(torch.equal(w, second[0]) for w in second)
+    assert not torch.equal(first[0], second[0])  # refreshed at the epoch's start
+    crafted_with.clear()
+    ARAEDetector(hidden=(32, 16), latent=8, eps=0.1, steps=2, epochs=1, batch_size=32, seed=0, craft="batch",
+                 device="cpu", threshold="official").fit_arrays(x)
+    assert not torch.equal(crafted_with[0], crafted_with[1])  # craft=batch: the current weights
 
 
 def test_bad_parameters_and_inputs_are_clear_errors():

@@ -83,7 +83,7 @@ def test_bad_idx_files_are_errors_naming_the_file(tmp_path):
     with pytest.raises(DatasetError, match=r"short\.idx: IDX data holds 3 bytes, expected 10"):
         read_idx(short)
     with pytest.raises(DatasetError, match="nothing is downloaded"):
-        load_image_set("mnist", None)
+        load_image_set("coil100", None)
 
 
 # -- COIL-100 -------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -93,11 +93,20 @@ class FitContext:
         unlabeled: ``(clips, features)`` of unlabeled (test) clips, for transductive methods.
         validation: ``(clips, features)`` of validation clips, for methods that choose their
             best epoch on them (``Detector.uses_validation``).
+        on_epoch: called after each training epoch as ``on_epoch(epoch, detector)`` with the
+            network being trained in place (``detector.score_arrays`` works); the mapping it
+            returns (or ``None``) is added to the epoch's history and log line, e.g. a test AUC
+            learning curve. Honoured by detectors whose docstring says so (ARAE).
+        stop: asked before each epoch but the first; True stops the training with
+            :class:`~stetho.models.training.TrainingStopped` after the last epoch's checkpoint
+            (a time budget; the next fit with the same work dir resumes). Same detectors.
     """
 
     work_dir: Path | None = None
     unlabeled: tuple[Sequence[Clip], Sequence[np.ndarray]] | None = None
     validation: tuple[Sequence[Clip], Sequence[np.ndarray]] | None = None
+    on_epoch: Callable[[int, Any], Mapping[str, float] | None] | None = None
+    stop: Callable[[], bool] | None = None
 
     def sub(self, name: str) -> "FitContext":
         """The same context with its work dir in a sub-folder ``name`` (one per fold)."""

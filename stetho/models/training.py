@@ -59,6 +59,21 @@ __all__ = [
 ]
 
 
+class TrainingStopped(StethoError):
+    """A training stopped on request (a time budget ran out) before its last epoch, after the
+    checkpoint of the epoch it finished was written: running it again resumes there.
+
+    Attributes:
+        desc: the run (``"ARAE (linf) epochs"``).
+        epoch: epochs finished (and checkpointed, when the run has a checkpoint).
+        epochs: epochs asked for.
+    """
+
+    def __init__(self, desc: str, epoch: int, epochs: int) -> None:
+        self.desc, self.epoch, self.epochs = desc, epoch, epochs
+        super().__init__(f"{desc}: stopped after epoch {epoch} of {epochs} (time budget); run again to resume")
+
+
 class TrainingDivergedError(StethoError, FloatingPointError):
     """A training loss (or validation loss) became NaN or infinite, or grew beyond
     :data:`DIVERGENCE_FACTOR` times its first value: the training diverged and nothing of it
@@ -178,6 +193,7 @@ def _loop(
     history: dict[str, list] | None,
     log_interval: float,
     save: Callable[[int, dict], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, list]:
     history = history if history is not None else {k: [] for k in HISTORY_COLUMNS}
     bar = _Progress(desc, epochs, start_epoch, progress, log_interval)
@@ -185,6 +201,8 @@ def _loop(
     first: float | None = None  # the run's first step loss: the scale of a divergence
     try:
         for epoch in range(start_epoch, epochs):
+            if stop is not None and epoch > start_epoch and stop():
+                raise TrainingStopped(desc, epoch, epochs)
             t0 = time.perf_counter()
             total, count = 0.0, 0
             for batch in epoch_batches(epoch):
@@ -345,6 +363,7 @@ class Trainer:
         checkpoint: str | Path | None = None,
         state: Mapping[str, Any] | None = None,
         fingerprint: Any = None,
+        stop: Callable[[], bool] | None = None,
     ) -> dict[str, list]:
         """Train ``epochs`` epochs (resuming from ``checkpoint`` when it matches).
 
@@ -370,6 +389,9 @@ class Trainer:
                 always saved.
             fingerprint: hyper-parameters and data (anything :func:`fingerprint` digests); a
                 checkpoint written with another one is never resumed.
+            stop: asked before every epoch but the run's first; when it returns True the run
+                raises :class:`TrainingStopped` (the last epoch's checkpoint is written by then
+                and kept, so the next run resumes there).
 
         Returns:
             The history, ``{"epoch", "train_loss", "val_loss", ...}``, one entry per epoch
@@ -378,7 +400,7 @@ class Trainer:
         if self._stack is None:
             with self:
                 return self.run(step, epoch_batches, epochs, evaluate=evaluate, on_epoch=on_epoch, desc=desc,
-                                checkpoint=checkpoint, state=state, fingerprint=fingerprint)
+                                checkpoint=checkpoint, state=state, fingerprint=fingerprint, stop=stop)
         state = dict(state or {})
         kinds = {name: _state_kind(name, obj) for name, obj in state.items()}
         path = Path(checkpoint) if checkpoint is not None and self.checkpoint_every > 0 else None
@@ -411,7 +433,7 @@ class Trainer:
             self._written.add(path)
 
         return _loop(step, epoch_batches, epochs, evaluate, on_epoch, desc, self.progress, start, history,
-                     self.log_interval, save if path is not None else None)
+                     self.log_interval, save if path is not None else None, stop)
 
     def _load(self, path: Path, digest: str, epochs: int, desc: str) -> dict | None:
         """The checkpoint at ``path`` if it can be resumed (else ``None``, with a warning why)."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
+import torch.nn.functional as F
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -75,16 +75,18 @@ def l2_pgd(
 ) -> torch.Tensor:
     """L2 PGD in latent space: ``‖x' − x‖₂ ≤ eps`` per sample, normalised-gradient steps.
 
+    The random start is the original's: uniform noise in [−0.5, 0.5] per input, scaled down to
+    norm ``eps`` where it is longer (on 784-d MNIST it almost always is: the start lies on the sphere).
+
     Clipping ``x + δ`` to the box moves every coordinate towards ``x`` (``x`` is inside the box),
     so the projection onto the ball followed by the clip stays in both sets.
     """
     x = x.detach()
     with torch.no_grad():
         z = encode(x)
-    if random_start:
-        direction = torch.randn(x.shape, generator=generator).to(x.device)
-        radius = eps * _rand((len(x), 1), generator, x.device)
-        x_adv = (x + _l2_project(direction, 1.0) * radius).clamp(lo, hi)
+    if random_start:  # as the original: uniform noise in [-0.5, 0.5]^dim, its norm capped at eps
+        noise = _rand(x.shape, generator, x.device) - 0.5
+        x_adv = (x + _l2_project(noise, eps)).clamp(lo, hi)
     else:
         x_adv = x.clone()
     for _ in range(steps):
@@ -97,29 +99,77 @@ def l2_pgd(
     return x_adv.detach()
 
 
+def _as_nchw(images: torch.Tensor, image_shape: Sequence[int]) -> torch.Tensor:
+    """Flattened rows ``(n, H·W[·C])`` as ``(n, C, H, W)``."""
+    if len(image_shape) == 2:
+        return images.reshape(len(images), 1, *image_shape)
+    h, w, c = image_shape
+    return images.reshape(len(images), h, w, c).permute(0, 3, 1, 2)
+
+
+def _as_rows(images: torch.Tensor, image_shape: Sequence[int]) -> torch.Tensor:
+    if len(image_shape) == 2:
+        return images.reshape(len(images), -1)
+    return images.permute(0, 2, 3, 1).reshape(len(images), -1)
+
+
+def affine_images(images: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of ``images`` ``(n, C, H, W)`` by ``angles[i]`` degrees about its centre, then
+    translate it by ``shifts[i] = (dy, dx)`` pixels (down, right); bilinear, uncovered pixels 0.
+
+    The original code's spatial attack does the same with ``F.grid_sample`` (bilinear, zero
+    padding, ``align_corners=True``); here the geometry is in pixel units, so non-square images
+    rotate without shearing.
+    """
+    n, _, h, w = images.shape
+    a = torch.deg2rad(angles.to(images.dtype))
+    cos, sin = torch.cos(a), torch.sin(a)
+    sx, sy = max(w - 1, 1) / 2.0, max(h - 1, 1) / 2.0
+    # output pixel u (from the centre) samples input R⁻¹(u − t); in grid units u = S·g
+    theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = cos
+    theta[:, 0, 1] = sin * sy / sx
+    theta[:, 1, 0] = -sin * sx / sy
+    theta[:, 1, 1] = cos
+    ty, tx = shifts[:, 0].to(images.dtype), shifts[:, 1].to(images.dtype)
+    theta[:, 0, 2] = -(cos * tx + sin * ty) / sx
+    theta[:, 1, 2] = -(-sin * tx + cos * ty) / sy
+    grid = F.affine_grid(theta, list(images.shape), align_corners=True)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
 def transform_images(images: np.ndarray, angle: float, shift: tuple[float, float]) -> np.ndarray:
     """Rotate ``images`` ``(batch, H, W[, C])`` by ``angle`` degrees about their centres, then
     translate by ``shift = (dy, dx)`` pixels; uncovered pixels are 0 (the background)."""
-    out = images
-    if angle:
-        out = ndimage.rotate(out, angle, axes=(2, 1), reshape=False, order=1, mode="constant", cval=0.0)
-    if shift[0] or shift[1]:
-        offset = (0, shift[0], shift[1]) + (0,) * (images.ndim - 3)
-        out = ndimage.shift(out, offset, order=0, mode="constant", cval=0.0)
-    return out
+    arr = np.asarray(images, dtype=np.float32)
+    shape = arr.shape[1:]
+    t = _as_nchw(torch.from_numpy(arr.reshape(len(arr), -1)), shape)
+    n = len(arr)
+    out = affine_images(t, torch.full((n,), float(angle)), torch.tensor([shift] * n, dtype=torch.float32))
+    return _as_rows(out, shape).numpy().reshape(arr.shape)
 
 
-def spatial_grid(angles: Sequence[float], shifts: Sequence[float]) -> list[tuple[float, tuple[float, float]]]:
+#: The original's grid (MNIST-union/code.py): 31 rotations −30..30° in 2° steps × 3 × 3 translations
+#: (−4, 0, 4 px on each axis) = 279 transforms.
+DEFAULT_ANGLES = tuple(float(a) for a in np.linspace(-30, 30, 31))
+DEFAULT_SHIFTS = (-4.0, 0.0, 4.0)
+
+
+def spatial_grid(angles: Sequence[float] = DEFAULT_ANGLES,
+                 shifts: Sequence[float] = DEFAULT_SHIFTS) -> list[tuple[float, tuple[float, float]]]:
     """Every (angle, (dy, dx)) of the grid, in a fixed order (angle-major)."""
     return [(float(a), (float(dy), float(dx))) for a, dy, dx in itertools.product(angles, shifts, shifts)]
 
 
 def spatial_attack(
     encode: Encoder, x: torch.Tensor, image_shape: Sequence[int], transforms: Sequence[tuple[float, tuple[float, float]]],
-    lo: float = 0.0, hi: float = 1.0,
+    lo: float = 0.0, hi: float = 1.0, chunk: int = 4096,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Exhaustive spatial attack: per sample, the transform of ``transforms`` (from
-    :func:`spatial_grid`) whose result is farthest from ``E(x)`` in latent space.
+    :func:`spatial_grid`) whose result is farthest from ``E(x)`` in latent space (the first such
+    transform on ties).
+
+    Transformed copies are made and encoded in chunks of about ``chunk`` images.
 
     Returns:
         ``(x', index)``: the worst transformed inputs ``(batch, dim)`` and the index of the
@@ -128,18 +178,26 @@ def spatial_attack(
     if not transforms:
         raise ValueError("spatial_attack needs at least one transform")
     x = x.detach()
-    images = x.cpu().numpy().reshape(len(x), *image_shape)
+    n = len(x)
+    images = _as_nchw(x, image_shape)
+    angles = torch.tensor([a for a, _ in transforms], dtype=x.dtype, device=x.device)
+    shifts = torch.tensor([s for _, s in transforms], dtype=x.dtype, device=x.device)
+    per = max(1, chunk // max(n, 1))
     best = x.clone()
-    best_d = torch.full((len(x),), -1.0, device=x.device)
-    chosen = np.zeros(len(x), dtype=np.int64)
+    best_d = torch.full((n,), -1.0, device=x.device)
+    chosen = torch.zeros(n, dtype=torch.int64, device=x.device)
     with torch.no_grad():
         z = encode(x)
-        for k, (angle, shift) in enumerate(transforms):
-            cand = np.clip(transform_images(images, angle, shift), lo, hi).reshape(len(x), -1)
-            cand_t = torch.from_numpy(cand.astype(np.float32)).to(x.device)
-            d = latent_distance(encode(cand_t), z)
-            better = d > best_d
-            best[better] = cand_t[better]
-            best_d = torch.where(better, d, best_d)
-            chosen[better.cpu().numpy()] = k
-    return best, chosen
+        for s in range(0, len(transforms), per):
+            k = min(per, len(transforms) - s)
+            reps = images.repeat(k, 1, 1, 1)  # transform-major: rows j·n .. j·n + n − 1 are transform s + j
+            cand = affine_images(reps, angles[s:s + k].repeat_interleave(n), shifts[s:s + k].repeat_interleave(n, dim=0))
+            cand = _as_rows(cand, image_shape).clamp(lo, hi)
+            d = latent_distance(encode(cand), z.repeat(k, 1)).reshape(k, n)
+            top, arg = d.max(dim=0)  # the first maximum within the chunk
+            better = top > best_d
+            rows = (arg * n + torch.arange(n, device=x.device))[better]
+            best[better] = cand[rows]
+            best_d = torch.where(better, top, best_d)
+            chosen[better] = arg[better] + s
+    return best, chosen.cpu().numpy()

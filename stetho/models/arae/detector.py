@@ -12,6 +12,7 @@ is its one flattened vector ``(dim,)`` (a DCASE clip's feature is its log-mel ``
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import ConfigError, StethoError
-from stetho.models.arae.attacks import l2_pgd, linf_pgd, spatial_attack, spatial_grid
+from stetho.models.arae.attacks import DEFAULT_ANGLES, DEFAULT_SHIFTS, l2_pgd, linf_pgd, spatial_attack, spatial_grid
 from stetho.models.arae.torch_model import ARAENet
 from stetho.models.base import FitContext
 from stetho.models.logmel import LogMelDetector
@@ -34,6 +35,10 @@ from stetho.models.training import ClipMeans, FrameVectors, Trainer, make_genera
 log = logging.getLogger(__name__)
 
 VARIANTS = ("linf", "union", "plain", "denoising")
+OUTPUTS = ("sigmoid", "linear")
+#: When adversarial examples are crafted: with the current weights for every batch, or with the
+#: weights of the epoch's start (the original L∞ ARAE crafts the whole training set once per epoch).
+CRAFTS = ("batch", "epoch")
 SCALES = ("auto", "none", "minmax")
 #: Machine type of the rows given to :meth:`ARAEDetector.fit_arrays` (``thresholds_["recon"]["images"]``).
 ARRAY_MACHINE = "images"
@@ -47,9 +52,10 @@ def arae_loss(recon_adv: torch.Tensor, x: torch.Tensor, z: torch.Tensor, z_adv: 
 
 def union_loss(recons: Sequence[torch.Tensor], x: torch.Tensor, z: torch.Tensor, z_advs: Sequence[torch.Tensor],
                gamma: float) -> torch.Tensor:
-    """Union variant: ``Σ_k mean((D(E(x'_k)) − x)²) + γ · mean_k mean((E(x) − E(x'_k))²)`` over the
-    attacks k (L2, L∞, spatial)."""
-    rec = sum(F.mse_loss(r, x) for r in recons)
+    """Union variant: ``mean_k mean((D(E(x'_k)) − x)²) + γ · mean_k mean((E(x) − E(x'_k))²)`` over the
+    attacks k (L2, L∞, spatial): the original's MSE over the three adversarial batches stacked, so
+    both terms are averages over the attacks."""
+    rec = sum(F.mse_loss(r, x) for r in recons) / len(recons)
     lat = sum(F.mse_loss(za, z) for za in z_advs) / len(z_advs)
     return rec + gamma * lat
 
@@ -67,9 +73,9 @@ _COUNT = Interval(int, 1, None)
 class ARAEDetector(LogMelDetector):
     """Adversarially robust autoencoder (METHODS.md §7), with its plain/denoising baselines.
 
-    Variants: ``"linf"`` (ARAE: each batch is attacked by latent L∞ PGD with the current weights,
-    loss :func:`arae_loss`), ``"union"`` (L2 PGD, L∞ PGD and the exhaustive spatial attack per batch,
-    loss :func:`union_loss`), ``"plain"`` (MSE on clean inputs) and ``"denoising"`` (MSE of the
+    Variants: ``"linf"`` (ARAE: latent L∞ PGD examples crafted with the weights of the epoch's start,
+    as the original, loss :func:`arae_loss`), ``"union"`` (L2 PGD, L∞ PGD and the exhaustive spatial
+    attack crafted per batch with the current weights, loss :func:`union_loss`), ``"plain"`` (MSE on clean inputs) and ``"denoising"`` (MSE of the
     reconstruction of ``clip(x + N(0, noise_std²))`` to ``x``). Score = ``Σ (x̂ − x)²`` over input
     dimensions on clean inputs; a clip's score is the mean over its frame vectors. Thresholds are
     the base class's (calibrated on held-out clips or images by default; ``threshold="official"``:
@@ -80,13 +86,18 @@ class ARAEDetector(LogMelDetector):
         hidden: encoder hidden widths ((512, 256); the decoder mirrors them).
         latent: latent size (128).
         activation: ``sigmoid`` / ``relu``; default sigmoid, relu for ``union``.
+        output: output layer, ``sigmoid`` / ``linear``; default sigmoid, linear for ``union`` (as
+            each original).
+        craft: ``epoch`` (adversarial examples crafted against the weights at the start of each
+            epoch: the original L∞ ARAE) or ``batch`` (against the current weights: the original
+            union model); default by variant.
         gamma: latent-distance weight; default 0.1 (``linf``), 0.2 (``union``).
         eps: L∞ radius in [0, 1] input units (0.2 MNIST, 0.05 Fashion-MNIST / COIL-100).
         steps: L∞ PGD iterations K (40; 20 for COIL-100).
-        step_size: L∞ step; default ``2.5·eps/steps`` (union recipe: 0.01).
+        step_size: L∞ step; default ``2.5·eps/steps`` (``linf``), 0.01 (``union``).
         l2_eps, l2_step, l2_steps: the union variant's L2 PGD (5, 0.1, 100).
-        angles: rotations in degrees of the spatial attack (−30..30).
-        shifts: translations in pixels, both axes (−4..4).
+        angles: rotations in degrees of the spatial attack (−30..30 in 2° steps: 31).
+        shifts: translations in pixels, both axes (−4, 0, 4): 31 × 3 × 3 = 279 transforms.
         image_shape: ``(H, W[, C])`` of the flattened inputs; needed by ``union`` only.
         noise_std: Gaussian noise of the ``denoising`` variant (0.2).
         scale: ``"none"`` (inputs already in [0, 1]: images), ``"minmax"`` (per dimension, from the
@@ -104,6 +115,7 @@ class ARAEDetector(LogMelDetector):
         "variant": [Options(*VARIANTS)],
         "hidden": [SequenceOf(_COUNT)], "latent": [_COUNT],
         "activation": [Options("sigmoid", "relu"), None],
+        "output": [Options(*OUTPUTS), None], "craft": [Options(*CRAFTS), None],
         "gamma": [Interval(float, 0, None), None],
         "eps": [_POSITIVE], "steps": [_COUNT], "step_size": [_POSITIVE, None],
         "l2_eps": [_POSITIVE], "l2_step": [_POSITIVE], "l2_steps": [_COUNT],
@@ -118,9 +130,10 @@ class ARAEDetector(LogMelDetector):
 
     def __init__(
         self, variant: str = "linf", hidden: Sequence[int] = (512, 256), latent: int = 128,
-        activation: str | None = None, gamma: float | None = None, eps: float = 0.2, steps: int = 40,
+        activation: str | None = None, output: str | None = None, craft: str | None = None,
+        gamma: float | None = None, eps: float = 0.2, steps: int = 40,
         step_size: float | None = None, l2_eps: float = 5.0, l2_step: float = 0.1, l2_steps: int = 100,
-        angles: Sequence[float] = (-30, -20, -10, 0, 10, 20, 30), shifts: Sequence[float] = (-4, -2, 0, 2, 4),
+        angles: Sequence[float] = DEFAULT_ANGLES, shifts: Sequence[float] = DEFAULT_SHIFTS,
         image_shape: Sequence[int] | None = None, noise_std: float = 0.2, scale: str = "auto",
         epochs: int = 20, batch_size: int = 128, lr: float = 1e-3,
         n_mels: int = 128, n_frames: int = 5, frame_hop: int = 1, n_fft: int = 1024, hop_length: int = 512,
@@ -131,6 +144,8 @@ class ARAEDetector(LogMelDetector):
         self.hidden = hidden
         self.latent = latent
         self.activation = activation
+        self.output = output
+        self.craft = craft
         self.gamma = gamma
         self.eps = eps
         self.steps = steps
@@ -159,6 +174,20 @@ class ARAEDetector(LogMelDetector):
         return self.activation or ("relu" if self.variant == "union" else "sigmoid")
 
     @property
+    def output_(self) -> str:
+        return self.output or ("linear" if self.variant == "union" else "sigmoid")
+
+    @property
+    def craft_(self) -> str:
+        return self.craft or ("batch" if self.variant == "union" else "epoch")
+
+    @property
+    def step_size_(self) -> float:
+        if self.step_size is not None:
+            return float(self.step_size)
+        return 0.01 if self.variant == "union" else 2.5 * self.eps / self.steps
+
+    @property
     def gamma_(self) -> float:
         return float(self.gamma) if self.gamma is not None else (0.2 if self.variant == "union" else 0.1)
 
@@ -169,28 +198,33 @@ class ARAEDetector(LogMelDetector):
         (``kind``: ``linf`` or ``l2``; defaults from the constructor)."""
         net = self.net_
         if kind == "linf":
+            if step_size is None and eps is None and steps is None:
+                step_size = self.step_size_
             return linf_pgd(net.encode, x, self.eps if eps is None else eps, steps or self.steps,
-                            self.step_size if step_size is None else step_size, generator=generator)
+                            step_size, generator=generator)
         if kind == "l2":
             return l2_pgd(net.encode, x, self.l2_eps if eps is None else eps, steps or self.l2_steps,
                           self.l2_step if step_size is None else step_size, generator=generator)
         raise ValueError(f"unknown attack kind {kind!r}")
 
     def _loss(self, net: ARAENet, x: torch.Tensor, gen: torch.Generator,
-              transforms: Sequence[tuple[float, tuple[float, float]]]) -> torch.Tensor:
+              transforms: Sequence[tuple[float, tuple[float, float]]], crafter: ARAENet | None = None) -> torch.Tensor:
+        """The training loss of a batch ``x``; adversarial examples are crafted against
+        ``crafter``'s encoder (the weights of the epoch's start) or, when ``None``, ``net``'s."""
+        encode = (crafter or net).encode
         if self.variant == "plain":
             return F.mse_loss(net(x), x)
         if self.variant == "denoising":
             noisy = (x + self.noise_std * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0, 1)
             return F.mse_loss(net(noisy), x)
         if self.variant == "linf":
-            x_adv = linf_pgd(net.encode, x, self.eps, self.steps, self.step_size, generator=gen)
+            x_adv = linf_pgd(encode, x, self.eps, self.steps, self.step_size_, generator=gen)
             z, z_adv = net.encode(x), net.encode(x_adv)
             return arae_loss(net.decoder(z_adv), x, z, z_adv, self.gamma_)
         advs = [
-            l2_pgd(net.encode, x, self.l2_eps, self.l2_steps, self.l2_step, generator=gen),
-            linf_pgd(net.encode, x, self.eps, self.steps, self.step_size, generator=gen),
-            spatial_attack(net.encode, x, tuple(self.image_shape), transforms)[0],
+            l2_pgd(encode, x, self.l2_eps, self.l2_steps, self.l2_step, generator=gen),
+            linf_pgd(encode, x, self.eps, self.steps, self.step_size_, generator=gen),
+            spatial_attack(encode, x, tuple(self.image_shape), transforms)[0],
         ]
         z = net.encode(x)
         z_advs = [net.encode(a) for a in advs]
@@ -241,19 +275,37 @@ class ARAEDetector(LogMelDetector):
         transforms = spatial_grid(self.angles, self.shifts) if self.variant == "union" else []
         checkpoint = None if context.work_dir is None else \
             Path(context.work_dir) / f"{self.name}_{'+'.join(self.machines_)}.ckpt"
+        adversarial = self.variant in ("linf", "union")
         with Trainer(self.seed, device=self.device, threads=self.threads, progress=self.progress) as tr:
-            net = ARAENet(dim, tuple(self.hidden), self.latent, self.activation_).to(tr.device)
+            net = ARAENet(dim, tuple(self.hidden), self.latent, self.activation_, self.output_).to(tr.device)
             opt = torch.optim.Adam(net.parameters(), lr=self.lr)
             gen = tr.generator
+            crafter: list[ARAENet | None] = [None]  # the epoch's frozen copy (craft="epoch")
+
+            def batches(epoch: int) -> Iterable[torch.Tensor]:
+                if adversarial and self.craft_ == "epoch":
+                    crafter[0] = copy.deepcopy(net).eval().requires_grad_(False)
+                return epoch_batches(epoch)
 
             def step(x: torch.Tensor) -> float:
                 x = self._scale(x.to(tr.device))
-                return optimizer_step(opt, self._loss(net, x, gen, transforms))
+                return optimizer_step(opt, self._loss(net, x, gen, transforms, crafter[0]))
+
+            def on_epoch(epoch: int, history: dict) -> None:
+                self.net_ = net.eval()
+                try:
+                    extra = context.on_epoch(epoch, self) or {}
+                finally:
+                    net.train()
+                for key, value in extra.items():
+                    history.setdefault(key, [float("nan")] * (len(history["epoch"]) - 1)).append(float(value))
 
             net.train()
-            self.history_ = tr.run(step, epoch_batches, self.epochs, desc=f"ARAE ({self.variant}) epochs",
+            self.history_ = tr.run(step, batches, self.epochs, desc=f"ARAE ({self.variant}) epochs",
                                    checkpoint=checkpoint, state={"net": net, "opt": opt, "shuffle": shuffle},
-                                   fingerprint=(self._fingerprint_params(), dim, data_id))
+                                   fingerprint=(self._fingerprint_params(), dim, data_id),
+                                   on_epoch=on_epoch if context.on_epoch is not None else None,
+                                   stop=context.stop)
             self.net_ = net.eval()
 
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -316,13 +368,16 @@ class ARAEDetector(LogMelDetector):
         return {
             "net": cpu_weights(self.net_),
             "input_dim": int(self.net_.encoder[0].in_features),
+            "output": "sigmoid" if isinstance(self.net_.decoder[-1], torch.nn.Sigmoid) else "linear",
             "scale_min": self.scale_min_, "scale_max": None if self.scale_min_ is None
             else self.scale_min_ + self.scale_range_,
             "history": plain_history(self.history_),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        net = ARAENet(state["input_dim"], tuple(self.hidden), self.latent, self.activation_)
+        # models saved before the output layer followed each original had a sigmoid output
+        net = ARAENet(state["input_dim"], tuple(self.hidden), self.latent, self.activation_,
+                      state.get("output", "sigmoid"))
         self.net_ = self._restore_net(net, state["net"])
         self._set_scale(state["scale_min"], state["scale_max"])
         self.history_ = plain_history(state["history"])
