@@ -223,8 +223,11 @@ def test_run_writes_tables_and_records_splits(tmp_path):
                        "attack": {"eps": 0.1, "steps": 2}, "out": str(tmp_path)})
     with open(tmp_path / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 * 2 * 2 and {r["normal"] for r in rows} == {"0", "5"}
-    assert all(0 <= float(r["auc_attacked"]) <= 1 for r in rows)
+    # two models and the distance-to-the-mean-image reference per normal set and seed
+    assert len(rows) == 2 * 2 * 3 and {r["normal"] for r in rows} == {"0", "5"}
+    assert [r["model"] for r in rows[:3]] == ["mean_image", "arae", "plain"]
+    assert all(0 <= float(r["auc_attacked"]) <= 1 for r in rows if r["model"] != "mean_image")
+    assert all(float(r["latent_shift"]) > 0 and float(r["recon_dependence"]) > 0 for r in rows if r["model"] != "mean_image")
     splits = json.loads((tmp_path / "splits.json").read_text())
     assert [(s["normal"], s["seed"]) for s in splits] == [("0", 0), ("0", 1), ("5", 0), ("5", 1)]
     assert all(s["test"] == 599 for s in splits)
@@ -234,7 +237,8 @@ def test_run_writes_tables_and_records_splits(tmp_path):
         assert set(d.y[idx["5_seed1_train"]]) == {5} and len(idx["5_seed1_val"]) == splits[3]["val"]
         assert set(idx["0_seed0_val"]) != set(idx["0_seed1_val"])
     assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [0, 1]
-    assert {r["model"] for r in out["summary"]} == {"arae", "plain"}
+    assert {r["model"] for r in out["summary"]} == {"mean_image", "arae", "plain"}
+    assert not (tmp_path / "work").exists()  # checkpoints of finished trainings are gone
 
 
 def test_recipe_overrides_and_bad_config():
@@ -316,3 +320,146 @@ def test_novelty_models_come_from_the_registry():
         resolve_novelty({"models": {"x": {"model": "vae"}}})
     with pytest.raises(ConfigError, match="models.x: unknown parameter"):
         resolve_novelty({"models": {"x": {"epoch": 1}}})
+
+
+# -- reference row, collapse check, long runs --------------------------------------------------------
+def test_mean_image_reference_row_matches_a_hand_computation():
+    from sklearn.metrics import roc_auc_score
+
+    from stetho.novelty import mean_image_scores
+
+    train = np.array([[0.0, 1.0], [1.0, 1.0]])
+    x = np.array([[0.5, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_allclose(mean_image_scores(train, x), [0.0, 1.25, 0.25])
+    out = run_novelty({"normal_classes": [[3]], "models": {"plain": TINY["plain"]}}, write=False)
+    ref = next(r for r in out["rows"] if r["model"] == "mean_image")
+    d = load_digits_set()
+    sp = make_split(d, [3], "p2", 0)
+    want = roc_auc_score(sp.test_labels, mean_image_scores(d.x[sp.train], d.x[sp.test]))
+    assert ref["auc"] == pytest.approx(want, abs=1e-12) and 0.5 < want < 1
+    plain = next(r for r in out["rows"] if r["model"] == "plain")
+    assert plain["auc_minus_mean_image"] == pytest.approx(plain["auc"] - want, abs=1e-12)
+
+
+def test_a_collapsed_autoencoder_is_diagnosed_and_warned_about(caplog):
+    """An ARAE whose decoder ignores its input (last layer's weights zero, bias = the mean training
+    image) scores exactly like the mean-image reference: dependence 0, and the run warns."""
+    import torch
+
+    from stetho.models.arae import ARAEDetector
+    from stetho.novelty import collapse_diagnostics
+
+    d = load_digits_set()
+    sp = make_split(d, [3], "p2", 0)
+    det = ARAEDetector(variant="plain", hidden=[32], latent=8, activation="relu", epochs=30, lr=0.01, batch_size=32,
+                       seed=0, device="cpu", threshold="official",
+                       output="linear").fit_arrays(d.x[sp.train])
+    normals = sp.test_labels == 0
+    healthy = collapse_diagnostics(det, d.x[sp.test], normals)
+    with torch.no_grad():
+        det.net_.decoder[-1].weight.zero_()
+        det.net_.decoder[-1].bias.copy_(torch.from_numpy(d.x[sp.train].mean(axis=0)))
+    collapsed = collapse_diagnostics(det, d.x[sp.test], normals)
+    assert healthy["recon_dependence"] > 0.01 and collapsed["recon_dependence"] == pytest.approx(0.0, abs=1e-12)
+    assert collapsed["latent_spread"] == pytest.approx(healthy["latent_spread"])  # the encoder still works
+    # through a run: a model that is the mean image gets the warning, with the numbers
+    from stetho import novelty
+
+    real_fit = ARAEDetector.fit_arrays
+
+    def fit_then_collapse(self, x, context=None):
+        real_fit(self, x, context)
+        with torch.no_grad():
+            self.net_.decoder[-1].weight.zero_()
+            self.net_.decoder[-1].bias.copy_(torch.from_numpy(np.asarray(x).mean(axis=0)))
+        return self
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ARAEDetector, "fit_arrays", fit_then_collapse)
+    try:
+        with caplog.at_level("WARNING", logger="stetho.novelty"):
+            out = novelty.run_novelty({"normal_classes": [[3]], "attack": {"eps": 0.1, "steps": 2},
+                                       "models": {"plain": {**TINY["plain"], "output": "linear"}}}, write=False)
+    finally:
+        mp.undo()
+    row = next(r for r in out["rows"] if r["model"] == "plain")
+    assert abs(row["auc_minus_mean_image"]) < 1e-9 and row["recon_dependence"] < 1e-12
+    assert len(out["warnings"]) == 1 and "within 0.01 of the distance-to-the-mean-image score" in out["warnings"][0]
+    assert "reconstruction dependence on the input 0" in caplog.text and "latent shift by the attack" in caplog.text
+
+
+def test_train_subset_and_curve_and_one_log_line_per_epoch(tmp_path, caplog):
+    cfg = {"normal_classes": [[2]], "train_subset": 40, "curve": True, "out": str(tmp_path),
+           "models": {"arae": {**TINY["arae"], "epochs": 3}}}
+    with caplog.at_level("INFO", logger="stetho.novelty"):
+        out = run_novelty(cfg)
+    assert out["splits"][0]["train"] == 40 and not out["stopped"]
+    with np.load(tmp_path / "splits.npz") as idx:
+        full = make_split(load_digits_set(), [2], "p2", 0)
+        assert set(idx["2_seed0_train"]) < set(full.train) and idx["2_seed0_val"].tolist() == full.val.tolist()
+    with open(tmp_path / "curve.csv", newline="") as fh:
+        curve = list(csv.DictReader(fh))
+    assert [int(c["epoch"]) for c in curve] == [1, 2, 3] and all(0 <= float(c["test_auc"]) <= 1 for c in curve)
+    row = next(r for r in out["rows"] if r["model"] == "arae")
+    assert float(curve[-1]["test_auc"]) == pytest.approx(row["auc"], abs=1e-12)  # the last epoch is the model
+    assert [f"[1/1] arae normal=2 seed=0: epoch {e} done, test AUC" in caplog.text for e in (1, 2, 3)] == [True] * 3
+    with pytest.raises(ConfigError, match="train_subset must be a positive number"):
+        run_novelty({**cfg, "train_subset": 0}, write=False)
+
+
+def test_a_stopped_run_keeps_its_cells_and_resumes_to_the_same_results(tmp_path, monkeypatch, caplog):
+    from stetho import novelty
+
+    cfg = {"normal_classes": [[0], [1]], "models": {"arae": {**TINY["arae"], "epochs": 3}}, "out": str(tmp_path / "a")}
+    straight = run_novelty(cfg)["rows"]
+    # a clock that jumps past max_minutes during the second cell's training (after its epoch 1)
+    clock = {"t": 0.0}
+    monkeypatch.setattr(novelty.time, "monotonic", lambda: clock["t"])
+    from stetho.models.arae import ARAEDetector
+
+    real_fit = ARAEDetector.fit_arrays
+    fits = []
+
+    def fit(self, x, context=None):
+        fits.append(1)
+        if len(fits) == 2:  # the second cell: time runs out after its first epoch
+            inner = context.on_epoch
+
+            def on_epoch(epoch, det):
+                clock["t"] = 1e9
+                return inner(epoch, det)
+            context = novelty.FitContext(work_dir=context.work_dir, on_epoch=on_epoch, stop=context.stop)
+        return real_fit(self, x, context)
+
+    monkeypatch.setattr(ARAEDetector, "fit_arrays", fit)
+    b = {**cfg, "out": str(tmp_path / "b"), "max_minutes": 1}
+    first = run_novelty(b)
+    assert first["stopped"] and [r["model"] for r in first["rows"]] == ["mean_image", "arae", "mean_image"]
+    ckpts = list((tmp_path / "b" / "work").rglob("*.ckpt"))
+    assert len(ckpts) == 1  # the second cell's training, after epoch 1
+    with open(tmp_path / "b" / "results.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 3  # written after the first cell, kept
+    clock["t"] = 0.0
+    with caplog.at_level("INFO"):
+        second = run_novelty({**b, "max_minutes": None})
+    assert "resuming" in caplog.text and "resuming after epoch 1 of 3" in caplog.text
+    assert not second["stopped"] and len(fits) == 3  # the first cell was not trained again
+    assert len(second["rows"]) == len(straight)
+    for got, want in zip(second["rows"], straight):  # resumed training = uninterrupted training
+        assert set(got) == set(want)
+        for k, v in want.items():
+            if k != "seconds":
+                assert got[k] == (pytest.approx(v, rel=1e-9) if isinstance(v, float) else v), k
+    assert not (tmp_path / "b" / "work").exists()
+    with pytest.raises(ConfigError, match="holds results of a different novelty config \\(differs in models\\)"):
+        run_novelty({**b, "models": {"arae": {**TINY["arae"], "epochs": 4}}})
+
+
+def test_shipped_image_recipes_resolve():
+    root = RECIPE.parent
+    for name in ("mnist_arae", "mnist_arae_cpu", "fashion_arae", "fashion_arae_cpu"):
+        cfg = load_novelty_recipe(root / f"{name}.yaml")
+        assert cfg["models"]["arae"]["variant"] == "linf" and cfg["models"]["union"]["variant"] == "union"
+        assert cfg["dataset"] == ("mnist" if name.startswith("mnist") else "fashion_mnist")
+        assert cfg["models"]["arae"]["eps"] == (0.2 if name.startswith("mnist") else 0.05)
+        assert cfg["models"]["arae"]["batch_size"] == 256 and cfg["models"]["union"]["batch_size"] == 128

@@ -344,6 +344,24 @@ class ARAEDetector(LogMelDetector):
                 out.append((self.net_(xb) - xb).square().sum(dim=1).double().cpu())
         return torch.cat(out).numpy() if out else np.zeros(0)
 
+    def _map_arrays(self, fn, x: np.ndarray | torch.Tensor, scaled: bool, batch: int) -> np.ndarray:
+        data = torch.as_tensor(x if isinstance(x, torch.Tensor) else _as_matrix(x, "arrays"), dtype=torch.float32)
+        device = next(self.net_.parameters()).device
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(data), batch):
+                xb = data[s:s + batch].to(device)
+                out.append(fn(xb if scaled else self._scale(xb)).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+    def encode_arrays(self, x: np.ndarray | torch.Tensor, scaled: bool = False, batch: int = 4096) -> np.ndarray:
+        """Latent codes ``(n, latent)`` of vectors ``x`` ``(n, dim)`` (``scaled``: in network units)."""
+        return self._map_arrays(self.net_.encode, x, scaled, batch)
+
+    def reconstruct_arrays(self, x: np.ndarray | torch.Tensor, scaled: bool = False, batch: int = 4096) -> np.ndarray:
+        """Reconstructions ``(n, dim)`` of vectors ``x`` ``(n, dim)``, in network units."""
+        return self._map_arrays(self.net_, x, scaled, batch)
+
     def scale_arrays(self, x: np.ndarray) -> torch.Tensor:
         """``x`` ``(n, dim)`` in the network's input units (after the training min-max scaling)."""
         return self._scale(torch.from_numpy(_as_matrix(x, "scale_arrays")))
