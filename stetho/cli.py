@@ -428,8 +428,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         if cfg["attack"]:
             print(f"\nAUC with the test normals attacked (L∞ latent PGD, eps {cfg['attack']['eps']})")
             print(novelty.format_table(outcome["rows"], "auc_attacked"))
+        if any("recon_dependence" in r for r in outcome["rows"]):
+            print("\nReconstruction dependence on the input (variance of reconstructions / of inputs; "
+                  "near 0 = collapsed)")
+            print(novelty.format_table(outcome["rows"], "recon_dependence"))
         print("\n" + novelty.format_summary(outcome["summary"]))
-        print(f"tables written to {cfg['out']}/ (results.csv, summary.csv, splits.json, config.json)")
+        for text in outcome["warnings"]:
+            print(f"WARNING: {text}")
+        files = "results.csv, summary.csv, curve.csv, splits.json, config.json"
+        print(f"tables written to {cfg['out']}/ ({files})")
+        if outcome["stopped"]:
+            print(f"stopped at max_minutes={cfg['max_minutes']}: run the same command again to resume")
+            return 3
         return 0
     if args.command == "run":
         cfg = load_recipe(args.recipe)
