@@ -75,6 +75,8 @@ RUN_CONTROL_KEYS = ("max_minutes", "resume", "device", "out")
 MEAN_IMAGE = "mean_image"
 #: A model whose clean AUC is within this of the mean-image score's gets a collapse warning.
 COLLAPSE_MARGIN = 0.01
+#: Seconds between the per-epoch log lines of a cell's training (every epoch when epochs are longer).
+EPOCH_LOG_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -445,12 +447,19 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
                 det = cls(**params)
                 det.check_params()
 
+                last_line = [-1e9]
+
                 def on_epoch(epoch: int, fitted: Detector, _tag: str = tag) -> dict[str, float] | None:
                     extra = None
                     if cfg["curve"]:
                         extra = {"test_auc": novelty_metrics(sp.test_labels, fitted.score_arrays(x_test), 0.0)["auc"]}
-                    log.info("%s: epoch %d done%s (%.0f s)", _tag, epoch,
-                             f", test AUC {extra['test_auc']:.4f}" if extra else "", time.perf_counter() - t0)
+                    now = time.perf_counter()
+                    # every epoch of a long training (and every point of a curve); short epochs
+                    # every EPOCH_LOG_SECONDS, plus the first and the last
+                    if extra or epoch in (1, getattr(fitted, "epochs", 0)) or now - last_line[0] >= EPOCH_LOG_SECONDS:
+                        last_line[0] = now
+                        log.info("%s: epoch %d done%s (%.0f s)", _tag, epoch,
+                                 f", test AUC {extra['test_auc']:.4f}" if extra else "", now - t0)
                     return extra
 
                 work = out / "work" / f"{model}_{name}_seed{seed}" if write else None

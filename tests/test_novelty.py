@@ -420,6 +420,10 @@ def test_train_subset_and_curve_and_one_log_line_per_epoch(tmp_path, caplog):
     assert [f"[1/1] arae normal=2 seed=0: epoch {e} done, test AUC" in caplog.text for e in (1, 2, 3)] == [True] * 3
     with pytest.raises(ConfigError, match="train_subset must be a positive number"):
         run_novelty({**cfg, "train_subset": 0}, write=False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="stetho.novelty"):  # no curve, short epochs: first and last only
+        run_novelty({**cfg, "curve": False, "models": {"arae": {**TINY["arae"], "epochs": 4}}}, write=False)
+    assert [f"arae normal=2 seed=0: epoch {e} done" in caplog.text for e in (1, 2, 3, 4)] == [True, False, False, True]
 
 
 def test_a_stopped_run_keeps_its_cells_and_resumes_to_the_same_results(tmp_path, monkeypatch, caplog):
