@@ -75,6 +75,8 @@ RUN_CONTROL_KEYS = ("max_minutes", "resume", "device", "out")
 MEAN_IMAGE = "mean_image"
 #: A model whose clean AUC is within this of the mean-image score's gets a collapse warning.
 COLLAPSE_MARGIN = 0.01
+#: ... or whose reconstructions vary less than this fraction of its inputs' variance.
+COLLAPSE_DEPENDENCE = 1e-3
 #: Seconds between the per-epoch log lines of a cell's training (every epoch when epochs are longer).
 EPOCH_LOG_SECONDS = 5.0
 
@@ -495,10 +497,17 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
                     curve.append(point)
                 log.info("%s: AUC %.4f%s (%.0f s)", tag, row["auc"],
                          f", attacked {row['auc_attacked']:.4f}" if attack else "", row["seconds"])
-                if reference is not None and abs(row["auc"] - reference) <= COLLAPSE_MARGIN:
-                    text = (f"{model} normal={name} seed={seed}: AUC {row['auc']:.4f} is within {COLLAPSE_MARGIN} of "
-                            f"the distance-to-the-mean-image score {reference:.4f}: the model may reconstruct every "
-                            "input alike (collapsed)")
+                near = reference is not None and abs(row["auc"] - reference) <= COLLAPSE_MARGIN
+                flat = row.get("recon_dependence", 1.0) < COLLAPSE_DEPENDENCE
+                if near or flat:
+                    why = []
+                    if near:
+                        why.append(f"AUC {row['auc']:.4f} is within {COLLAPSE_MARGIN} of the distance-to-the-mean-image "
+                                   f"score {reference:.4f}")
+                    if flat:
+                        why.append(f"its reconstructions vary less than {COLLAPSE_DEPENDENCE:g} of its inputs' variance")
+                    text = (f"{model} normal={name} seed={seed}: {' and '.join(why)}: the model may reconstruct "
+                            "every input alike (collapsed)")
                     if "recon_dependence" in row:
                         text += f"; reconstruction dependence on the input {row['recon_dependence']:.3g}"
                     if "latent_shift" in row:

@@ -401,6 +401,27 @@ def test_a_collapsed_autoencoder_is_diagnosed_and_warned_about(caplog):
     assert abs(row["auc_minus_mean_image"]) < 1e-9 and row["recon_dependence"] < 1e-12
     assert len(out["warnings"]) == 1 and "within 0.01 of the distance-to-the-mean-image score" in out["warnings"][0]
     assert "reconstruction dependence on the input 0" in caplog.text and "latent shift by the attack" in caplog.text
+    assert "reconstructions vary less than 0.001 of its inputs' variance" in out["warnings"][0]
+    # a constant reconstruction other than the mean image: the AUC differs, the dependence still tells
+    mp.setattr(ARAEDetector, "fit_arrays", lambda self, x, context=None: _constant(real_fit(self, x, context)))
+    try:
+        out = novelty.run_novelty({"normal_classes": [[3]], "models": {"plain": {**TINY["plain"], "output": "linear"}}},
+                                  write=False)
+    finally:
+        mp.undo()
+    row = next(r for r in out["rows"] if r["model"] == "plain")
+    assert abs(row["auc_minus_mean_image"]) > 0.05 and len(out["warnings"]) == 1
+    assert "within" not in out["warnings"][0] and "vary less than 0.001" in out["warnings"][0]
+
+
+def _constant(det):
+    """``det`` with a decoder that outputs 0.5 everywhere, whatever the input."""
+    import torch
+
+    with torch.no_grad():
+        det.net_.decoder[-1].weight.zero_()
+        det.net_.decoder[-1].bias.fill_(0.5)
+    return det
 
 
 def test_train_subset_and_curve_and_one_log_line_per_epoch(tmp_path, caplog):
