@@ -294,6 +294,64 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def collapse_warning(what: str, row: Mapping[str, Any], reference: float | None) -> str | None:
+    """The warning for a result ``row`` of ``what`` (``"arae normal=1 seed=0"``) whose AUC is within
+    :data:`COLLAPSE_MARGIN` of the mean-image ``reference`` AUC or whose ``recon_dependence`` is
+    below :data:`COLLAPSE_DEPENDENCE`, with its collapse numbers; ``None`` when neither holds."""
+    why = []
+    if reference is not None and abs(row["auc"] - reference) <= COLLAPSE_MARGIN:
+        why.append(f"AUC {row['auc']:.4f} is within {COLLAPSE_MARGIN} of the distance-to-the-mean-image "
+                   f"score {reference:.4f}")
+    if row.get("recon_dependence", 1.0) < COLLAPSE_DEPENDENCE:
+        why.append(f"its reconstructions vary less than {COLLAPSE_DEPENDENCE:g} of its inputs' variance")
+    if not why:
+        return None
+    text = f"{what}: {' and '.join(why)}: the model may reconstruct every input alike (collapsed)"
+    if "recon_dependence" in row:
+        text += f"; reconstruction dependence on the input {row['recon_dependence']:.3g}"
+    if "latent_shift" in row:
+        text += f", latent shift by the attack {row['latent_shift']:.3g} (spread of the codes {row['latent_spread']:.3g})"
+    return text
+
+
+def _curve_points(model: str, name: str, seed: int, history: Mapping[str, list]) -> list[dict[str, Any]]:
+    """One ``curve.csv`` row per epoch of a training's ``history`` (train loss, test AUC if scored)."""
+    points = []
+    for k, ep in enumerate(history.get("epoch", [])):
+        point = {"model": model, "normal": name, "seed": int(seed), "epoch": int(ep),
+                 "train_loss": float(history["train_loss"][k])}
+        if k < len(history.get("test_auc", [])):
+            point["test_auc"] = float(history["test_auc"][k])
+        points.append(point)
+    return points
+
+
+def _mean_image_row(name: str, seed: int, sp: NoveltySplit, data: ImageSet, quantile: float) -> dict[str, Any]:
+    train = data.x[sp.train]
+    thr = float(np.quantile(mean_image_scores(train, data.x[sp.val]), quantile))
+    return {"model": MEAN_IMAGE, "variant": "", "normal": name, "seed": int(seed),
+            **novelty_metrics(sp.test_labels, mean_image_scores(train, data.x[sp.test]), thr), "threshold": thr}
+
+
+def _evaluate(det: Detector, sp: NoveltySplit, data: ImageSet, quantile: float, attack: Mapping[str, Any] | None,
+              seed: int) -> dict[str, Any]:
+    """A fitted model's AUC and F1 on the split's test set (threshold: the ``quantile`` of the
+    validation normals' scores), the same with the test normals attacked, and its collapse numbers."""
+    x_test, normals = data.x[sp.test], sp.test_labels == 0
+    thr = float(np.quantile(det.score_arrays(data.x[sp.val]), quantile))
+    scores = det.score_arrays(x_test)
+    row: dict[str, Any] = {**novelty_metrics(sp.test_labels, scores, thr), "threshold": thr}
+    adversarial = None
+    if attack:
+        att = scores.copy()
+        att[normals], adversarial = attack_normals(det, x_test[normals], float(attack["eps"]),
+                                                   int(attack.get("steps", 40)), seed=seed)
+        m = novelty_metrics(sp.test_labels, att, thr)
+        row.update({"auc_attacked": m["auc"], "f1_attacked": m["f1"]})
+    row.update(collapse_diagnostics(det, x_test, normals, adversarial))
+    return row
+
+
 def _cell_key(row: Mapping[str, Any]) -> tuple[str, str, int]:
     return str(row["model"]), str(row["normal"]), int(row["seed"])
 
@@ -415,16 +473,12 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
                            "test": len(sp.test), "test_anomalies": int(sp.test_labels.sum())})
             for part in ("train", "val", "test"):
                 indices[f"{name}_seed{seed}_{part}"] = getattr(sp, part)
-            x_train, x_val, x_test = data.x[sp.train], data.x[sp.val], data.x[sp.test]
-            normals = sp.test_labels == 0
+            x_test = data.x[sp.test]
             reference: float | None = None
             if cfg["reference"]:
                 ref = [r for r in rows if _cell_key(r) == (MEAN_IMAGE, name, int(seed))]
                 if not ref:
-                    thr = float(np.quantile(mean_image_scores(x_train, x_val), cfg["threshold_quantile"]))
-                    ref = [{"model": MEAN_IMAGE, "variant": "", "normal": name, "seed": int(seed),
-                            **novelty_metrics(sp.test_labels, mean_image_scores(x_train, x_test), thr),
-                            "threshold": thr}]
+                    ref = [_mean_image_row(name, int(seed), sp, data, cfg["threshold_quantile"])]
                     rows.append(ref[0])
                 reference = float(ref[0]["auc"])
             for model, params in models:
@@ -466,53 +520,22 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
 
                 work = out / "work" / f"{model}_{name}_seed{seed}" if write else None
                 try:
-                    det.fit_arrays(x_train, FitContext(work_dir=work, on_epoch=on_epoch, stop=out_of_time))
+                    det.fit_arrays(data.x[sp.train], FitContext(work_dir=work, on_epoch=on_epoch, stop=out_of_time))
                 except TrainingStopped as exc:
                     log.warning("%s: %s", tag, exc)
                     stopped = True
                     break
-                thr = float(np.quantile(det.score_arrays(x_val), cfg["threshold_quantile"]))
-                scores = det.score_arrays(x_test)
-                row: dict[str, Any] = {"model": model, "variant": getattr(det, "variant", ""), "normal": name,
-                                       "seed": int(seed),
-                                       **novelty_metrics(sp.test_labels, scores, thr), "threshold": thr}
-                adversarial = None
-                if attack:
-                    att = scores.copy()
-                    att[normals], adversarial = attack_normals(det, x_test[normals], float(attack["eps"]),
-                                                               int(attack.get("steps", 40)), seed=int(seed))
-                    m = novelty_metrics(sp.test_labels, att, thr)
-                    row.update({"auc_attacked": m["auc"], "f1_attacked": m["f1"]})
-                row.update(collapse_diagnostics(det, x_test, normals, adversarial))
+                row = {"model": model, "variant": getattr(det, "variant", ""), "normal": name, "seed": int(seed),
+                       **_evaluate(det, sp, data, cfg["threshold_quantile"], attack, int(seed))}
                 if reference is not None:
                     row["auc_minus_mean_image"] = row["auc"] - reference
                 row["epochs_trained"] = len(getattr(det, "history_", {}).get("epoch", []))
                 row["seconds"] = round(time.perf_counter() - t0, 2)
-                history = getattr(det, "history_", {})
-                for k, ep in enumerate(history.get("epoch", [])):
-                    point = {"model": model, "normal": name, "seed": int(seed), "epoch": int(ep),
-                             "train_loss": float(history["train_loss"][k])}
-                    if cfg["curve"] and k < len(history.get("test_auc", [])):
-                        point["test_auc"] = float(history["test_auc"][k])
-                    curve.append(point)
+                curve += _curve_points(model, name, int(seed), getattr(det, "history_", {}))
                 log.info("%s: AUC %.4f%s (%.0f s)", tag, row["auc"],
                          f", attacked {row['auc_attacked']:.4f}" if attack else "", row["seconds"])
-                near = reference is not None and abs(row["auc"] - reference) <= COLLAPSE_MARGIN
-                flat = row.get("recon_dependence", 1.0) < COLLAPSE_DEPENDENCE
-                if near or flat:
-                    why = []
-                    if near:
-                        why.append(f"AUC {row['auc']:.4f} is within {COLLAPSE_MARGIN} of the distance-to-the-mean-image "
-                                   f"score {reference:.4f}")
-                    if flat:
-                        why.append(f"its reconstructions vary less than {COLLAPSE_DEPENDENCE:g} of its inputs' variance")
-                    text = (f"{model} normal={name} seed={seed}: {' and '.join(why)}: the model may reconstruct "
-                            "every input alike (collapsed)")
-                    if "recon_dependence" in row:
-                        text += f"; reconstruction dependence on the input {row['recon_dependence']:.3g}"
-                    if "latent_shift" in row:
-                        text += (f", latent shift by the attack {row['latent_shift']:.3g} "
-                                 f"(spread of the codes {row['latent_spread']:.3g})")
+                text = collapse_warning(f"{model} normal={name} seed={seed}", row, reference)
+                if text:
                     log.warning("%s", text)
                     warnings.append(text)
                 rows.append(row)
