@@ -296,17 +296,23 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def collapse_warning(what: str, row: Mapping[str, Any], reference: float | None) -> str | None:
     """The warning for a result ``row`` of ``what`` (``"arae normal=1 seed=0"``) whose AUC is within
-    :data:`COLLAPSE_MARGIN` of the mean-image ``reference`` AUC or whose ``recon_dependence`` is
-    below :data:`COLLAPSE_DEPENDENCE`, with its collapse numbers; ``None`` when neither holds."""
+    :data:`COLLAPSE_MARGIN` of the mean-image ``reference`` AUC (no better than that reference) or
+    whose ``recon_dependence`` is below :data:`COLLAPSE_DEPENDENCE` (collapsed: it reconstructs
+    every input alike), with its collapse numbers; ``None`` when neither holds."""
+    near = reference is not None and abs(row["auc"] - reference) <= COLLAPSE_MARGIN
+    flat = row.get("recon_dependence", 1.0) < COLLAPSE_DEPENDENCE
+    if not (near or flat):
+        return None
     why = []
-    if reference is not None and abs(row["auc"] - reference) <= COLLAPSE_MARGIN:
+    if near:
         why.append(f"AUC {row['auc']:.4f} is within {COLLAPSE_MARGIN} of the distance-to-the-mean-image "
                    f"score {reference:.4f}")
-    if row.get("recon_dependence", 1.0) < COLLAPSE_DEPENDENCE:
+    if flat:
         why.append(f"its reconstructions vary less than {COLLAPSE_DEPENDENCE:g} of its inputs' variance")
-    if not why:
-        return None
-    text = f"{what}: {' and '.join(why)}: the model may reconstruct every input alike (collapsed)"
+    verdict = ("the model reconstructs every input alike (collapsed)" if flat else
+               "no better than that reference here" + (" (its reconstructions do follow the input)"
+                                                       if "recon_dependence" in row else ""))
+    text = f"{what}: {' and '.join(why)}: {verdict}"
     if "recon_dependence" in row:
         text += f"; reconstruction dependence on the input {row['recon_dependence']:.3g}"
     if "latent_shift" in row:
