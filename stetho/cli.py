@@ -432,6 +432,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("\nReconstruction dependence on the input (variance of reconstructions / of inputs; "
                   "near 0 = collapsed)")
             print(novelty.format_table(outcome["rows"], "recon_dependence"))
+        if any("latent_shift" in r for r in outcome["rows"]):
+            print("\nLatent shift by the attack (mean ‖E(x') − E(x)‖ over the test normals; spread of the codes in "
+                  "results.csv)")
+            print(novelty.format_table(outcome["rows"], "latent_shift"))
         print("\n" + novelty.format_summary(outcome["summary"]))
         for text in outcome["warnings"]:
             print(f"WARNING: {text}")

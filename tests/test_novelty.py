@@ -257,7 +257,7 @@ def test_cli_novelty_command(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "AUC (anomaly = positive)" in text and "arae" in text and (tmp_path / "summary.csv").is_file()
-    assert "Reconstruction dependence on the input" in text and "mean_image" in text
+    assert "Reconstruction dependence on the input" in text and "mean_image" in text and "Latent shift by the attack" in text
     # out of time before the first cell: exit code 3, and the same command resumes
     assert main(["-q", "novelty", str(RECIPE), "normal_classes=[[7]]", f"out={tmp_path}/b", "models.union=null",
                  "models.dae=null", "models.plain_ae=null", "models.arae.epochs=1", "max_minutes=0"]) == 3
