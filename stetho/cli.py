@@ -153,7 +153,8 @@ def _complete_novelty_help(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Each entry of the recipe's models: is one detector's constructor arguments, plus model: <registry "
         f"name> (default {novelty.DEFAULT_MODEL}). Registered models that score image arrays: "
-        f"{', '.join(novelty.array_models())}."
+        f"{', '.join(novelty.array_models())}. Recipe keys: {', '.join(novelty.NOVELTY_DEFAULTS)}. "
+        "A run stopped by max_minutes exits with code 3; the same command resumes it."
     )
 
 
