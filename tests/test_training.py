@@ -37,7 +37,7 @@ class Crash(RuntimeError):
 
 
 def _train(tmp_path, *, crash_at: int | None = None, every: int = 1, hidden: int = 16, lr: float = 1e-2,
-           ckpt: bool = True, keep: bool = False):
+           ckpt: bool = True, keep: bool = False, stop=None):
     """A tiny net with dropout (global RNG), shuffles (the trainer's generator), input noise (the
     trainer's NumPy rng), a scheduler, a BestState and a dict of extra state. ``crash_at``: the
     per-epoch callback raises at that epoch, before its checkpoint is written."""
@@ -86,7 +86,7 @@ def _train(tmp_path, *, crash_at: int | None = None, every: int = 1, hidden: int
         history = tr.run(step, batches, EPOCHS, evaluate=validate, on_epoch=on_epoch, desc="tiny epochs",
                          checkpoint=tmp_path / "tiny.ckpt" if ckpt else None,
                          state={"net": net, "opt": opt, "sched": sched, "best": best, "extra": extra},
-                         fingerprint={"lr": lr, "data": data})
+                         fingerprint={"lr": lr, "data": data}, stop=stop)
         after = tr.generator.get_state(), tr.rng.bit_generator.state, torch.rand(3)
     return trainer, net, history, best, extra, after
 
@@ -151,6 +151,23 @@ def test_resumed_training_is_bit_identical(tmp_path, every, crash_at, resumed_af
     _assert_same_training(straight, resumed)
     assert resumed[2]["epoch"] == list(range(1, EPOCHS + 1))
     assert not path.exists()  # deleted once the fit ended
+
+
+def test_a_stop_request_ends_after_a_checkpoint_and_the_next_run_resumes_bit_identically(tmp_path):
+    from stetho.models.training import TrainingStopped
+
+    straight = _train(tmp_path / "straight", ckpt=False)
+    asked = []
+
+    def stop():  # a time budget that runs out once three epochs are done
+        asked.append(1)
+        return len(asked) >= 3
+    with pytest.raises(TrainingStopped, match=r"tiny epochs: stopped after epoch 3 of 6 \(time budget\)") as err:
+        _train(tmp_path / "b", stop=stop)
+    assert (err.value.epoch, err.value.epochs) == (3, EPOCHS) and len(asked) == 3  # not asked before epoch 1
+    resumed = _train(tmp_path / "b")
+    assert resumed[0].resumed_[tmp_path / "b" / "tiny.ckpt"] == 3
+    _assert_same_training(straight, resumed)
 
 
 def test_a_finished_checkpoint_is_restored_without_training(tmp_path, caplog):
