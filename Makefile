@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean report-screenshot image-data
+.PHONY: demo test bench bench-novelty venv clean report-screenshot image-data
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ image-data:
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# Issue 17's evidence on the real MNIST (about an hour each on one core; resumable: run it again
+# after a stop). Results and per-epoch curves in build/bench/mnist_*_curve/.
+bench-novelty: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/stetho novelty bench/novelty/mnist_union_curve.yaml
+	OMP_NUM_THREADS=1 $(VENV)/bin/stetho novelty bench/novelty/mnist_linf_curve.yaml
 
 # A toy run rendered by `stetho report` and photographed by headless Chromium, for a person to
 # look at. Chromium (Debian: chromium, chromium-driver) is installed here only, when missing.
