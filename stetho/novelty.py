@@ -450,7 +450,7 @@ def run_novelty(cfg: Mapping[str, Any], data: ImageSet | None = None, write: boo
     rows, curve = _earlier_rows(cfg, out) if write else ([], [])
     done = {_cell_key(r) for r in rows}
     if done:
-        log.info("resuming %s: %d finished cell(s) kept", out, len(done))
+        log.info("resuming %s: %d finished training(s) kept", out, sum(1 for m, _, _ in done if m != MEAN_IMAGE))
     splits: list[dict[str, Any]] = []
     indices: dict[str, np.ndarray] = {}
     warnings: list[str] = []
