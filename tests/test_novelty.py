@@ -269,21 +269,22 @@ def test_cli_novelty_command(tmp_path, capsys):
 # -- evidence -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_digits_recipe_the_collapse_check_sees_through_the_linf_arae_robustness(tmp_path):
-    """The recipe as shipped: one-class digits, p2-style, 10 classes, L∞ ARAE vs plain AE, both
+    """The recipe as shipped (on the odd digits, to halve the time): one-class, p2-style, L∞ ARAE vs plain AE, both
     attacked on the test normals by L∞ latent PGD (ε 0.2). The ARAE's AUC barely moves under the
     attack, which the AUC table alone reads as robustness; its reconstructions do not depend on the
     input (the distance to the mean training image scores the same), and the check must say so.
     The plain AE is input-dependent and the attack does hurt it."""
-    cfg = apply_overrides(load_novelty_recipe(RECIPE), {"out": str(tmp_path), "models": {"union": None, "dae": None}})
+    cfg = apply_overrides(load_novelty_recipe(RECIPE), {"out": str(tmp_path), "models": {"union": None, "dae": None},
+                                                         "normal_classes": [[1], [3], [5], [7], [9]]})
     assert set(m for m, p in cfg["models"].items() if p) == {"arae", "plain_ae"}
     out = run_novelty(cfg)
     summary = {r["model"]: r for r in out["summary"]}
     arae, plain, ref = summary["arae"], summary["plain_ae"], summary["mean_image"]
-    assert arae["normal_sets"] == plain["normal_sets"] == ref["normal_sets"] == 10
+    assert arae["normal_sets"] == plain["normal_sets"] == ref["normal_sets"] == 5
     assert abs(arae["auc_mean"] - arae["auc_attacked_mean"]) < 0.005  # "robust" by the AUC table
     assert abs(arae["auc_mean"] - ref["auc_mean"]) < 0.01 and arae["recon_dependence_mean"] < 1e-3
     collapsed = [w for w in out["warnings"] if "(collapsed)" in w]
-    assert len(collapsed) >= 8 and all(w.startswith("arae ") for w in collapsed)
+    assert len(collapsed) >= 4 and all(w.startswith("arae ") for w in collapsed)
     assert plain["recon_dependence_mean"] > 0.05 and plain["auc_mean"] > ref["auc_mean"] + 0.01
     assert plain["auc_mean"] - plain["auc_attacked_mean"] > 0.005  # the attack does hurt an undefended AE
 
