@@ -434,8 +434,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                   "near 0 = collapsed)")
             print(novelty.format_table(outcome["rows"], "recon_dependence"))
         if any("latent_shift" in r for r in outcome["rows"]):
-            print("\nLatent shift by the attack (mean ‖E(x') − E(x)‖ over the test normals; spread of the codes in "
-                  "results.csv)")
+            print("\nLatent shift by the attack (mean ‖E(x') − E(x)‖ over the test normals; "
+                  "spread of the codes in results.csv)")
             print(novelty.format_table(outcome["rows"], "latent_shift"))
         print("\n" + novelty.format_summary(outcome["summary"]))
         for text in outcome["warnings"]:

@@ -99,7 +99,8 @@ class NoveltySplit:
 
 
 def make_split(data: ImageSet, normal: Sequence[int], protocol: str = "p2", seed: int = 0,
-               anomaly_fraction: float = 0.5, val_fraction: float = 0.2, train_subset: int | None = None) -> NoveltySplit:
+               anomaly_fraction: float = 0.5, val_fraction: float = 0.2,
+               train_subset: int | None = None) -> NoveltySplit:
     """The seeded ``protocol`` split of ``data`` with ``normal`` classes as normal (see module doc);
     ``train_subset``: keep a seeded random ``train_subset`` of the training images (validation and
     test unchanged)."""
@@ -172,7 +173,8 @@ def _model_class(name: str, params: Any, attack: bool, where: str) -> type[Detec
     return cls
 
 
-def attack_normals(det: Detector, x: np.ndarray, eps: float, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def attack_normals(det: Detector, x: np.ndarray, eps: float, steps: int,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, adversarial inputs)`` of ``x`` after a white-box L∞ latent PGD attack (radius
     ``eps``, ``steps`` steps of ``2.5·eps/steps``) against ``det``'s own encoder; the inputs are
     in the network's units (``score_arrays(..., scaled=True)``)."""
@@ -316,7 +318,8 @@ def collapse_warning(what: str, row: Mapping[str, Any], reference: float | None)
     if "recon_dependence" in row:
         text += f"; reconstruction dependence on the input {row['recon_dependence']:.3g}"
     if "latent_shift" in row:
-        text += f", latent shift by the attack {row['latent_shift']:.3g} (spread of the codes {row['latent_spread']:.3g})"
+        text += (f", latent shift by the attack {row['latent_shift']:.3g} "
+                 f"(spread of the codes {row['latent_spread']:.3g})")
     return text
 
 

@@ -226,7 +226,8 @@ def test_run_writes_tables_and_records_splits(tmp_path):
     assert len(rows) == 2 * 2 * 3 and {r["normal"] for r in rows} == {"0", "5"}
     assert [r["model"] for r in rows[:3]] == ["mean_image", "arae", "plain"]
     assert all(0 <= float(r["auc_attacked"]) <= 1 for r in rows if r["model"] != "mean_image")
-    assert all(float(r["latent_shift"]) > 0 and float(r["recon_dependence"]) > 0 for r in rows if r["model"] != "mean_image")
+    assert all(float(r["latent_shift"]) > 0 and float(r["recon_dependence"]) > 0
+               for r in rows if r["model"] != "mean_image")
     splits = json.loads((tmp_path / "splits.json").read_text())
     assert [(s["normal"], s["seed"]) for s in splits] == [("0", 0), ("0", 1), ("5", 0), ("5", 1)]
     assert all(s["test"] == 599 for s in splits)
@@ -257,7 +258,8 @@ def test_cli_novelty_command(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "AUC (anomaly = positive)" in text and "arae" in text and (tmp_path / "summary.csv").is_file()
-    assert "Reconstruction dependence on the input" in text and "mean_image" in text and "Latent shift by the attack" in text
+    assert "Reconstruction dependence on the input" in text and "mean_image" in text
+    assert "Latent shift by the attack" in text
     # out of time before the first cell: exit code 3, and the same command resumes
     assert main(["-q", "novelty", str(RECIPE), "normal_classes=[[7]]", f"out={tmp_path}/b", "models.union=null",
                  "models.dae=null", "models.plain_ae=null", "models.arae.epochs=1", "max_minutes=0"]) == 3

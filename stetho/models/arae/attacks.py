@@ -191,7 +191,8 @@ def spatial_attack(
         for s in range(0, len(transforms), per):
             k = min(per, len(transforms) - s)
             reps = images.repeat(k, 1, 1, 1)  # transform-major: rows j·n .. j·n + n − 1 are transform s + j
-            cand = affine_images(reps, angles[s:s + k].repeat_interleave(n), shifts[s:s + k].repeat_interleave(n, dim=0))
+            cand = affine_images(reps, angles[s:s + k].repeat_interleave(n),
+                                 shifts[s:s + k].repeat_interleave(n, dim=0))
             cand = _as_rows(cand, image_shape).clamp(lo, hi)
             d = latent_distance(encode(cand), z.repeat(k, 1)).reshape(k, n)
             top, arg = d.max(dim=0)  # the first maximum within the chunk
