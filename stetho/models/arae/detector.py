@@ -78,8 +78,9 @@ class ARAEDetector(LogMelDetector):
     attack crafted per batch with the current weights, loss :func:`union_loss`), ``"plain"`` (MSE
     on clean inputs) and ``"denoising"`` (MSE of the reconstruction of ``clip(x + N(0, noise_std²))``
     to ``x``). Score = ``Σ (x̂ − x)²`` over input dimensions on clean inputs; a clip's score is the
-    mean over its frame vectors. Thresholds are the base class's (calibrated on held-out clips or images by default; ``threshold="official"``:
-    train on all, Gamma quantile of the in-sample scores, as before the detector contract).
+    mean over its frame vectors. Thresholds are the base class's (calibrated on held-out clips or
+    images by default; ``threshold="official"``: train on all, Gamma quantile of the in-sample
+    scores, as before the detector contract).
 
     Args:
         variant: ``linf``, ``union``, ``plain`` or ``denoising``.
