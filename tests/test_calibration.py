@@ -31,6 +31,7 @@ FAST: dict[str, dict] = {
         "branches": ["stft:256:128"], "tile_seconds": 1.0, "channels": [4, 8, 8, 16], "emb_dim": 16,
         "n_subclusters": 2, "epochs": 6, "ensemble_epochs": [4, 6], "batch_size": 16, "n_clusters": 4,
     },
+    "stats": {},  # no training loop: clip statistics and distance backends
 }
 
 

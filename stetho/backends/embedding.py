@@ -48,6 +48,25 @@ def cosine_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return 1.0 - l2_normalize(x) @ l2_normalize(centres).T
 
 
+METRICS = ("cosine", "euclidean")
+
+
+def distances(x: np.ndarray, memory: np.ndarray, metric: str = "cosine") -> np.ndarray:
+    """``(n, m)`` distances between the rows of ``x`` and of ``memory``: ``1 - cos`` or Euclidean."""
+    if metric == "cosine":
+        return cosine_distances(x, memory)
+    if metric == "euclidean":
+        x, memory = np.asarray(x, dtype=np.float64), np.asarray(memory, dtype=np.float64)
+        sq = (x * x).sum(1)[:, None] + (memory * memory).sum(1)[None, :] - 2.0 * x @ memory.T
+        return np.sqrt(np.maximum(sq, 0.0))
+    raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+
+
+def _memory(x: np.ndarray, metric: str) -> np.ndarray:
+    """Training rows as kept for ``metric``: unit length for cosine, as they are for Euclidean."""
+    return l2_normalize(x) if metric == "cosine" else np.asarray(x, dtype=np.float64)
+
+
 def _split(embeddings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {d: np.asarray(e, dtype=np.float64) for d, e in embeddings.items() if d in DOMAIN_NAMES and len(e)}
     unknown = sorted(set(embeddings) - set(DOMAIN_NAMES))
@@ -144,24 +163,26 @@ class KMeansBackend(EmbeddingBackend):
 
 
 class KNNBackend(EmbeddingBackend):
-    """Mean cosine distance to the ``k`` nearest training embeddings of each domain; min over domains."""
+    """Mean distance (cosine, or Euclidean with ``metric="euclidean"``) to the ``k`` nearest
+    training embeddings of each domain; min over domains."""
 
     name = "knn"
 
-    def __init__(self, k: int = 1) -> None:
+    def __init__(self, k: int = 1, metric: str = "cosine") -> None:
         self.k = k
+        self.metric = metric
 
     def clone(self):
-        return KNNBackend(self.k)
+        return KNNBackend(self.k, self.metric)
 
     def fit(self, embeddings):
-        self.memory_ = {d: l2_normalize(e) for d, e in _split(embeddings).items()}
+        self.memory_ = {d: _memory(e, self.metric) for d, e in _split(embeddings).items()}
         return self
 
     def score(self, x):
         per_domain = []
         for mem in self.memory_.values():
-            d = cosine_distances(x, mem)
+            d = distances(x, mem, self.metric)
             k = min(self.k, mem.shape[0])
             per_domain.append(np.sort(d, axis=1)[:, :k].mean(axis=1))
         return np.min(per_domain, axis=0)
@@ -177,16 +198,23 @@ class KNNBackend(EmbeddingBackend):
 
 class MahalanobisBackend(EmbeddingBackend):
     """Per domain, squared Mahalanobis distance to the domain mean (Ledoit-Wolf covariance of the
-    L2-normalised embeddings); min over domains. A domain with fewer than 2 embeddings borrows
-    the other domain's covariance (with its own mean)."""
+    L2-normalised embeddings, or of the embeddings as they are with ``normalize=False``); min
+    over domains. A domain with fewer than 2 embeddings borrows the other domain's covariance
+    (with its own mean)."""
 
     name = "mahalanobis"
 
+    def __init__(self, normalize: bool = True) -> None:
+        self.normalize = normalize
+
     def clone(self):
-        return MahalanobisBackend()
+        return MahalanobisBackend(self.normalize)
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        return l2_normalize(x) if self.normalize else np.asarray(x, dtype=np.float64)
 
     def fit(self, embeddings):
-        parts = {d: l2_normalize(e) for d, e in _split(embeddings).items()}
+        parts = {d: self._prepare(e) for d, e in _split(embeddings).items()}
         covs = {d: LedoitWolf().fit(e).covariance_ for d, e in parts.items() if len(e) >= 2}
         if not covs:
             raise ValueError("Mahalanobis backend needs at least 2 training embeddings in one domain")
@@ -196,7 +224,7 @@ class MahalanobisBackend(EmbeddingBackend):
         return self
 
     def score(self, x):
-        x = l2_normalize(x)
+        x = self._prepare(x)
         out = []
         for d, mean in self.means_.items():
             e = x - mean
@@ -227,23 +255,25 @@ class DensityBackend(EmbeddingBackend):
 
     Args:
         k: neighbours defining the local density of a training embedding (1).
+        metric: ``cosine`` (embeddings) or ``euclidean`` (standardised feature vectors).
     """
 
     name = "density"
 
-    def __init__(self, k: int = 1) -> None:
+    def __init__(self, k: int = 1, metric: str = "cosine") -> None:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"density backend: k must be a positive integer, got {k!r}")
         self.k = int(k)
+        self.metric = metric
 
     def clone(self):
-        return DensityBackend(self.k)
+        return DensityBackend(self.k, self.metric)
 
     def fit(self, embeddings):
-        memory = l2_normalize(np.concatenate(list(_split(embeddings).values())))
+        memory = _memory(np.concatenate(list(_split(embeddings).values())), self.metric)
         if len(memory) < 2:
             raise ValueError("density backend needs at least 2 training embeddings (a density needs a neighbour)")
-        d = cosine_distances(memory, memory)
+        d = distances(memory, memory, self.metric)
         np.fill_diagonal(d, np.inf)
         k = min(self.k, len(memory) - 1)
         radius = np.sort(d, axis=1)[:, :k].mean(axis=1)
@@ -255,7 +285,7 @@ class DensityBackend(EmbeddingBackend):
         return self
 
     def score(self, x):
-        d = cosine_distances(x, self.memory_)
+        d = distances(x, self.memory_, self.metric)
         nearest = d.argmin(axis=1)
         return d[np.arange(len(d)), nearest] / self.radius_[nearest]
 
@@ -355,16 +385,21 @@ BACKENDS: dict[str, type[EmbeddingBackend]] = {
 }
 
 
-def make_backend(name: str, seed: int = 0, n_clusters: int = 16, k: int = 1, density_k: int = 1) -> EmbeddingBackend:
-    """A fresh backend by name (``k``: neighbours of kNN; ``density_k``: of the density backend)."""
+def make_backend(name: str, seed: int = 0, n_clusters: int = 16, k: int = 1, density_k: int = 1,
+                 metric: str = "cosine") -> EmbeddingBackend:
+    """A fresh backend by name (``k``: neighbours of kNN; ``density_k``: of the density backend;
+    ``metric``: ``cosine`` for embeddings, ``euclidean`` for feature vectors, which also leaves
+    them un-normalised before the Mahalanobis backend)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
     if name == "kmeans":
         return KMeansBackend(n_clusters=n_clusters, seed=seed)
     if name == "knn":
-        return KNNBackend(k=k)
+        return KNNBackend(k=k, metric=metric)
     if name == "mahalanobis":
-        return MahalanobisBackend()
+        return MahalanobisBackend(normalize=metric == "cosine")
     if name == "density":
-        return DensityBackend(k=density_k)
+        return DensityBackend(k=density_k, metric=metric)
     if name == "kmeans_norm":
         return DomainNormalized({"source": KMeansBackend(n_clusters=n_clusters, seed=seed),
                                  "target": KNNBackend(k=1)}, name)

@@ -30,6 +30,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "bigan": ("stetho.models.bigan", "BiGANDetector"),
     "cande": ("stetho.models.cande", "CANDEDetector"),
     "discriminative": ("stetho.models.discriminative", "DiscriminativeDetector"),
+    "stats": ("stetho.models.stats", "StatsDetector"),
 }
 
 

@@ -1,0 +1,162 @@
+"""Strong simple baselines: clip-level log-mel statistics and a distance backend (``--model stats``).
+
+Each clip becomes one vector: the per-band mean and standard deviation of its log-mel over time
+(``statistics="mean_std"``), plus those of its time derivative (``"mean_std_delta"``; the
+derivative is ``np.gradient`` along time). Per machine type the vectors are standardised with the
+training clips' mean and standard deviation, and the backends of :mod:`stetho.backends` score
+them with Euclidean distances, one per score mode: ``density`` (distance to the nearest training
+clip over the local density, Wilkinghoff et al. 2025), ``knn`` (mean distance to the ``k``
+nearest training clips of a domain, minimum over domains) and ``mahalanobis`` (Ledoit-Wolf,
+minimum over domains). Cosine distances, right for embeddings, ignore how far a standardised
+vector lies from the centre, which is what a shifted spectrum changes.
+Nothing is trained by gradient descent: ``fit`` is a pass over the features. As anomaly-detection
+libraries ship them (PyOD's kNN, scikit-learn's EllipticEnvelope), they are the honest reference
+for every deep method on little data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from stetho.backends import make_backend
+from stetho.datasets.clip import SOURCE, TARGET, Clip
+from stetho.errors import StethoError
+from stetho.models.base import FitContext
+from stetho.models.logmel import LogMelDetector
+from stetho.models.params import Interval, Options
+
+#: The clip statistics :func:`clip_statistics` computes.
+STATISTICS = ("mean_std", "mean_std_delta")
+_COUNT = Interval(int, 1, None)
+
+
+def clip_statistics(logmel: np.ndarray, statistics: str = "mean_std") -> np.ndarray:
+    """One clip's vector from its log-mel ``(frames, mels)``: ``[mean, std]`` over time per band
+    (``2·mels``), then, for ``"mean_std_delta"``, the mean and std of ``np.gradient`` along time
+    (``4·mels``). float64."""
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics must be one of {', '.join(STATISTICS)}, not {statistics!r}")
+    x = np.asarray(logmel, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"expected a log-mel (frames >= 2, mels), got shape {x.shape}")
+    parts = [x.mean(axis=0), x.std(axis=0)]
+    if statistics == "mean_std_delta":
+        d = np.gradient(x, axis=0)
+        parts += [d.mean(axis=0), d.std(axis=0)]
+    return np.concatenate(parts)
+
+
+class StatsDetector(LogMelDetector):
+    """Clip-level log-mel statistics + distance backends (see the module docstring).
+
+    Args:
+        statistics: ``mean_std`` or ``mean_std_delta``.
+        k: neighbours of the ``knn`` mode (1).
+        density_k: neighbours defining the local density of the ``density`` mode (1).
+        n_mels, n_fft, hop_length, sr: the log-mel front end (as ``ae``: 128 mels, 1024, 512, 16 kHz).
+        **common: the parameters every detector takes (:data:`stetho.models.base.COMMON_PARAMS`).
+    """
+
+    name = "stats"
+    score_modes = ("density", "knn", "mahalanobis")
+    min_frames_param: ClassVar[str] = "min_frames"
+    min_frames: ClassVar[int] = 2
+    _parameter_constraints = {
+        "statistics": [Options(*STATISTICS)], "k": [_COUNT], "density_k": [_COUNT],
+        "n_mels": [_COUNT], "n_fft": [Interval(int, 16, None)], "hop_length": [_COUNT],
+        "sr": [Interval(int, 1000, None)],
+    }
+
+    def __init__(self, statistics: str = "mean_std", k: int = 1, density_k: int = 1, n_mels: int = 128,
+                 n_fft: int = 1024, hop_length: int = 512, sr: int = 16000, **common: Any) -> None:
+        super().__init__(n_mels=n_mels, n_fft=n_fft, hop_length=hop_length, sr=sr, **common)
+        self.statistics = statistics
+        self.k = k
+        self.density_k = density_k
+
+    # -- vectors ----------------------------------------------------------------------------
+    def vectors(self, feats: Sequence[np.ndarray]) -> np.ndarray:
+        """Clip statistics ``(n, dim)`` of log-mels ``feats`` (not standardised)."""
+        return np.stack([clip_statistics(f, self.statistics) for f in feats]) if len(feats) else np.zeros((0, 0))
+
+    def _standardise(self, machine: str, v: np.ndarray) -> np.ndarray:
+        mean, std = self.scalers_[machine]
+        return (v - mean) / std
+
+    def _parts(self, machine: str) -> dict[str, np.ndarray]:
+        idx = [i for i, m in enumerate(self.train_machine_of_) if m == machine]
+        z = self._standardise(machine, self.train_vectors_[idx])
+        doms = [self.train_domains_[i] for i in idx]
+        return {d: z[[j for j, dd in enumerate(doms) if dd == d]] for d in (SOURCE, TARGET) if d in doms}
+
+    def _build_backends(self) -> None:
+        self.backends_ = {m: {mode: make_backend(mode, seed=self.seed, k=self.k, density_k=self.density_k,
+                                                 metric="euclidean").fit(self._parts(m))
+                              for mode in self.score_modes} for m in self.machines_}
+
+    # -- the contract -----------------------------------------------------------------------
+    def _fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
+        self.history_ = {"epoch": [], "train_loss": [], "val_loss": []}  # no epochs
+        self.train_vectors_ = self.vectors(feats)
+        self.train_machine_of_ = [c.machine for c in clips]
+        self.train_domains_ = [c.domain or SOURCE for c in clips]
+        self.scalers_ = {}
+        for m in self.machines_:
+            v = self.train_vectors_[[i for i, mm in enumerate(self.train_machine_of_) if mm == m]]
+            std = v.std(axis=0)
+            self.scalers_[m] = (v.mean(axis=0), np.where(std > 1e-8, std, 1.0))
+        self._build_backends()
+
+    def _in_sample_scores(self, clips: list[Clip], feats: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """``threshold="official"``: each training clip scored by the backend cross-fitted over its
+        domain's other clips (a kNN memory holds the clip itself, so in-sample scores are 0)."""
+        scores = {mode: np.full(len(clips), np.nan) for mode in self.score_modes}
+        for m in self.machines_:
+            rows = {d: [i for i, (mm, dd) in enumerate(zip(self.train_machine_of_, self.train_domains_))
+                        if mm == m and dd == d] for d in (SOURCE, TARGET)}
+            parts = self._parts(m)
+            for mode in self.score_modes:
+                s = self.backends_[m][mode].train_scores(parts, seed=self.seed)
+                for d, r in rows.items():
+                    if r:
+                        scores[mode][r] = s[d]
+        return scores
+
+    def _score_all(self, clips, features) -> dict[str, np.ndarray]:
+        unknown = sorted({c.machine for c in clips} - set(self.machines_))
+        if unknown:
+            raise StethoError(f"{self.name}: no training clips of machine type(s) {', '.join(unknown)}; "
+                              f"trained on {', '.join(self.machines_)}")
+        out = {mode: np.zeros(len(clips)) for mode in self.score_modes}
+        if not clips:
+            return out
+        v = self.vectors(self._features(clips, features))
+        for m in {c.machine for c in clips}:
+            idx = [i for i, c in enumerate(clips) if c.machine == m]
+            z = self._standardise(m, v[idx])
+            for mode in self.score_modes:
+                out[mode][idx] = self.backends_[m][mode].score(z)
+        return out
+
+    def histories(self) -> dict[str, dict[str, list]]:
+        """None: there is no training loop (the run folder gets no ``history_*.csv``)."""
+        return {}
+
+    def _get_state(self) -> dict[str, Any]:
+        # tensors: model files are loaded with torch's weights-only unpickler (no numpy objects)
+        return {"train_vectors": torch.from_numpy(self.train_vectors_),
+                "train_machine_of": list(self.train_machine_of_), "train_domains": list(self.train_domains_),
+                "scalers": {m: [torch.from_numpy(mean), torch.from_numpy(std)]
+                            for m, (mean, std) in self.scalers_.items()}}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self.train_vectors_ = state["train_vectors"].numpy()
+        self.train_machine_of_ = list(state["train_machine_of"])
+        self.train_domains_ = list(state["train_domains"])
+        self.scalers_ = {m: (a.numpy(), b.numpy()) for m, (a, b) in state["scalers"].items()}
+        self.history_ = {"epoch": [], "train_loss": [], "val_loss": []}
+        self._build_backends()
