@@ -77,6 +77,24 @@ def _split(embeddings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def domain_parts(x: np.ndarray, domains: np.ndarray | list[str]) -> dict[str, np.ndarray]:
+    """The rows of ``x`` by their ``domains``, ``{"source": ..., "target": ...}`` in that order
+    (a domain without rows is left out): what :meth:`EmbeddingBackend.fit` takes."""
+    domains = np.asarray(domains)
+    return {d: x[domains == d] for d in DOMAIN_NAMES if (domains == d).any()}
+
+
+def cross_fitted_scores(backend: "EmbeddingBackend", x: np.ndarray, domains: np.ndarray | list[str],
+                        folds: int = 5, seed: int = 0) -> np.ndarray:
+    """The out-of-sample score of every training row of ``x`` (:meth:`EmbeddingBackend.train_scores`
+    over :func:`domain_parts`), in the rows' order; rows of another domain are NaN."""
+    domains = np.asarray(domains)
+    out = np.full(len(x), np.nan)
+    for d, s in backend.train_scores(domain_parts(x, domains), folds=folds, seed=seed).items():
+        out[domains == d] = s
+    return out
+
+
 class EmbeddingBackend:
     """Base: ``fit({"source": (n_s, d), "target": (n_t, d)})`` → ``score((n, d))``."""
 

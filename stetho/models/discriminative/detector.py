@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stetho.backends import BACKENDS, ensemble, l2_normalize, make_backend
-from stetho.datasets.clip import SOURCE, TARGET, Clip
+from stetho.backends import BACKENDS, cross_fitted_scores, domain_parts, ensemble, l2_normalize, make_backend
+from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import ConfigError, StethoError
 from stetho.features import AudioOptions, extract_waveforms
 from stetho.models.base import Detector, FitContext
@@ -507,25 +507,25 @@ class DiscriminativeDetector(Detector):
         if [c.machine for c in clips] != self.train_machine_of_:
             raise ValueError("_in_sample_scores() takes the clips the detector was trained on")
         per_epoch: dict[str, list[np.ndarray]] = {mode: [] for mode in self.score_modes}
+        domains = np.asarray(self.train_domains_)
         for epoch, emb in self.train_embeddings_.items():
             scores = {mode: np.full(len(clips), np.nan) for mode in self.score_modes}
             for m in self.machines_:
-                rows = {d: [i for i, (mm, dd) in enumerate(zip(self.train_machine_of_, self.train_domains_))
-                            if mm == m and dd == d] for d in (SOURCE, TARGET)}
-                parts = {d: emb[r] for d, r in rows.items() if r}
+                idx = self._rows(m)
                 for mode in self.score_modes:
-                    s = self.backends_[epoch][m][mode].train_scores(parts, seed=self.seed)
-                    for d, r in rows.items():
-                        if r:
-                            scores[mode][r] = s[d]
+                    scores[mode][idx] = cross_fitted_scores(self.backends_[epoch][m][mode], emb[idx], domains[idx],
+                                                            seed=self.seed)
             for mode in self.score_modes:
                 per_epoch[mode].append(scores[mode])
         return {mode: ensemble(v) for mode, v in per_epoch.items()}
 
+    def _rows(self, machine: str) -> np.ndarray:
+        """Indices of the training clips of ``machine``."""
+        return np.flatnonzero(np.asarray(self.train_machine_of_) == machine)
+
     def _parts(self, emb: np.ndarray, machine: str) -> dict[str, np.ndarray]:
-        idx = [i for i, m in enumerate(self.train_machine_of_) if m == machine]
-        return {d: emb[[i for i in idx if self.train_domains_[i] == d]]
-                for d in (SOURCE, TARGET) if any(self.train_domains_[i] == d for i in idx)}
+        idx = self._rows(machine)
+        return domain_parts(emb[idx], np.asarray(self.train_domains_)[idx])
 
     # -- scoring ----------------------------------------------------------------------------
     def _score_all(self, clips, features) -> dict[str, np.ndarray]:

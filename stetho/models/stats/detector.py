@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from stetho.backends import make_backend
-from stetho.datasets.clip import SOURCE, TARGET, Clip
+from stetho.backends import cross_fitted_scores, domain_parts, make_backend
+from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import StethoError
 from stetho.models.base import FitContext
 from stetho.models.logmel import LogMelDetector
@@ -87,15 +87,18 @@ class StatsDetector(LogMelDetector):
         mean, std = self.scalers_[machine]
         return (v - mean) / std
 
-    def _parts(self, machine: str) -> dict[str, np.ndarray]:
-        idx = [i for i, m in enumerate(self.train_machine_of_) if m == machine]
-        z = self._standardise(machine, self.train_vectors_[idx])
-        doms = [self.train_domains_[i] for i in idx]
-        return {d: z[[j for j, dd in enumerate(doms) if dd == d]] for d in (SOURCE, TARGET) if d in doms}
+    def _rows(self, machine: str) -> np.ndarray:
+        """Indices of the training clips of ``machine``."""
+        return np.flatnonzero(np.asarray(self.train_machine_of_) == machine)
+
+    def _train_standardised(self, machine: str) -> tuple[np.ndarray, np.ndarray]:
+        """The standardised training vectors of ``machine`` and their domains."""
+        idx = self._rows(machine)
+        return self._standardise(machine, self.train_vectors_[idx]), np.asarray(self.train_domains_)[idx]
 
     def _build_backends(self) -> None:
         self.backends_ = {m: {mode: make_backend(mode, seed=self.seed, k=self.k, density_k=self.density_k,
-                                                 metric="euclidean").fit(self._parts(m))
+                                                 metric="euclidean").fit(domain_parts(*self._train_standardised(m)))
                               for mode in self.score_modes} for m in self.machines_}
 
     # -- the contract -----------------------------------------------------------------------
@@ -116,14 +119,9 @@ class StatsDetector(LogMelDetector):
         domain's other clips (a kNN memory holds the clip itself, so in-sample scores are 0)."""
         scores = {mode: np.full(len(clips), np.nan) for mode in self.score_modes}
         for m in self.machines_:
-            rows = {d: [i for i, (mm, dd) in enumerate(zip(self.train_machine_of_, self.train_domains_))
-                        if mm == m and dd == d] for d in (SOURCE, TARGET)}
-            parts = self._parts(m)
+            z, domains = self._train_standardised(m)
             for mode in self.score_modes:
-                s = self.backends_[m][mode].train_scores(parts, seed=self.seed)
-                for d, r in rows.items():
-                    if r:
-                        scores[mode][r] = s[d]
+                scores[mode][self._rows(m)] = cross_fitted_scores(self.backends_[m][mode], z, domains, seed=self.seed)
         return scores
 
     def _score_all(self, clips, features) -> dict[str, np.ndarray]:
