@@ -185,11 +185,6 @@ def attack_normals(det: Detector, x: np.ndarray, eps: float, steps: int,
     return det.score_arrays(adv, scaled=True), adv.numpy()
 
 
-def attacked_normal_scores(det: Detector, x: np.ndarray, eps: float, steps: int, seed: int = 0) -> np.ndarray:
-    """Scores of ``x`` after the attack of :func:`attack_normals`."""
-    return attack_normals(det, x, eps, steps, seed)[0]
-
-
 def mean_image_scores(train: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``Σ (x − m)²`` per row of ``x``, ``m`` the mean training image: the score of a model that
     reconstructs every input as the same image (a collapsed autoencoder)."""

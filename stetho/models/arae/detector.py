@@ -335,25 +335,23 @@ class ARAEDetector(LogMelDetector):
     def score_arrays(self, x: np.ndarray | torch.Tensor, scaled: bool = False, batch: int = 4096) -> np.ndarray:
         """Scores ``Σ (x̂ − x)²`` ``(n,)`` of vectors ``x`` ``(n, dim)`` (``scaled``: already in the
         network's input units, e.g. adversarial examples from :meth:`attack`)."""
-        data = torch.as_tensor(x if isinstance(x, torch.Tensor) else _as_matrix(x, "score_arrays"))
-        device = next(self.net_.parameters()).device
-        out = []
-        with torch.no_grad():
-            for s in range(0, len(data), batch):
-                xb = data[s:s + batch].to(device)
-                xb = xb if scaled else self._scale(xb)
-                out.append((self.net_(xb) - xb).square().sum(dim=1).double().cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0)
+        return self._map_arrays(lambda xb: (self.net_(xb) - xb).square().sum(dim=1).double(), x, scaled, batch,
+                                where="score_arrays")
 
-    def _map_arrays(self, fn, x: np.ndarray | torch.Tensor, scaled: bool, batch: int) -> np.ndarray:
-        data = torch.as_tensor(x if isinstance(x, torch.Tensor) else _as_matrix(x, "arrays"), dtype=torch.float32)
+    def _map_arrays(self, fn, x: np.ndarray | torch.Tensor, scaled: bool, batch: int,
+                    where: str = "arrays") -> np.ndarray:
+        """``fn`` of the network-unit rows of ``x`` ``(n, dim)``, in batches of ``batch`` rows,
+        without gradients (``scaled``: ``x`` is in network units already)."""
+        data = x if isinstance(x, torch.Tensor) else torch.from_numpy(_as_matrix(x, where))
         device = next(self.net_.parameters()).device
-        out = []
         with torch.no_grad():
+            if not len(data):
+                return fn(data.to(device)).cpu().numpy()
+            out = []
             for s in range(0, len(data), batch):
                 xb = data[s:s + batch].to(device)
                 out.append(fn(xb if scaled else self._scale(xb)).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+        return torch.cat(out).numpy()
 
     def encode_arrays(self, x: np.ndarray | torch.Tensor, scaled: bool = False, batch: int = 4096) -> np.ndarray:
         """Latent codes ``(n, latent)`` of vectors ``x`` ``(n, dim)`` (``scaled``: in network units)."""
