@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
+from sklearn.mixture import GaussianMixture
 
 from stetho.backends import (
-    DensityBackend, DomainNormalized, KMeansBackend, KNNBackend, MahalanobisBackend, cosine_distances, ensemble,
-    l2_normalize, make_backend,
+    ALL_BACKENDS, BACKENDS, DensityBackend, DomainNormalized, GMMBackend, KMeansBackend, KNNBackend,
+    MahalanobisBackend, cosine_distances, ensemble, l2_normalize, make_backend,
 )
 
 
@@ -90,7 +91,7 @@ def test_mahalanobis_backend_is_min_over_domains(data):
     assert np.allclose(be.score(test), np.minimum(*scores), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["kmeans", "knn", "mahalanobis", "density", "kmeans_norm", "knn_norm"])
+@pytest.mark.parametrize("name", ["kmeans", "knn", "mahalanobis", "density", "kmeans_norm", "knn_norm", "gmm"])
 def test_backend_state_round_trip(data, name):
     train, test = data
     be = make_backend(name, seed=1, n_clusters=4).fit(train)
@@ -216,3 +217,77 @@ def test_domain_normalized_training_scores_hold_each_clip_out_with_the_fitted_sc
         far = (1 - _unit(e) @ _unit(train[other]).T).min(axis=1) / be.scales_[other]
         assert np.allclose(got[d], np.minimum(own, far))
     assert (got["target"] > 0).all()
+
+
+def test_gmm_backend_is_the_negative_log_likelihood_of_a_mixture_on_the_pooled_embeddings(data):
+    train, test = data
+    pooled = np.concatenate([train["source"], train["target"]])  # 65 rows: up to 6 components
+    for cov in ("diag", "full"):
+        be = GMMBackend(n_components=3, covariance_type=cov, reg_covar=1e-4, seed=5).fit(train)
+        gm = GaussianMixture(n_components=3, covariance_type=cov, reg_covar=1e-4, random_state=5).fit(pooled)
+        np.testing.assert_allclose(be.score(test), -gm.score_samples(test), rtol=1e-10)
+    # make_backend: cosine (embeddings) fits on the unit-length rows, euclidean on the rows as they are
+    cos = make_backend("gmm", seed=2, gmm_components=2).fit(train)
+    gm = GaussianMixture(n_components=2, covariance_type="diag", random_state=2).fit(_unit(pooled))
+    np.testing.assert_allclose(cos.score(test), -gm.score_samples(_unit(test)), rtol=1e-10)
+    euc = make_backend("gmm", seed=2, gmm_components=2, metric="euclidean").fit(train)
+    gm = GaussianMixture(n_components=2, covariance_type="diag", random_state=2).fit(pooled)
+    np.testing.assert_allclose(euc.score(test), -gm.score_samples(test), rtol=1e-10)
+    # deterministic: the same seed gives the same mixture
+    np.testing.assert_array_equal(make_backend("gmm", seed=2, gmm_components=2).fit(train).score(test), cos.score(test))
+
+
+def test_gmm_components_are_capped_at_a_tenth_of_the_training_embeddings(data):
+    train, test = data
+    assert GMMBackend(n_components=16).fit(train).n_components_ == 6  # 65 // 10
+    assert GMMBackend(n_components=2).fit(train).n_components_ == 2
+    few = GMMBackend(n_components=4, seed=1).fit({"source": train["source"][:9]})  # 9 // 10 = 0 -> 1
+    assert few.n_components_ == 1 and few.get_state()["means"].shape == (1, 8)
+    # one diagonal Gaussian: its mean and (biased) variance per dimension plus reg_covar, by hand
+    x = train["source"][:9]
+    mu, var = x.mean(0), x.var(0) + 1e-6
+    nll = 0.5 * (np.log(2 * np.pi * var).sum() + (((test - mu) ** 2) / var).sum(1))
+    np.testing.assert_allclose(few.score(test), nll, rtol=1e-8)
+    with pytest.raises(ValueError, match="at least 2"):
+        GMMBackend().fit({"source": train["source"][:1]})
+
+
+def test_gmm_state_is_plain_arrays_and_restores_identical_scores(data):
+    train, test = data
+    be = GMMBackend(n_components=3, seed=4).fit(train)
+    state = be.get_state()
+    assert set(state) == {"weights", "means", "covariances", "precisions_cholesky", "covariance_type"}
+    assert all(isinstance(v, np.ndarray) for k, v in state.items() if k != "covariance_type")
+    assert state["covariances"].shape == (3, 8) and np.isclose(state["weights"].sum(), 1.0)
+    np.testing.assert_array_equal(GMMBackend().set_state(state).score(test), be.score(test))
+    with pytest.raises(ValueError, match="covariance_type"):
+        GMMBackend(covariance_type="full").set_state(state)
+
+
+def test_gmm_training_scores_are_cross_fitted_on_the_pooled_rest(data):
+    train, _ = data
+    be = GMMBackend(n_components=2, seed=1)
+    got = be.fit(train).train_scores(train, folds=5, seed=3)
+    rng = np.random.default_rng(3)
+    for d in ("source", "target"):  # the same fold draw: the fold left out, the other domain whole
+        e = train[d]
+        fold_of = rng.permutation(len(e)) % 5
+        want = np.empty(len(e))
+        for f in range(5):
+            rest = {**train, d: e[fold_of != f]}
+            pooled = np.concatenate([rest["source"], rest["target"]])
+            k = min(2, len(pooled) // 10)
+            gm = GaussianMixture(n_components=k, covariance_type="diag", random_state=1).fit(pooled)
+            want[fold_of == f] = -gm.score_samples(e[fold_of == f])
+        np.testing.assert_allclose(got[d], want, rtol=1e-10)
+
+
+def test_gmm_is_built_by_name_but_is_not_an_embedding_detector_score_mode():
+    assert "gmm" in ALL_BACKENDS and "gmm" not in BACKENDS
+    assert isinstance(make_backend("gmm"), GMMBackend) and make_backend("gmm").normalize
+    with pytest.raises(ValueError, match="n_components"):
+        GMMBackend(n_components=0)
+    with pytest.raises(ValueError, match="covariance_type"):
+        GMMBackend(covariance_type="banana")
+    with pytest.raises(ValueError, match="reg_covar"):
+        GMMBackend(reg_covar=-1.0)

@@ -21,6 +21,10 @@ produces embeddings can use them (the discriminative models, later ones, or feat
   alone; a domain's distances are divided by its typical distance (the median out-of-sample
   score of its own training embeddings); score = the minimum over domains. The test clip's
   domain is not needed.
+- :class:`GMMBackend` (``gmm``): a Gaussian mixture (diagonal covariances) fitted on the training
+  embeddings of both domains pooled; score = the negative log-likelihood. The classical density
+  baseline for clip-level statistics; not one of the embedding detectors' score modes
+  (:data:`BACKENDS`), see :data:`ALL_BACKENDS`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
+from sklearn.mixture import GaussianMixture
 
 from stetho.backends.mahalanobis import precision_from_covariance
 
@@ -396,18 +401,111 @@ class DomainNormalized(EmbeddingBackend):
         return self
 
 
+class GMMBackend(EmbeddingBackend):
+    """Negative log-likelihood under a Gaussian mixture fitted on the pooled training embeddings.
+
+    scikit-learn's :class:`~sklearn.mixture.GaussianMixture` (k-means initialisation, EM) on the
+    embeddings of all domains together, as the DCASE 2020-2021 clip-statistics baselines fit one
+    GMM per machine type; ``score(x) = -log p(x)``. A domain with ~10 clips has no component of
+    its own unless it lies apart from the rest (see :data:`ALL_BACKENDS`).
+
+    Args:
+        n_components: mixture components (2); at most a tenth of the training embeddings, and at
+            least 1 (:attr:`n_components_` is the number fitted).
+        covariance_type: ``diag`` (default), ``full``, ``tied`` or ``spherical``. A full
+            covariance has d(d+1)/2 parameters per component: with 128-256 dimensional clip
+            statistics and a few hundred clips it is singular and only ``reg_covar`` keeps it
+            invertible; a diagonal one needs d variances per component.
+        reg_covar: added to every variance (scikit-learn's default 1e-6), so that a dimension
+            constant over the training embeddings keeps a finite likelihood.
+        normalize: fit and score the L2-normalised embeddings (as :class:`MahalanobisBackend`;
+            ``make_backend`` sets it for ``metric="cosine"``).
+        seed: the k-means initialisation's ``random_state`` (same seed, same mixture).
+    """
+
+    name = "gmm"
+    COVARIANCE_TYPES = ("diag", "full", "tied", "spherical")
+
+    def __init__(self, n_components: int = 2, covariance_type: str = "diag", reg_covar: float = 1e-6,
+                 normalize: bool = False, seed: int = 0) -> None:
+        if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) or n_components < 1:
+            raise ValueError(f"gmm backend: n_components must be a positive integer, got {n_components!r}")
+        if covariance_type not in self.COVARIANCE_TYPES:
+            raise ValueError(f"gmm backend: covariance_type must be one of {', '.join(self.COVARIANCE_TYPES)}, "
+                             f"not {covariance_type!r}")
+        if not isinstance(reg_covar, (int, float)) or not reg_covar >= 0:
+            raise ValueError(f"gmm backend: reg_covar must be a number >= 0, got {reg_covar!r}")
+        self.n_components = int(n_components)
+        self.covariance_type = covariance_type
+        self.reg_covar = float(reg_covar)
+        self.normalize = normalize
+        self.seed = seed
+
+    def clone(self):
+        return GMMBackend(self.n_components, self.covariance_type, self.reg_covar, self.normalize, self.seed)
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        return l2_normalize(x) if self.normalize else np.asarray(x, dtype=np.float64)
+
+    def _mixture(self, n_components: int) -> GaussianMixture:
+        return GaussianMixture(n_components=n_components, covariance_type=self.covariance_type,
+                               reg_covar=self.reg_covar, random_state=self.seed)
+
+    def fit(self, embeddings):
+        x = self._prepare(np.concatenate(list(_split(embeddings).values())))
+        if len(x) < 2:
+            raise ValueError("gmm backend needs at least 2 training embeddings (a variance needs two)")
+        # A component's mean and variances are estimated from its share of the clips: with fewer
+        # than ~10 each, EM shrinks components onto a handful of clips whose variances collapse
+        # to reg_covar, and normal clips between them score as anomalies. Hence at most n // 10
+        # components (the cross-fitted folds of ~20 target clips still get 1-2), and at least 1.
+        self.n_components_ = max(1, min(self.n_components, len(x) // 10))
+        self.gmm_ = self._mixture(self.n_components_).fit(x)
+        return self
+
+    def score(self, x):
+        return -self.gmm_.score_samples(self._prepare(x))
+
+    def get_state(self):
+        g = self.gmm_
+        return {"weights": g.weights_, "means": g.means_, "covariances": g.covariances_,
+                "precisions_cholesky": g.precisions_cholesky_, "covariance_type": self.covariance_type}
+
+    def set_state(self, state):
+        if state["covariance_type"] != self.covariance_type:
+            raise ValueError(f"gmm backend: the state holds {state['covariance_type']!r} covariances, "
+                             f"this backend's covariance_type is {self.covariance_type!r}")
+        weights = np.asarray(state["weights"], dtype=np.float64)
+        g = self._mixture(len(weights))
+        # the fitted attributes score_samples reads (scikit-learn's documented fitted state)
+        g.weights_ = weights
+        g.means_ = np.asarray(state["means"], dtype=np.float64)
+        g.covariances_ = np.asarray(state["covariances"], dtype=np.float64)
+        g.precisions_cholesky_ = np.asarray(state["precisions_cholesky"], dtype=np.float64)
+        self.n_components_, self.gmm_ = len(weights), g
+        return self
+
+
 #: Backends by name (the score modes of embedding detectors).
 BACKENDS: dict[str, type[EmbeddingBackend]] = {
     KMeansBackend.name: KMeansBackend, KNNBackend.name: KNNBackend, MahalanobisBackend.name: MahalanobisBackend,
     DensityBackend.name: DensityBackend, "kmeans_norm": DomainNormalized, "knn_norm": DomainNormalized,
 }
 
+#: Every backend :func:`make_backend` builds: :data:`BACKENDS` plus ``gmm``, used by the ``stats``
+#: model. ``gmm`` is not a score mode of the embedding detectors: pooled over domains, its
+#: components follow the ~1,000 source clips and the ~10 target clips get none (a component
+#: needs ~10 clips), where ``kmeans``/``knn``/``density`` keep every target clip; and each mode
+#: costs every discriminative run and test cross-fitted fits per machine type and epoch.
+ALL_BACKENDS: dict[str, type[EmbeddingBackend]] = {**BACKENDS, GMMBackend.name: GMMBackend}
+
 
 def make_backend(name: str, seed: int = 0, n_clusters: int = 16, k: int = 1, density_k: int = 1,
-                 metric: str = "cosine") -> EmbeddingBackend:
+                 metric: str = "cosine", gmm_components: int = 2) -> EmbeddingBackend:
     """A fresh backend by name (``k``: neighbours of kNN; ``density_k``: of the density backend;
-    ``metric``: ``cosine`` for embeddings, ``euclidean`` for feature vectors, which also leaves
-    them un-normalised before the Mahalanobis backend)."""
+    ``gmm_components``: mixture components of ``gmm``; ``metric``: ``cosine`` for embeddings,
+    ``euclidean`` for feature vectors, which also leaves them un-normalised before the
+    Mahalanobis and GMM backends)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
     if name == "kmeans":
@@ -423,7 +521,9 @@ def make_backend(name: str, seed: int = 0, n_clusters: int = 16, k: int = 1, den
                                  "target": KNNBackend(k=1)}, name)
     if name == "knn_norm":
         return DomainNormalized({"source": KNNBackend(k=k), "target": KNNBackend(k=k)}, name)
-    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    if name == "gmm":
+        return GMMBackend(n_components=gmm_components, normalize=metric == "cosine", seed=seed)
+    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(ALL_BACKENDS)}")
 
 
 def ensemble(scores: list[np.ndarray]) -> np.ndarray:
