@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.covariance import LedoitWolf
+from sklearn.mixture import GaussianMixture
 
 from stetho.datasets.clip import Clip
 from stetho.errors import ConfigError, StethoError
@@ -56,6 +58,18 @@ def test_scores_equal_direct_computations_per_backend():
     np.fill_diagonal(dt, np.inf)
     nn = d.argmin(1)
     np.testing.assert_allclose(scores["density"], d.min(1) / dt.min(1)[nn], rtol=1e-6)
+    # gmm: negative log-likelihood under a 2-component diagonal mixture of the standardised vectors
+    gm = GaussianMixture(n_components=2, covariance_type="diag", reg_covar=1e-6, random_state=det.seed).fit(z)
+    np.testing.assert_allclose(scores["gmm"], -gm.score_samples(zt), rtol=1e-9)
+    one = StatsDetector(n_mels=8, gmm_components=1, threshold="official").fit(_clips(30), train)
+    mu, var = z.mean(0), z.var(0) + 1e-6  # one diagonal Gaussian, by hand
+    nll = 0.5 * (np.log(2 * np.pi * var).sum() + (((zt - mu) ** 2) / var).sum(1))
+    np.testing.assert_allclose(one.score(_clips(5, start=100), test, mode="gmm"), nll, rtol=1e-8)
+    # score_mode="gmm": the default of score(), threshold_ and predict()
+    by_gmm = StatsDetector(n_mels=8, score_mode="gmm", threshold="official").fit(_clips(30), train)
+    np.testing.assert_allclose(by_gmm.score(_clips(5, start=100), test), -gm.score_samples(zt), rtol=1e-9)
+    assert by_gmm.threshold_ == {"fan": by_gmm.thresholds_["gmm"]["fan"]}
+    assert StatsDetector().score_mode == "density"
 
 
 def test_registered_saves_loads_and_separates_shifted_clips(tmp_path):
@@ -79,9 +93,31 @@ def test_registered_saves_loads_and_separates_shifted_clips(tmp_path):
     assert back.thresholds_ == det.thresholds_
 
 
+def test_the_gmm_is_stored_in_the_model_file_not_refitted_on_load(tmp_path, monkeypatch):
+    train, test = _logmels(30, 6) + _logmels(4, 7, shift=0.2), _logmels(6, 8)
+    clips = _clips(30) + _clips(4, domain="target")
+    det = StatsDetector(n_mels=8, gmm_components=3).fit(clips, train)
+    assert det.backends_["fan"]["gmm"].n_components_ == 2  # 27 training clips after the held-out ones
+    det.save(tmp_path / "stats.pt")
+    blob = torch.load(tmp_path / "stats.pt", weights_only=True)
+    assert blob["state"]["gmm"]["fan"]["means"].shape == (2, 16)
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("the GMM was refitted on load")
+
+    monkeypatch.setattr(GaussianMixture, "fit", no_refit)
+    back = Detector.load(tmp_path / "stats.pt")
+    np.testing.assert_array_equal(back.score(_clips(6, start=300), test, mode="gmm"),
+                                  det.score(_clips(6, start=300), test, mode="gmm"))
+
+
 def test_bad_parameters_and_unknown_machines_are_clear_errors():
     with pytest.raises(ConfigError, match="statistics"):
         StatsDetector(statistics="median").check_params()
+    with pytest.raises(ConfigError, match="gmm_components"):
+        StatsDetector(gmm_components=0).check_params()
+    with pytest.raises(ConfigError, match="score_mode"):
+        StatsDetector(score_mode="lof").check_params()
     det = StatsDetector(n_mels=8, threshold="official").fit(_clips(10), _logmels(10, 0))
     with pytest.raises(StethoError, match="no training clips of machine type\\(s\\) valve; trained on fan"):
         det.score(_clips(2, machine="valve"), _logmels(2, 1))

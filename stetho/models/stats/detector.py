@@ -57,26 +57,34 @@ class StatsDetector(LogMelDetector):
         statistics: ``mean_std`` or ``mean_std_delta``.
         k: neighbours of the ``knn`` mode (1).
         density_k: neighbours defining the local density of the ``density`` mode (1).
+        gmm_components: Gaussian components of the ``gmm`` mode (2; at most a tenth of a machine
+            type's training clips, see :class:`stetho.backends.GMMBackend`).
+        score_mode: default score mode of ``score``, ``predict`` and ``threshold_`` (``density``);
+            every mode is scored and written either way.
         n_mels, n_fft, hop_length, sr: the log-mel front end (as ``ae``: 128 mels, 1024, 512, 16 kHz).
         **common: the parameters every detector takes (:data:`stetho.models.base.COMMON_PARAMS`).
     """
 
     name = "stats"
-    score_modes = ("density", "knn", "mahalanobis")
+    score_modes = ("density", "knn", "mahalanobis", "gmm")
     min_frames_param: ClassVar[str] = "min_frames"
     min_frames: ClassVar[int] = 2
     _parameter_constraints = {
-        "statistics": [Options(*STATISTICS)], "k": [_COUNT], "density_k": [_COUNT],
+        "statistics": [Options(*STATISTICS)], "k": [_COUNT], "density_k": [_COUNT], "gmm_components": [_COUNT],
+        "score_mode": [Options(*score_modes)],
         "n_mels": [_COUNT], "n_fft": [Interval(int, 16, None)], "hop_length": [_COUNT],
         "sr": [Interval(int, 1000, None)],
     }
 
-    def __init__(self, statistics: str = "mean_std", k: int = 1, density_k: int = 1, n_mels: int = 128,
-                 n_fft: int = 1024, hop_length: int = 512, sr: int = 16000, **common: Any) -> None:
+    def __init__(self, statistics: str = "mean_std", k: int = 1, density_k: int = 1, gmm_components: int = 2,
+                 score_mode: str = "density", n_mels: int = 128, n_fft: int = 1024, hop_length: int = 512,
+                 sr: int = 16000, **common: Any) -> None:
         super().__init__(n_mels=n_mels, n_fft=n_fft, hop_length=hop_length, sr=sr, **common)
         self.statistics = statistics
         self.k = k
         self.density_k = density_k
+        self.gmm_components = gmm_components
+        self.score_mode = score_mode
 
     # -- vectors ----------------------------------------------------------------------------
     def vectors(self, feats: Sequence[np.ndarray]) -> np.ndarray:
@@ -96,10 +104,20 @@ class StatsDetector(LogMelDetector):
         idx = self._rows(machine)
         return self._standardise(machine, self.train_vectors_[idx]), np.asarray(self.train_domains_)[idx]
 
-    def _build_backends(self) -> None:
-        self.backends_ = {m: {mode: make_backend(mode, seed=self.seed, k=self.k, density_k=self.density_k,
-                                                 metric="euclidean").fit(domain_parts(*self._train_standardised(m)))
-                              for mode in self.score_modes} for m in self.machines_}
+    def _backend(self, mode: str):
+        """An unfitted backend of score ``mode`` with this detector's settings (Euclidean)."""
+        return make_backend(mode, seed=self.seed, k=self.k, density_k=self.density_k,
+                            gmm_components=self.gmm_components, metric="euclidean")
+
+    def _build_backends(self, fitted: dict[str, dict[str, Any]] | None = None) -> None:
+        """Fit every mode's backend per machine type on the standardised training vectors; the
+        backends in ``fitted`` (``{mode: {machine: backend}}``, restored from a file) are kept."""
+        fitted = fitted or {}
+        self.backends_ = {
+            m: {mode: fitted[mode][m] if m in fitted.get(mode, {})
+                else self._backend(mode).fit(domain_parts(*self._train_standardised(m)))
+                for mode in self.score_modes}
+            for m in self.machines_}
 
     # -- the contract -----------------------------------------------------------------------
     def _fit(self, clips: list[Clip], feats: list[np.ndarray], context: FitContext) -> None:
@@ -145,11 +163,18 @@ class StatsDetector(LogMelDetector):
         return {}
 
     def _get_state(self) -> dict[str, Any]:
-        # tensors: model files are loaded with torch's weights-only unpickler (no numpy objects)
+        # tensors: model files are loaded with torch's weights-only unpickler (no numpy objects).
+        # The other modes are closed-form in the training vectors and refitted on load; the GMM is
+        # an EM optimum that another scikit-learn version or BLAS could land elsewhere, so its
+        # fitted mixture is stored and the thresholds stay those of the scores it gives.
+        def plain(v: Any) -> Any:
+            return torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+
         return {"train_vectors": torch.from_numpy(self.train_vectors_),
                 "train_machine_of": list(self.train_machine_of_), "train_domains": list(self.train_domains_),
                 "scalers": {m: [torch.from_numpy(mean), torch.from_numpy(std)]
-                            for m, (mean, std) in self.scalers_.items()}}
+                            for m, (mean, std) in self.scalers_.items()},
+                "gmm": {m: {k: plain(v) for k, v in b["gmm"].get_state().items()} for m, b in self.backends_.items()}}
 
     def _set_state(self, state: dict[str, Any]) -> None:
         self.train_vectors_ = state["train_vectors"].numpy()
@@ -157,4 +182,9 @@ class StatsDetector(LogMelDetector):
         self.train_domains_ = list(state["train_domains"])
         self.scalers_ = {m: (a.numpy(), b.numpy()) for m, (a, b) in state["scalers"].items()}
         self.history_ = {"epoch": [], "train_loss": [], "val_loss": []}
-        self._build_backends()
+        # a file written before the gmm mode has no mixture (and no gmm thresholds: the loader
+        # then asks for a re-training)
+        gmm = {m: self._backend("gmm").set_state({k: v.numpy() if isinstance(v, torch.Tensor) else v
+                                                  for k, v in sub.items()})
+               for m, sub in state.get("gmm", {}).items()}
+        self._build_backends({"gmm": gmm})
