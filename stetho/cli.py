@@ -280,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not write the HTML report (RUN/report.html) at the end")
     _threads_option(p)
 
+    p = sub.add_parser("ensemble", help="fuse tested runs: each one's scores standardised on its own held-out "
+                                        "normal scores, averaged, with a calibrated threshold of their own")
+    p.add_argument("members", nargs="+", metavar="RUN[:MODE][@WEIGHT]",
+                   help="tested run folder, its score mode (needed when it was tested in several) and weight "
+                        "(default 1; weights are normalised), e.g. runs/ae:mse runs/disc:density@2")
+    p.add_argument("--out", type=Path, required=True, help="ensemble folder to write (replaces an earlier ensemble)")
+    p.add_argument("--name", default="ensemble", help="the fused score mode: results/NAME/ (default: ensemble)")
+    p.add_argument("--decision-fpr", type=float, default=0.1, metavar="F",
+                   help="share of normal clips the fused threshold flags (default 0.1)")
+    p.add_argument("--min-group", type=int, default=5, metavar="N",
+                   help="calibration scores a (machine type, domain) needs for statistics of its own, else the "
+                        "machine type's (default 5)")
+
     p = sub.add_parser("report", help="self-contained HTML report with plots of one or several runs")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders tested on labeled data")
     p.add_argument("--out", type=Path, help="HTML file (default: RUN/report.html for one run, report.html for several)")
@@ -399,6 +412,16 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"{mode}: scores written to {outcome.folders[mode]} (test data unlabeled: no metrics)")
             else:
                 print_result(result, f"{mode} — {outcome.folders[mode]}")
+        return 0
+    if args.command == "ensemble":
+        from stetho.pipeline.ensemble import ensemble, parse_member
+
+        outcome = ensemble([parse_member(m) for m in args.members], args.out, name=args.name,
+                           decision_fpr=args.decision_fpr, min_group=args.min_group)
+        if outcome.result is None:
+            print(f"{args.name}: scores written to {outcome.folder} (test data unlabeled: no metrics)")
+        else:
+            print_result(outcome.result, f"{args.name} — {outcome.folder}")
         return 0
     if args.command == "evaluate":
         result = pipeline.evaluate_folder(args.scores, args.data, formula=args.formula,

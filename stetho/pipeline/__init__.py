@@ -3,7 +3,8 @@
 Modules: :mod:`~stetho.pipeline.common` (config → detector, scans, features, run-folder
 bookkeeping), :mod:`~stetho.pipeline.training` (``train``), :mod:`~stetho.pipeline.testing`
 (``test``), :mod:`~stetho.pipeline.evaluation` (``evaluate_folder``, ``label``, ``summarize``),
-:mod:`~stetho.pipeline.runs` (``run``, ``compare``, ``report``).
+:mod:`~stetho.pipeline.runs` (``run``, ``compare``, ``report``), :mod:`~stetho.pipeline.ensemble`
+(``ensemble``: score fusion of tested runs).
 
 A run folder (``RUN/``) holds everything a run produced::
 
@@ -36,12 +37,13 @@ from __future__ import annotations
 
 from stetho.outputs.compare import Comparison
 from stetho.pipeline.common import load_run_config, make_detector
+from stetho.pipeline.ensemble import EnsembleOutcome, Member, ensemble
 from stetho.pipeline.evaluation import evaluate_folder, label, summarize
 from stetho.pipeline.runs import compare, report, run
 from stetho.pipeline.testing import TestOutcome, test
 from stetho.pipeline.training import _model_file, train
 
 __all__ = [
-    "Comparison", "TestOutcome", "compare", "evaluate_folder", "label", "load_run_config", "make_detector",
-    "report", "run", "summarize", "test", "train", "_model_file",
+    "Comparison", "EnsembleOutcome", "Member", "TestOutcome", "compare", "ensemble", "evaluate_folder", "label",
+    "load_run_config", "make_detector", "report", "run", "summarize", "test", "train", "_model_file",
 ]
