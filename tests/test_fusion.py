@@ -310,3 +310,31 @@ def test_cli_ensemble(tested_run, tmp_path, capsys):
     assert (out / "results" / "fused" / "anomaly_score_fan_section_00_test.csv").is_file()
     assert main(["ensemble", f"{run}:density@x", f"{run}:knn", "--out", str(out)]) == 2
     assert "weight 'x' is not a number" in capsys.readouterr().err
+
+
+def test_ensemble_partial_without_test_data_and_unlabeled(tested_run, tmp_path):
+    from stetho.outputs import write_dict_csv
+    from stetho.pipeline.ensemble import ensemble
+
+    _, run = tested_run
+    # the recorded test data is gone: coverage of its test split cannot be checked -> partial
+    gone = _copy(run, tmp_path / "gone")
+    timings = json.loads((gone / "timings.json").read_text())
+    timings["test"]["data"] = str(tmp_path / "deleted")
+    (gone / "timings.json").write_text(json.dumps(timings))
+    outcome = ensemble([(gone, "density", 1), (run, "knn", 1)], tmp_path / "p")
+    summary = _dict_rows(tmp_path / "p" / "summary.csv")
+    assert summary[0]["status"] == "partial" and summary[0]["official score"] == ""
+    assert "is not there" in summary[0]["missing"]
+    assert float(summary[0]["partial score"]) == pytest.approx(outcome.result.partial_score)
+
+    # unlabeled test clips: scores and decisions, no metrics, no summary.csv
+    blind = _copy(run, tmp_path / "blind")
+    rows = _dict_rows(blind / "test_files.csv")
+    for r in rows:
+        r["label"] = ""
+    write_dict_csv(blind / "test_files.csv", rows)
+    outcome = ensemble([(blind, "density", 1), (run, "knn", 1)], tmp_path / "u")
+    assert outcome.result is None
+    assert not (tmp_path / "u" / "summary.csv").exists()
+    assert len(_submission(tmp_path / "u" / "results" / "ensemble", "decision_result")) == len(rows)
