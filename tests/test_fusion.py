@@ -258,6 +258,10 @@ def test_ensemble_errors(tested_run, tmp_path):
         ensemble([(run, "mse", 1), (run, "knn", 1)], out)
     with pytest.raises(ConfigError, match="weights sum to zero"):
         ensemble([(run, "density", 0), (run, "knn", 0)], out)
+    with pytest.raises(ConfigError, match="min_group must be an integer of at least 2, got 1"):
+        ensemble([(run, "density", 1), (run, "knn", 1)], out, min_group=1)
+    with pytest.raises(ConfigError, match="at least two members, got 1"):
+        ensemble([(run, "density", 1)], out)
 
     untested = _copy(run, tmp_path / "untested")
     shutil.rmtree(untested / "results")

@@ -361,6 +361,8 @@ def ensemble(
         raise ConfigError(f"ensemble name {name!r} must be a word of letters, digits, '_', '.', '+', '-'")
     if not 0.0 < float(decision_fpr) < 1.0:
         raise ConfigError(f"decision_fpr must be in (0, 1), got {decision_fpr}")
+    if isinstance(min_group, bool) or not isinstance(min_group, int) or min_group < 2:
+        raise ConfigError(f"min_group must be an integer of at least 2, got {min_group!r}")
     try:
         weights = normalized_weights([m.weight for m in mems], len(mems))
     except ValueError as exc:
