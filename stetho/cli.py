@@ -293,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration scores a (machine type, domain) needs for statistics of its own, else the "
                         "machine type's (default 5)")
 
+    p = sub.add_parser("benchmark", help="a leaderboard: every (dataset, method) cell of a suite × seeds, trained, "
+                                         "tested and ranked (finished cells are reused)")
+    p.add_argument("suite", type=Path, help="suite file, e.g. recipes/bench_real.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="suite overrides of its top-level keys, e.g. seeds=[1] jobs=1 out=build/b")
+    p.add_argument("--only", type=_csv_list, metavar="DATASET[/METHOD],...",
+                   help="run only these cells (the leaderboard still shows every finished one)")
+    p.add_argument("--tabulate", action="store_true", help="run nothing: tabulate the finished cells")
+
     p = sub.add_parser("report", help="self-contained HTML report with plots of one or several runs")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders tested on labeled data")
     p.add_argument("--out", type=Path, help="HTML file (default: RUN/report.html for one run, report.html for several)")
@@ -412,6 +421,16 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"{mode}: scores written to {outcome.folders[mode]} (test data unlabeled: no metrics)")
             else:
                 print_result(result, f"{mode} — {outcome.folders[mode]}")
+        return 0
+    if args.command == "benchmark":
+        from stetho.config import parse_overrides
+        from stetho.pipeline.benchmark import benchmark, load_suite
+
+        outcome = benchmark(load_suite(args.suite, parse_overrides(args.overrides)), only=args.only,
+                            tabulate_only=args.tabulate)
+        print(outcome.files["text"].read_text(encoding="utf-8"), end="")
+        print(f"\n{outcome.ran} cell(s) run, {outcome.reused} reused; leaderboard: {outcome.files['html']} "
+              f"(CSV: {outcome.files['table']})")
         return 0
     if args.command == "ensemble":
         from stetho.pipeline.ensemble import ensemble, parse_member

@@ -187,3 +187,17 @@ def test_suite_errors_name_the_file_and_key(tmp_path, toy):
         load_suite(_suite(tmp_path, toy, ensembles={"e": {"members": ["ae/mse", "ms/knn"]}}))
     with pytest.raises(ConfigError, match="unknown parameter"):
         plan(load_suite(_suite(tmp_path, toy, methods={"ms": {"model": "stats", "params": {"kk": 2}}})))
+
+
+def test_cli_benchmark_tabulates_and_merges_nested_overrides(tmp_path, toy, capsys):
+    from stetho.cli import main
+    from stetho.pipeline.benchmark import load_suite
+
+    path = _suite(tmp_path, toy)
+    suite = load_suite(path, {"methods": {"ms": {"params": {"k": 3}}}, "seeds": [4]})
+    assert suite.methods["ms"] == {"model": "stats", "score": ["density", "knn"], "params": {"k": 3}}
+    assert "broken" in suite.methods and suite.seeds == [4]
+    assert main(["-q", "benchmark", str(path), "seeds=[4]", "--tabulate"]) == 0
+    out = capsys.readouterr().out
+    assert "ms/knn" in out and "not run" in out and "0 cell(s) run, 0 reused" in out
+    assert (tmp_path / "out" / "leaderboard.html").is_file()

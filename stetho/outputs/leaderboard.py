@@ -221,7 +221,7 @@ def format_leaderboard(board: Leaderboard, about: Mapping[str, str] | None = Non
                   format_table(*detail_rows(board, ds))]
     failed = [c for c in board.cells if c.get("status") != "ok"]
     if failed:
-        parts += ["", "Failed cells:"] + [f"  {c['dataset']} {c['entry']} seed {c['seed']}: {c['status']}"
+        parts += ["", "Cells without results:"] + [f"  {c['dataset']} {c['entry']} seed {c['seed']}: {c['status']}"
                                            for c in failed]
     return "\n".join(parts) + "\n"
 
@@ -249,7 +249,7 @@ def leaderboard_html(board: Leaderboard, title: str, about: Mapping[str, str] | 
     failed = [c for c in board.cells if c.get("status") != "ok"]
     if failed:
         items = (html.escape(f"{c['dataset']} {c['entry']} seed {c['seed']}: {c['status']}") for c in failed)
-        body.append("<h2>Failed cells</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+        body.append("<h2>Cells without results</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
     return _PAGE.substitute(title=html.escape(title), body="\n".join(body))
 
 

@@ -109,12 +109,21 @@ def _unknown(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(bad)}; allowed: {', '.join(allowed)}")
 
 
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``: mappings key by key (``methods.ae.params.epochs=5`` changes
+    one parameter), anything else replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
 def load_suite(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Suite:
-    """Read and check a suite file; ``overrides`` replace its top-level keys (``out``, ``seeds``,
-    ``jobs``, ``data_root`` ...). Relative ``data_root`` folders are taken from the current
+    """Read and check a suite file; ``overrides`` (nested mappings, as :func:`stetho.config.
+    parse_overrides` gives them) are merged into it (``seeds``, ``out``, ``methods.ae.params`` ...). Relative ``data_root`` folders are taken from the current
     folder, as recipe paths are; the first that exists is used (``None``: none exists)."""
     path = Path(path)
-    raw = {**load_recipe(path), **(overrides or {})}
+    raw = _deep_merge(load_recipe(path), overrides or {})
     where = str(path)
     _unknown(raw, SUITE_KEYS, where)
     for key in ("out", "datasets", "methods"):
