@@ -201,3 +201,20 @@ def test_cli_benchmark_tabulates_and_merges_nested_overrides(tmp_path, toy, caps
     out = capsys.readouterr().out
     assert "ms/knn" in out and "not run" in out and "0 cell(s) run, 0 reused" in out
     assert (tmp_path / "out" / "leaderboard.html").is_file()
+
+
+def test_include_takes_the_other_suites_keys_and_replaces_those_given(tmp_path, toy):
+    from stetho.pipeline.benchmark import load_suite
+
+    base = _suite(tmp_path, toy, ensembles={"e": {"members": ["ms/knn", "broken/density"]}})
+    (tmp_path / "sub").mkdir()
+    tuning = tmp_path / "sub" / "tuning.yaml"
+    tuning.write_text("include: ../suite.yaml\nout: elsewhere\nmethods: {v1: {model: stats}}\nensembles: {}\n")
+    suite = load_suite(tuning)
+    assert list(suite.datasets) == ["toy"] and list(suite.methods) == ["v1"] and suite.ensembles == {}
+    assert suite.out == Path("elsewhere") and suite.seeds == [1]
+    assert load_suite(base).ensembles["e"]["members"] == ["ms/knn", "broken/density"]
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("include: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_suite(loop)

@@ -56,7 +56,7 @@ from stetho.fileio import atomic_write_text, file_sha256, make_dirs
 
 log = logging.getLogger("stetho.pipeline")
 
-SUITE_KEYS = ("out", "title", "data_root", "seeds", "jobs", "threads", "defaults", "datasets", "methods", "ensembles")
+SUITE_KEYS = ("include", "out", "title", "data_root", "seeds", "jobs", "threads", "defaults", "datasets", "methods", "ensembles")
 #: Keys of a dataset that are not recipe keys.
 DATASET_KEYS = ("split", "clips", "about")
 SPLIT_KEYS = ("move_to_test", "reference_normals")
@@ -118,12 +118,27 @@ def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+def _read_suite(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A suite file's keys; with ``include: OTHER.yaml`` (relative to the file's folder) the other
+    suite's keys, each top-level key the file gives replacing the included one whole (a tuning
+    suite takes the datasets of the leaderboard and gives methods of its own)."""
+    raw = load_recipe(path)
+    _unknown(raw, SUITE_KEYS, str(path))
+    inc = raw.pop("include", None)
+    if inc is None:
+        return raw
+    other = (path.parent / str(inc)).resolve()
+    if other in seen or other == path.resolve():
+        raise ConfigError(f"{path}: include: {inc} includes itself")
+    return {**_read_suite(other, (*seen, path.resolve())), **raw}
+
+
 def load_suite(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Suite:
     """Read and check a suite file; ``overrides`` (nested mappings, as :func:`stetho.config.
     parse_overrides` gives them) are merged into it (``seeds``, ``out``, ``methods.ae.params`` ...). Relative ``data_root`` folders are taken from the current
     folder, as recipe paths are; the first that exists is used (``None``: none exists)."""
     path = Path(path)
-    raw = _deep_merge(load_recipe(path), overrides or {})
+    raw = _deep_merge(_read_suite(path), overrides or {})
     where = str(path)
     _unknown(raw, SUITE_KEYS, where)
     for key in ("out", "datasets", "methods"):
