@@ -34,6 +34,7 @@ same config hash is reused on a rerun; a failed one is tried again. A fusion
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -354,12 +355,32 @@ def benchmark(suite: Suite, only: Sequence[str] | None = None, tabulate_only: bo
     for cell in cells:
         rec = _read_record(cell.record) if cell.record.is_file() else {}
         records += _cell_rows(cell, rec)
-    records += run_ensembles(suite, cells)
+    with _metric_notes_muted():
+        records += run_ensembles(suite, cells)
     board = leaderboard(records)
     notes = [f"data root: {suite.data_root}", f"seeds: {', '.join(map(str, suite.seeds))}; "
              f"{suite.threads} thread(s) per cell, {suite.jobs} cell(s) at once"]
     files = write_leaderboard(suite.out, board, title=suite.title, about=suite.about, notes=notes)
     return BenchmarkOutcome(out=suite.out, board=board, files=files, ran=len(todo), reused=reused)
+
+
+class _MutedNotes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING
+
+
+@contextlib.contextmanager
+def _metric_notes_muted():
+    """The evaluator's per-section warnings (e.g. "no domains, so precision/recall/F1 ... are
+    NaN") while fusions are evaluated: each member cell's log already holds them once, and a
+    suite would repeat them for every fusion and seed."""
+    logger = logging.getLogger("stetho.metrics")  # the one logger of the metrics package
+    muted = _MutedNotes()
+    logger.addFilter(muted)
+    try:
+        yield
+    finally:
+        logger.removeFilter(muted)
 
 
 def _selected(cell: Cell, only: Sequence[str] | None) -> bool:
