@@ -15,7 +15,9 @@ import yaml
 from stetho.datasets.clip import Clip
 from stetho.datasets.resplit import clips_from_rules, move_to_test, reference_normals
 from stetho.errors import ConfigError
-from stetho.outputs.leaderboard import cell_metrics, false_alarm_rate, format_leaderboard, leaderboard
+from stetho.outputs.leaderboard import (
+    cell_metrics, false_alarm_rate, format_leaderboard, leaderboard, markdown_table, overall_rows,
+)
 
 
 # -- splits -------------------------------------------------------------------------------------
@@ -96,6 +98,9 @@ def test_leaderboard_means_stds_and_ranks_with_ties():
     assert [o["entry"] for o in board.overall] == ["x", "y", "z"]
     text = format_leaderboard(board)
     assert "0.700±0.141 (1.5)" in text and "a z seed 2: failed: boom" in text
+    md = markdown_table(*overall_rows(board)).splitlines()
+    assert md[0] == "| entry | mean score | mean rank | a | b |" and md[1] == "| --- | --- | --- | --- | --- |"
+    assert md[2] == "| x | 0.800 | 1.25 | 0.700±0.141 (1.5) | 0.900 (1.0) |"
 
 
 def test_leaderboard_puts_entries_on_fewer_datasets_after_full_ones():
@@ -144,7 +149,7 @@ def test_benchmark_runs_cells_reuses_them_and_ranks(tmp_path, toy):
     rec = json.loads((tmp_path / "out" / "cells" / "toy" / "ms" / "seed_1.json").read_text())
     assert rec["status"] == "ok" and rec["peak_mb"] > 50
     for name in ("leaderboard.csv", "leaderboard_overall.csv", "leaderboard_cells.csv", "leaderboard.txt",
-                 "leaderboard.html"):
+                 "leaderboard.md", "leaderboard.html"):
         assert (tmp_path / "out" / name).is_file()
     html = (tmp_path / "out" / "leaderboard.html").read_text()
     assert "<h2>toy</h2>" in html and "http" not in html.replace("http-equiv", "")

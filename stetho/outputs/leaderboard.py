@@ -18,7 +18,8 @@ each number, the entry's rank on that dataset (1 = highest mean official score; 
 mean rank) and, per entry, the mean official score over the datasets and the mean rank.
 :func:`write_leaderboard` writes ``leaderboard_cells.csv`` (one row per cell and mode),
 ``leaderboard.csv`` (per dataset and entry), ``leaderboard_overall.csv``, ``leaderboard.txt``
-(the printed table) and a self-contained ``leaderboard.html``.
+(the printed table), ``leaderboard.md`` (the overall table in markdown, for a README) and a
+self-contained ``leaderboard.html``.
 """
 
 from __future__ import annotations
@@ -226,6 +227,14 @@ def format_leaderboard(board: Leaderboard, about: Mapping[str, str] | None = Non
     return "\n".join(parts) + "\n"
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table (for a README)."""
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)]) + "\n"
+
+
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -267,6 +276,7 @@ def write_leaderboard(out: str | Path, board: Leaderboard, title: str = "stetho 
         "overall": write_dict_csv(out / "leaderboard_overall.csv", board.overall,
                                   columns=["entry", "mean official", "mean rank", "datasets"]),
         "text": atomic_write_text(out / "leaderboard.txt", format_leaderboard(board, about)),
+        "markdown": atomic_write_text(out / "leaderboard.md", markdown_table(*overall_rows(board))),
         "html": atomic_write_text(out / "leaderboard.html", leaderboard_html(board, title, about, notes)),
     }
     return files
