@@ -43,7 +43,7 @@ bench: $(STAMP)
 # method × 3 seeds, two cells at a time on one thread each; about an hour on 2 cores. Finished cells
 # are reused: run it again after a stop. Results in build/bench_real/leaderboard.{txt,csv,html}.
 bench-real: $(STAMP)
-	@test -d ../shared/data/real || test -d /work/shared/data/real || \
+	@test -d ../shared/data/real || \
 		{ echo "bench-real: no ../shared/data/real here; skipped"; exit 0; }; \
 	$(VENV)/bin/stetho benchmark recipes/bench_real.yaml
 
