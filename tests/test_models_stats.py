@@ -96,7 +96,7 @@ def test_registered_saves_loads_and_separates_shifted_clips(tmp_path):
 def test_the_gmm_is_stored_in_the_model_file_not_refitted_on_load(tmp_path, monkeypatch):
     train, test = _logmels(30, 6) + _logmels(4, 7, shift=0.2), _logmels(6, 8)
     clips = _clips(30) + _clips(4, domain="target")
-    det = StatsDetector(n_mels=8, gmm_components=3).fit(clips, train)
+    det = StatsDetector(n_mels=8, gmm_components=3, calibration="holdout").fit(clips, train)
     assert det.backends_["fan"]["gmm"].n_components_ == 2  # 27 training clips after the held-out ones
     det.save(tmp_path / "stats.pt")
     blob = torch.load(tmp_path / "stats.pt", weights_only=True)
@@ -121,3 +121,14 @@ def test_bad_parameters_and_unknown_machines_are_clear_errors():
     det = StatsDetector(n_mels=8, threshold="official").fit(_clips(10), _logmels(10, 0))
     with pytest.raises(StethoError, match="no training clips of machine type\\(s\\) valve; trained on fan"):
         det.score(_clips(2, machine="valve"), _logmels(2, 1))
+
+
+def test_thresholds_are_cross_fitted_by_default_and_every_clip_stays_in_the_memory():
+    train = _logmels(30, 6) + _logmels(4, 7, shift=0.2)
+    clips = _clips(30) + _clips(4, domain="target")
+    assert StatsDetector.param_defaults()["calibration"] == "cv" and StatsDetector().calibration == "cv"
+    det = StatsDetector(n_mels=8, gmm_components=3).fit(clips, train)
+    assert det.train_vectors_.shape[0] == 34 and det.backends_["fan"]["gmm"].n_components_ == 3
+    assert all(len(s) == 34 and np.isfinite(s).all() for s in det.decision_scores_.values())
+    held = StatsDetector(n_mels=8, calibration="holdout").fit(clips, train)
+    assert held.train_vectors_.shape[0] < 34 and len(held.decision_scores_["knn"]) == 34 - held.train_vectors_.shape[0]

@@ -145,11 +145,15 @@ class Detector(Calibration, Persistence):
     decision_quantile: float
     threads: int | str | None
 
+    #: A method's own defaults of common parameters (e.g. ``{"calibration": "cv"}`` for a
+    #: detector whose fits cost nothing); the rest are :data:`COMMON_PARAMS`'.
+    common_defaults: ClassVar[dict[str, Any]] = {}
+
     def __init__(self, **common: Any) -> None:
         unknown = sorted(set(common) - set(COMMON_PARAMS))
         if unknown:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) {', '.join(unknown)}")
-        for key, default in COMMON_PARAMS.items():
+        for key, default in {**COMMON_PARAMS, **self.common_defaults}.items():
             setattr(self, key, common.get(key, default))
 
     # -- features ---------------------------------------------------------------------------
@@ -176,11 +180,12 @@ class Detector(Calibration, Persistence):
     @classmethod
     def param_defaults(cls) -> dict[str, Any]:
         """Every parameter the detector takes with its default: the constructor's own
-        arguments, then the common ones (:data:`COMMON_PARAMS`)."""
+        arguments, then the common ones (:data:`COMMON_PARAMS`, with the class's
+        :attr:`common_defaults`)."""
         sig = inspect.signature(cls.__init__)
         own = {k: p.default for k, p in sig.parameters.items()
                if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        return {**own, **COMMON_PARAMS}
+        return {**own, **COMMON_PARAMS, **cls.common_defaults}
 
     @classmethod
     def parameter_constraints(cls) -> dict[str, list[Constraint | None]]:
