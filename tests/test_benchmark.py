@@ -131,7 +131,7 @@ def _suite(tmp: Path, toy: Path, **over) -> Path:
     return path
 
 
-def test_benchmark_runs_cells_reuses_them_and_ranks(tmp_path, toy):
+def test_benchmark_runs_cells_reuses_them_and_ranks(tmp_path, toy, monkeypatch):
     """Each cell is a child process (a few seconds each): 4 cells in all."""
     from stetho.pipeline.benchmark import benchmark, load_suite
 
@@ -179,6 +179,13 @@ def test_benchmark_runs_cells_reuses_them_and_ranks(tmp_path, toy):
     changed = {"methods": {"ms": {"model": "stats", "params": {"k": 2}, "score": ["density", "knn"]}}}
     out3 = benchmark(load_suite(_suite(tmp_path, toy, **changed)))
     assert out3.ran == 1 and out3.reused == 0
+    # So does a changed default of the model (the digest holds every parameter the model uses).
+    from stetho.models.stats import StatsDetector
+    from stetho.pipeline.benchmark import plan
+
+    before = plan(load_suite(_suite(tmp_path, toy, **changed)))[0].digest
+    monkeypatch.setattr(StatsDetector, "common_defaults", {"calibration": "holdout"})
+    assert plan(load_suite(_suite(tmp_path, toy, **changed)))[0].digest != before
 
 
 def test_suite_errors_name_the_file_and_key(tmp_path, toy):

@@ -261,9 +261,11 @@ def plan(suite: Suite) -> list[Cell]:
                     "data": str(data), "seed": seed, "out": str(run_dir), "overwrite": True, "progress": False,
                     "threads": suite.threads, "test": {"score": score if isinstance(score, str) else ",".join(score)},
                 }, where=f"{suite.path}: methods.{method} on {ds}")
-                modes = score_modes(make_detector(cfg), cfg["test"]["score"])
+                det = make_detector(cfg)
+                modes = score_modes(det, cfg["test"]["score"])
                 cell = Cell(ds, method, seed, cfg, modes, run_dir, suite.out / "cells" / ds / method / f"seed_{seed}.json")
-                cell.digest = _digest({**cfg, "out": None, "progress": None}, digest_data)
+                # every parameter the model will use, defaults included: a changed default reruns the cell
+                cell.digest = _digest({**cfg, "out": None, "progress": None, "params": det.get_params()}, digest_data)
                 cells.append(cell)
     return cells
 
