@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -93,8 +94,6 @@ def cell_metrics(run_dir: str | Path, mode: str) -> dict[str, Any]:
     fa, n_normal = false_alarm_rate(run_dir, mode)
     timings: dict[str, Any] = {}
     if (run_dir / "timings.json").is_file():
-        import json
-
         timings = json.loads((run_dir / "timings.json").read_text(encoding="utf-8"))
     return {
         "official": _float(summary.get("official score")),

@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -450,8 +451,6 @@ def _fuse(out: Path, cells: Sequence[Cell], members: Sequence[Sequence[str]], we
     from stetho.pipeline.ensemble import ensemble
 
     if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # a fusion is cheap: its folder is written whole, never patched
     ensemble([(c.run_dir, m[1] if len(m) > 1 else None, float(w)) for c, m, w in zip(cells, members, weights)],
              out, name=name, decision_fpr=decision_fpr)
