@@ -135,11 +135,20 @@ def test_benchmark_runs_cells_reuses_them_and_ranks(tmp_path, toy, monkeypatch):
     """Each cell is a child process (a few seconds each): 4 cells in all."""
     from stetho.pipeline.benchmark import benchmark, load_suite
 
-    path = _suite(tmp_path, toy)
+    path = _suite(tmp_path, toy, ensembles={"fused": {"members": ["ms/density", "ms/knn"], "weights": [2, 1]},
+                                            "half": {"members": ["ms/density", "broken/density"]}})
     out = benchmark(load_suite(path))
     assert out.ran == 2 and out.reused == 0
     cells = {(c["entry"], c["seed"]): c for c in out.board.cells}
-    assert set(cells) == {("ms/density", 1), ("ms/knn", 1), ("broken/density", 1)}
+    assert set(cells) == {("ms/density", 1), ("ms/knn", 1), ("broken/density", 1), ("fused", 1), ("half", 1)}
+    # a fusion of the finished members, written as a run folder of its own and ranked with the rest
+    fused = tmp_path / "out" / "runs" / "toy" / "fused" / "seed_1"
+    record = json.loads((fused / "ensemble.json").read_text())
+    assert [m["mode"] for m in record["members"]] == ["density", "knn"]
+    assert [m["weight"] for m in record["members"]] == pytest.approx([2 / 3, 1 / 3])
+    with open(fused / "summary.csv", newline="") as fh:
+        assert cells[("fused", 1)]["official"] == pytest.approx(float(next(csv.DictReader(fh))["official score"]))
+    assert cells[("fused", 1)]["status"] == "ok" and cells[("half", 1)]["status"] == "members not finished"
     assert cells[("broken/density", 1)]["status"].startswith("failed: ")
     assert "unknown machine type(s) 'pump'" in cells[("broken/density", 1)]["status"]
     run = tmp_path / "out" / "runs" / "toy" / "ms" / "seed_1"
@@ -154,7 +163,7 @@ def test_benchmark_runs_cells_reuses_them_and_ranks(tmp_path, toy, monkeypatch):
     html = (tmp_path / "out" / "leaderboard.html").read_text()
     assert "<h2>toy</h2>" in html and "http" not in html.replace("http-equiv", "")
     ranks = {r["entry"]: r["rank"] for r in out.board.table}
-    best = max(("ms/density", "ms/knn"), key=lambda e: cells[(e, 1)]["official"])
+    best = max(("ms/density", "ms/knn", "fused"), key=lambda e: cells[(e, 1)]["official"])
     assert ranks[best] == 1.0 and math.isnan(ranks["broken/density"])
 
     # The false-alarm rate: the share of normal test clips the decision files flag.
