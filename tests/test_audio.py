@@ -342,3 +342,65 @@ def test_real_bldc_44k_file_is_resampled(real_data):
     np.testing.assert_allclose(y[:n], ref[:n], atol=1e-5)
     with pytest.raises(AudioError, match="44100"):
         read_audio(f, sr=SR, resample=False)
+
+
+# -- bytes in memory and arrays (the scoring service's uploads) ------------------------------------
+def _wav_bytes(tmp_path, y, sr=16000, subtype="PCM_16"):
+    path = tmp_path / "clip.wav"
+    sf.write(str(path), y, sr, subtype=subtype)
+    return path, path.read_bytes()
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_decode_audio_gives_the_samples_load_audio_gives(tmp_path, subtype):
+    y = np.random.default_rng(0).uniform(-0.5, 0.5, 4000)
+    path, data = _wav_bytes(tmp_path, y, subtype=subtype)
+    from stetho.audio import decode_audio, load_audio
+
+    a, sr_a = load_audio(path, sr=8000)
+    b, sr_b = decode_audio(data, "up.wav", sr=8000)  # resampled from 16 kHz on both paths
+    assert sr_a == sr_b == 16000
+    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape == (2000,)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_decode_audio_refuses_what_load_audio_refuses_naming_the_upload(tmp_path):
+    from stetho.audio import decode_audio
+
+    y = np.zeros(1600)
+    _, data = _wav_bytes(tmp_path, y)
+    with pytest.raises(AudioError, match=r"up\.wav: truncated: the header declares 1600 frames"):
+        decode_audio(data[:-800], "up.wav")
+    with pytest.raises(AudioError, match=r"up\.wav: cannot be read as audio: unrecognised format"):
+        decode_audio(b"hello, this is text\n" * 10, "up.wav")
+    with pytest.raises(AudioError, match=r"up\.wav: zero-length file \(0 bytes\)"):
+        decode_audio(b"", "up.wav")
+    with pytest.raises(AudioError, match="sample rate is 16000 Hz, expected 8000 Hz"):
+        decode_audio(data, "up.wav", sr=8000, resample=False)
+    nan = np.full(1600, np.nan, dtype=np.float32)
+    _, nan_data = _wav_bytes(tmp_path, nan, subtype="FLOAT")
+    with pytest.raises(AudioError, match="contains 1600 NaN/inf sample"):
+        decode_audio(nan_data, "up.wav")
+
+
+def test_check_signal_validates_and_resamples_arrays():
+    from stetho.audio import check_signal
+
+    y = np.sin(np.arange(8000) / 5.0)
+    out = check_signal(y, 8000, "x", sr=16000)
+    assert out.dtype == np.float32 and out.shape == (16000,)
+    np.testing.assert_allclose(out, resample_audio(y.astype(np.float32), 8000, 16000))
+    same = check_signal(y, 16000, "x", sr=16000)
+    np.testing.assert_array_equal(same, y.astype(np.float32))
+    with pytest.raises(AudioError, match="x: contains 1 NaN/inf sample"):
+        check_signal(np.r_[y, np.nan], 16000, "x", sr=16000)
+    with pytest.raises(AudioError, match=r"x: expected mono samples of shape \(n_samples,\), got shape \(2, 3\)"):
+        check_signal(np.zeros((2, 3)), 16000, "x")
+    with pytest.raises(AudioError, match="x: zero-length signal"):
+        check_signal(np.zeros(0), 16000, "x")
+    with pytest.raises(AudioError, match="x: sample rate is 8000 Hz, expected 16000 Hz"):
+        check_signal(y, 8000, "x", sr=16000, resample=False)
+    with pytest.raises(AudioError, match="x: sample rate 16000.5 is not a whole number"):
+        check_signal(y, 16000.5, "x", sr=16000)
+    with pytest.raises(AudioError, match="x: too short: 100 samples"):
+        check_signal(y[:100], 16000, "x", sr=16000, min_samples=1024)

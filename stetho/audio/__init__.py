@@ -7,6 +7,8 @@ from stetho.audio.io import (
     audio_extensions,
     audio_info,
     check_channel,
+    check_signal,
+    decode_audio,
     load_audio,
     read_audio,
     resample_audio,
@@ -14,6 +16,6 @@ from stetho.audio.io import (
 )
 
 __all__ = [
-    "MAX_FLOAT_PEAK", "MIN_SAMPLE_RATE", "RESAMPLER", "audio_extensions", "audio_info", "check_channel", "load_audio", "read_audio",
-    "resample_audio", "write_wav",
+    "MAX_FLOAT_PEAK", "MIN_SAMPLE_RATE", "RESAMPLER", "audio_extensions", "audio_info", "check_channel", "check_signal",
+    "decode_audio", "load_audio", "read_audio", "resample_audio", "write_wav",
 ]

@@ -14,6 +14,7 @@ lines go into the error message or the debug log; anything else written meanwhil
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import struct
@@ -149,14 +150,24 @@ def _first_bytes(head: bytes) -> str:
 # ---------------------------------------------------------------- truncation
 
 
-def _declared_frames(path: Path, head: bytes, fmt: str) -> tuple[int, int] | None:
-    """``(declared, held)`` frames of a WAV (RIFF/RIFX) or AIFF file whose header declares more
-    sample data than the file holds, else None (complete, other formats, streaming placeholders)."""
+def _open_source(source: Path | bytes):
+    """A binary file object over ``source``: the file at a path, or bytes held in memory."""
+    return open(source, "rb") if isinstance(source, Path) else io.BytesIO(source)
+
+
+def _size(fh) -> int:
+    return fh.seek(0, os.SEEK_END)
+
+
+def _declared_frames(source: Path | bytes, head: bytes, fmt: str) -> tuple[int, int] | None:
+    """``(declared, held)`` frames of a WAV (RIFF/RIFX) or AIFF file (at a path, or its bytes) whose
+    header declares more sample data than the file holds, else None (complete, other formats,
+    streaming placeholders)."""
     if fmt == "WAV" and head[:4] in (b"RIFF", b"RIFX"):
         endian = "<" if head[:4] == b"RIFF" else ">"
         block_align = 0
-        with open(path, "rb") as fh:
-            file_size = os.fstat(fh.fileno()).st_size
+        with _open_source(source) as fh:
+            file_size = _size(fh)
             pos = 12
             for _ in range(64):
                 fh.seek(pos)
@@ -174,8 +185,8 @@ def _declared_frames(path: Path, head: bytes, fmt: str) -> tuple[int, int] | Non
                 pos += 8 + size + (size & 1)
     if fmt == "AIFF" and head[8:12] in (b"AIFF", b"AIFC"):
         pos, comm_frames, ssnd_bytes, frame_bytes = 12, None, None, 0
-        with open(path, "rb") as fh:
-            file_size = os.fstat(fh.fileno()).st_size
+        with _open_source(source) as fh:
+            file_size = _size(fh)
             for _ in range(64):
                 fh.seek(pos)
                 chunk = fh.read(16)
@@ -265,6 +276,12 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
             head = fh.read(_HEAD_BYTES)
     except OSError as exc:
         raise AudioError(path, f"cannot be opened ({exc.strerror or exc})") from None
+    return _info(path, path, head)
+
+
+def _info(source: Path | bytes, path: Path, head: bytes) -> sf._SoundFileInfo:
+    """:func:`audio_info` of ``source`` (a file, or its bytes in memory) named ``path`` in
+    messages, whose first bytes are ``head``."""
     if not head:
         raise AudioError(path, "zero-length file (0 bytes)")
     fmt = _sniff(head)
@@ -275,7 +292,7 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
         )
     with _decoder_output(fmt in ("MP3", None)) as decoder:
         try:
-            info = sf.info(str(path))
+            info = sf.info(str(source) if isinstance(source, Path) else io.BytesIO(source))
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
             info, error = None, exc
     if info is None:
@@ -286,7 +303,7 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
         raise AudioError(path, f"cannot be read as audio ({_with_decoder_text(text, decoder)})")
     if decoder:
         log.debug("%s: MP3 decoder: %s", path, " | ".join(decoder))
-    short = _declared_frames(path, head, fmt or "")
+    short = _declared_frames(source, head, fmt or "")
     if short is not None:
         raise _truncated(path, *short, info.samplerate)
     if info.format == "OGG" and "ended unexpectedly" in (info.extra_info or ""):
@@ -342,7 +359,37 @@ def load_audio(
     """
     check_channel(channel)
     path = Path(path)
-    info = audio_info(path)
+    return _decode(path, path, audio_info(path), sr, channel, resample, min_samples)
+
+
+def decode_audio(
+    data: bytes,
+    name: str | Path = "<bytes>",
+    sr: int = 16000,
+    channel: int = 0,
+    resample: bool = True,
+    min_samples: int = 1,
+) -> tuple[np.ndarray, int]:
+    """:func:`load_audio` of an audio file's bytes held in memory (an upload): the same checks
+    (header sniffing, truncation, NaN/inf, range, rate, length) with nothing written to disk.
+
+    Args:
+        data: the whole file's bytes.
+        name: what messages call it (the uploaded file's name); its extension matters only for
+            header-less formats, as a path's does.
+
+    Raises:
+        AudioError: as :func:`load_audio`, naming ``name``.
+    """
+    check_channel(channel)
+    path = Path(name)
+    data = bytes(data)
+    return _decode(data, path, _info(data, path, data[:_HEAD_BYTES]), sr, channel, resample, min_samples)
+
+
+def _decode(source: Path | bytes, path: Path, info: sf._SoundFileInfo, sr: int, channel: int, resample: bool,
+            min_samples: int) -> tuple[np.ndarray, int]:
+    """:func:`load_audio` of ``source`` (a file or its bytes) whose header is ``info``."""
     if info.frames == 0:
         raise AudioError(path, "zero-length file (no samples)")
     if info.channels == 1:
@@ -351,25 +398,17 @@ def load_audio(
         raise AudioError(
             path, f"has {info.channels} channel(s); channel {channel} was requested (--channel)"
         )
-    if info.samplerate < MIN_SAMPLE_RATE:
-        raise AudioError(
-            path, f"sample rate {info.samplerate} Hz in the header is implausibly low for audio (at least "
-                  f"{MIN_SAMPLE_RATE} Hz is expected)",
-        )
-    if info.samplerate != sr and not resample:
-        raise AudioError(
-            path, f"sample rate is {info.samplerate} Hz, expected {sr} Hz (resampling is off)"
-        )
+    _check_rate(path, info.samplerate, sr, resample, "in the header ")
     error = None
     with _decoder_output(info.format == "MP3") as decoder:
         try:
             if info.subtype == "PCM_16":
                 # Decoding to int16 and scaling in NumPy is ~1.6x faster than libsndfile's float
                 # conversion and gives the same values (x / 32768 is exact in float32).
-                data, file_sr = sf.read(str(path), dtype="int16", always_2d=True)
+                data, file_sr = sf.read(_sf_source(source), dtype="int16", always_2d=True)
                 y = np.multiply(data[:, channel], np.float32(1.0 / 32768.0), dtype=np.float32)
             else:
-                data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+                data, file_sr = sf.read(_sf_source(source), dtype="float32", always_2d=True)
                 y = np.ascontiguousarray(data[:, channel])
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             error = exc
@@ -379,6 +418,42 @@ def load_audio(
         log.debug("%s: MP3 decoder: %s", path, " | ".join(decoder))
     if data.shape[0] < info.frames and info.format != "MP3":  # an MP3's frame count may be an estimate
         raise _truncated(path, info.frames, data.shape[0], info.samplerate)
+    return check_signal(y, int(file_sr), path, sr, resample, min_samples, rate_checked=True), int(file_sr)
+
+
+def check_signal(
+    y: np.ndarray, native_sr: int, path: str | Path = "<array>", sr: int = 16000, resample: bool = True,
+    min_samples: int = 1, rate_checked: bool = False,
+) -> np.ndarray:
+    """Validate decoded mono samples as :func:`load_audio` validates a file's, and bring them to
+    ``sr`` Hz: finite, within :data:`MAX_FLOAT_PEAK`, a plausible rate (other than ``sr`` only
+    with ``resample``), at least ``min_samples`` long after resampling.
+
+    Args:
+        y: samples ``(n_samples,)`` (any float or integer dtype; integers are taken as they are).
+        native_sr: their sample rate in Hz.
+        path: what messages call them.
+        rate_checked: the rate was checked already (by :func:`load_audio`).
+
+    Returns:
+        float32 samples ``(n_samples,)`` at ``sr`` Hz.
+
+    Raises:
+        AudioError: a shape other than 1-D, no samples, NaN/inf or far out-of-range samples, an
+            implausible rate, another rate with ``resample=False``, too short.
+    """
+    path = Path(path)
+    if not rate_checked:
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise AudioError(path, f"expected mono samples of shape (n_samples,), got shape {y.shape}")
+        if y.size == 0:
+            raise AudioError(path, "zero-length signal (no samples)")
+        if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
+            raise AudioError(path, f"samples of dtype {y.dtype} are not numbers")
+        _check_rate(path, native_sr, sr, resample)
+        y = np.ascontiguousarray(y, dtype=np.float32)
+    file_sr = native_sr
     if not np.isfinite(y).all():
         bad = int(np.count_nonzero(~np.isfinite(y)))
         raise AudioError(path, f"contains {bad} NaN/inf sample(s)")
@@ -396,7 +471,25 @@ def load_audio(
             f"too short: {y.shape[0]} samples at {sr} Hz, at least {min_samples} are needed "
             "(one FFT frame / the frames one feature vector spans)",
         )
-    return y, int(file_sr)
+    return y
+
+
+def _check_rate(path: Path, rate: object, sr: int, resample: bool, where: str = "") -> None:
+    """A plausible sample ``rate`` (Hz), equal to ``sr`` unless ``resample``."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
+        raise AudioError(path, f"sample rate {rate!r} is not a whole number of Hz")
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioError(
+            path, f"sample rate {rate} Hz {where}is implausibly low for audio (at least {MIN_SAMPLE_RATE} Hz is "
+                  "expected)",
+        )
+    if rate != sr and not resample:
+        raise AudioError(path, f"sample rate is {rate} Hz, expected {sr} Hz (resampling is off)")
+
+
+def _sf_source(source: Path | bytes):
+    """What soundfile reads: a file name, or a file object over bytes in memory."""
+    return str(source) if isinstance(source, Path) else io.BytesIO(source)
 
 
 def check_channel(channel: object) -> int:
