@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-real bench-novelty venv clean report-screenshot image-data
+.PHONY: demo test postgresql bench bench-real bench-novelty venv clean report-screenshot image-data
 
 venv: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/stetho run recipes/demo.yaml
 
-test: $(STAMP) image-data
+test: $(STAMP) image-data postgresql
 	$(PY) -m pytest -q
 
 # Fashion-MNIST for dataset=fashion_mnist without root=: Debian's dataset-fashion-mnist puts the four
@@ -35,6 +35,14 @@ image-data:
 	@test -d $(FASHION_MNIST_DIR) || \
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends dataset-fashion-mnist; } || \
 		echo "warning: could not install the Debian package dataset-fashion-mnist; the Fashion-MNIST tests will skip"
+
+# PostgreSQL for the monitoring-database tests (tests/pg.py starts a throw-away server from these
+# binaries, run as `nobody` when we are root). Installed only when missing; where apt cannot install
+# it this only warns (the PostgreSQL half of those tests skips).
+postgresql:
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql; } || \
+		echo "warning: could not install the Debian package postgresql; the PostgreSQL tests will skip"
 
 bench: $(STAMP)
 	$(PY) bench/run.py

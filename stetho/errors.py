@@ -78,3 +78,8 @@ class AudioValidationError(StethoError):
             "(use --skip-bad to leave them out; they are then listed in skipped.csv):\n"
             + "\n".join(lines)
         )
+
+
+class DatabaseError(StethoError):
+    """The monitoring database cannot be opened, migrated or written (``stetho.monitor.db``);
+    the message names the database or the recording and the problem."""

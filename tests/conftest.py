@@ -6,6 +6,9 @@
   networks train fastest so and do not stall when other processes share the cores.
 * An autouse session fixture points ``STETHO_CACHE_DIR`` at a temporary folder so no test ever
   writes to the user's ``~/.cache``.
+* ``postgresql_server`` / ``postgresql_database`` / ``database_url`` (from ``tests/pg.py``): a
+  throw-away PostgreSQL server for the session, a fresh database per test, and a URL parametrised
+  over SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pg import database_url, postgresql_database, postgresql_server  # noqa: F401 (fixtures)
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 

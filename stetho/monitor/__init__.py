@@ -1,0 +1,1 @@
+"""Monitoring: the database of every verdict (``db``)."""

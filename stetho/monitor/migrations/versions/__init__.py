@@ -1,0 +1,1 @@
+"""Alembic revisions of the monitoring database, oldest first."""
