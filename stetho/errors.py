@@ -83,3 +83,29 @@ class AudioValidationError(StethoError):
 class DatabaseError(StethoError):
     """The monitoring database cannot be opened, migrated or written (``stetho.monitor.db``);
     the message names the database or the recording and the problem."""
+
+
+class ScoringError(StethoError):
+    """One recording cannot be scored (:mod:`stetho.monitor.scoring`): the service answers it
+    with a 4xx naming ``kind``, the watcher records it as rejected.
+
+    Attributes:
+        kind: what is wrong, one of :data:`SCORING_ERROR_KINDS`.
+        path: the file (or the name given to bytes / an array).
+        reason: what is wrong with it, in words a user can act on.
+    """
+
+    def __init__(self, kind: str, path: str | Path, reason: str) -> None:
+        if kind not in SCORING_ERROR_KINDS:
+            raise ValueError(f"unknown scoring error kind {kind!r}")
+        self.kind = kind
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+#: The kinds of :class:`ScoringError`: no such file; not an audio format; damaged or truncated;
+#: no samples; NaN/inf samples; far out-of-range samples; a sample rate that cannot be used; no
+#: such channel; shorter than the model's window; a machine type no loaded run serves.
+SCORING_ERROR_KINDS = ("not_found", "not_audio", "corrupt", "empty", "non_finite", "out_of_range", "sample_rate",
+                       "channel", "too_short", "unknown_machine_type")

@@ -428,3 +428,21 @@ def test_extract_channel_option(tmp_path):
 def test_extract_empty_input():
     out = extract_logmels([])
     assert out.clips == [] and out.features == [] and out.problems == []
+
+
+def test_logmel_of_signal_equals_the_file_path_and_refuses_non_finite_log_mels(tmp_path):
+    """One upload's log-mel (no file, no cache) has the values extract_logmels gives the file."""
+    from stetho.datasets.clip import Clip
+    from stetho.errors import AudioError
+    from stetho.features import LogMelParams, extract_logmels, logmel_of_signal
+
+    y = np.random.default_rng(3).uniform(-0.5, 0.5, 9000).astype(np.float32)
+    path = tmp_path / "a.wav"
+    sf.write(str(path), y, 16000, subtype="FLOAT")
+    params = LogMelParams(n_mels=32)
+    (from_file,) = extract_logmels([Clip(path, "fan", "00", "test")], params, workers=1).features
+    one = logmel_of_signal(y, params, "a.wav")
+    assert one.dtype == np.float32 and one.shape == from_file.shape
+    np.testing.assert_array_equal(one, from_file)
+    with pytest.raises(AudioError, match="up.wav: log-mel has NaN/inf"):
+        logmel_of_signal(np.full(9000, 1e30, dtype=np.float32), params, "up.wav")

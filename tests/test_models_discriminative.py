@@ -351,3 +351,14 @@ def test_classes_without_attributes_and_machine_domain_mode():
     assert set(det._class_names(clips)) == {"fan|source", "fan|target", "pump|source", "pump|target"}
     assert det._pseudo_targets(plain + clips[:0]) == {"fan", "pump"}
     assert det._pseudo_targets(clips) == set()
+
+
+def test_signal_features_are_the_waveform_extract_reads(tmp_path):
+    import soundfile as sf
+
+    det = DiscriminativeDetector(**TINY)
+    y = np.random.default_rng(2).uniform(-0.5, 0.5, 3000).astype(np.float32)
+    sf.write(str(tmp_path / "a.wav"), y, det.sr, subtype="FLOAT")
+    (from_file,) = det.extract([Clip(tmp_path / "a.wav", "fan", "00", "test")]).features
+    assert det.signal_spec == (det.sr, 1024)
+    np.testing.assert_array_equal(det.signal_features(y.astype(np.float64)), from_file)

@@ -147,6 +147,20 @@ def extract_logmels(
     return _run(clips, todo, work, results, batch_size, workers, progress, desc, raise_on_error, cache=cache)
 
 
+def logmel_of_signal(y: np.ndarray, params: LogMelParams, path: str | os.PathLike = "<signal>") -> np.ndarray:
+    """The log-mel ``(n_frames, n_mels)`` float32 of one validated signal ``(n_samples,)`` at
+    ``params.sr`` Hz, computed as :func:`extract_logmels` computes a file's (same ops, same
+    values); nothing is cached.
+
+    Raises:
+        AudioError: the log-mel has NaN/inf values (names ``path``).
+    """
+    f = logmel(torch.from_numpy(np.stack([np.asarray(y, dtype=np.float32)])), params).numpy()[0]
+    if not np.isfinite(f).all():
+        raise AudioError(path, "log-mel has NaN/inf values (samples out of range)")
+    return np.ascontiguousarray(f)
+
+
 def _lookup(
     clips: Sequence[Clip], cache: FeatureCache, key_params: dict, min_frames: int, results: list,
     keys: list[str | None], workers: int | None, chunk_size: int = 32,

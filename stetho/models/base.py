@@ -168,6 +168,18 @@ class Detector(Calibration, Persistence):
         """
         raise NotImplementedError
 
+    @property
+    def signal_spec(self) -> tuple[int, int]:
+        """``(sample rate in Hz, fewest samples)`` a signal must have at that rate for
+        :meth:`signal_features` (what :meth:`extract` asks of a file)."""
+        raise NotImplementedError(f"{self.name} does not score signals held in memory")
+
+    def signal_features(self, y: np.ndarray, path: str | Path = "<signal>") -> np.ndarray:
+        """The features :meth:`extract` gives a clip whose validated samples at
+        ``signal_spec[0]`` Hz are ``y`` ``(n_samples,)`` (one upload, scored without a file or
+        the feature cache); ``path`` names it in errors."""
+        raise NotImplementedError(f"{self.name} does not score signals held in memory")
+
     def _features(self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None) -> list[np.ndarray]:
         """``features`` when given (one per clip), else :meth:`extract` of the clips (validated)."""
         if features is None:

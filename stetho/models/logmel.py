@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from stetho.datasets.clip import Clip
-from stetho.features import AudioOptions, Extracted, FeatureCache, LogMelParams, extract_logmels
+from stetho.features import (
+    AudioOptions, Extracted, FeatureCache, LogMelParams, extract_logmels, logmel_of_signal, min_samples_for,
+)
 from stetho.models.base import Detector
 
 
@@ -78,6 +83,15 @@ class LogMelDetector(Detector):
         """Log-mels of ``clips`` by :attr:`frontend`; a clip shorter than ``min_frames_param``
         frames is refused (see :meth:`Detector.extract`)."""
         return self.frontend.extract(clips, resample, cache, progress, raise_on_error, desc)
+
+    @property
+    def signal_spec(self) -> tuple[int, int]:
+        """``(sr, fewest samples)``: a full FFT frame and ``min_frames_param`` frames."""
+        return self.sr, min_samples_for(self.logmel_params, self.audio_options.min_frames)
+
+    def signal_features(self, y: np.ndarray, path: str | Path = "<signal>") -> np.ndarray:
+        """The log-mel of one validated signal at ``sr`` Hz, as :meth:`extract` computes a file's."""
+        return logmel_of_signal(y, self.logmel_params, path)
 
 
 __all__ = ["LogMelDetector", "LogMelFrontEnd"]

@@ -211,7 +211,16 @@ class DiscriminativeDetector(Detector):
         """Waveforms of ``clips`` (see :meth:`Detector.extract`; ``cache`` is not used: decoding
         is as fast as reading a cache)."""
         return extract_waveforms(clips, self.sr, AudioOptions(channel=self.channel, resample=resample),
-                                 min_samples=1024, progress=progress, raise_on_error=raise_on_error, desc=desc)
+                                 min_samples=self.signal_spec[1], progress=progress, raise_on_error=raise_on_error, desc=desc)
+
+    @property
+    def signal_spec(self) -> tuple[int, int]:
+        """``(sr, 1024)``: waveforms at ``sr`` Hz, as :meth:`extract` reads them."""
+        return self.sr, 1024
+
+    def signal_features(self, y, path="<signal>"):
+        """The waveform itself (float32), as :meth:`extract` gives a file's."""
+        return np.ascontiguousarray(y, dtype=np.float32)
 
     # -- class labels -----------------------------------------------------------------------
     def _pseudo_targets(self, clips: Sequence[Clip]) -> set[str]:
