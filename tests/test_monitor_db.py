@@ -192,8 +192,15 @@ def test_an_unreachable_or_unknown_database_is_one_clear_error(tmp_path):
         open_database(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
     with pytest.raises(DatabaseError, match="unsupported database"):
         open_database("mysql://localhost/x")
-    with pytest.raises(DatabaseError, match="cannot open the database"):
+    with pytest.raises(DatabaseError, match="cannot open the database") as caught:
         open_database("postgresql+psycopg://postgres:secret@127.0.0.1:1/x")
+    assert "secret" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_a_plain_postgresql_url_uses_psycopg(postgresql_database):
+    plain = postgresql_database.replace("postgresql+psycopg://", "postgresql://")
+    with open_database(plain) as db:
+        assert db.engine.dialect.driver == "psycopg" and db.assets() == []
 
 
 WRITER = textwrap.dedent("""
@@ -202,29 +209,39 @@ WRITER = textwrap.dedent("""
     from pathlib import Path
     from stetho.monitor.db import RecordingFacts, RunFacts, open_database
 
-    url, who, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    url, who, go, same = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "same"
     db = open_database(url)  # both migrate at once too
     run = RunFacts(path="runs/fan", run_hash="shared", stetho_version="0.2.0", model="stats")
     while not go.exists():
         time.sleep(0.005)
     t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    created = 0
     for i in range(50):
-        rec = RecordingFacts(path=f"{who}_{i}.wav", sha256=f"{who}{i:060d}", recorded_at=t0 + timedelta(seconds=i),
+        sha = f"{i:064d}" if same else f"{who}{i:063d}"
+        rec = RecordingFacts(path=f"{who}_{i}.wav", sha256=sha, recorded_at=t0 + timedelta(seconds=i),
                              duration_s=1.0, sample_rate=16000, source="watch" if who == "w" else "http")
-        assert db.record("fan-1", "fan", rec, run, [("knn", float(i), 10.0, i > 10)]).created
+        created += db.record("fan-1", "fan", rec, run, [("knn", float(i), 10.0, i > 10)]).created
+    print(created)
     db.close()
 """)
 
 
-def test_two_processes_writing_at_once_lose_nothing(database_url, tmp_path):
-    go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, database_url, who, str(go)],
+def _write_at_once(url: str, go, files: str) -> list[int]:
+    """Run two writer processes (``w``, ``h``) at once; the number each stored."""
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, url, who, str(go), files],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for who in ("w", "h")]
-    time.sleep(1.0)  # both import and open the database, then start together
+    time.sleep(1.0)  # both import and open the database (migrating at once), then start together
     go.touch()
+    created = []
     for p in procs:
-        _, err = p.communicate(timeout=120)
+        out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
+        created.append(int(out))
+    return created
+
+
+def test_two_processes_writing_at_once_lose_nothing(database_url, tmp_path):
+    assert _write_at_once(database_url, tmp_path / "go", "own") == [50, 50]
     with open_database(database_url) as db:
         assert [(a.name, a.recordings) for a in db.assets()] == [("fan-1", 100)]
         rows = db.verdicts("fan-1")
@@ -232,3 +249,10 @@ def test_two_processes_writing_at_once_lose_nothing(database_url, tmp_path):
         assert sorted(r.path for r in rows) == sorted(f"{w}_{i}.wav" for w in "wh" for i in range(50))
         with db.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM runs").scalar() == 1
+
+
+def test_two_processes_storing_the_same_files_at_once_store_each_once(database_url, tmp_path):
+    assert sum(_write_at_once(database_url, tmp_path / "go", "same")) == 50
+    with open_database(database_url) as db:
+        assert [(a.name, a.recordings) for a in db.assets()] == [("fan-1", 50)]
+        assert len(db.verdicts("fan-1")) == 50

@@ -208,6 +208,8 @@ def _make_engine(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() != "postgresql":
         raise DatabaseError(f"{url}: unsupported database; use sqlite:///FILE or postgresql+psycopg://...")
+    if parsed.drivername == "postgresql":  # SQLAlchemy's default driver (psycopg2) is not installed
+        parsed = parsed.set(drivername="postgresql+psycopg")
     return create_engine(parsed, pool_pre_ping=True)
 
 
