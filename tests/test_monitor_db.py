@@ -100,6 +100,16 @@ def test_record_stores_the_recording_and_its_verdicts_and_reads_them_back(db):
     assert asset.last_verdict_at == rows[0].recorded_at and asset.created_at.tzinfo is not None
 
 
+def test_times_come_back_in_utc_whatever_the_session_time_zone(postgresql_database):
+    tokyo = postgresql_database + "?options=-c%20timezone%3DAsia/Tokyo"
+    with open_database(tokyo) as db:
+        db.record("fan-1", "fan", facts(1, at=T0), RUN, verdicts(1.0))
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW timezone").scalar() == "Asia/Tokyo"
+        [row, _] = db.verdicts("fan-1", since=T0, until=T0 + timedelta(seconds=1))
+        assert row.recorded_at == T0 and row.recorded_at.tzinfo == timezone.utc
+
+
 def test_a_duplicate_recording_is_not_stored_twice(db):
     first = db.record("fan-1", "fan", facts(1), RUN, verdicts(1.0))
     other_run = RunFacts(path="runs/new", run_hash="zzz", stetho_version="0.2.0", model="ae")
