@@ -243,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     _formula_option(p)
     _common_run_options(p)
 
+    p = sub.add_parser("score", help="score a few recordings with a trained run: score, threshold and decision "
+                                     "per score mode (a table, or JSON lines)")
+    p.add_argument("run", type=Path, metavar="RUN", help="run folder from `stetho train`")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="audio files (WAV, FLAC, ...)")
+    p.add_argument("--machine-type", help="the machine type the files are of (default: the run's only one; "
+                                          "required for a run of several)")
+    p.add_argument("--section", help="the section (machine ID) the files belong to (default 00)")
+    p.add_argument("--json", action="store_true", help="one JSON object per file instead of a table")
+
     p = sub.add_parser("evaluate", help="official metrics of anomaly_score_*.csv files")
     p.add_argument("scores", type=Path, help="folder with anomaly_score_<machine>_section_<XX>_test.csv files")
     p.add_argument("--data", type=Path, required=True,
@@ -375,6 +384,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         path = report_runs(args.runs, args.out)
         print(f"report written to {path}")
         return 0
+    if args.command == "score":
+        return _score(args)
     from stetho import pipeline
     from stetho.config import load_recipe, parse_overrides
 
@@ -503,6 +514,32 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print_result(result, f"{mode} — {outcome.folders[mode]}")
         return 0
     raise AssertionError(args.command)  # pragma: no cover
+
+
+def _score(args: argparse.Namespace) -> int:
+    """``stetho score``: each file's verdict on stdout; a file that cannot be scored is an error
+    line on stderr (the others are still scored) and exit status 2."""
+    import json
+
+    from stetho.errors import ScoringError
+    from stetho.monitor.scoring import Scorer, format_verdicts
+
+    scorer = Scorer.load(args.run)
+    machine_type = scorer.resolve_machine_type(args.machine_type)
+    verdicts, failed = [], 0
+    for path in args.files:
+        try:
+            verdict = scorer.score(path, machine_type, section=args.section)
+        except ScoringError as exc:
+            print(f"stetho: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps(verdict.to_dict()), flush=True)
+        verdicts.append(verdict)
+    if verdicts and not args.json:
+        print(format_verdicts(verdicts))
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,13 +18,14 @@ from stetho.monitor.scoring import Scorer
 from stetho.synth import make_toy_dataset
 
 AE_FAST = {"epochs": 2, "batch_size": 128}
+DURATION = 1.0  # seconds per toy clip
 
 
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("toy")
-    make_toy_dataset(root, machines=["fan", "valve"], train_clips=12, target_train_clips=3, test_clips=4,
-                     duration=2.0, seed=0)
+    make_toy_dataset(root, machines=["fan", "valve"], train_clips=10, target_train_clips=2, test_clips=4,
+                     duration=DURATION, seed=0)
     return root
 
 
@@ -69,7 +70,7 @@ def test_scores_thresholds_and_decisions_are_those_stetho_test_wrote(runs, model
         v = scorer.score(row["file"], row["machine"], section=row["section"])
         det_modes = det_modes or list(v.modes)
         assert v.machine_type == row["machine"] and v.sample_rate == int(row["sample_rate"]) == 16000
-        assert v.duration_s == pytest.approx(2.0, abs=1e-9)
+        assert v.duration_s == pytest.approx(DURATION, abs=1e-9)
         assert v.sha256 == hashlib.sha256(Path(row["file"]).read_bytes()).hexdigest()
         for mode, mv in v.modes.items():
             score = _written(run_dir, mode, "anomaly_score", row["machine"], row["section"])[row["name"]]
@@ -128,7 +129,7 @@ def test_other_sample_rates_are_resampled_unless_refused(runs, toy_root, tmp_pat
 
     sf.write(str(low), soxr.resample(y, sr, 8000, quality="HQ"), 8000, subtype="FLOAT")
     v = Scorer.load(runs["stats"]).score(low, "valve")
-    assert v.sample_rate == 8000 and v.duration_s == pytest.approx(2.0, abs=1e-3)
+    assert v.sample_rate == 8000 and v.duration_s == pytest.approx(DURATION, abs=1e-3)
     assert all(np.isfinite(m.score) for m in v.modes.values())
     with pytest.raises(ScoringError, match=r"low\.wav: sample rate is 8000 Hz, expected 16000 Hz") as err:
         Scorer.load(runs["stats"], resample=False).score(low, "valve")
@@ -155,7 +156,7 @@ def _bad_inputs(tmp_path: Path, real_wav: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind, message", [
     ("not_audio", "cannot be read as audio: unrecognised format"),
-    ("corrupt", "truncated: the header declares 32000 frames"),
+    ("corrupt", "truncated: the header declares 16000 frames"),
     ("empty", "zero-length file"),
     ("non_finite", "contains 10 NaN/inf sample"),
     ("too_short", "too short: 100 samples at 16000 Hz"),
@@ -235,3 +236,78 @@ def test_models_load_once_and_scoring_writes_nothing(runs, toy_root, tmp_path):
     scorer.score(clip.read_bytes(), "valve")
     assert tree() == snapshot  # no feature cache, no temporary file
     assert again.modes == before.modes
+
+
+# -- `stetho score` ---------------------------------------------------------------------------------
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from stetho.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_stetho_score_prints_each_files_verdict_as_a_table_or_json(runs, toy_root, capsys):
+    import json
+
+    files = sorted((toy_root / "valve" / "test").glob("*.wav"))[:3]
+    scorer = Scorer.load(runs["stats"])
+    expected = [scorer.score(f, "valve") for f in files]
+    # a run of fan and valve scores valve files (issue 23's "unknown machine type(s)" must not happen)
+    code, out, err = _cli(capsys, "score", str(runs["stats"]), *map(str, files), "--machine-type", "valve", "--json")
+    assert code == 0 and err == ""
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [d["file"] for d in lines] == [str(f) for f in files]
+    for d, v in zip(lines, expected):
+        assert d["machine_type"] == "valve" and d["sha256"] == v.sha256
+        assert d["run"]["run_id"] == v.run.run_id and d["run"]["model"] == "stats"
+        assert d["modes"] == {m: {"score": mv.score, "threshold": mv.threshold, "decision": mv.decision}
+                              for m, mv in v.modes.items()}
+    code, out, err = _cli(capsys, "score", str(runs["stats"]), *map(str, files), "--machine-type", "valve")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split()[:6] == ["file", "machine", "type", "density", "score", "threshold"]
+    assert len(rows) == 3
+    for row, v in zip(rows, expected):
+        cells = row.split()
+        assert cells[0] == str(v.name) and cells[1] == "valve"
+        first = next(iter(v.modes.values()))
+        assert float(cells[2]) == pytest.approx(first.score, rel=1e-5)
+        assert float(cells[3]) == pytest.approx(first.threshold, rel=1e-5)
+        assert cells[4] == ("ANOMALY" if first.decision else "normal")
+
+
+def test_stetho_score_defaults_to_the_runs_only_machine_type(toy_root, tmp_path, capsys):
+    run_dir = tmp_path / "fan_only"
+    pipeline.train({"data": str(toy_root), "out": str(run_dir), "model": "stats", "machines": ["fan"],
+                    "progress": False})
+    f = sorted((toy_root / "fan" / "test").glob("*.wav"))[0]
+    code, out, err = _cli(capsys, "score", str(run_dir), str(f), "--json")
+    assert code == 0, err
+    import json
+
+    (d,) = [json.loads(line) for line in out.splitlines()]
+    assert d["machine_type"] == "fan"
+    assert d["modes"]["mahalanobis"]["score"] == Scorer.load(run_dir).score(f, "fan").modes["mahalanobis"].score
+
+
+def test_stetho_score_errors_are_one_line_with_status_2(runs, toy_root, tmp_path, capsys):
+    good = sorted((toy_root / "fan" / "test").glob("*.wav"))[0]
+    code, out, err = _cli(capsys, "score", str(runs["stats"]), str(good))
+    assert code == 2 and out == ""
+    assert err == (f"stetho: error: {runs['stats']} serves 2 machine types (fan, valve): say which one the "
+                   "recordings are of (--machine-type)\n")
+    code, out, err = _cli(capsys, "score", str(runs["stats"]), str(good), "--machine-type", "fna")
+    assert code == 2 and "machine type 'fna' is not served" in err and "did you mean 'fan'" in err
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio\n" * 10)
+    code, out, err = _cli(capsys, "score", str(runs["stats"]), str(text), str(good), "--machine-type", "fan",
+                          "--json")
+    assert code == 2  # the good file is still scored
+    assert err.startswith(f"stetho: error: {text}: cannot be read as audio") and err.count("\n") == 1
+    assert len(out.splitlines()) == 1 and str(good) in out
+    code, out, err = _cli(capsys, "score", str(tmp_path / "norun"), str(good))
+    assert code == 2 and "no such run folder" in err and err.count("\n") == 1

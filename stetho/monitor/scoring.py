@@ -193,13 +193,30 @@ class Scorer:
                         raise ConfigError(f"machine type '{machine}' is served by two runs, {served[machine].run.path} "
                                           f"and {run_dir}: give only one run per machine type")
                     served[machine] = _Served(det, run)
-        log.info("loaded %d run(s) serving %s", len(runs), ", ".join(sorted(served)))
+        log.debug("loaded %d run(s) serving %s", len(runs), ", ".join(sorted(served)))
         return cls(served, runs, threads, resample)
 
     @property
     def machine_types(self) -> list[str]:
         """The machine types the loaded runs serve, sorted."""
         return sorted(self._served)
+
+    def resolve_machine_type(self, machine_type: str | None) -> str:
+        """``machine_type`` when given, else the only one the loaded runs serve.
+
+        Raises:
+            ConfigError: none given and the runs serve several (naming them).
+            ScoringError: ``unknown_machine_type`` for one they do not serve (with a suggestion).
+        """
+        if machine_type is not None:
+            self._lookup(machine_type, "<request>")
+            return machine_type
+        if len(self._served) != 1:
+            runs = ", ".join(str(r.path) for r in self.runs)
+            verb = "serves" if len(self.runs) == 1 else "serve"
+            raise ConfigError(f"{runs} {verb} {len(self._served)} machine types ({', '.join(self.machine_types)}): "
+                              "say which one the recordings are of (--machine-type)")
+        return self.machine_types[0]
 
     def run_of(self, machine_type: str) -> RunInfo:
         """The run serving ``machine_type`` (:class:`ScoringError` ``unknown_machine_type``)."""
@@ -285,6 +302,25 @@ class Scorer:
         return served
 
 
+def format_verdicts(verdicts: Sequence[Verdict]) -> str:
+    """A text table of ``verdicts``: file, machine type, then per score mode its score, threshold
+    and decision (``ANOMALY`` / ``normal``); one row per verdict."""
+    if not verdicts:
+        return ""
+    modes = list(dict.fromkeys(m for v in verdicts for m in v.modes))
+    header = ["file", "machine type"] + [c for m in modes for c in (f"{m} score", "threshold", "decision")]
+    rows = []
+    for v in verdicts:
+        cells = [v.name, v.machine_type]
+        for m in modes:
+            mv = v.modes.get(m)
+            cells += ["-", "-", "-"] if mv is None else [f"{mv.score:.6g}", f"{mv.threshold:.6g}",
+                                                         "ANOMALY" if mv.decision else "normal"]
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
+
+
 def _scoring_error(exc: AudioError) -> ScoringError:
     """The :class:`ScoringError` of an audio problem, its kind read from the reason's words."""
     for words, kind in _AUDIO_KINDS:
@@ -307,4 +343,4 @@ def _trained_version(run_dir: Path) -> str | None:
     return str(version) if version is not None else None
 
 
-__all__ = ["DEFAULT_SECTION", "ModeVerdict", "RunInfo", "Scorer", "Verdict"]
+__all__ = ["DEFAULT_SECTION", "ModeVerdict", "RunInfo", "Scorer", "Verdict", "format_verdicts"]
