@@ -1,1 +1,2 @@
-"""Monitoring: the database of every verdict (``db``)."""
+"""Monitoring: scoring recordings against trained runs (``scoring``) and the database of every
+verdict (``db``; its tables in ``schema``, its Alembic migrations in ``migrations/``)."""

@@ -250,6 +250,16 @@ def _safe(url: str) -> str:
         return url
 
 
+#: Unique keys that two writers may both insert at once (PostgreSQL; SQLite writers are serialised by
+#: BEGIN IMMEDIATE): the loser's retry finds the winner's row. Any other violation is a real error.
+RACE_CONSTRAINTS = frozenset({"uq_assets_name", "uq_runs_run_hash", "uq_recordings_asset_id_sha256"})
+
+
+def _lost_race(exc: IntegrityError) -> bool:
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "constraint_name", None) in RACE_CONSTRAINTS
+
+
 def _first_line(exc: BaseException) -> str:
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
@@ -391,7 +401,7 @@ class Database:
                 with Session(self._write, expire_on_commit=False) as session, session.begin():
                     return write(session)
             except IntegrityError as exc:
-                if attempt == self.ATTEMPTS:
+                if attempt == self.ATTEMPTS or not _lost_race(exc):
                     raise DatabaseError(f"{what}: {_first_line(exc)}") from exc
                 log.debug("%s: retrying after %s", what, _first_line(exc))
             except OperationalError as exc:
