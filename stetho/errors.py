@@ -53,12 +53,24 @@ class AudioError(StethoError):
     Attributes:
         path: the file.
         reason: what is wrong with it, in words a user can act on.
+        kind: which problem it is, one of :data:`AUDIO_ERROR_KINDS` (``None``: not classified),
+            so a service can answer each kind its own way without reading the words.
     """
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | Path, reason: str, kind: str | None = None) -> None:
+        if kind is not None and kind not in AUDIO_ERROR_KINDS:
+            raise ValueError(f"unknown audio error kind {kind!r}")
         self.path = Path(path)
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{self.path}: {reason}")
+
+
+#: The kinds of :class:`AudioError`: no such file; not an audio format; damaged or truncated; no
+#: samples; NaN/inf samples (or log-mels); far out-of-range samples; a sample rate that cannot be
+#: used; no such channel; shorter than the model's window.
+AUDIO_ERROR_KINDS = ("not_found", "not_audio", "corrupt", "empty", "non_finite", "out_of_range", "sample_rate",
+                     "channel", "too_short")
 
 
 class AudioValidationError(StethoError):
@@ -104,8 +116,6 @@ class ScoringError(StethoError):
         super().__init__(f"{self.path}: {reason}")
 
 
-#: The kinds of :class:`ScoringError`: no such file; not an audio format; damaged or truncated;
-#: no samples; NaN/inf samples; far out-of-range samples; a sample rate that cannot be used; no
-#: such channel; shorter than the model's window; a machine type no loaded run serves.
-SCORING_ERROR_KINDS = ("not_found", "not_audio", "corrupt", "empty", "non_finite", "out_of_range", "sample_rate",
-                       "channel", "too_short", "unknown_machine_type")
+#: The kinds of :class:`ScoringError`: those of :data:`AUDIO_ERROR_KINDS`, and a machine type no
+#: loaded run serves.
+SCORING_ERROR_KINDS = (*AUDIO_ERROR_KINDS, "unknown_machine_type")

@@ -364,23 +364,27 @@ def test_decode_audio_gives_the_samples_load_audio_gives(tmp_path, subtype):
     np.testing.assert_array_equal(a, b)
 
 
-def test_decode_audio_refuses_what_load_audio_refuses_naming_the_upload(tmp_path):
+def test_decode_audio_refuses_what_load_audio_refuses_naming_the_upload_and_the_kind(tmp_path):
     from stetho.audio import decode_audio
 
     y = np.zeros(1600)
     _, data = _wav_bytes(tmp_path, y)
-    with pytest.raises(AudioError, match=r"up\.wav: truncated: the header declares 1600 frames"):
-        decode_audio(data[:-800], "up.wav")
-    with pytest.raises(AudioError, match=r"up\.wav: cannot be read as audio: unrecognised format"):
-        decode_audio(b"hello, this is text\n" * 10, "up.wav")
-    with pytest.raises(AudioError, match=r"up\.wav: zero-length file \(0 bytes\)"):
-        decode_audio(b"", "up.wav")
-    with pytest.raises(AudioError, match="sample rate is 16000 Hz, expected 8000 Hz"):
-        decode_audio(data, "up.wav", sr=8000, resample=False)
     nan = np.full(1600, np.nan, dtype=np.float32)
     _, nan_data = _wav_bytes(tmp_path, nan, subtype="FLOAT")
-    with pytest.raises(AudioError, match="contains 1600 NaN/inf sample"):
-        decode_audio(nan_data, "up.wav")
+    _, loud_data = _wav_bytes(tmp_path, np.full(1600, 500.0, dtype=np.float32), subtype="FLOAT")
+    cases = [
+        (data[:-800], {}, "corrupt", r"up\.wav: truncated: the header declares 1600 frames"),
+        (b"hello, this is text\n" * 10, {}, "not_audio", r"up\.wav: cannot be read as audio: unrecognised format"),
+        (b"", {}, "empty", r"up\.wav: zero-length file \(0 bytes\)"),
+        (data, {"sr": 8000, "resample": False}, "sample_rate", "sample rate is 16000 Hz, expected 8000 Hz"),
+        (nan_data, {}, "non_finite", "contains 1600 NaN/inf sample"),
+        (loud_data, {}, "out_of_range", "sample values reach 500"),
+        (data, {"channel": 0, "min_samples": 4000}, "too_short", "too short: 1600 samples"),
+    ]
+    for blob, kwargs, kind, message in cases:
+        with pytest.raises(AudioError, match=message) as err:
+            decode_audio(blob, "up.wav", **kwargs)
+        assert err.value.kind == kind
 
 
 def test_check_signal_validates_and_resamples_arrays():

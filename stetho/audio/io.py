@@ -209,7 +209,7 @@ def _declared_frames(source: Path | bytes, head: bytes, fmt: str) -> tuple[int, 
 
 def _truncated(path: Path, declared: int, held: int, sr: int) -> AudioError:
     return AudioError(
-        path, f"truncated: the header declares {declared} frames ({declared / sr:.2f} s) but the file holds "
+        path, kind="corrupt", reason=f"truncated: the header declares {declared} frames ({declared / sr:.2f} s) but the file holds "
               f"only {held} (an interrupted copy or download?)",
     )
 
@@ -270,12 +270,12 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
     """
     path = Path(path)
     if not path.is_file():
-        raise AudioError(path, "file does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+        raise AudioError(path, "file does not exist" + (" (it is a folder)" if path.is_dir() else ""), "not_found")
     try:
         with open(path, "rb") as fh:
             head = fh.read(_HEAD_BYTES)
     except OSError as exc:
-        raise AudioError(path, f"cannot be opened ({exc.strerror or exc})") from None
+        raise AudioError(path, f"cannot be opened ({exc.strerror or exc})", "not_found") from None
     return _info(path, path, head)
 
 
@@ -283,12 +283,12 @@ def _info(source: Path | bytes, path: Path, head: bytes) -> sf._SoundFileInfo:
     """:func:`audio_info` of ``source`` (a file, or its bytes in memory) named ``path`` in
     messages, whose first bytes are ``head``."""
     if not head:
-        raise AudioError(path, "zero-length file (0 bytes)")
+        raise AudioError(path, "zero-length file (0 bytes)", "empty")
     fmt = _sniff(head)
     if fmt is None and path.suffix.lower() not in _NO_MAGIC_EXTENSIONS:
         raise AudioError(
             path, "cannot be read as audio: unrecognised format, not one soundfile reads "
-                  f"(first bytes: {_first_bytes(head)})",
+                  f"(first bytes: {_first_bytes(head)})", "not_audio",
         )
     with _decoder_output(fmt in ("MP3", None)) as decoder:
         try:
@@ -300,7 +300,7 @@ def _info(source: Path | bytes, path: Path, head: bytes) -> sf._SoundFileInfo:
         if "does not exist" in text or "not a regular file" in text:
             # libsndfile's text when a decoder (e.g. MP3) gave up on a file that does exist
             text = f"damaged or not {fmt or 'audio'} data"
-        raise AudioError(path, f"cannot be read as audio ({_with_decoder_text(text, decoder)})")
+        raise AudioError(path, f"cannot be read as audio ({_with_decoder_text(text, decoder)})", "not_audio")
     if decoder:
         log.debug("%s: MP3 decoder: %s", path, " | ".join(decoder))
     short = _declared_frames(source, head, fmt or "")
@@ -308,7 +308,7 @@ def _info(source: Path | bytes, path: Path, head: bytes) -> sf._SoundFileInfo:
         raise _truncated(path, *short, info.samplerate)
     if info.format == "OGG" and "ended unexpectedly" in (info.extra_info or ""):
         raise AudioError(path, "truncated: the Ogg stream stops before its end-of-stream mark (an interrupted "
-                               "copy or download?)")
+                               "copy or download?)", "corrupt")
     return info
 
 
@@ -391,12 +391,12 @@ def _decode(source: Path | bytes, path: Path, info: sf._SoundFileInfo, sr: int, 
             min_samples: int) -> tuple[np.ndarray, int]:
     """:func:`load_audio` of ``source`` (a file or its bytes) whose header is ``info``."""
     if info.frames == 0:
-        raise AudioError(path, "zero-length file (no samples)")
+        raise AudioError(path, "zero-length file (no samples)", "empty")
     if info.channels == 1:
         channel = 0
     if not channel < info.channels:
         raise AudioError(
-            path, f"has {info.channels} channel(s); channel {channel} was requested (--channel)"
+            path, f"has {info.channels} channel(s); channel {channel} was requested (--channel)", "channel",
         )
     _check_rate(path, info.samplerate, sr, resample, "in the header ")
     error = None
@@ -413,7 +413,7 @@ def _decode(source: Path | bytes, path: Path, info: sf._SoundFileInfo, sr: int, 
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             error = exc
     if error is not None:
-        raise AudioError(path, f"cannot be decoded ({_with_decoder_text(_short(error), decoder)})")
+        raise AudioError(path, f"cannot be decoded ({_with_decoder_text(_short(error), decoder)})", "corrupt")
     if decoder:
         log.debug("%s: MP3 decoder: %s", path, " | ".join(decoder))
     if data.shape[0] < info.frames and info.format != "MP3":  # an MP3's frame count may be an estimate
@@ -446,22 +446,22 @@ def check_signal(
     if not rate_checked:
         y = np.asarray(y)
         if y.ndim != 1:
-            raise AudioError(path, f"expected mono samples of shape (n_samples,), got shape {y.shape}")
+            raise AudioError(path, f"expected mono samples of shape (n_samples,), got shape {y.shape}", "not_audio")
         if y.size == 0:
-            raise AudioError(path, "zero-length signal (no samples)")
+            raise AudioError(path, "zero-length signal (no samples)", "empty")
         if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
-            raise AudioError(path, f"samples of dtype {y.dtype} are not numbers")
+            raise AudioError(path, f"samples of dtype {y.dtype} are not numbers", "not_audio")
         _check_rate(path, native_sr, sr, resample)
         y = np.ascontiguousarray(y, dtype=np.float32)
     file_sr = native_sr
     if not np.isfinite(y).all():
         bad = int(np.count_nonzero(~np.isfinite(y)))
-        raise AudioError(path, f"contains {bad} NaN/inf sample(s)")
+        raise AudioError(path, f"contains {bad} NaN/inf sample(s)", "non_finite")
     peak = float(np.abs(y).max())
     if peak > MAX_FLOAT_PEAK:
         raise AudioError(
             path, f"sample values reach {peak:.3g}, over {MAX_FLOAT_PEAK:g}x full scale: float samples "
-                  "belong in [-1, 1] (were integer values written into a float file?)",
+                  "belong in [-1, 1] (were integer values written into a float file?)", "out_of_range",
         )
     if file_sr != sr:
         y = resample_audio(y, file_sr, sr)
@@ -469,7 +469,7 @@ def check_signal(
         raise AudioError(
             path,
             f"too short: {y.shape[0]} samples at {sr} Hz, at least {min_samples} are needed "
-            "(one FFT frame / the frames one feature vector spans)",
+            "(one FFT frame / the frames one feature vector spans)", "too_short",
         )
     return y
 
@@ -477,14 +477,14 @@ def check_signal(
 def _check_rate(path: Path, rate: object, sr: int, resample: bool, where: str = "") -> None:
     """A plausible sample ``rate`` (Hz), equal to ``sr`` unless ``resample``."""
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
-        raise AudioError(path, f"sample rate {rate!r} is not a whole number of Hz")
+        raise AudioError(path, f"sample rate {rate!r} is not a whole number of Hz", "sample_rate")
     if rate < MIN_SAMPLE_RATE:
         raise AudioError(
             path, f"sample rate {rate} Hz {where}is implausibly low for audio (at least {MIN_SAMPLE_RATE} Hz is "
-                  "expected)",
+                  "expected)", "sample_rate",
         )
     if rate != sr and not resample:
-        raise AudioError(path, f"sample rate is {rate} Hz, expected {sr} Hz (resampling is off)")
+        raise AudioError(path, f"sample rate is {rate} Hz, expected {sr} Hz (resampling is off)", "sample_rate")
 
 
 def _sf_source(source: Path | bytes):

@@ -139,7 +139,8 @@ def extract_logmels(
             feats = logmel(torch.from_numpy(np.stack([g[1] for g in group])), params).numpy()
             for (i, _, native_sr), f in zip(group, feats):
                 if not np.isfinite(f).all():
-                    done.append((i, AudioError(clips[i].path, "log-mel has NaN/inf values (samples out of range)")))
+                    done.append((i, AudioError(clips[i].path, "log-mel has NaN/inf values (samples out of range)",
+                                                       "non_finite")))
                 else:
                     done.append((i, _Item(np.ascontiguousarray(f), native_sr, keys[i])))
         return done
@@ -157,7 +158,7 @@ def logmel_of_signal(y: np.ndarray, params: LogMelParams, path: str | os.PathLik
     """
     f = logmel(torch.from_numpy(np.stack([np.asarray(y, dtype=np.float32)])), params).numpy()[0]
     if not np.isfinite(f).all():
-        raise AudioError(path, "log-mel has NaN/inf values (samples out of range)")
+        raise AudioError(path, "log-mel has NaN/inf values (samples out of range)", "non_finite")
     return np.ascontiguousarray(f)
 
 

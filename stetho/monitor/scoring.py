@@ -46,17 +46,6 @@ DEFAULT_SECTION = "00"
 #: Hex digits of a run id (the SHA-256 of the run's ``models.json``, which pins every model file).
 RUN_ID_LENGTH = 12
 
-#: How the words of an :class:`~stetho.errors.AudioError`'s reason map to a :class:`ScoringError`
-#: kind (first match wins; the reasons are written in :mod:`stetho.audio.io` and the feature code).
-_AUDIO_KINDS = (
-    ("does not exist", "not_found"), ("cannot be opened", "not_found"),
-    ("zero-length", "empty"), ("unrecognised format", "not_audio"), ("cannot be read as audio", "not_audio"),
-    ("truncated", "corrupt"), ("cannot be decoded", "corrupt"), ("NaN/inf", "non_finite"),
-    ("sample values reach", "out_of_range"), ("sample rate", "sample_rate"), ("channel", "channel"),
-    ("too short", "too_short"), ("expected mono samples", "not_audio"), ("are not numbers", "not_audio"),
-)
-
-
 @dataclass(frozen=True)
 class RunInfo:
     """The identity of one loaded run, stored with every verdict it gives.
@@ -322,11 +311,8 @@ def format_verdicts(verdicts: Sequence[Verdict]) -> str:
 
 
 def _scoring_error(exc: AudioError) -> ScoringError:
-    """The :class:`ScoringError` of an audio problem, its kind read from the reason's words."""
-    for words, kind in _AUDIO_KINDS:
-        if words in exc.reason:
-            return ScoringError(kind, exc.path, exc.reason)
-    return ScoringError("corrupt", exc.path, exc.reason)
+    """The :class:`ScoringError` of an audio problem (of its kind; ``corrupt`` when unclassified)."""
+    return ScoringError(exc.kind or "corrupt", exc.path, exc.reason)
 
 
 def _run_id(run_dir: Path) -> str:
