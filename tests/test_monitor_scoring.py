@@ -311,3 +311,24 @@ def test_stetho_score_errors_are_one_line_with_status_2(runs, toy_root, tmp_path
     assert len(out.splitlines()) == 1 and str(good) in out
     code, out, err = _cli(capsys, "score", str(tmp_path / "norun"), str(good))
     assert code == 2 and "no such run folder" in err and err.count("\n") == 1
+
+
+def test_scoring_from_several_threads_gives_the_same_verdicts(runs, toy_root):
+    from concurrent.futures import ThreadPoolExecutor
+
+    scorer = Scorer.load([runs["ae"]])
+    files = [(f, m) for m in ("fan", "valve") for f in sorted((toy_root / m / "test").glob("*.wav"))[:4]]
+    alone = [scorer.score(f, m).modes for f, m in files]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda fm: scorer.score(fm[0].read_bytes(), fm[1]).modes, files * 3))
+    assert together == alone * 3
+
+
+def test_load_checks_its_arguments(runs):
+    with pytest.raises(ConfigError, match="threads must be a whole number >= 1, got 0"):
+        Scorer.load(runs["stats"], threads=0)
+    with pytest.raises(ConfigError, match="no run folder to score with"):
+        Scorer.load([])
+    v = Scorer.load(runs["stats"]).score(np.zeros(16000) + 0.01 * np.sin(np.arange(16000)), "fan",
+                                         sample_rate=16000, section="01", attributes={"spd": "20"})
+    assert v.section == "01" and v.name == "<array>" and v.duration_s == 1.0 and v.sample_rate == 16000
