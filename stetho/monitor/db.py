@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, and_, create_engine, event, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -378,6 +378,49 @@ class Database:
 
         return self._transaction(write, f"alert for {asset}: cannot store it")
 
+    def raise_alert(self, asset: str, score_mode: str, rule: str, message: str,
+                    recording_ids: Sequence[int], raised_at: datetime | None = None) -> int | None:
+        """Store an alert as :meth:`add_alert` does, unless it would repeat one: ``None`` (nothing
+        written) while an alert of the same (asset, score mode, rule) is open, or when a recording
+        of ``recording_ids`` is not newer (by recording time, ties by id) than the newest one that
+        raised the latest acknowledged alert of that key. Check and insert are one transaction
+        holding the asset's row lock (PostgreSQL; SQLite writers are serialised), so two processes
+        evaluating the same verdicts at once store the alert once."""
+        if rule not in RULES:
+            raise DatabaseError(f"alert for {asset}: rule {rule!r} is not one of {', '.join(RULES)}")
+        when = _require_aware(raised_at or utc_now(), f"alert for {asset}: raised_at")
+        ids = sorted(set(int(i) for i in recording_ids))
+
+        def write(session: Session) -> int | None:
+            lock = select(Asset.id).where(Asset.name == asset)
+            asset_id = session.scalar(lock if _is_sqlite(self.engine) else lock.with_for_update())
+            if asset_id is None:
+                raise DatabaseError(f"alert for {asset}: no such asset")
+            latest = session.execute(
+                select(Alert.id, Alert.acknowledged_at)
+                .where(Alert.asset_id == asset_id, Alert.score_mode == score_mode, Alert.rule == rule)
+                .order_by(Alert.id.desc()).limit(1)).first()
+            if latest is not None:
+                if latest[1] is None:
+                    return None
+                previous = session.scalars(select(AlertRecording.recording_id)
+                                           .where(AlertRecording.alert_id == latest[0])).all()
+                cutoff = self._newest_recording(session, previous)
+                if cutoff is not None and ids:
+                    oldest = session.execute(select(Recording.recorded_at, Recording.id)
+                                             .where(Recording.id.in_(ids))
+                                             .order_by(Recording.recorded_at, Recording.id).limit(1)).first()
+                    if oldest is not None and (oldest[0], oldest[1]) <= cutoff:
+                        return None
+            row = Alert(asset_id=asset_id, score_mode=score_mode, rule=rule, raised_at=when, message=message)
+            session.add(row)
+            session.flush()
+            session.add_all(AlertRecording(alert_id=row.id, recording_id=i) for i in ids)
+            session.flush()
+            return row.id
+
+        return self._transaction(write, f"alert for {asset}: cannot store it")
+
     def ack_alert(self, alert_id: int, by: str, at: datetime | None = None) -> AlertRow:
         """Acknowledge an alert (closing it) and return it. Acknowledging it again changes nothing:
         the first acknowledgement is kept."""
@@ -438,10 +481,48 @@ class Database:
         with Session(self.engine) as session:
             return [VerdictRow(*row) for row in session.execute(stmt).all()]
 
-    def last_verdicts(self, asset: str, score_mode: str, n: int) -> list[VerdictRow]:
+    def recording_verdicts(self, recording_id: int) -> list[VerdictRow]:
+        """The stored verdicts of one recording (by score mode); ``[]`` for an unknown id. What
+        the service answers for an upload it already stored."""
+        stmt = self._verdict_query().where(Recording.id == int(recording_id)).order_by(Verdict.id)
+        with Session(self.engine) as session:
+            return [VerdictRow(*row) for row in session.execute(stmt).all()]
+
+    def last_verdicts(self, asset: str, score_mode: str, n: int,
+                      newer_than: Sequence[int] = ()) -> list[VerdictRow]:
         """The ``n`` newest verdicts (by recording time) of ``asset`` in ``score_mode``, newest
-        first: what the k-of-n and drift rules look at."""
-        return self.verdicts(asset, limit=n, score_mode=score_mode)
+        first: what the k-of-n and drift rules look at. ``newer_than`` (recording ids): keep only
+        recordings after the newest of them (by recording time, ties by id), i.e. a new episode
+        after an alert that those recordings raised."""
+        stmt = self._verdict_query().where(Asset.name == asset, Verdict.score_mode == score_mode)
+        with Session(self.engine) as session:
+            newest = self._newest_recording(session, newer_than)
+            if newest is not None:
+                at, rid = newest
+                stmt = stmt.where(or_(Recording.recorded_at > at,
+                                      and_(Recording.recorded_at == at, Recording.id > rid)))
+            stmt = stmt.order_by(Recording.recorded_at.desc(), Recording.id.desc()).limit(int(n))
+            return [VerdictRow(*row) for row in session.execute(stmt).all()]
+
+    def latest_alert(self, asset: str, score_mode: str, rule: str) -> AlertRow | None:
+        """The most recently stored alert of ``rule`` for ``asset`` and ``score_mode`` (open or
+        acknowledged), or ``None``: where the alert rules' current episode starts."""
+        stmt = (select(Alert.id).join(Asset, Asset.id == Alert.asset_id)
+                .where(Asset.name == asset, Alert.score_mode == score_mode, Alert.rule == rule)
+                .order_by(Alert.id.desc()).limit(1))
+        with Session(self.engine) as session:
+            found = session.scalar(stmt)
+        return None if found is None else self.alerts(ids=[found])[0]
+
+    @staticmethod
+    def _newest_recording(session: Session, ids: Sequence[int]) -> tuple[datetime, int] | None:
+        """(recorded_at, id) of the newest of the recordings ``ids``; ``None`` for none."""
+        if not ids:
+            return None
+        row = session.execute(select(Recording.recorded_at, Recording.id)
+                              .where(Recording.id.in_([int(i) for i in ids]))
+                              .order_by(Recording.recorded_at.desc(), Recording.id.desc()).limit(1)).first()
+        return None if row is None else (row[0], row[1])
 
     def alerts(self, open_only: bool = False, ids: Sequence[int] | None = None) -> list[AlertRow]:
         """Stored alerts, newest first; ``open_only``: those not yet acknowledged."""
