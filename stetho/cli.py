@@ -252,6 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", help="the section (machine ID) the files belong to (default 00)")
     p.add_argument("--json", action="store_true", help="one JSON object per file instead of a table")
 
+    p = sub.add_parser("serve", help="the HTTP scoring service: score uploaded recordings, store every verdict "
+                                     "(FastAPI + uvicorn)")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folder(s) from `stetho train` (one per "
+                                                                     "machine type)")
+    p.add_argument("--db", required=True, metavar="URL", help="the verdict database: sqlite:///PATH or "
+                                                              "postgresql://USER@HOST/DB")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--token-file", type=Path, metavar="F", help="file holding the API token writes need "
+                                                                "(default: the STETHO_API_TOKEN environment variable)")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest upload in MB (default 20; larger: 413)")
+    p.add_argument("--no-resample", dest="resample", action="store_false",
+                   help="refuse recordings of another sample rate than the model's (default: resample them)")
+    p.add_argument("--alert-k", type=int, default=3, help="alert when K of the last N verdicts of an asset are "
+                                                          "anomalous (default 3)")
+    p.add_argument("--alert-n", type=int, default=5, help="... of the last N (default 5)")
+    p.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this http(s) URL")
+
     p = sub.add_parser("evaluate", help="official metrics of anomaly_score_*.csv files")
     p.add_argument("scores", type=Path, help="folder with anomaly_score_<machine>_section_<XX>_test.csv files")
     p.add_argument("--data", type=Path, required=True,
@@ -386,6 +404,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "score":
         return _score(args)
+    if args.command == "serve":
+        return _serve(args)
     from stetho import pipeline
     from stetho.config import load_recipe, parse_overrides
 
@@ -540,6 +560,34 @@ def _score(args: argparse.Namespace) -> int:
     if verdicts and not args.json:
         print(format_verdicts(verdicts))
     return 2 if failed else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``stetho serve``: the token from --token-file or STETHO_API_TOKEN, then
+    :func:`stetho.monitor.service.serve` until interrupted."""
+    import os
+
+    from stetho.errors import ConfigError
+
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{args.token_file}: cannot read the API token ({exc.strerror or exc})") from None
+        if not token:
+            raise ConfigError(f"{args.token_file}: the API token file is empty")
+    else:
+        token = os.environ.get("STETHO_API_TOKEN", "").strip()
+        if not token:
+            raise ConfigError("no API token: give --token-file F or set STETHO_API_TOKEN (writes need it)")
+    if not args.max_body_mb > 0:
+        raise ConfigError(f"--max-body-mb must be above 0, got {args.max_body_mb}")
+    from stetho.monitor.service import serve
+
+    serve(args.runs, args.db, token, host=args.host, port=args.port,
+          max_body_bytes=int(args.max_body_mb * 1024 * 1024), resample=args.resample, alert_k=args.alert_k,
+          alert_n=args.alert_n, webhook_url=args.webhook)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
