@@ -42,8 +42,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import stetho
 from stetho.errors import ConfigError, DatabaseError, ScoringError
-from stetho.monitor.db import Database, RecordingFacts, RunFacts, VerdictRow
+from stetho.monitor.db import Database, VerdictRow
 from stetho.monitor.scoring import Scorer, Verdict
+from stetho.monitor.store import evaluate_rules, store_verdict
 
 log = logging.getLogger(__name__)
 
@@ -346,13 +347,8 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
             raise ApiError(STATUS_OF_KIND.get(exc.kind, 422), exc.kind, str(exc)) from None
         except ConfigError as exc:
             raise ApiError(422, "no_machine_type", str(exc)) from None
-        facts = RecordingFacts(path=name, sha256=verdict.sha256, recorded_at=when, duration_s=verdict.duration_s,
-                               sample_rate=verdict.sample_rate, source="http")
-        run = RunFacts(path=str(verdict.run.path), run_hash=verdict.run.run_id,
-                       stetho_version=verdict.run.version or "unknown", model=verdict.run.model)
-        rows = [(m, v.score, v.threshold, v.decision) for m, v in verdict.modes.items()]
         try:
-            stored = db.record(asset, mtype, facts, run, rows)
+            stored = store_verdict(db, asset, verdict, path=name, recorded_at=when, source="http")
             if not stored.created:
                 return _duplicate(asset, verdict, db.recording_verdicts(stored.recording_id))
             for mode, mv in verdict.modes.items():
@@ -368,10 +364,7 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
                         modes={m: ModeOut(**vars(v)) for m, v in verdict.modes.items()}, alerts=raised)
 
     def _alerts(asset: str, verdict: Verdict, recording_id: int) -> list[int]:
-        raised: list[int] = []
-        if rules is not None:
-            for mode in verdict.modes:
-                raised += list(rules.evaluate(db, asset, mode))
+        raised = evaluate_rules(db, asset, verdict, rules)
         if on_verdict is not None:
             raised += list(on_verdict(db, asset, verdict, recording_id))
         alerts_total.inc(len(raised))
