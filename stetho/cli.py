@@ -270,6 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alert-n", type=int, default=5, help="... of the last N (default 5)")
     p.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this http(s) URL")
 
+    p = sub.add_parser("watch", help="score every recording dropped into INBOX/<asset>/ once and store its "
+                                     "verdict (bad files stored as rejections)")
+    p.add_argument("inbox", type=Path, metavar="INBOX", help="folder of one sub-folder per asset")
+    p.add_argument("--run", dest="runs", type=Path, action="append", required=True, metavar="RUN",
+                   help="run folder from `stetho train` (repeat for several machine types)")
+    p.add_argument("--db", required=True, metavar="URL", help="the verdict database: sqlite:///PATH or "
+                                                              "postgresql://USER@HOST/DB")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between scans of the inbox (default 1)")
+    p.add_argument("--settle", type=float, default=2.0, help="take a file once unchanged this many seconds "
+                                                             "(default 2; *.part files never)")
+    p.add_argument("--move", action="store_true", help="move handled files to INBOX/done/ or INBOX/rejected/")
+    p.add_argument("--machine-type", help="the machine type of every asset (default: INBOX/<asset>/machine_type, "
+                                          "else the runs' only one)")
+    p.add_argument("--no-resample", dest="resample", action="store_false",
+                   help="reject recordings of another sample rate than the model's (default: resample them)")
+    p.add_argument("--alert-k", type=int, default=3, help="alert when K of the last N verdicts of an asset are "
+                                                          "anomalous (default 3)")
+    p.add_argument("--alert-n", type=int, default=5, help="... of the last N (default 5)")
+    p.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this http(s) URL")
+
     p = sub.add_parser("evaluate", help="official metrics of anomaly_score_*.csv files")
     p.add_argument("scores", type=Path, help="folder with anomaly_score_<machine>_section_<XX>_test.csv files")
     p.add_argument("--data", type=Path, required=True,
@@ -406,6 +426,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _score(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "watch":
+        return _watch(args)
     from stetho import pipeline
     from stetho.config import load_recipe, parse_overrides
 
@@ -587,6 +609,22 @@ def _serve(args: argparse.Namespace) -> int:
     serve(args.runs, args.db, token, host=args.host, port=args.port,
           max_body_bytes=int(args.max_body_mb * 1024 * 1024), resample=args.resample, alert_k=args.alert_k,
           alert_n=args.alert_n, webhook_url=args.webhook)
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """``stetho watch``: :func:`stetho.monitor.watch.watch` until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    from stetho.monitor.watch import watch
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    watch(args.inbox, args.runs, args.db, machine_type=args.machine_type, poll_seconds=args.poll,
+          settle_seconds=args.settle, move=args.move, resample=args.resample, alert_k=args.alert_k,
+          alert_n=args.alert_n, webhook_url=args.webhook, stop_event=stop)
     return 0
 
 

@@ -481,6 +481,14 @@ class Database:
         with Session(self.engine) as session:
             return [VerdictRow(*row) for row in session.execute(stmt).all()]
 
+    def recording_id(self, asset: str, sha256: str) -> int | None:
+        """Id of the recording of ``asset`` with these bytes (``sha256``), or ``None`` if not stored
+        (the watcher asks before scoring a file a crash left behind)."""
+        stmt = (select(Recording.id).join(Asset, Recording.asset_id == Asset.id)
+                .where(Asset.name == asset, Recording.sha256 == sha256))
+        with Session(self.engine) as session:
+            return session.scalar(stmt)
+
     def recording_verdicts(self, recording_id: int) -> list[VerdictRow]:
         """The stored verdicts of one recording (by score mode); ``[]`` for an unknown id. What
         the service answers for an upload it already stored."""
