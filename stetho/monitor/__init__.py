@@ -1,3 +1,4 @@
 """Monitoring: scoring recordings against trained runs (``scoring``), the database of every
 verdict (``db``; its tables in ``schema``, its Alembic migrations in ``migrations/``) and the alert
-rules over it with their webhook (``alerts``); the HTTP scoring service over them (``service``)."""
+rules over it with their webhook (``alerts``); the step that stores a verdict and runs the rules
+(``store``); over them the HTTP scoring service (``service``) and the inbox watcher (``watch``)."""
