@@ -137,6 +137,20 @@ def test_move_to_done_and_rejected(tmp_path, scorer, database_url):
         assert len(recordings(db)) == 1
 
 
+def test_a_failed_move_is_tried_again_without_scoring_twice(tmp_path, scorer):
+    inbox = tmp_path / "inbox"
+    wav_file = drop(inbox / "fan-1" / "x.wav", wav(1))
+    (inbox / "done").write_text("a file where the done/ folder should be")
+    with open_database(f"sqlite:///{tmp_path / 'db.sqlite'}") as db:
+        w = Watcher(inbox, scorer, db, settle_seconds=0, move=True)
+        assert w.scan_once().scored == [wav_file] and wav_file.is_file()  # stored, not moved
+        (inbox / "done").unlink()
+        again = w.scan_once()
+        assert again.scored == [] and again.stored_before == [wav_file]
+        assert (inbox / "done" / "fan-1" / "x.wav").is_file() and not wav_file.exists()
+        assert len(recordings(db)) == 1
+
+
 def test_machine_type_of_an_asset(tmp_path, scorer):
     inbox = tmp_path / "inbox"
     drop(inbox / "m-1" / "x.wav", wav(1))

@@ -101,6 +101,8 @@ class Watcher:
         self.move, self.rules, self.webhook = move, rules, webhook
         # (size, mtime_ns) of files handled in this process and left in place (move=False)
         self._handled: dict[Path, tuple[int, int]] = {}
+        # (path, sha256) of the watcher's stored rejections, read from the database on first need
+        self._rejected: set[tuple[str, str | None]] | None = None
 
     # -- one pass -------------------------------------------------------------------------------
 
@@ -186,7 +188,7 @@ class Watcher:
             self._move(asset, path, DONE)
             return
         name = str(path)
-        if any(r.path == name and r.sha256 == digest for r in self._rejections()):
+        if (name, digest) in self._rejections():
             result.rejected.append(path)
             self._move(asset, path, REJECTED)
             return
@@ -195,6 +197,7 @@ class Watcher:
             verdict = self.scorer.score(data, mtype, filename=name)
         except (ScoringError, ConfigError) as exc:
             self.db.reject(name, str(exc), "watch", sha256=digest)
+            self._rejections().add((name, digest))
             log.warning("rejected %s", exc)
             result.rejected.append(path)
             self._move(asset, path, REJECTED)
@@ -212,8 +215,10 @@ class Watcher:
             result.stored_before.append(path)
         self._move(asset, path, DONE)
 
-    def _rejections(self) -> list:
-        return [r for r in self.db.rejections() if r.source == "watch"]
+    def _rejections(self) -> set[tuple[str, str | None]]:
+        if self._rejected is None:
+            self._rejected = {(r.path, r.sha256) for r in self.db.rejections() if r.source == "watch"}
+        return self._rejected
 
     def _move(self, asset: str, path: Path, where: str) -> None:
         """Move ``path`` to ``inbox/<where>/<asset>/<path below the asset>`` when ``move`` is on,
@@ -221,12 +226,15 @@ class Watcher:
         if not self.move:
             return
         target = self.inbox / where / path.relative_to(self.inbox)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        n = 0
-        while target.exists():
-            n += 1
-            target = target.with_name(f"{path.name}.{n}")
-        shutil.move(str(path), str(target))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            n = 0
+            while target.exists():
+                n += 1
+                target = target.with_name(f"{path.name}.{n}")
+            shutil.move(str(path), str(target))
+        except OSError as exc:  # stored already: the next pass finds it in the database and tries again
+            log.warning("%s: cannot move it to %s (%s)", path, target, exc.strerror or exc)
 
 
 def watch(inbox: str | Path, runs: list[str | Path], db_url: str, machine_type: str | None = None,
