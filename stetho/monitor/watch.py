@@ -103,6 +103,7 @@ class Watcher:
         self._handled: dict[Path, tuple[int, int]] = {}
         # (path, sha256) of the watcher's stored rejections, read from the database on first need
         self._rejected: set[tuple[str, str | None]] | None = None
+        self._warned: set[Path] = set()  # files directly in the inbox, said once
 
     # -- one pass -------------------------------------------------------------------------------
 
@@ -121,8 +122,7 @@ class Watcher:
             if path.name.endswith(PARTIAL_SUFFIX) or now - st.st_mtime < self.settle_seconds:
                 result.waiting.append(path)
                 continue
-            self._handle(asset, path, st.st_mtime, result)
-            if not self.move:
+            if self._handle(asset, path, st.st_mtime, result) and not self.move:
                 self._handled[path] = key
         return result
 
@@ -148,7 +148,8 @@ class Watcher:
             if entry.name.startswith(".") or entry.name in (DONE, REJECTED):
                 continue
             if not entry.is_dir():
-                if entry.name != "README" and entry.is_file():
+                if entry not in self._warned:
+                    self._warned.add(entry)
                     log.warning("%s: not in an asset folder (INBOX/<asset>/...); left alone", entry)
                 continue
             for root, dirs, names in os.walk(entry):
@@ -173,25 +174,26 @@ class Watcher:
             return text
         return self.scorer.resolve_machine_type(None)
 
-    def _handle(self, asset: str, path: Path, mtime: float, result: ScanResult) -> None:
-        """Score, store and alert (or reject) one settled file, then move it if asked."""
+    def _handle(self, asset: str, path: Path, mtime: float, result: ScanResult) -> bool:
+        """Score, store and alert (or reject) one settled file, then move it if asked; ``False``
+        when it could not be read (tried again on the next pass)."""
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            return
+            return False
         except OSError as exc:
             log.warning("%s: cannot read (%s); trying again on the next pass", path, exc.strerror or exc)
-            return
+            return False
         digest = hashlib.sha256(data).hexdigest()
         if self.db.recording_id(asset, digest) is not None:
             result.stored_before.append(path)
             self._move(asset, path, DONE)
-            return
+            return True
         name = str(path)
         if (name, digest) in self._rejections():
             result.rejected.append(path)
             self._move(asset, path, REJECTED)
-            return
+            return True
         try:
             mtype = self._machine_type(asset)
             verdict = self.scorer.score(data, mtype, filename=name)
@@ -201,7 +203,7 @@ class Watcher:
             log.warning("rejected %s", exc)
             result.rejected.append(path)
             self._move(asset, path, REJECTED)
-            return
+            return True
         when = datetime.fromtimestamp(mtime, tz=timezone.utc)
         stored = store_verdict(self.db, asset, verdict, path=name, recorded_at=when, source="watch")
         if stored.created:
@@ -214,6 +216,7 @@ class Watcher:
         else:  # another writer stored the same bytes meanwhile
             result.stored_before.append(path)
         self._move(asset, path, DONE)
+        return True
 
     def _rejections(self) -> set[tuple[str, str | None]]:
         if self._rejected is None:
