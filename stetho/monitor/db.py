@@ -268,6 +268,26 @@ def _first_line(exc: BaseException) -> str:
 # The database
 
 
+def _alert_facts(asset: str, rule: str, raised_at: datetime | None,
+                 recording_ids: Iterable[int]) -> tuple[datetime, list[int]]:
+    """An alert's checked rule, its time (tz-aware, default now) and its sorted recording ids."""
+    if rule not in RULES:
+        raise DatabaseError(f"alert for {asset}: rule {rule!r} is not one of {', '.join(RULES)}")
+    return (_require_aware(raised_at or utc_now(), f"alert for {asset}: raised_at"),
+            sorted(set(int(i) for i in recording_ids)))
+
+
+def _insert_alert(session: Session, asset_id: int, score_mode: str, rule: str, when: datetime, message: str,
+                  ids: Sequence[int]) -> int:
+    """Insert an alert row and its triggering recordings in ``session``; its id."""
+    row = Alert(asset_id=asset_id, score_mode=score_mode, rule=rule, raised_at=when, message=message)
+    session.add(row)
+    session.flush()
+    session.add_all(AlertRecording(alert_id=row.id, recording_id=i) for i in ids)
+    session.flush()
+    return row.id
+
+
 class Database:
     """Reads and writes of the monitoring schema. Every write is one transaction; get one from
     :func:`open_database`, close it with :meth:`close` (or use it as a context manager)."""
@@ -360,21 +380,13 @@ class Database:
                   recording_ids: Iterable[int], raised_at: datetime | None = None) -> int:
         """Store an alert of ``rule`` (``k_of_n`` or ``drift``) for ``asset`` and ``score_mode``
         with the recordings that triggered it; returns the alert's id."""
-        if rule not in RULES:
-            raise DatabaseError(f"alert for {asset}: rule {rule!r} is not one of {', '.join(RULES)}")
-        when = _require_aware(raised_at or utc_now(), f"alert for {asset}: raised_at")
-        ids = sorted(set(int(i) for i in recording_ids))
+        when, ids = _alert_facts(asset, rule, raised_at, recording_ids)
 
         def write(session: Session) -> int:
             asset_id = session.scalar(select(Asset.id).where(Asset.name == asset))
             if asset_id is None:
                 raise DatabaseError(f"alert for {asset}: no such asset")
-            row = Alert(asset_id=asset_id, score_mode=score_mode, rule=rule, raised_at=when, message=message)
-            session.add(row)
-            session.flush()
-            session.add_all(AlertRecording(alert_id=row.id, recording_id=i) for i in ids)
-            session.flush()
-            return row.id
+            return _insert_alert(session, asset_id, score_mode, rule, when, message, ids)
 
         return self._transaction(write, f"alert for {asset}: cannot store it")
 
@@ -386,10 +398,7 @@ class Database:
         raised the latest acknowledged alert of that key. Check and insert are one transaction
         holding the asset's row lock (PostgreSQL; SQLite writers are serialised), so two processes
         evaluating the same verdicts at once store the alert once."""
-        if rule not in RULES:
-            raise DatabaseError(f"alert for {asset}: rule {rule!r} is not one of {', '.join(RULES)}")
-        when = _require_aware(raised_at or utc_now(), f"alert for {asset}: raised_at")
-        ids = sorted(set(int(i) for i in recording_ids))
+        when, ids = _alert_facts(asset, rule, raised_at, recording_ids)
 
         def write(session: Session) -> int | None:
             lock = select(Asset.id).where(Asset.name == asset)
@@ -412,12 +421,7 @@ class Database:
                                              .order_by(Recording.recorded_at, Recording.id).limit(1)).first()
                     if oldest is not None and (oldest[0], oldest[1]) <= cutoff:
                         return None
-            row = Alert(asset_id=asset_id, score_mode=score_mode, rule=rule, raised_at=when, message=message)
-            session.add(row)
-            session.flush()
-            session.add_all(AlertRecording(alert_id=row.id, recording_id=i) for i in ids)
-            session.flush()
-            return row.id
+            return _insert_alert(session, asset_id, score_mode, rule, when, message, ids)
 
         return self._transaction(write, f"alert for {asset}: cannot store it")
 
