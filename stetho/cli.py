@@ -40,6 +40,18 @@ def _dataset_options(p: argparse.ArgumentParser, test: bool = False) -> None:
                         "validation), cande-overlap (validation normals also tested, as the original)")
 
 
+def _monitor_options(p: argparse.ArgumentParser) -> None:
+    """The options `serve` and `watch` share: the database, resampling and the alert rules."""
+    p.add_argument("--db", required=True, metavar="URL", help="the verdict database: sqlite:///PATH or "
+                                                              "postgresql://USER@HOST/DB")
+    p.add_argument("--no-resample", dest="resample", action="store_false",
+                   help="refuse recordings of another sample rate than the model's (default: resample them)")
+    p.add_argument("--alert-k", type=int, default=3, help="alert when K of the last N verdicts of an asset are "
+                                                          "anomalous (default 3)")
+    p.add_argument("--alert-n", type=int, default=5, help="... of the last N (default 5)")
+    p.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this http(s) URL")
+
+
 def _formula_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formula", help="official-score formula: dcase2020, dcase2021, dcase2022 ... dcase2025 "
                                      "(default: the data's year)")
@@ -256,39 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(FastAPI + uvicorn)")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folder(s) from `stetho train` (one per "
                                                                      "machine type)")
-    p.add_argument("--db", required=True, metavar="URL", help="the verdict database: sqlite:///PATH or "
-                                                              "postgresql://USER@HOST/DB")
+    _monitor_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--token-file", type=Path, metavar="F", help="file holding the API token writes need "
                                                                 "(default: the STETHO_API_TOKEN environment variable)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest upload in MB (default 20; larger: 413)")
-    p.add_argument("--no-resample", dest="resample", action="store_false",
-                   help="refuse recordings of another sample rate than the model's (default: resample them)")
-    p.add_argument("--alert-k", type=int, default=3, help="alert when K of the last N verdicts of an asset are "
-                                                          "anomalous (default 3)")
-    p.add_argument("--alert-n", type=int, default=5, help="... of the last N (default 5)")
-    p.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this http(s) URL")
 
     p = sub.add_parser("watch", help="score every recording dropped into INBOX/<asset>/ once and store its "
                                      "verdict (bad files stored as rejections)")
     p.add_argument("inbox", type=Path, metavar="INBOX", help="folder of one sub-folder per asset")
     p.add_argument("--run", dest="runs", type=Path, action="append", required=True, metavar="RUN",
                    help="run folder from `stetho train` (repeat for several machine types)")
-    p.add_argument("--db", required=True, metavar="URL", help="the verdict database: sqlite:///PATH or "
-                                                              "postgresql://USER@HOST/DB")
+    _monitor_options(p)
     p.add_argument("--poll", type=float, default=1.0, help="seconds between scans of the inbox (default 1)")
     p.add_argument("--settle", type=float, default=2.0, help="take a file once unchanged this many seconds "
                                                              "(default 2; *.part files never)")
     p.add_argument("--move", action="store_true", help="move handled files to INBOX/done/ or INBOX/rejected/")
     p.add_argument("--machine-type", help="the machine type of every asset (default: INBOX/<asset>/machine_type, "
                                           "else the runs' only one)")
-    p.add_argument("--no-resample", dest="resample", action="store_false",
-                   help="reject recordings of another sample rate than the model's (default: resample them)")
-    p.add_argument("--alert-k", type=int, default=3, help="alert when K of the last N verdicts of an asset are "
-                                                          "anomalous (default 3)")
-    p.add_argument("--alert-n", type=int, default=5, help="... of the last N (default 5)")
-    p.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this http(s) URL")
 
     p = sub.add_parser("evaluate", help="official metrics of anomaly_score_*.csv files")
     p.add_argument("scores", type=Path, help="folder with anomaly_score_<machine>_section_<XX>_test.csv files")
