@@ -9,24 +9,16 @@ The calibrated thresholds aim at ``decision_fpr`` (0.1 by default) of normal cli
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
+from stetho.outputs.leaderboard import decision_flags
+
 
 def false_alarms(run: Path) -> list[dict]:
-    with open(run / "test_files.csv", newline="", encoding="utf-8") as fh:
-        truth = {(r["machine"], r["name"]): r for r in csv.DictReader(fh)}
     rows = []
     for folder in sorted(p for p in (run / "results").iterdir() if p.is_dir()):
-        flagged: dict[tuple[str, str], list[int]] = {}
-        for f in folder.glob("decision_result_*.csv"):
-            machine = next(m for m in {k[0] for k in truth} if f.name.startswith(f"decision_result_{m}_"))
-            with open(f, newline="", encoding="utf-8") as fh:
-                for name, d in csv.reader(fh):
-                    t = truth[(machine, name)]
-                    key = ("anomaly" if t["label"] == "1" else "normal", t["domain"] or "source")
-                    flagged.setdefault(key, []).append(int(d))
+        flagged = decision_flags(run, folder.name)
         if not flagged:
             continue
 

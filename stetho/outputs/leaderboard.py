@@ -60,21 +60,30 @@ def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(v) if v else math.nan
 
 
-def false_alarm_rate(run_dir: str | Path, mode: str) -> tuple[float, int]:
-    """The share of normal test clips that ``mode``'s decision files flag as anomalous, and the
-    number of normal test clips (NaN, 0 without labelled normals)."""
+def decision_flags(run_dir: str | Path, mode: str) -> dict[tuple[str, str], list[int]]:
+    """The decisions (0/1) ``mode``'s decision files give the labelled test clips, grouped by
+    (``"normal"``/``"anomaly"``, domain; ``"source"`` for clips without one)."""
     run_dir = Path(run_dir)
-    truth = {(r["machine"], r["name"]): r["label"] for r in _rows(run_dir / "test_files.csv")}
+    truth = {(r["machine"], r["name"]): r for r in _rows(run_dir / "test_files.csv")}
     machines = sorted({m for m, _ in truth}, key=len, reverse=True)  # "fan2" before "fan"
-    flags: list[int] = []
+    flags: dict[tuple[str, str], list[int]] = {}
     for f in sorted((run_dir / "results" / mode).glob("decision_result_*.csv")):
         machine = next((m for m in machines if f.name.startswith(f"decision_result_{m}_")), None)
         if machine is None:
             continue
         with open(f, newline="", encoding="utf-8") as fh:
             for row in csv.reader(fh):
-                if len(row) >= 2 and truth.get((machine, row[0])) == "0":
-                    flags.append(int(row[1]))
+                t = truth.get((machine, row[0])) if len(row) >= 2 else None
+                if t is not None and t["label"] in ("0", "1"):
+                    key = ("anomaly" if t["label"] == "1" else "normal", t["domain"] or "source")
+                    flags.setdefault(key, []).append(int(row[1]))
+    return flags
+
+
+def false_alarm_rate(run_dir: str | Path, mode: str) -> tuple[float, int]:
+    """The share of normal test clips that ``mode``'s decision files flag as anomalous, and the
+    number of normal test clips (NaN, 0 without labelled normals)."""
+    flags = [d for (label, _), ds in decision_flags(run_dir, mode).items() if label == "normal" for d in ds]
     return (sum(flags) / len(flags) if flags else math.nan), len(flags)
 
 
