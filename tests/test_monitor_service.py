@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,31 +25,15 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from stetho import pipeline
+from monitor_toy import run_dir, scorer  # noqa: F401 (fixtures)
 from stetho.monitor.alerts import AlertRules, Webhook
 from stetho.monitor.db import open_database
 from stetho.monitor.schema import Recording, Verdict
-from stetho.monitor.scoring import Scorer
 from stetho.monitor.service import create_app
-from stetho.synth import make_toy_dataset
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LIMIT = 200_000  # bytes: a 1 s 16 kHz 16-bit WAV is 32 kB
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("toy")
-    make_toy_dataset(root, machines=["fan"], train_clips=8, target_train_clips=2, test_clips=2, duration=1.0, seed=0)
-    out = tmp_path_factory.mktemp("runs") / "stats"
-    pipeline.train({"data": str(root), "out": str(out), "model": "stats", "progress": False})
-    return out
-
-
-@pytest.fixture(scope="module")
-def scorer(run_dir) -> Scorer:
-    return Scorer.load(run_dir, resample=False)
 
 
 def wav(seed: int, sr: int = 16000, seconds: float = 1.0, subtype: str = "PCM_16", y=None) -> bytes:

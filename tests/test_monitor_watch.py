@@ -17,29 +17,13 @@ import pytest
 import soundfile as sf
 from sqlalchemy import func, select
 
-from stetho import pipeline
+from monitor_toy import run_dir, scorer  # noqa: F401 (fixtures)
 from stetho.errors import ConfigError
 from stetho.monitor.db import open_database
 from stetho.monitor.schema import Recording
-from stetho.monitor.scoring import Scorer
 from stetho.monitor.watch import Watcher
-from stetho.synth import make_toy_dataset
 
 OLD = time.time() - 3600  # an mtime long settled
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("toy")
-    make_toy_dataset(root, machines=["fan"], train_clips=8, target_train_clips=2, test_clips=2, duration=1.0, seed=0)
-    out = tmp_path_factory.mktemp("runs") / "stats"
-    pipeline.train({"data": str(root), "out": str(out), "model": "stats", "progress": False})
-    return out
-
-
-@pytest.fixture(scope="module")
-def scorer(run_dir) -> Scorer:
-    return Scorer.load(run_dir, resample=False)
 
 
 def wav(seed: int, seconds: float = 1.0) -> bytes:
