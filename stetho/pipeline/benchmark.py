@@ -337,8 +337,9 @@ def benchmark(suite: Suite, only: Sequence[str] | None = None, tabulate_only: bo
     from stetho.outputs.leaderboard import leaderboard, write_leaderboard
 
     cells = plan(suite)
-    todo = [c for c in cells if not finished(c) and _selected(c, only)] if not tabulate_only else []
-    reused = sum(finished(c) for c in cells)
+    done_before = [finished(c) for c in cells]
+    todo = [c for c, done in zip(cells, done_before) if not done and _selected(c, only)] if not tabulate_only else []
+    reused = sum(done_before)
     log.info("benchmark %s: %d cell(s), %d finished, %d to run with %d job(s)", suite.path, len(cells), reused,
              len(todo), suite.jobs)
     lock = threading.Lock()
@@ -356,8 +357,7 @@ def benchmark(suite: Suite, only: Sequence[str] | None = None, tabulate_only: bo
             list(pool.map(work, todo))
     records = []
     for cell in cells:
-        rec = _read_record(cell.record) if cell.record.is_file() else {}
-        records += _cell_rows(cell, rec)
+        records += _cell_rows(cell, _read_record(cell.record))
     with _metric_notes_muted():
         records += run_ensembles(suite, cells)
     board = leaderboard(records)
