@@ -46,7 +46,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -91,25 +90,18 @@ def build_data(name: str, real: Path, out: Path) -> Path:
     """The ``--data`` of a dataset: its folder, or a manifest written into ``OUT/manifests``."""
     from stetho.datasets import scan_dataset
     from stetho.datasets.manifest import write_manifest
+    from stetho.datasets.resplit import move_to_test, reference_normals
 
     if name == "gearbox":
         return real / "dcase2021t2_dev_subset"
     dest = out / "manifests" / f"{name}.csv"
     dest.parent.mkdir(parents=True, exist_ok=True)
     if name == "slider":
-        clips = scan_dataset(real / "dcase2020t2_dev_subset", machines=["slider"]).clips
-        # test/ and train/ reuse names (different recordings): move only names test/ does not hold
-        taken = {c.path.name for c in clips if c.split == "test"}
-        train = sorted((c for c in clips if c.split == "train" and c.path.name not in taken), key=lambda c: c.path.name)
-        n = len(train)
-        moved = {train[min(n - 1, int((i + 0.5) * n / 20))].path for i in range(20)}
-        clips = [replace(c, split="test") if c.path in moved else c for c in clips]
+        clips = move_to_test(scan_dataset(real / "dcase2020t2_dev_subset", machines=["slider"]).clips, 20)
         write_manifest(dest, clips, dataset="dcase2020")
     elif name == "mimii_fan":
         clips = scan_dataset(real / "mimii_fan_id00_subset", dataset="mimii").clips
-        normals = sorted((c for c in clips if c.label == 0), key=lambda c: c.path.name)
-        keep = {c.path for c in normals[len(normals) // 2:]}
-        clips = [replace(c, split="train") if c.path in keep else c for c in clips]
+        clips = reference_normals(clips, sum(c.label == 0 for c in clips) // 2)
         write_manifest(dest, clips, dataset="mimii")
     else:
         raise ValueError(name)
