@@ -100,6 +100,25 @@ def test_run_identity_is_kept(runs):
     assert scorer.run_of("valve") is run
 
 
+def test_anomalous_is_the_decision_of_the_detectors_own_score_mode(runs, toy_root, tmp_path):
+    from stetho.monitor.scoring import ModeVerdict, Verdict
+
+    run_dir = tmp_path / "knn"  # stats' first mode is density; this run decides with knn
+    pipeline.train({"data": str(toy_root), "out": str(run_dir), "model": "stats", "params": {"score_mode": "knn"},
+                    "progress": False})
+    scorer = Scorer.load(run_dir)
+    assert scorer.default_mode("fan") == "knn" and Scorer.load(runs["stats"]).default_mode("fan") == "density"
+    for path in sorted((toy_root / "fan" / "test").glob("*.wav")):
+        v = scorer.score(path, "fan")
+        assert v.default_mode == "knn" and v.anomalous == v.modes["knn"].decision
+        assert v.to_dict()["anomalous"] == v.anomalous and v.to_dict()["default_mode"] == "knn"
+    one = scorer.score(path, "fan")
+    forced = Verdict(name="x", machine_type="fan", run=one.run, duration_s=1.0, sample_rate=16000, sha256="",
+                     section="00", default_mode="knn",
+                     modes={"density": ModeVerdict(1.0, 2.0, False), "knn": ModeVerdict(3.0, 2.0, True)})
+    assert forced.anomalous is True  # not the first mode's False
+
+
 def test_bytes_and_arrays_score_as_the_file_does(runs, toy_root):
     scorer = Scorer.load(runs["ae"])
     path = sorted((toy_root / "fan" / "test").glob("*.wav"))[0]

@@ -89,6 +89,8 @@ class Verdict:
         sha256: SHA-256 (hex) of the file's bytes, or of an array's float32 samples.
         section: the section it was scored in.
         modes: score mode -> :class:`ModeVerdict`, in the detector's order of modes.
+        default_mode: the detector's own score mode (its ``score_mode`` parameter, else its first
+            mode): the one ``stetho test`` writes as the run's decision, and :attr:`anomalous`.
         stetho_version: the stetho version that scored it.
     """
 
@@ -100,12 +102,14 @@ class Verdict:
     sha256: str
     section: str
     modes: dict[str, ModeVerdict] = field(default_factory=dict)
+    default_mode: str | None = None
     stetho_version: str = stetho.__version__
 
     @property
     def anomalous(self) -> bool:
-        """The decision of the detector's default (first) score mode."""
-        return next(iter(self.modes.values())).decision
+        """The decision of :attr:`default_mode` (of the first mode when none is named)."""
+        mode = self.default_mode if self.default_mode in self.modes else next(iter(self.modes))
+        return self.modes[mode].decision
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (``modes`` as ``{mode: {score, threshold, decision}}``)."""
@@ -114,7 +118,7 @@ class Verdict:
             "duration_s": self.duration_s, "sample_rate": self.sample_rate, "sha256": self.sha256,
             "run": {"path": str(self.run.path), "run_id": self.run.run_id, "version": self.run.version,
                     "model": self.run.model},
-            "stetho_version": self.stetho_version,
+            "stetho_version": self.stetho_version, "default_mode": self.default_mode, "anomalous": self.anomalous,
             "modes": {m: {"score": v.score, "threshold": v.threshold, "decision": v.decision}
                       for m, v in self.modes.items()},
         }
@@ -252,7 +256,12 @@ class Scorer:
             t = det.threshold_for(mode, machine_type)
             modes[mode] = ModeVerdict(score=s, threshold=t, decision=bool(s > t))
         return Verdict(name=name, machine_type=machine_type, run=served.run, duration_s=y.shape[0] / sr,
-                       sample_rate=native_sr, sha256=digest, section=clip.section, modes=modes)
+                       sample_rate=native_sr, sha256=digest, section=clip.section, modes=modes,
+                       default_mode=det._mode(None))
+
+    def default_mode(self, machine_type: str) -> str:
+        """The score mode whose decision is a verdict's :attr:`Verdict.anomalous` for ``machine_type``."""
+        return self._lookup(machine_type, "<request>").detector._mode(None)
 
     def _decode(self, audio, name: str, sample_rate: int | None, sr: int, channel: int,
                 min_samples: int) -> tuple[np.ndarray, int, str]:

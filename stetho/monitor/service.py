@@ -103,7 +103,8 @@ class ScoreOut(BaseModel):
     recording_id: int
     duplicate: bool = Field(description="true: these bytes were already stored for this asset; the stored "
                                         "verdict is returned and nothing new is stored")
-    anomalous: bool = Field(description="the decision of the default (first) score mode")
+    default_mode: str = Field(description="the model's own score mode (its `score_mode`)")
+    anomalous: bool = Field(description="the decision of the default score mode")
     run: RunOut
     stetho_version: str = Field(description="stetho version that scored it")
     modes: dict[str, ModeOut] = Field(description="score mode -> score, threshold, decision")
@@ -359,6 +360,7 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
         return ScoreOut(asset=asset, machine_type=mtype, section=verdict.section, file=name, sha256=verdict.sha256,
                         recorded_at=when, duration_s=verdict.duration_s, sample_rate=verdict.sample_rate,
                         recording_id=stored.recording_id, duplicate=False, anomalous=verdict.anomalous,
+                        default_mode=verdict.default_mode,
                         run=RunOut(run_id=verdict.run.run_id, version=verdict.run.version, model=verdict.run.model),
                         stetho_version=verdict.stetho_version,
                         modes={m: ModeOut(**vars(v)) for m, v in verdict.modes.items()}, alerts=raised)
@@ -377,7 +379,8 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
         return ScoreOut(asset=asset, machine_type=verdict.machine_type, section=verdict.section, file=first.path,
                         sha256=first.sha256, recorded_at=first.recorded_at, duration_s=verdict.duration_s,
                         sample_rate=verdict.sample_rate, recording_id=first.recording_id, duplicate=True,
-                        anomalous=next(iter(modes.values())).decision,
+                        anomalous=modes[verdict.default_mode].decision if verdict.default_mode in modes
+                        else next(iter(modes.values())).decision, default_mode=verdict.default_mode,
                         run=RunOut(run_id=first.run_hash, version=run.version if run else None,
                                    model=run.model if run else None),
                         stetho_version=verdict.stetho_version, modes=modes, alerts=[])
