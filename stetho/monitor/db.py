@@ -72,7 +72,8 @@ class RecordingFacts:
 
     ``path`` is the stored path or the original file name; ``recorded_at`` and ``received_at`` are
     timezone-aware (``received_at`` defaults to now); ``duration_s`` in seconds, ``sample_rate``
-    in Hz; ``source`` one of ``http``, ``watch``, ``cli``.
+    in Hz; ``source`` one of ``http``, ``watch``, ``cli``; ``section`` the section (machine ID)
+    it was scored in.
     """
 
     path: str
@@ -82,6 +83,7 @@ class RecordingFacts:
     sample_rate: int
     source: str
     received_at: datetime | None = None
+    section: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,24 @@ class AssetSummary:
     created_at: datetime
     recordings: int
     last_verdict_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RecordingRow:
+    """One stored recording: its asset (and machine type), where it came from and what it is.
+    ``section`` is ``None`` for recordings stored before it was recorded (migration 0002)."""
+
+    id: int
+    asset: str
+    machine_type: str
+    path: str
+    sha256: str
+    recorded_at: datetime
+    received_at: datetime
+    duration_s: float
+    sample_rate: int
+    source: str
+    section: str | None
 
 
 @dataclass(frozen=True)
@@ -351,7 +371,7 @@ class Database:
             rec = Recording(asset_id=asset_row.id, path=recording.path, sha256=recording.sha256,
                             recorded_at=recorded_at, received_at=received_at,
                             duration_s=float(recording.duration_s), sample_rate=int(recording.sample_rate),
-                            source=recording.source)
+                            source=recording.source, section=recording.section)
             session.add(rec)
             session.flush()
             session.add_all(Verdict(recording_id=rec.id, run_id=run_row.id, score_mode=m, score=s,
@@ -499,6 +519,24 @@ class Database:
         stmt = self._verdict_query().where(Recording.id == int(recording_id)).order_by(Verdict.id)
         with Session(self.engine) as session:
             return [VerdictRow(*row) for row in session.execute(stmt).all()]
+
+    def recording(self, recording_id: int) -> RecordingRow | None:
+        """The stored recording ``recording_id``, or ``None`` for an unknown id."""
+        stmt = (select(Recording.id, Asset.name, Asset.machine_type, Recording.path, Recording.sha256,
+                       Recording.recorded_at, Recording.received_at, Recording.duration_s, Recording.sample_rate,
+                       Recording.source, Recording.section)
+                .join(Asset, Asset.id == Recording.asset_id).where(Recording.id == int(recording_id)))
+        with Session(self.engine) as session:
+            row = session.execute(stmt).first()
+        return None if row is None else RecordingRow(*row)
+
+    def recording_alerts(self, recording_id: int) -> list[AlertRow]:
+        """The alerts ``recording_id`` helped raise (it is among their triggering recordings),
+        newest first; ``[]`` for none or an unknown id."""
+        stmt = select(AlertRecording.alert_id).where(AlertRecording.recording_id == int(recording_id))
+        with Session(self.engine) as session:
+            ids = list(session.scalars(stmt))
+        return self.alerts(ids=ids) if ids else []
 
     def last_verdicts(self, asset: str, score_mode: str, n: int,
                       newer_than: Sequence[int] = ()) -> list[VerdictRow]:

@@ -118,6 +118,8 @@ class Recording(Base):
     duration_s: Mapped[float] = mapped_column(Float)
     sample_rate: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(16))
+    #: the section (machine ID) it was scored in; NULL for rows stored before migration 0002
+    section: Mapped[str | None] = mapped_column(String(100))
 
 
 class Verdict(Base):

@@ -19,7 +19,8 @@ def store_verdict(db: Database, asset: str, verdict: Verdict, *, path: str, reco
     for ``asset`` in one transaction. The same bytes already stored for the asset are not stored
     again: :class:`~stetho.monitor.db.Recorded` then has ``created=False``."""
     facts = RecordingFacts(path=path, sha256=verdict.sha256, recorded_at=recorded_at,
-                           duration_s=verdict.duration_s, sample_rate=verdict.sample_rate, source=source)
+                           duration_s=verdict.duration_s, sample_rate=verdict.sample_rate, source=source,
+                           section=verdict.section)
     run = RunFacts(path=str(verdict.run.path), run_hash=verdict.run.run_id,
                    stetho_version=verdict.run.version or "unknown", model=verdict.run.model)
     rows = [(m, v.score, v.threshold, v.decision) for m, v in verdict.modes.items()]
