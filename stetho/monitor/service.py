@@ -9,7 +9,9 @@ input, and nothing is stored for a request that failed.
 
 Choices a client sees:
 
-* Writes (``POST``) need ``Authorization: Bearer <token>`` (compared in constant time); reads do not.
+* Writes (``POST``) need ``Authorization: Bearer <token>`` (compared in constant time); reads do not,
+  unless ``protect_reads``. Acknowledging an alert also takes the dashboard's login cookie
+  (:mod:`stetho.monitor.dashboard` serves the pages at ``/``).
 * A body over ``max_body_bytes`` is 413, refused from its ``Content-Length`` or, without one, as
   soon as the bytes read pass the limit (the rest is never read into memory).
 * Bad audio: ``not_audio`` 415; ``corrupt`` and ``empty`` 400; ``non_finite``, ``out_of_range``,
@@ -42,7 +44,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import stetho
 from stetho.errors import ConfigError, DatabaseError, ScoringError
+from stetho.monitor.alerts import AlertRules
+from stetho.monitor.dashboard import ReadGuard, dashboard_router, has_cookie
 from stetho.monitor.db import Database, VerdictRow
+from stetho.monitor.fleet import fleet
 from stetho.monitor.scoring import Scorer, Verdict
 from stetho.monitor.store import evaluate_rules, store_verdict
 
@@ -147,6 +152,31 @@ class AlertOut(BaseModel):
     recording_ids: list[int]
 
 
+class PointOut(BaseModel):
+    """One recording's verdict in the asset's default score mode."""
+
+    recording_id: int
+    recorded_at: datetime
+    score: float
+    threshold: float
+    decision: bool
+
+
+class FleetOut(BaseModel):
+    """One asset's tile of the dashboard (:mod:`stetho.monitor.fleet`)."""
+
+    asset: str
+    machine_type: str
+    status: str = Field(description="ALARM: an open alert; WARNING: no open alert but one of the last n "
+                                    "verdicts is anomalous; OK: otherwise")
+    n: int = Field(description="the alert rules' n: how many newest verdicts decide WARNING")
+    default_mode: str | None = Field(description="the score mode of last/recent (the machine type's own)")
+    last_recording_at: datetime | None
+    last: PointOut | None = Field(description="its newest verdict in default_mode")
+    recent: list[PointOut] = Field(description="its newest verdicts in default_mode, oldest first")
+    open_alerts: list[AlertOut] = Field(description="its unacknowledged alerts, newest first")
+
+
 class HealthOut(BaseModel):
     status: str = Field(description="ok")
     stetho_version: str
@@ -219,7 +249,8 @@ class _Edge:
 
 
 def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 20 * 1024 * 1024,
-               rules: Any = None, webhook: Any = None, on_verdict: OnVerdict | None = None) -> FastAPI:
+               rules: Any = None, webhook: Any = None, on_verdict: OnVerdict | None = None,
+               protect_reads: bool = False, refresh_seconds: float = 5.0) -> FastAPI:
     """The service's FastAPI app (serve it with uvicorn; see :func:`serve`).
 
     Args:
@@ -235,6 +266,9 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
             so a slow receiver never delays scoring.
         on_verdict: a further hook called after each newly stored verdict as
             ``on_verdict(db, asset, verdict, recording_id)``; the alert ids it returns are added.
+        protect_reads: every ``GET`` except ``/healthz``, ``/login`` and ``/static/*`` needs the
+            token too (header, or the dashboard's login cookie); pages redirect to ``/login``.
+        refresh_seconds: how often the dashboard's pages poll for new data.
 
     Raises:
         ConfigError: an empty token or a limit below 1 byte.
@@ -257,6 +291,9 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
                   description=(__doc__ or "").split("\n\n")[0].replace("\n", " "))
     app.state.scorer, app.state.db, app.state.registry = scorer, db, registry
     app.add_middleware(_Edge, max_body_bytes=max_body_bytes, requests=requests, latency=latency)
+    if protect_reads:
+        app.add_middleware(ReadGuard, token=token)
+    app.include_router(dashboard_router(token, refresh_seconds, protect_reads))
     bearer = HTTPBearer(auto_error=False, description="the service's API token")
     errors = {400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 413: {"model": ErrorOut},
               415: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
@@ -282,6 +319,13 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
         if not hmac.compare_digest(given, expected):
             raise ApiError(401, "unauthorized", "this needs the service's API token: Authorization: Bearer <token>"
                            if creds is None else "the API token is wrong")
+
+    def authorised_or_cookie(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        # The dashboard's Acknowledge button brings the login cookie instead of the header. The cookie
+        # is SameSite=Strict, so a browser never sends it with a request another site starts: no CSRF.
+        if creds is None and has_cookie(request, token):
+            return
+        authorised(creds)
 
     upload_doc = {"requestBody": {"required": True, "description": (
         "the recording: a multipart form with the audio file in field 'file' (and optionally the query "
@@ -418,7 +462,7 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
         rows = await run_in_threadpool(db.alerts, open_only)
         return [AlertOut(**{**vars(a), "recording_ids": list(a.recording_ids)}) for a in rows]
 
-    @app.post("/v1/alerts/{alert_id}/ack", response_model=AlertOut, dependencies=[Depends(authorised)],
+    @app.post("/v1/alerts/{alert_id}/ack", response_model=AlertOut, dependencies=[Depends(authorised_or_cookie)],
               responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}}, summary="Acknowledge an alert")
     async def ack(alert_id: int, by: str = Query("api", description="who acknowledges it")) -> AlertOut:
         def write() -> Any:
@@ -433,6 +477,22 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
         if row is None:
             raise ApiError(404, "unknown_alert", f"no alert {alert_id}")
         return AlertOut(**{**vars(row), "recording_ids": list(row.recording_ids)})
+
+    @app.get("/v1/fleet", response_model=list[FleetOut], summary="Every asset's status, last verdict and recent "
+                                                                 "scores, worst first (the dashboard's tiles)")
+    async def fleet_view(spark: int = Query(30, ge=1, le=1000, description="verdicts per sparkline")) -> list[FleetOut]:
+        n = int(getattr(rules, "n", AlertRules.n))
+        tiles = await run_in_threadpool(fleet, db, scorer.default_mode, n, spark)
+
+        def point(v: VerdictRow) -> PointOut:
+            return PointOut(recording_id=v.recording_id, recorded_at=v.recorded_at, score=v.score,
+                            threshold=v.threshold, decision=v.decision)
+
+        return [FleetOut(asset=t.asset, machine_type=t.machine_type, status=t.status, n=n, default_mode=t.default_mode,
+                         last_recording_at=t.last_recording_at, last=point(t.last) if t.last else None,
+                         recent=[point(v) for v in t.recent],
+                         open_alerts=[AlertOut(**{**vars(a), "recording_ids": list(a.recording_ids)})
+                                      for a in t.open_alerts]) for t in tiles]
 
     @app.get("/healthz", response_model=HealthOut, responses={503: {"model": ErrorOut}}, summary="Liveness")
     async def healthz() -> HealthOut:
@@ -478,10 +538,10 @@ def _recorded_at(text: str | None) -> datetime:
 
 def serve(runs: Sequence[str], db_url: str, token: str, host: str = "127.0.0.1", port: int = 8000,
           max_body_bytes: int = 20 * 1024 * 1024, resample: bool = True, alert_k: int = 3, alert_n: int = 5,
-          webhook_url: str | None = None) -> None:
+          webhook_url: str | None = None, protect_reads: bool = False, refresh_seconds: float = 5.0) -> None:
     """Load the runs once, open the database and serve the app with uvicorn until interrupted;
     alerts by :class:`~stetho.monitor.alerts.AlertRules` ``(alert_k, alert_n)``, announced to
-    ``webhook_url`` when given."""
+    ``webhook_url`` when given; the dashboard at ``/`` (``protect_reads``: reads need the token too)."""
     import uvicorn  # only the service needs it
 
     from stetho.monitor.alerts import AlertRules, Webhook
@@ -491,7 +551,8 @@ def serve(runs: Sequence[str], db_url: str, token: str, host: str = "127.0.0.1",
     webhook = Webhook(webhook_url) if webhook_url else None
     scorer = Scorer.load(list(runs), resample=resample)
     with open_database(db_url) as db:
-        app = create_app(scorer, db, token, max_body_bytes, rules=rules, webhook=webhook)
+        app = create_app(scorer, db, token, max_body_bytes, rules=rules, webhook=webhook,
+                         protect_reads=protect_reads, refresh_seconds=refresh_seconds)
         log.info("serving %s on http://%s:%d (verdicts in %s)", ", ".join(scorer.machine_types), host, port, db.url)
         uvicorn.run(app, host=host, port=port, log_level="info")
 
