@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from fastapi import BackgroundTasks, Depends, FastAPI, Query, Request
@@ -43,12 +44,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import stetho
-from stetho.errors import ConfigError, DatabaseError, ScoringError
+from stetho.errors import ConfigError, DatabaseError, ScoringError, StorageError
 from stetho.monitor.alerts import AlertRules
 from stetho.monitor.dashboard import ReadGuard, dashboard_router, has_cookie
+from stetho.monitor.archive import AudioArchive, audio_suffix
 from stetho.monitor.db import Database, VerdictRow
 from stetho.monitor.fleet import fleet
+from stetho.monitor.recordings import recordings_router
 from stetho.monitor.scoring import Scorer, Verdict
+from stetho.monitor.spectra import NormalProfiles
 from stetho.monitor.store import evaluate_rules, store_verdict
 
 log = logging.getLogger(__name__)
@@ -250,7 +254,8 @@ class _Edge:
 
 def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 20 * 1024 * 1024,
                rules: Any = None, webhook: Any = None, on_verdict: OnVerdict | None = None,
-               protect_reads: bool = False, refresh_seconds: float = 5.0) -> FastAPI:
+               protect_reads: bool = False, refresh_seconds: float = 5.0,
+               archive: AudioArchive | None = None) -> FastAPI:
     """The service's FastAPI app (serve it with uvicorn; see :func:`serve`).
 
     Args:
@@ -266,6 +271,10 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
             so a slow receiver never delays scoring.
         on_verdict: a further hook called after each newly stored verdict as
             ``on_verdict(db, asset, verdict, recording_id)``; the alert ids it returns are added.
+        archive: where each upload's bytes are kept (:class:`~stetho.monitor.archive.AudioArchive`),
+            before its verdict is stored: a stored verdict always has its audio, and an upload
+            that cannot be kept is 503 with nothing stored; ``None``: uploads are not kept. Its
+            folder also keeps the normal profiles of ``/v1/recordings/{id}/spectrogram``.
         protect_reads: every ``GET`` except ``/healthz``, ``/login`` and ``/static/*`` needs the
             token too (header, or the dashboard's login cookie); pages redirect to ``/login``.
         refresh_seconds: how often the dashboard's pages poll for new data.
@@ -372,6 +381,16 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
             background.add_task(_announce, out.alerts)  # after the response: run in a worker thread
         return out
 
+    def _keep(data: bytes, name: str, sha256: str) -> None:
+        """Put the upload's bytes in the archive (idempotent: bytes kept before are not written
+        again); 503 when they cannot be kept, before anything is stored."""
+        if archive is None:
+            return
+        try:
+            archive.put(sha256, data, audio_suffix(name, data))
+        except (OSError, StorageError) as exc:
+            raise ApiError(503, "archive", f"{name}: cannot keep the audio in {archive.root}: {exc}") from None
+
     def _announce(alert_ids: list[int]) -> None:
         for row in db.alerts(ids=alert_ids):
             webhook.send(row)
@@ -393,6 +412,7 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
         except ConfigError as exc:
             raise ApiError(422, "no_machine_type", str(exc)) from None
         try:
+            _keep(data, name, verdict.sha256)
             stored = store_verdict(db, asset, verdict, path=name, recorded_at=when, source="http")
             if not stored.created:
                 return _duplicate(asset, verdict, db.recording_verdicts(stored.recording_id))
@@ -428,6 +448,9 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
                         run=RunOut(run_id=first.run_hash, version=run.version if run else None,
                                    model=run.model if run else None),
                         stetho_version=verdict.stetho_version, modes=modes, alerts=[])
+
+    profiles = NormalProfiles(archive.root if archive is not None else None)
+    app.include_router(recordings_router(scorer, db, archive, profiles, ApiError, ErrorOut))
 
     @app.get("/v1/assets", response_model=list[AssetOut], summary="Every asset with its number of recordings")
     async def assets() -> list[AssetOut]:
@@ -538,8 +561,10 @@ def _recorded_at(text: str | None) -> datetime:
 
 def serve(runs: Sequence[str], db_url: str, token: str, host: str = "127.0.0.1", port: int = 8000,
           max_body_bytes: int = 20 * 1024 * 1024, resample: bool = True, alert_k: int = 3, alert_n: int = 5,
-          webhook_url: str | None = None, protect_reads: bool = False, refresh_seconds: float = 5.0) -> None:
+          webhook_url: str | None = None, protect_reads: bool = False, refresh_seconds: float = 5.0,
+          archive: str | Path | None = None) -> None:
     """Load the runs once, open the database and serve the app with uvicorn until interrupted;
+    uploads kept in the audio archive folder ``archive`` when given (see :mod:`stetho.monitor.archive`);
     alerts by :class:`~stetho.monitor.alerts.AlertRules` ``(alert_k, alert_n)``, announced to
     ``webhook_url`` when given; the dashboard at ``/`` (``protect_reads``: reads need the token too)."""
     import uvicorn  # only the service needs it
@@ -549,11 +574,14 @@ def serve(runs: Sequence[str], db_url: str, token: str, host: str = "127.0.0.1",
 
     rules = AlertRules(k=alert_k, n=alert_n)
     webhook = Webhook(webhook_url) if webhook_url else None
+    kept = AudioArchive(archive) if archive is not None else None
     scorer = Scorer.load(list(runs), resample=resample)
     with open_database(db_url) as db:
-        app = create_app(scorer, db, token, max_body_bytes, rules=rules, webhook=webhook,
+        app = create_app(scorer, db, token, max_body_bytes, archive=kept, rules=rules, webhook=webhook,
                          protect_reads=protect_reads, refresh_seconds=refresh_seconds)
         log.info("serving %s on http://%s:%d (verdicts in %s)", ", ".join(scorer.machine_types), host, port, db.url)
+        log.info("audio kept in %s", kept.root) if kept is not None else log.info("uploaded audio is not kept "
+                                                                              "(--archive DIR keeps it)")
         uvicorn.run(app, host=host, port=port, log_level="info")
 
 

@@ -38,7 +38,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from stetho.errors import ConfigError, DatabaseError, ScoringError
+from stetho.errors import ConfigError, DatabaseError, ScoringError, StorageError
+from stetho.monitor.archive import AudioArchive
 from stetho.monitor.db import Database
 from stetho.monitor.scoring import Scorer
 from stetho.monitor.store import evaluate_rules, store_verdict
@@ -84,11 +85,16 @@ class Watcher:
             remembered, and after a restart found in the database by its SHA-256).
         rules: alert rules evaluated after each new verdict (``None``: none).
         webhook: where new alerts are sent (``send(alert_row)``), or ``None``.
+        archive: where each scored file's bytes are kept before its verdict is stored
+            (:class:`~stetho.monitor.archive.AudioArchive`); a file that cannot be kept is not
+            stored and is tried again on the next pass. ``None``: the file itself (in the inbox, or
+            in ``done/`` after a move) is the only copy.
     """
 
     def __init__(self, inbox: str | Path, scorer: Scorer, db: Database,
                  machine_types: str | Mapping[str, str] | None = None, poll_seconds: float = 1.0,
-                 settle_seconds: float = 2.0, move: bool = False, rules: Any = None, webhook: Any = None) -> None:
+                 settle_seconds: float = 2.0, move: bool = False, rules: Any = None, webhook: Any = None,
+                 archive: AudioArchive | None = None) -> None:
         self.inbox = Path(inbox)
         if not self.inbox.is_dir():
             raise ConfigError(f"{self.inbox}: the inbox is not a folder")
@@ -98,7 +104,7 @@ class Watcher:
         self.scorer, self.db = scorer, db
         self.machine_types = machine_types
         self.poll_seconds, self.settle_seconds = float(poll_seconds), float(settle_seconds)
-        self.move, self.rules, self.webhook = move, rules, webhook
+        self.move, self.rules, self.webhook, self.archive = move, rules, webhook, archive
         # (size, mtime_ns) of files handled in this process and left in place (move=False)
         self._handled: dict[Path, tuple[int, int]] = {}
         # (path, sha256) of the watcher's stored rejections, read from the database on first need
@@ -204,6 +210,13 @@ class Watcher:
             result.rejected.append(path)
             self._move(asset, path, REJECTED)
             return True
+        if self.archive is not None:
+            try:
+                self.archive.put(digest, data, path.suffix.lower())
+            except (OSError, StorageError) as exc:
+                log.error("%s: cannot keep its audio in %s (%s); not stored, trying again on the next pass",
+                          path, self.archive.root, exc)
+                return False
         when = datetime.fromtimestamp(mtime, tz=timezone.utc)
         stored = store_verdict(self.db, asset, verdict, path=name, recorded_at=when, source="watch")
         if stored.created:
@@ -243,9 +256,10 @@ class Watcher:
 def watch(inbox: str | Path, runs: list[str | Path], db_url: str, machine_type: str | None = None,
           poll_seconds: float = 1.0, settle_seconds: float = 2.0, move: bool = False, resample: bool = True,
           alert_k: int = 3, alert_n: int = 5, webhook_url: str | None = None,
-          stop_event: threading.Event | None = None) -> None:
+          stop_event: threading.Event | None = None, archive: str | Path | None = None) -> None:
     """Load the runs once, open the database and run a :class:`Watcher` until ``stop_event`` is set
-    (or forever); alerts by :class:`~stetho.monitor.alerts.AlertRules` ``(alert_k, alert_n)``."""
+    (or forever); alerts by :class:`~stetho.monitor.alerts.AlertRules` ``(alert_k, alert_n)``; each
+    scored file kept in the audio archive folder ``archive`` when given."""
     from stetho.monitor.alerts import AlertRules, Webhook
     from stetho.monitor.db import open_database
 
@@ -254,7 +268,8 @@ def watch(inbox: str | Path, runs: list[str | Path], db_url: str, machine_type: 
     webhook = Webhook(webhook_url) if webhook_url else None
     with open_database(db_url) as db:
         watcher = Watcher(inbox, scorer, db, machine_types=machine_type, poll_seconds=poll_seconds,
-                          settle_seconds=settle_seconds, move=move, rules=rules, webhook=webhook)
+                          settle_seconds=settle_seconds, move=move, rules=rules, webhook=webhook,
+                          archive=AudioArchive(archive) if archive is not None else None)
         watcher.run(stop_event or threading.Event())
 
 
