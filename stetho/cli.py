@@ -50,6 +50,9 @@ def _monitor_options(p: argparse.ArgumentParser) -> None:
                                                           "anomalous (default 3)")
     p.add_argument("--alert-n", type=int, default=5, help="... of the last N (default 5)")
     p.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this http(s) URL")
+    p.add_argument("--archive", metavar="DIR", help="keep each scored recording's audio in DIR (by SHA-256), for the "
+                                                    "dashboard's player and spectrograms; 'none': keep none (default: "
+                                                    "<db file stem>_audio beside a SQLite database, none for PostgreSQL)")
 
 
 def _formula_option(p: argparse.ArgumentParser) -> None:
@@ -582,6 +585,16 @@ def _score(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def _archive(args: argparse.Namespace) -> Path | None:
+    """The audio archive folder of ``--archive``: the one given, ``None`` for ``none``, else the
+    database's default (:func:`stetho.monitor.archive.default_archive`)."""
+    from stetho.monitor.archive import default_archive
+
+    if args.archive is None:
+        return default_archive(args.db)
+    return None if args.archive.strip().lower() == "none" else Path(args.archive)
+
+
 def _serve(args: argparse.Namespace) -> int:
     """``stetho serve``: the token from --token-file or STETHO_API_TOKEN, then
     :func:`stetho.monitor.service.serve` until interrupted."""
@@ -606,7 +619,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(args.runs, args.db, token, host=args.host, port=args.port,
           max_body_bytes=int(args.max_body_mb * 1024 * 1024), resample=args.resample, alert_k=args.alert_k,
-          alert_n=args.alert_n, webhook_url=args.webhook)
+          alert_n=args.alert_n, webhook_url=args.webhook, archive=_archive(args))
     return 0
 
 
@@ -622,7 +635,7 @@ def _watch(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     watch(args.inbox, args.runs, args.db, machine_type=args.machine_type, poll_seconds=args.poll,
           settle_seconds=args.settle, move=args.move, resample=args.resample, alert_k=args.alert_k,
-          alert_n=args.alert_n, webhook_url=args.webhook, stop_event=stop)
+          alert_n=args.alert_n, webhook_url=args.webhook, stop_event=stop, archive=_archive(args))
     return 0
 
 

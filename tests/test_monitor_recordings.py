@@ -306,3 +306,15 @@ def test_the_watcher_archives_and_its_moved_file_is_found(tmp_path, scorer, db):
     rec = db.recording(db.recording_id("pump-1", sha(wav(13))))
     assert rec.path == str(more) and rec.section == "00" and rec.source == "watch"
     assert find_audio(rec.sha256, rec.path, rec.asset) == inbox / "done" / "pump-1" / "day2" / "late.wav"
+
+
+def test_the_archive_option_of_serve_and_watch(tmp_path):
+    from stetho.cli import _archive, build_parser
+
+    parser = build_parser()
+    sqlite = f"sqlite:///{tmp_path / 'plant.db'}"
+    assert _archive(parser.parse_args(["serve", "run", "--db", sqlite])) == tmp_path / "plant_audio"
+    assert _archive(parser.parse_args(["watch", "inbox", "--run", "run", "--db", sqlite, "--archive", "none"])) is None
+    assert _archive(parser.parse_args(["watch", "inbox", "--run", "run", "--db", "postgresql://u@h/d"])) is None
+    assert _archive(parser.parse_args(["serve", "run", "--db", "postgresql://u@h/d", "--archive", "/srv/audio"])) \
+        == Path("/srv/audio")
