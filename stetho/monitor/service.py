@@ -580,8 +580,7 @@ def serve(runs: Sequence[str], db_url: str, token: str, host: str = "127.0.0.1",
         app = create_app(scorer, db, token, max_body_bytes, archive=kept, rules=rules, webhook=webhook,
                          protect_reads=protect_reads, refresh_seconds=refresh_seconds)
         log.info("serving %s on http://%s:%d (verdicts in %s)", ", ".join(scorer.machine_types), host, port, db.url)
-        log.info("audio kept in %s", kept.root) if kept is not None else log.info("uploaded audio is not kept "
-                                                                              "(--archive DIR keeps it)")
+        log.info("uploads kept in %s", kept.root if kept is not None else "no audio archive (--archive DIR)")
         uvicorn.run(app, host=host, port=port, log_level="info")
 
 
