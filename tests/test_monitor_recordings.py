@@ -318,3 +318,22 @@ def test_the_archive_option_of_serve_and_watch(tmp_path):
     assert _archive(parser.parse_args(["watch", "inbox", "--run", "run", "--db", "postgresql://u@h/d"])) is None
     assert _archive(parser.parse_args(["serve", "run", "--db", "postgresql://u@h/d", "--archive", "/srv/audio"])) \
         == Path("/srv/audio")
+
+
+def test_a_run_whose_training_clips_are_gone_gives_409_naming_run_and_file(run_dir, db, tmp_path):
+    import shutil
+
+    from stetho.monitor.scoring import Scorer
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    first = training_normals_by_hand(run_dir)[0]
+    text = (copy / "train_files.csv").read_text().replace(str(Path(first).parent), str(tmp_path / "gone"))
+    (copy / "train_files.csv").write_text(text)
+    app = create_app(Scorer.load(copy, resample=False), db, TOKEN, archive=AudioArchive(tmp_path / "audio"))
+    with Server(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        rid = upload(client, wav(14))["recording_id"]
+        r = client.get(f"/v1/recordings/{rid}/spectrogram")
+        assert r.status_code == 409 and r.json()["error"] == "no_training_data", r.text
+        assert str(tmp_path / "gone" / Path(first).name) in r.json()["detail"] and "run " in r.json()["detail"]
+        assert client.get(f"/v1/recordings/{rid}/audio").status_code == 200
