@@ -291,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--machine-type", help="the machine type of every asset (default: INBOX/<asset>/machine_type, "
                                           "else the runs' only one)")
 
+    p = sub.add_parser("demo-monitor", help="monitoring demo: train on toy pumps, run `serve` and `watch`, feed a "
+                                            "simulated day of 3 pumps (one develops a fault), print the alerts")
+    p.add_argument("dir", type=Path, nargs="?", default=Path("build/demo_monitor"), metavar="DIR",
+                   help="demo folder: training data, run, recordings, inbox, monitor.db (default build/demo_monitor)")
+    p.add_argument("--recordings", type=int, default=48, help="recordings per asset over the day (default 48)")
+    p.add_argument("--interval", type=float, default=30.0, help="simulated minutes between recordings (default 30)")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per recording (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training data and the day (default 0)")
+    p.add_argument("--port", type=int, default=0, help="the service's port on 127.0.0.1 (default: a free one)")
+
     p = sub.add_parser("evaluate", help="official metrics of anomaly_score_*.csv files")
     p.add_argument("scores", type=Path, help="folder with anomaly_score_<machine>_section_<XX>_test.csv files")
     p.add_argument("--data", type=Path, required=True,
@@ -429,6 +439,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "watch":
         return _watch(args)
+    if args.command == "demo-monitor":
+        from stetho.monitor.demo import format_demo, run_demo
+
+        print(format_demo(run_demo(args.dir, recordings_per_asset=args.recordings, interval_minutes=args.interval,
+                                   duration=args.duration, seed=args.seed, port=args.port)))
+        return 0
     from stetho import pipeline
     from stetho.config import load_recipe, parse_overrides
 
