@@ -277,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", type=Path, metavar="F", help="file holding the API token writes need "
                                                                 "(default: the STETHO_API_TOKEN environment variable)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest upload in MB (default 20; larger: 413)")
+    p.add_argument("--protect-reads", action="store_true",
+                   help="reads need the token too: every GET but /healthz (the dashboard's pages ask for it at /login)")
+    p.add_argument("--refresh-seconds", type=float, default=5.0,
+                   help="how often the dashboard's pages poll for new verdicts (default 5)")
 
     p = sub.add_parser("watch", help="score every recording dropped into INBOX/<asset>/ once and store its "
                                      "verdict (bad files stored as rejections)")
@@ -631,11 +635,14 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigError("no API token: give --token-file F or set STETHO_API_TOKEN (writes need it)")
     if not args.max_body_mb > 0:
         raise ConfigError(f"--max-body-mb must be above 0, got {args.max_body_mb}")
+    if not args.refresh_seconds > 0:
+        raise ConfigError(f"--refresh-seconds must be above 0, got {args.refresh_seconds}")
     from stetho.monitor.service import serve
 
     serve(args.runs, args.db, token, host=args.host, port=args.port,
           max_body_bytes=int(args.max_body_mb * 1024 * 1024), resample=args.resample, alert_k=args.alert_k,
-          alert_n=args.alert_n, webhook_url=args.webhook, archive=_archive(args))
+          alert_n=args.alert_n, webhook_url=args.webhook, archive=_archive(args), protect_reads=args.protect_reads,
+          refresh_seconds=args.refresh_seconds)
     return 0
 
 
