@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-monitor test postgresql bench bench-real bench-novelty venv clean report-screenshot image-data
+.PHONY: demo demo-monitor test postgresql chromium bench bench-real bench-novelty venv clean report-screenshot \
+	image-data dashboard-screenshot
 
 venv: $(STAMP)
 
@@ -30,7 +31,7 @@ demo: $(STAMP)
 demo-monitor: $(STAMP)
 	$(VENV)/bin/stetho demo-monitor build/demo_monitor
 
-test: $(STAMP) image-data postgresql
+test: $(STAMP) image-data postgresql chromium
 	$(PY) -m pytest -q
 
 # Fashion-MNIST for dataset=fashion_mnist without root=: Debian's dataset-fashion-mnist puts the four
@@ -49,6 +50,24 @@ postgresql:
 	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql; } || \
 		echo "warning: could not install the Debian package postgresql; the PostgreSQL tests will skip"
+
+# Chromium and chromedriver for the dashboard's browser tests (tests/test_dashboard.py) and screenshots.
+# Installed only when missing; where apt cannot install them this only warns (those tests skip).
+chromium:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; } || \
+		echo "warning: could not install the Debian packages chromium and chromium-driver; the dashboard's browser tests will skip"
+
+# The dashboard (README "Dashboard") on the toy fleet of tests/test_dashboard.py -- three assets, one
+# in ALARM -- photographed in headless Chromium: fleet, asset, recording and login pages, desktop
+# (1280 px) and phone (390 px) each.
+DASH_SHOT_DIR := build/dashboard_screenshots
+dashboard-screenshot: $(STAMP) chromium
+	rm -rf $(DASH_SHOT_DIR)
+	STETHO_DASHBOARD_SCREENSHOTS=$(CURDIR)/$(DASH_SHOT_DIR) OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_dashboard.py -k "in_a_browser or protect_reads_in_the_browser"
+	@ls $(DASH_SHOT_DIR)/*.png >/dev/null 2>&1 || { echo "no screenshots: is Chromium installed?"; exit 1; }
+	@echo "screenshots:"; ls -1 $(DASH_SHOT_DIR)/*.png
 
 bench: $(STAMP)
 	$(PY) bench/run.py
