@@ -40,6 +40,12 @@ def _dataset_options(p: argparse.ArgumentParser, test: bool = False) -> None:
                         "validation), cande-overlap (validation normals also tested, as the original)")
 
 
+def _alert_modes(text: str) -> str | tuple[str, ...]:
+    """``--alert-modes``: ``default``, ``all`` or a comma-separated list of score modes."""
+    text = text.strip()
+    return text if text in ("default", "all") else tuple(m.strip() for m in text.split(",") if m.strip())
+
+
 def _monitor_options(p: argparse.ArgumentParser) -> None:
     """The options `serve` and `watch` share: the database, resampling and the alert rules."""
     p.add_argument("--db", required=True, metavar="URL", help="the verdict database: sqlite:///PATH or "
@@ -49,6 +55,9 @@ def _monitor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alert-k", type=int, default=3, help="alert when K of the last N verdicts of an asset are "
                                                           "anomalous (default 3)")
     p.add_argument("--alert-n", type=int, default=5, help="... of the last N (default 5)")
+    p.add_argument("--alert-modes", default="default", metavar="MODES",
+                   help="the score modes the alert rules watch: 'default' (the model's own score_mode, the "
+                        "default), 'all', or a comma-separated list")
     p.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this http(s) URL")
     p.add_argument("--archive", metavar="DIR", help="keep each scored recording's audio in DIR (by SHA-256), for the "
                                                     "dashboard's player and spectrograms; 'none': keep none (default: "
@@ -641,7 +650,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(args.runs, args.db, token, host=args.host, port=args.port,
           max_body_bytes=int(args.max_body_mb * 1024 * 1024), resample=args.resample, alert_k=args.alert_k,
-          alert_n=args.alert_n, webhook_url=args.webhook, archive=_archive(args), protect_reads=args.protect_reads,
+          alert_n=args.alert_n, alert_modes=_alert_modes(args.alert_modes), webhook_url=args.webhook,
+          archive=_archive(args), protect_reads=args.protect_reads,
           refresh_seconds=args.refresh_seconds)
     return 0
 
@@ -658,7 +668,8 @@ def _watch(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     watch(args.inbox, args.runs, args.db, machine_type=args.machine_type, poll_seconds=args.poll,
           settle_seconds=args.settle, move=args.move, resample=args.resample, alert_k=args.alert_k,
-          alert_n=args.alert_n, webhook_url=args.webhook, stop_event=stop, archive=_archive(args))
+          alert_n=args.alert_n, alert_modes=_alert_modes(args.alert_modes), webhook_url=args.webhook,
+          stop_event=stop, archive=_archive(args))
     return 0
 
 

@@ -47,6 +47,22 @@ def feed(db, rules, scores, threshold=1.5, start=1, **kw) -> tuple[list[int], li
     return ids, fired
 
 
+def test_the_rules_watch_the_default_mode_all_modes_or_the_named_ones():
+    from types import SimpleNamespace
+
+    v = SimpleNamespace(modes={"density": 1, "knn": 2, "mahalanobis": 3}, default_mode="knn")
+    assert AlertRules().modes_of(v) == ["knn"]
+    assert AlertRules(modes="all").modes_of(v) == ["density", "knn", "mahalanobis"]
+    assert AlertRules(modes=("mahalanobis", "gmm")).modes_of(v) == ["mahalanobis"]
+    assert AlertRules().modes_of(SimpleNamespace(modes={"mse": 1, "maha": 2}, default_mode=None)) == ["mse"]
+    for bad in ("every", ()):
+        with pytest.raises(ConfigError, match="modes"):
+            AlertRules(modes=bad)
+    AlertRules(modes=("knn",)).check_modes(["density", "knn"])
+    with pytest.raises(ConfigError, match=r"unknown score mode\(s\) knnn; the loaded models score density, knn"):
+        AlertRules(modes=("knnn",)).check_modes(["knn", "density"])
+
+
 def test_the_rules_validate_their_parameters():
     assert (AlertRules().k, AlertRules().n, AlertRules().drift_window) == (3, 5, 9)
     for bad, words in [(dict(k=0), "need 1 <= k <= n"), (dict(k=6, n=5), "k=6, n=5"),

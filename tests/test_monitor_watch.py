@@ -202,6 +202,13 @@ def test_alert_rules_run_after_each_new_verdict(tmp_path, scorer, database_url):
         assert len(done.scored) == 3
         stored = db.alerts()
         assert sorted(done.alerts) == sorted(a.id for a in stored)
-        expected = {m for m, v in scorer.score(inbox / "fan-1" / "0.wav", "fan").modes.items() if v.decision}
-        assert {a.score_mode for a in stored if a.rule == "k_of_n"} == expected
+        # by default the rules watch the model's own mode only: one fault, one alert per rule
+        assert {(a.score_mode, a.rule) for a in stored} >= {("density", "k_of_n")}
+        assert {a.score_mode for a in stored} == {scorer.default_mode("fan")} == {"density"}
         assert Watcher(inbox, scorer, db, settle_seconds=0, rules=AlertRules(k=2, n=3)).scan_once().alerts == []
+        for i in range(3):  # modes="all": every anomalous mode alarms
+            drop(inbox / "fan-2" / f"{i}.wav", wav(i))
+        Watcher(inbox, scorer, db, settle_seconds=0, rules=AlertRules(k=2, n=3, modes="all")).scan_once()
+        expected = {m for m, v in scorer.score(inbox / "fan-2" / "0.wav", "fan").modes.items() if v.decision}
+        assert len(expected) >= 2
+        assert {a.score_mode for a in db.alerts() if a.asset == "fan-2" and a.rule == "k_of_n"} == expected

@@ -44,17 +44,47 @@ class AlertRules:
     up: three of five at 10 % independent false alarms is about 0.9 %). ``drift_window``
     verdicts for the rolling median (default 9, at least 3: a median of fewer is one or two
     recordings; 9 spans about twice ``n`` and ignores up to 4 outliers).
+
+    ``modes``: the score modes the rules watch. ``"default"`` (the default): only the detector's
+    own mode (:attr:`~stetho.monitor.scoring.Verdict.default_mode`, the decision ``stetho test``
+    reports), so one fault raises one alert per rule, not one per mode; ``"all"``: every mode the
+    model scores; or a tuple of mode names (those a verdict lacks are skipped).
     """
 
     k: int = 3
     n: int = 5
     drift_window: int = 9
+    modes: str | tuple[str, ...] = "default"
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.n:
             raise ConfigError(f"alert rules: k={self.k}, n={self.n}: need 1 <= k <= n")
         if self.drift_window < 3:
             raise ConfigError(f"alert rules: drift_window={self.drift_window}: need at least 3 verdicts")
+        if isinstance(self.modes, str) and self.modes not in ("default", "all"):
+            raise ConfigError(f"alert rules: modes={self.modes!r}: 'default', 'all' or a list of score modes")
+        if not isinstance(self.modes, str) and not self.modes:
+            raise ConfigError("alert rules: modes is empty: name at least one score mode, or 'default' / 'all'")
+
+    def check_modes(self, known: Any) -> None:
+        """Refuse (:class:`ConfigError`) named ``modes`` that none of ``known`` (the score modes the
+        loaded models score) is: a misspelt mode would otherwise silence the alerts."""
+        if isinstance(self.modes, str):
+            return
+        known = sorted(set(known))
+        unknown = [m for m in self.modes if m not in known]
+        if unknown:
+            raise ConfigError(f"alert rules: unknown score mode(s) {', '.join(unknown)}; the loaded models score "
+                              f"{', '.join(known)}")
+
+    def modes_of(self, verdict: Any) -> list[str]:
+        """The score modes of ``verdict`` (a :class:`~stetho.monitor.scoring.Verdict`) these rules watch."""
+        if self.modes == "all":
+            return list(verdict.modes)
+        if self.modes == "default":
+            default = verdict.default_mode if verdict.default_mode in verdict.modes else next(iter(verdict.modes))
+            return [default]
+        return [m for m in self.modes if m in verdict.modes]
 
     def evaluate(self, db: Database, asset: str, score_mode: str,
                  raised_at: datetime | None = None) -> list[int]:

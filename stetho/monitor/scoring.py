@@ -259,6 +259,10 @@ class Scorer:
                        sample_rate=native_sr, sha256=digest, section=clip.section, modes=modes,
                        default_mode=det._mode(None))
 
+    def score_modes(self, machine_type: str) -> tuple[str, ...]:
+        """Every score mode the model of ``machine_type`` scores, in its order."""
+        return tuple(self._lookup(machine_type, "<request>").detector.score_modes)
+
     def default_mode(self, machine_type: str) -> str:
         """The score mode whose decision is a verdict's :attr:`Verdict.anomalous` for ``machine_type``."""
         return self._lookup(machine_type, "<request>").detector._mode(None)

@@ -29,12 +29,14 @@ def store_verdict(db: Database, asset: str, verdict: Verdict, *, path: str, reco
 
 def evaluate_rules(db: Database, asset: str, verdict: Verdict, rules: Any) -> list[int]:
     """Ids of the alerts ``rules`` (``evaluate(db, asset, score_mode) -> ids``, e.g.
-    :class:`~stetho.monitor.alerts.AlertRules`) raise for each score mode of ``verdict``;
-    ``rules=None`` raises none. Call it after a newly stored verdict only."""
+    :class:`~stetho.monitor.alerts.AlertRules`) raise for the score modes of ``verdict`` they
+    watch (``rules.modes_of(verdict)``; every mode for rules without it); ``rules=None`` raises
+    none. Call it after a newly stored verdict only."""
     if rules is None:
         return []
     raised: list[int] = []
-    for mode in verdict.modes:
+    modes = rules.modes_of(verdict) if hasattr(rules, "modes_of") else list(verdict.modes)
+    for mode in modes:
         raised += list(rules.evaluate(db, asset, mode))
     return raised
 

@@ -32,7 +32,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -255,16 +255,19 @@ class Watcher:
 
 def watch(inbox: str | Path, runs: list[str | Path], db_url: str, machine_type: str | None = None,
           poll_seconds: float = 1.0, settle_seconds: float = 2.0, move: bool = False, resample: bool = True,
-          alert_k: int = 3, alert_n: int = 5, webhook_url: str | None = None,
+          alert_k: int = 3, alert_n: int = 5, alert_modes: str | Sequence[str] = "default",
+          webhook_url: str | None = None,
           stop_event: threading.Event | None = None, archive: str | Path | None = None) -> None:
     """Load the runs once, open the database and run a :class:`Watcher` until ``stop_event`` is set
-    (or forever); alerts by :class:`~stetho.monitor.alerts.AlertRules` ``(alert_k, alert_n)``; each
+    (or forever); alerts by :class:`~stetho.monitor.alerts.AlertRules` ``(alert_k, alert_n, alert_modes)``; each
     scored file kept in the audio archive folder ``archive`` when given."""
     from stetho.monitor.alerts import AlertRules, Webhook
     from stetho.monitor.db import open_database
 
     scorer = Scorer.load(list(runs), resample=resample)
-    rules = AlertRules(k=alert_k, n=alert_n)
+    modes = alert_modes if isinstance(alert_modes, str) else tuple(alert_modes)
+    rules = AlertRules(k=alert_k, n=alert_n, modes=modes)
+    rules.check_modes(m for t in scorer.machine_types for m in scorer.score_modes(t))
     webhook = Webhook(webhook_url) if webhook_url else None
     with open_database(db_url) as db:
         watcher = Watcher(inbox, scorer, db, machine_types=machine_type, poll_seconds=poll_seconds,
