@@ -56,26 +56,55 @@ the load average is recorded; compare runs only at similar contention.
    (idle OpenMP threads sleep instead of spinning). This is the measurement behind
    :func:`stetho.models.training.default_threads`.
 
-Sizes are in :data:`FULL` / :data:`QUICK`; a full run takes about 3-4 minutes on 2 cores,
-``--quick`` 30-50 s. ``--only threads`` (or any section names) runs some sections only.
+7. **Scoring service** (issue 19): a toy dataset of fan and valve (10 s clips), a ``stats`` run
+   for fan and an ``ae`` run (``stetho train``'s default model, a few epochs) for valve, served
+   together by the real ``stetho serve`` (this checkout, a subprocess on 127.0.0.1, a SQLite file,
+   an API token file); start-up is timed to the first ``/healthz`` 200. Every upload is distinct
+   bytes (:class:`DistinctWavs`), so none is answered as a duplicate.
+
+   * latency: ``POST /v1/score`` (multipart: the 10 s 16 kHz WAV, ``asset``, ``machine_type``)
+     sequentially over one keep-alive httpx connection, per machine type, after a warm-up;
+     median and p95 (target: median < 50 ms), beside the same work in-process
+     (``Scorer.score``, ``AudioArchive.put``, ``store_verdict`` into a SQLite file, the alert
+     rules) and the server's CPU time per request (``/proc``);
+   * load: ``service_clients`` (20) threads with a keep-alive client each, posting to 8 assets
+     (several clients per asset) for ``service_load_s`` (60 s; at most ``service_max_requests``
+     uploads, 30 s per request); throughput, latency of the 200s, errors (any non-200,
+     transport error or ``duplicate`` answer; target 0). Then the database is read (``GET
+     /v1/assets`` and, after the server stopped, the SQLite file): "lost" counts the 200s whose
+     recording is not stored with a verdict per score mode (target 0), and recordings stored
+     without a 200 are counted too, as are the uploads in the default audio archive (every
+     recording's). The server is stopped and the files deleted in any case.
+
+   The clients run on the same 2 cores as the server, so the load figures are what one machine
+   does when it is both; the latency figures are not (one client waiting on each answer).
+
+Sizes are in :data:`FULL` / :data:`QUICK`; a full run takes about 5-6 minutes on 2 cores (the
+service's load test alone 60 s), ``--quick`` 60-90 s. ``--only threads`` (or any section names)
+runs some sections only, e.g. ``--only service``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
 import resource
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benchmark this checkout, also without an editable install
@@ -117,6 +146,14 @@ class Sizes:
     bigan_paper_clips: int = 4  # the paper's 115 M-parameter networks: 128 patches
     thread_rounds: int = 5  # rounds of the threads benchmark (each: every thread count in turn)
     thread_round_s: float = 1.0  # time budget of one thread count in one round
+    service_train_clips: int = 20  # toy training clips per machine type of the served runs
+    service_ae_epochs: int = 3  # epochs of the served AE (valve; fan is served by `stats`)
+    service_runs: int = 200  # sequential uploads per machine type, after service_warmup
+    service_warmup: int = 10
+    service_clients: int = 20  # concurrent clients of the load test
+    service_load_s: float = 60.0  # how long the clients keep posting
+    service_max_requests: int = 30_000  # hard cap on the load test's uploads
+    service_assets: int = 8  # assets the load test posts to (half fan, half valve)
 
 
 FULL = Sizes(
@@ -129,6 +166,8 @@ QUICK = Sizes(
     train_clips=100, train_epochs=1, probe_steps=10, child_rounds=1,
     latency_runs=20, latency_budget_s=3.0, latency_fit_clips=10, disc_clips=40, disc_epochs=1,
     bigan_clips=20, bigan_paper_clips=2, thread_rounds=3, thread_round_s=0.5,
+    service_train_clips=10, service_ae_epochs=1, service_runs=50, service_warmup=5, service_load_s=10.0,
+    service_max_requests=5_000,
 )
 
 
@@ -936,6 +975,373 @@ def bench_latency(clips: list[Clip], sizes: Sizes, tmp: Path) -> tuple[list[Row]
 
 
 # ------------------------------------------------------------------------------------------------
+# 7. Scoring service
+# ------------------------------------------------------------------------------------------------
+
+SERVICE_TOKEN = "bench-token"  # the throw-away service's API token (127.0.0.1 only, deleted at the end)
+SERVICE_TARGET_MS = 50.0  # issue 19: one 10 s clip through HTTP, median
+SERVICE_MODELS = {"fan": "stats", "valve": "ae"}  # machine type -> the model of the run that serves it
+
+
+class DistinctWavs:
+    """Distinct uploads of one clip: the clip as a canonical 16-bit PCM WAV (stdlib :mod:`wave`:
+    header, then the samples), upload ``i`` with ``i`` written over its first 4 samples (8 bytes).
+
+    No two uploads have the same bytes, so each is scored and stored (the service answers bytes it
+    already stored for the asset as ``duplicate: true`` without storing them). Thread-safe.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import io
+        import wave
+
+        import soundfile as sf
+
+        y, sr = sf.read(path, dtype="int16")
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(sr)
+            w.writeframes(y.tobytes())
+        self.base = buf.getvalue()
+        self.offset = len(self.base) - y.nbytes  # first sample's byte
+        self._count = itertools.count()
+        self._lock = threading.Lock()
+
+    def next(self) -> bytes:
+        with self._lock:
+            i = next(self._count)
+        data = bytearray(self.base)
+        data[self.offset:self.offset + 8] = struct.pack("<q", i)
+        return bytes(data)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (the OS's pick)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) used so far by process ``pid`` (``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def start_service(runs: Sequence[Path], db_url: str, token_file: Path, log_path: Path,
+                  timeout_s: float = 120.0) -> tuple[subprocess.Popen, str, float]:
+    """``stetho serve RUNS --db URL --port P --token-file F`` of this checkout as a subprocess on
+    127.0.0.1 (output to ``log_path``); returns (process, base URL, seconds until ``/healthz``
+    answered 200). Raises RuntimeError, with the log's tail, when it exits or is not up in time."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "stetho.cli", "serve", *map(str, runs), "--db", db_url, "--host", "127.0.0.1",
+           "--port", str(port), "--token-file", str(token_file)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    t0 = time.perf_counter()
+    with open(log_path, "wb") as log_fh:  # a file, not a pipe: a pipe nobody reads would block the server
+        proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    deadline = t0 + timeout_s
+    while True:
+        if proc.poll() is not None or time.perf_counter() > deadline:
+            stop_service(proc)
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"stetho serve {'exited' if proc.returncode else 'was not up in time'}:\n{tail}")
+        try:
+            if httpx.get(url + "/healthz", timeout=2.0).status_code == 200:
+                return proc, url, time.perf_counter() - t0
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+
+
+def stop_service(proc: subprocess.Popen) -> None:
+    """SIGTERM (uvicorn shuts down cleanly), SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def post_clip(client: Any, data: bytes, asset: str, machine_type: str) -> tuple[int, float, dict | None]:
+    """POST one upload to ``/v1/score`` (multipart); (status, ms, JSON answer or None)."""
+    t = time.perf_counter()
+    r = client.post("/v1/score", files={"file": ("clip.wav", data, "audio/wav")},
+                    data={"asset": asset, "machine_type": machine_type})
+    ms = (time.perf_counter() - t) * 1e3
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    return r.status_code, ms, body
+
+
+def quantiles_ms(times: Sequence[float]) -> dict:
+    if not times:
+        return {"n": 0}
+    q = np.percentile(times, [50, 95, 99])
+    return {"n": len(times), "median_ms": float(q[0]), "p95_ms": float(q[1]), "p99_ms": float(q[2]),
+            "min_ms": float(min(times)), "max_ms": float(max(times))}
+
+
+def service_runs(sizes: Sizes, tmp: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """A toy dataset of the machine types of :data:`SERVICE_MODELS` (10 s clips) and one trained
+    run per machine type; (machine type -> run folder, machine type -> a test clip)."""
+    from stetho import pipeline
+    from stetho.synth import make_toy_dataset
+
+    clips = make_toy_dataset(tmp / "data", machines=sorted(SERVICE_MODELS), train_clips=sizes.service_train_clips,
+                             target_train_clips=2, test_clips=2, duration=DURATION, seed=0, sr=SR, progress=False)
+    runs, test_clip = {}, {}
+    for mt, model in SERVICE_MODELS.items():
+        params = {"epochs": sizes.service_ae_epochs} if model == "ae" else {}
+        runs[mt] = pipeline.train({"data": str(tmp / "data"), "out": str(tmp / f"run-{mt}"), "model": model,
+                                   "machines": [mt], "params": params, "progress": False, "threads": 1})
+        test_clip[mt] = next(c.path for c in clips if c.machine == mt and c.split == "test" and c.label == 0)
+    return runs, test_clip
+
+
+def bench_service(sizes: Sizes, tmp: Path) -> tuple[list[Row], dict]:
+    """The scoring service as a user runs it (``stetho serve``, SQLite file, 127.0.0.1): start-up,
+    sequential latency of one 10 s clip per machine type, the same work in-process, and a bounded
+    load test of concurrent clients with a check that every 200 left its verdicts in the database."""
+    import httpx
+
+    from stetho.monitor.alerts import AlertRules
+    from stetho.monitor.archive import AudioArchive, audio_suffix, default_archive
+    from stetho.monitor.db import open_database
+    from stetho.monitor.scoring import Scorer
+    from stetho.monitor.store import evaluate_rules, store_verdict
+
+    work = tmp / "service"
+    work.mkdir(parents=True, exist_ok=True)
+    info: dict = {"models": SERVICE_MODELS, "load_start": load()}
+    t0 = time.perf_counter()
+    runs, test_clip = service_runs(sizes, work)
+    info["setup_s"] = round(time.perf_counter() - t0, 1)
+    wavs = {mt: DistinctWavs(p) for mt, p in test_clip.items()}
+    info["upload_bytes"] = len(next(iter(wavs.values())).base)
+    mts = list(SERVICE_MODELS)
+
+    # In-process, for comparison: Scorer.score of the same clip, then what the service's worker
+    # thread does besides: keep the upload in the audio archive (atomic write, fsync), store the
+    # verdict in a SQLite file, evaluate the alert rules.
+    scorer = Scorer.load([runs[mt] for mt in mts])
+    archive = AudioArchive(work / "inproc_audio")
+    rules = AlertRules()
+    inproc: dict = {}
+    n_modes: dict[str, int] = {}  # machine type -> score modes of its model (verdict rows per recording)
+    with open_database(f"sqlite:///{work / 'inproc.db'}") as db:
+        for mt in mts:
+            ms: dict[str, list[float]] = {"score": [], "archive": [], "store": [], "rules": [], "total": []}
+            for i in range(sizes.service_warmup + sizes.service_runs):
+                data = wavs[mt].next()
+                t = [time.perf_counter()]
+                v = scorer.score(data, mt, filename="clip.wav")
+                t.append(time.perf_counter())
+                archive.put(v.sha256, data, audio_suffix("clip.wav", data))
+                t.append(time.perf_counter())
+                store_verdict(db, f"inproc-{mt}", v, path="clip.wav", recorded_at=datetime.now(timezone.utc),
+                              source="http")
+                t.append(time.perf_counter())
+                evaluate_rules(db, f"inproc-{mt}", v, rules)
+                t.append(time.perf_counter())
+                if i >= sizes.service_warmup:
+                    for k, (a, z) in zip(ms, zip(t, t[1:])):
+                        ms[k].append((z - a) * 1e3)
+                    ms["total"].append((t[-1] - t[0]) * 1e3)
+                n_modes[mt] = len(v.modes)
+            inproc[mt] = {k: quantiles_ms(v) for k, v in ms.items()}
+    del scorer
+    info["in_process"] = inproc
+
+    token_file = work / "token"
+    token_file.write_text(SERVICE_TOKEN + "\n")
+    db_url = f"sqlite:///{work / 'service.db'}"
+    proc, url, info["startup_s"] = start_service([runs[mt] for mt in mts], db_url, token_file, work / "serve.log")
+    headers = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+    try:
+        cpu0 = proc_cpu_s(proc.pid)
+        latency: dict = {}
+        with httpx.Client(base_url=url, headers=headers, timeout=30.0) as client:  # one keep-alive connection
+            for mt in mts:
+                times = []
+                for i in range(sizes.service_warmup + sizes.service_runs):
+                    status, elapsed, body = post_clip(client, wavs[mt].next(), f"latency-{mt}", mt)
+                    if status != 200 or not body or body.get("duplicate"):
+                        raise RuntimeError(f"POST /v1/score ({mt}) answered {status}: {body}")
+                    if i >= sizes.service_warmup:
+                        times.append(elapsed)
+                latency[mt] = quantiles_ms(times)
+        cpu1 = proc_cpu_s(proc.pid)
+        info["latency"] = latency
+        n_seq = sizes.service_runs * len(mts) + sizes.service_warmup * len(mts)
+        info["server_cpu_ms_per_request_sequential"] = (
+            round((cpu1 - cpu0) / n_seq * 1e3, 2) if cpu0 is not None and cpu1 is not None else None)
+
+        info["load"] = load_test(url, headers, wavs, sizes, proc.pid)
+        with httpx.Client(base_url=url, timeout=30.0) as client:
+            counted = {a["name"]: a["recordings"] for a in client.get("/v1/assets").json()}
+    finally:
+        stop_service(proc)
+    info["server_exit_code"] = proc.returncode
+    info["server_log_tracebacks"] = (work / "serve.log").read_text(errors="replace").count("Traceback")
+    lt = info["load"]
+    # The database itself, after the server stopped: one recording per 200, each with a verdict
+    # per score mode of its model, and exactly the recording ids the answers gave.
+    stored: dict[int, tuple[int, int]] = {}
+    with open_database(db_url) as db:
+        for asset, mt in lt["assets"].items():
+            for r in db.verdicts(asset):
+                rows_so_far = stored.get(r.recording_id, (0, n_modes[mt]))[0]
+                stored[r.recording_id] = (rows_so_far + 1, n_modes[mt])
+    lt.update(audit_verdicts(lt.pop("recording_ids"), stored))
+    lt["stored_via_api"] = sum(counted.get(a, 0) for a in lt["assets"])
+    kept = default_archive(db_url)  # where `stetho serve` keeps the uploads by default (None: not kept)
+    info["archive_files"] = sum(1 for p in kept.rglob("*") if p.is_file()) if kept is not None and kept.is_dir() else None
+    info["recordings_stored"] = sum(counted.values())  # latency and load assets: every upload was distinct
+    info["load_end"] = load()
+    shutil.rmtree(work, ignore_errors=True)
+
+    b = "service"
+    rows = [Row(b, f"start-up: spawn to /healthz 200 ({len(mts)} runs loaded once)", info["startup_s"], "s")]
+    for mt in mts:
+        q = latency[mt]
+        rows.append(Row(b, f"POST /v1/score, 10 s WAV, {mt} ({SERVICE_MODELS[mt]}), keep-alive, median of {q['n']} "
+                           f"(p95 {q['p95_ms']:.1f})", q["median_ms"], "ms", f"< {SERVICE_TARGET_MS:.0f} ms",
+                        verdict(q["median_ms"] < SERVICE_TARGET_MS)))
+        parts = inproc[mt]
+        for key, what in (("score", "Scorer.score (decode, features, model)"),
+                          ("archive", "AudioArchive.put (atomic write, fsync)"),
+                          ("store", "store_verdict, SQLite file"),
+                          ("rules", f"alert rules ({n_modes[mt]} score modes)"),
+                          ("total", "the four together, without HTTP")):
+            rows.append(Row(b, f"  in-process {mt}: {what} (p95 {parts[key]['p95_ms']:.1f})",
+                            parts[key]["median_ms"], "ms"))
+    rows.append(Row(b, "server CPU per sequential request", info["server_cpu_ms_per_request_sequential"], "ms"))
+    lq = lt["latency"]
+    what = f"load, {lt['clients']} clients x {lt['seconds']:.0f} s"
+    rows += [
+        Row(b, f"{what}: requests (cap {sizes.service_max_requests:,})", lt["requests"], ""),
+        Row(b, f"{what}: throughput", lt["requests_per_s"], "req/s"),
+        Row(b, f"{what}: latency median (p95 {lq.get('p95_ms', float('nan')):.0f}, max "
+               f"{lq.get('max_ms', float('nan')):.0f})", lq.get("median_ms"), "ms"),
+        Row(b, f"{what}: errors (non-200, transport){' ' + str(lt['error_kinds']) if lt['error_kinds'] else ''}",
+            lt["errors"], "", "0", verdict(lt["errors"] == 0)),
+        Row(b, f"{what}: lost verdicts (200s not stored; stored {lt['stored_in_db']:,} in the file, "
+               f"{lt['stored_via_api']:,} by /v1/assets)", lt["lost"], "", "0",
+            verdict(lt["lost"] == 0 and lt["stored_in_db"] == lt["stored_via_api"])),
+        Row(b, f"{what}: stored without a 200 / recordings missing a mode",
+            lt["stored_without_200"] + lt["recordings_missing_a_mode"], "", "0",
+            verdict(lt["stored_without_200"] + lt["recordings_missing_a_mode"] == 0)),
+        Row(b, f"{what}: server CPU per request", lt["server_cpu_ms_per_request"], "ms"),
+    ]
+    if info["archive_files"] is not None:  # None: this stetho keeps no audio by default
+        rows.append(Row(b, f"uploads kept in the audio archive (of {info['recordings_stored']:,} recordings stored)",
+                        info["archive_files"], "", "all", verdict(info["archive_files"] == info["recordings_stored"])))
+    return rows, info
+
+
+def audit_verdicts(returned: Sequence[int], stored: dict[int, tuple[int, int]]) -> dict[str, int]:
+    """Check the 200 answers of a load test against the database.
+
+    Args:
+        returned: the ``recording_id`` of every 200 answer (not duplicates).
+        stored: recording id -> (its verdict rows in the database, the score modes of its model),
+            for every recording of the load test's assets.
+
+    Returns:
+        ``lost``: 200s whose recording is not stored, plus 200s that were given a recording id
+        another 200 was given too; ``stored_without_200``: stored recordings no 200 announced;
+        ``recordings_missing_a_mode``: stored recordings without one verdict per score mode.
+    """
+    ids = set(returned)
+    return {"stored_in_db": len(stored), "lost": len(ids - stored.keys()) + len(returned) - len(ids),
+            "stored_without_200": len(stored.keys() - ids),
+            "recordings_missing_a_mode": sum(rows != modes for rows, modes in stored.values())}
+
+
+def load_test(url: str, headers: dict, wavs: dict[str, DistinctWavs], sizes: Sizes, server_pid: int) -> dict:
+    """``service_clients`` threads, each with its own keep-alive client, posting distinct uploads
+    to its asset until ``service_load_s`` has passed or ``service_max_requests`` were sent.
+
+    Client ``k`` posts machine type ``k % 2`` to asset ``load-<type>-<k // 2 % (assets / 2)>``
+    (several clients per asset: concurrent writes to one asset's history and alert rules).
+    Returns the counts, the latencies of the 200s and their recording ids; ``errors`` counts
+    every non-200, transport error, ``duplicate: true`` answer and client still hanging at the end."""
+    import httpx
+
+    mts = list(wavs)
+    per_type = max(1, sizes.service_assets // len(mts))
+    lock = threading.Lock()
+    budget = [sizes.service_max_requests]
+    ok_ms: list[float] = []
+    recording_ids: list[int] = []
+    error_kinds: dict[str, int] = {}
+    assets = {f"load-{mts[k % len(mts)]}-{k // len(mts) % per_type}": mts[k % len(mts)]
+              for k in range(sizes.service_clients)}
+    start = time.perf_counter()
+    deadline = start + sizes.service_load_s
+
+    def client(k: int) -> None:
+        mt = mts[k % len(mts)]
+        asset = f"load-{mt}-{k // len(mts) % per_type}"
+        with httpx.Client(base_url=url, headers=headers, timeout=30.0) as c:
+            while True:
+                with lock:
+                    if budget[0] <= 0 or time.perf_counter() >= deadline:
+                        return
+                    budget[0] -= 1
+                try:
+                    status, ms, body = post_clip(c, wavs[mt].next(), asset, mt)
+                    kind = None if status == 200 else f"{status} {body.get('error') if body else ''}".strip()
+                except httpx.HTTPError as exc:
+                    kind = type(exc).__name__
+                with lock:
+                    if kind is not None:
+                        error_kinds[kind] = error_kinds.get(kind, 0) + 1
+                    elif body.get("duplicate"):  # distinct bytes: never expected
+                        error_kinds["200 duplicate"] = error_kinds.get("200 duplicate", 0) + 1
+                    else:
+                        ok_ms.append(ms)
+                        recording_ids.append(body["recording_id"])
+
+    cpu0 = proc_cpu_s(server_pid)
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(sizes.service_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:  # bounded: a request times out after 30 s, so every thread ends by then
+        t.join(max(0.0, deadline + 35.0 - time.perf_counter()))
+    seconds = time.perf_counter() - start
+    cpu1 = proc_cpu_s(server_pid)
+    with lock:
+        hung = sum(t.is_alive() for t in threads)
+        requests = sizes.service_max_requests - budget[0]
+        errors = sum(error_kinds.values())
+        return {
+            "clients": sizes.service_clients, "assets": assets, "seconds": seconds, "requests": requests,
+            "requests_per_s": len(ok_ms) / seconds, "ok": len(ok_ms), "errors": errors + hung,
+            "error_kinds": dict(error_kinds, **({"hung client": hung} if hung else {})),
+            "latency": quantiles_ms(ok_ms), "recording_ids": list(recording_ids),
+            "server_cpu_ms_per_request": (round((cpu1 - cpu0) / max(1, requests) * 1e3, 2)
+                                          if cpu0 is not None and cpu1 is not None else None),
+        }
+
+
+# ------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------
 
@@ -970,7 +1376,7 @@ def print_sweep(info: dict) -> None:
 
 
 #: Section names for ``--only`` (keys of the results' ``details``).
-SECTIONS = ("toy", "extraction", "training", "latency", "discriminative", "bigan", "threads")
+SECTIONS = ("toy", "extraction", "training", "latency", "discriminative", "bigan", "threads", "service")
 
 
 def print_threads(info: dict) -> None:
@@ -1044,16 +1450,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             clips, source = make_clips(tmp / "data", sizes.extract_clips)
             details["data"] = {"source": source, "clips": len(clips), "seconds": round(time.perf_counter() - t0, 1)}
-        measure("toy", "[0/6] toy dataset generation ...", lambda: bench_toy(sizes, tmp))
-        measure("extraction", "[1/6] feature extraction ...", lambda: bench_extraction(clips, sizes, tmp))
-        measure("training", f"[2/6] AE training ({sizes.train_clips} clips, subprocess) ...",
+        measure("toy", "[0/7] toy dataset generation ...", lambda: bench_toy(sizes, tmp))
+        measure("extraction", "[1/7] feature extraction ...", lambda: bench_extraction(clips, sizes, tmp))
+        measure("training", f"[2/7] AE training ({sizes.train_clips} clips, subprocess) ...",
                 lambda: bench_training(sizes, args.train_threads))
-        measure("latency", "[3/6] scoring latency ...", lambda: bench_latency(clips, sizes, tmp))
-        measure("discriminative", f"[4/6] discriminative CPU recipe ({sizes.disc_clips} clips, subprocess) ...",
+        measure("latency", "[3/7] scoring latency ...", lambda: bench_latency(clips, sizes, tmp))
+        measure("discriminative", f"[4/7] discriminative CPU recipe ({sizes.disc_clips} clips, subprocess) ...",
                 lambda: bench_discriminative(sizes))
-        measure("bigan", f"[5/6] BiGAN training ({sizes.bigan_clips} + {sizes.bigan_paper_clips} clips, "
+        measure("bigan", f"[5/7] BiGAN training ({sizes.bigan_clips} + {sizes.bigan_paper_clips} clips, "
                 "subprocesses) ...", lambda: bench_bigan(sizes))
-        measure("threads", "[6/6] torch threads, idle and under load (subprocesses) ...", lambda: bench_threads(sizes))
+        measure("threads", "[6/7] torch threads, idle and under load (subprocesses) ...", lambda: bench_threads(sizes))
+        measure("service", f"[7/7] scoring service (stetho serve on 127.0.0.1; load: {sizes.service_clients} clients "
+                f"x {sizes.service_load_s:.0f} s) ...", lambda: bench_service(sizes, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta["other_cpus"] = whole_run.other_cpus()
