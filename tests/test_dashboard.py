@@ -13,6 +13,8 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -193,11 +195,17 @@ def browser():
 
 def wait_for(driver, script: str, *args, timeout: float = 15.0):
     """Run ``script`` (a JS expression's body returning a value) until it returns something truthy."""
+    from selenium.common.exceptions import JavascriptException
+
     deadline, value = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        value = driver.execute_script(script, *args)
-        if value:
-            return value
+        try:
+            value = driver.execute_script(script, *args)
+        except JavascriptException as exc:  # e.g. the element is not there yet: the page is still loading
+            value = exc.msg
+        else:
+            if value:
+                return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for: {script} (last: {value!r}) on {driver.current_url}")
 
@@ -345,3 +353,36 @@ def test_protect_reads_in_the_browser(scorer, fleet_db, browser):  # noqa: F811
         browser.find_element("id", "login-submit").click()
         wait_for(browser, "return location.pathname === '/assets/press-ok'")
         wait_for(browser, "const d = document.getElementById('trend').data; return d && d[0].y.length >= 3")
+
+
+def test_stetho_serve_protect_reads(run_dir, tmp_path):  # noqa: F811
+    """The command a user runs: `stetho serve RUN --protect-reads` keeps pages and the API closed."""
+    from test_monitor_service import _free_port
+
+    port = _free_port()
+    env = {**os.environ, "STETHO_API_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "stetho.cli", "serve", str(run_dir), "--db",
+                             f"sqlite:///{tmp_path / 'm.db'}", "--port", str(port), "--archive", "none",
+                             "--protect-reads", "--refresh-seconds", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "stetho serve did not start"
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/v1/fleet").status_code == 401
+        assert httpx.get(f"{url}/v1/fleet", headers=AUTH).json() == []
+        assert httpx.get(f"{url}/").headers["location"] == "/login?next=%2F"
+        login = httpx.post(f"{url}/login", data={"token": TOKEN, "next": "/"})
+        page = httpx.get(f"{url}/", cookies=login.cookies)
+        assert page.status_code == 200 and 'data-refresh-ms="2000"' in page.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
