@@ -148,7 +148,7 @@ def dashboard_router(token: str, refresh_seconds: float = 5.0, protect_reads: bo
     def page(request: Request, template: str, **context: Any) -> HTMLResponse:
         return _TEMPLATES.TemplateResponse(request, template, {
             "static_url": static_url, "refresh_ms": int(refresh_seconds * 1000), "version": stetho.__version__,
-            "logged_in": has_cookie(request, token), "protect_reads": protect_reads, **context})
+            "logged_in": has_cookie(request, token), "protect_reads": protect_reads, "plain": False, **context})
 
     @router.get("/", response_class=HTMLResponse)
     async def fleet_page(request: Request) -> HTMLResponse:
@@ -164,14 +164,14 @@ def dashboard_router(token: str, refresh_seconds: float = 5.0, protect_reads: bo
 
     @router.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request, next: str = "/", why: str = "") -> HTMLResponse:
-        return page(request, "login.html", title="Log in", next=_safe_next(next), why=why, error="")
+        return page(request, "login.html", title="Log in", plain=True, next=_safe_next(next), why=why, error="")
 
     @router.post("/login", response_class=HTMLResponse)
     async def login(request: Request) -> Response:
         form = await request.form(max_files=0, max_fields=3)
         given, target = str(form.get("token") or "").strip(), _safe_next(str(form.get("next") or "/"))
         if not hmac.compare_digest(given.encode(), token.strip().encode()):
-            response = page(request, "login.html", title="Log in", next=target, why="",
+            response = page(request, "login.html", title="Log in", plain=True, next=target, why="",
                             error="That is not the service's API token." if given else "Paste the API token.")
             response.status_code = 401
             return response

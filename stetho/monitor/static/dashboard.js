@@ -306,4 +306,3 @@ function recordingPage() {
 const PAGES = { fleet: fleetPage, asset: assetPage, recording: recordingPage };
 const start = PAGES[document.body.dataset.page];
 if (start) start();
-else $("#updated").hidden = true;
