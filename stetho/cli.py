@@ -413,11 +413,13 @@ def print_result(result, title: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO,
+    logging.basicConfig(  # other libraries' chatter (e.g. Alembic's INFO lines) only with --debug
+        level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(message)s" if not args.debug else "%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.debug:
+        logging.getLogger("stetho").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         return _dispatch(args)
     except StethoError as exc:
