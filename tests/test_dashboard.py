@@ -29,7 +29,7 @@ from stetho.monitor.alerts import AlertRules
 from stetho.monitor.archive import AudioArchive
 from stetho.monitor.dashboard import COOKIE, cookie_value
 from stetho.monitor.db import open_database
-from stetho.monitor.fleet import asset_status
+from stetho.monitor.fleet import asset_status, fleet
 from stetho.monitor.service import create_app
 from stetho.synth import make_toy_dataset
 from test_monitor_service import AUTH, TOKEN, Server, wav
@@ -118,6 +118,19 @@ def test_the_fleet_is_worst_first_with_the_database_numbers(service, fleet_db, s
         assert [p["score"] for p in tile["recent"]] == [r.score for r in reversed(rows)]
         assert {a["id"] for a in tile["open_alerts"]} == {a.id for a in fleet_db.alerts(open_only=True)
                                                           if a.asset == tile["asset"]}
+
+
+def test_an_asset_of_a_machine_type_no_run_serves_keeps_its_tile(service, fleet_db):
+    """fleet() falls back to the mode of the asset's newest verdict when default_mode raises."""
+    from stetho.errors import ScoringError
+
+    def unknown(machine_type: str) -> str:
+        raise ScoringError("unknown_machine_type", "<request>", f"machine type '{machine_type}' is not served")
+
+    tiles = {t.asset: t for t in fleet(fleet_db, unknown, n=RULES.n)}
+    newest = fleet_db.verdicts("fan-warn", limit=1)[0]
+    assert tiles["fan-warn"].default_mode == newest.score_mode and tiles["fan-warn"].last == newest
+    assert set(tiles) == {"press-ok", "fan-warn", "fan-alarm"}
 
 
 def test_static_files_are_served_here_gzipped_and_cached(service):
