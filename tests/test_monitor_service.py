@@ -203,6 +203,19 @@ def test_alerts_are_listed_and_acknowledged(served, db):
     assert acked["acknowledged_by"] == "ops" and acked["acknowledged_at"] is not None
     assert served.get("/v1/alerts", params={"open": True}).json() == []
     assert served.post("/v1/alerts/999/ack", headers=AUTH).status_code == 404
+    assert [a["id"] for a in served.get("/v1/alerts", params={"asset": "fan-1"}).json()] == [alert_id]
+    assert served.get("/v1/alerts", params={"asset": "fan-2"}).json() == []
+
+
+def test_rejections_are_listed_newest_first(served, db):
+    first = db.reject("inbox/fan-1/a.wav", "corrupt: not a WAV", "watch", sha256="ab" * 32)
+    second = db.reject("inbox/fan-1/b.wav", "too_short: 10 samples", "watch")
+    listed = served.get("/v1/rejections").json()
+    assert [(r["id"], r["path"], r["reason"], r["sha256"]) for r in listed[:2]] == [
+        (second, "inbox/fan-1/b.wav", "too_short: 10 samples", None),
+        (first, "inbox/fan-1/a.wav", "corrupt: not a WAV", "ab" * 32)]
+    assert [r["id"] for r in served.get("/v1/rejections", params={"limit": 1}).json()] == [second]
+    assert served.get("/v1/rejections", params={"limit": 0}).status_code == 422
 
 
 def test_health_metrics_and_the_openapi_page(served, scorer):

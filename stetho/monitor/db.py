@@ -574,8 +574,10 @@ class Database:
                               .order_by(Recording.recorded_at.desc(), Recording.id.desc()).limit(1)).first()
         return None if row is None else (row[0], row[1])
 
-    def alerts(self, open_only: bool = False, ids: Sequence[int] | None = None) -> list[AlertRow]:
-        """Stored alerts, newest first; ``open_only``: those not yet acknowledged."""
+    def alerts(self, open_only: bool = False, ids: Sequence[int] | None = None,
+               asset: str | None = None) -> list[AlertRow]:
+        """Stored alerts, newest first; ``open_only``: those not yet acknowledged; ``asset``: of
+        that asset only."""
         stmt = (select(Alert.id, Asset.name, Alert.score_mode, Alert.rule, Alert.raised_at, Alert.message,
                        Alert.acknowledged_at, Alert.acknowledged_by)
                 .join(Asset, Asset.id == Alert.asset_id)
@@ -584,6 +586,8 @@ class Database:
             stmt = stmt.where(Alert.acknowledged_at.is_(None))
         if ids is not None:
             stmt = stmt.where(Alert.id.in_(list(ids)))
+        if asset is not None:
+            stmt = stmt.where(Asset.name == asset)
         with Session(self.engine) as session:
             rows = session.execute(stmt).all()
             links: dict[int, list[int]] = {}

@@ -144,6 +144,15 @@ class VerdictOut(BaseModel):
     decision: bool
 
 
+class RejectionOut(BaseModel):
+    id: int
+    path: str = Field(description="the rejected file as the watcher found it")
+    sha256: str | None = Field(description="SHA-256 of its bytes, when they could be read")
+    reason: str = Field(description="what was wrong, e.g. 'corrupt: ...'")
+    rejected_at: datetime
+    source: str = Field(description="watch (uploads that fail are answered 4xx and not stored)")
+
+
 class AlertOut(BaseModel):
     id: int
     asset: str
@@ -480,10 +489,17 @@ def create_app(scorer: Scorer, db: Database, token: str, max_body_bytes: int = 2
         return [VerdictOut(**{("run_id" if k == "run_hash" else k): v for k, v in vars(r).items()}) for r in rows]
 
     @app.get("/v1/alerts", response_model=list[AlertOut], summary="Alerts, newest first")
-    async def alerts(open_only: bool = Query(False, alias="open", description="only those not acknowledged")
-                     ) -> list[AlertOut]:
-        rows = await run_in_threadpool(db.alerts, open_only)
+    async def alerts(open_only: bool = Query(False, alias="open", description="only those not acknowledged"),
+                     asset: str | None = Query(None, description="only this asset's")) -> list[AlertOut]:
+        rows = await run_in_threadpool(lambda: db.alerts(open_only, asset=asset))
         return [AlertOut(**{**vars(a), "recording_ids": list(a.recording_ids)}) for a in rows]
+
+    @app.get("/v1/rejections", response_model=list[RejectionOut],
+             summary="Files the watcher could not score, and why, newest first")
+    async def rejections(limit: int = Query(100, ge=1, le=10000, description="at most this many")
+                         ) -> list[RejectionOut]:
+        rows = await run_in_threadpool(db.rejections, limit)
+        return [RejectionOut(**vars(r)) for r in rows]
 
     @app.post("/v1/alerts/{alert_id}/ack", response_model=AlertOut, dependencies=[Depends(authorised_or_cookie)],
               responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}}, summary="Acknowledge an alert")

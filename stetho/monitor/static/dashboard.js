@@ -182,7 +182,7 @@ function assetPage() {
   const refresh = poll(async () => {
     const since = period.value === "all" ? "" : `&since=${enc(new Date(Date.now() - Number(period.value) * 3600e3).toISOString())}`;
     const [fleet, alerts, verdicts] = await Promise.all([
-      getJSON("/v1/fleet?spark=1"), getJSON("/v1/alerts"),
+      getJSON("/v1/fleet?spark=1"), getJSON(`/v1/alerts?asset=${enc(asset)}`),
       getJSON(`/v1/assets/${enc(asset)}/verdicts?limit=10000${since}`)]);
     const me = fleet.find((a) => a.asset === asset);
     if (!me) throw new HttpError(404, `no asset '${asset}' has been scored`);
