@@ -311,6 +311,10 @@ def test_the_dashboard_in_a_browser(service, browser, fleet_db, scorer, clips): 
     for which in ("recording", "normal", "difference"):
         z = wait_for(driver, f"const d = document.getElementById('spec-{which}').data; return d && d[0].z")
         assert np.shape(z) == (len(spec["times_s"]), len(spec["mel_hz"])) and z == spec[which]
+    layout = driver.execute_script("return document.getElementById('spec-recording').layout.yaxis")
+    top = len(spec["mel_hz"]) - 1  # bands evenly spaced, labelled with their centre frequency
+    assert layout["tickvals"][0] == 0 and layout["tickvals"][-1] == top
+    assert layout["ticktext"][-1] == f"{spec['mel_hz'][top] / 1000:.1f} k"
     audio = wait_for(driver, "const a = document.getElementById('audio'); return a.readyState >= 1 && a.currentSrc")
     got = client.get(audio)
     assert got.status_code == 200 and got.content == clips["noise_3"]

@@ -246,15 +246,22 @@ function assetPage() {
 
 function heatmap(div, spec, z, diverging) {
   const limit = diverging ? Math.max(1, ...z.map((row) => Math.max(...row.map(Math.abs)))) : null;
+  // Rows are mel bands, drawn evenly spaced (as the model sees them) and labelled with their centre
+  // frequency: plotted at their Hz values, the low bands would be squeezed into a sliver.
+  const bands = spec.mel_hz.map((_, i) => i);
+  const ticks = [0, 0.2, 0.4, 0.6, 0.8, 1].map((f) => Math.round(f * (bands.length - 1)));
+  const hz = (f) => (f >= 1000 ? `${(f / 1000).toFixed(1)} k` : `${Math.round(f)}`);
   Plotly.react(div, [{
-    type: "heatmap", x: spec.times_s, y: spec.mel_hz, z, transpose: true, // z is time-major: z[t][mel]
+    type: "heatmap", x: spec.times_s, y: bands, z, transpose: true, // z is time-major: z[t][mel]
     colorscale: diverging ? "RdBu" : "Viridis", // Plotly's RdBu: blue low, red high
     zmin: diverging ? -limit : undefined, zmax: diverging ? limit : undefined,
     colorbar: { title: { text: "dB" }, thickness: 10 },
-    hovertemplate: "%{x:.2f} s, %{y:.0f} Hz: %{z:.1f} dB<extra></extra>",
+    hovertemplate: "%{x:.2f} s, mel band %{y}: %{z:.1f} dB<extra></extra>",
   }], {
     height: 260, margin: { l: 56, r: 8, t: 8, b: 40 },
-    xaxis: { title: { text: "time (s)" } }, yaxis: { title: { text: "mel band (Hz)" } },
+    xaxis: { title: { text: "time (s)" } },
+    yaxis: { title: { text: "mel band centre (Hz)" }, tickmode: "array", tickvals: ticks,
+             ticktext: ticks.map((i) => hz(spec.mel_hz[i])) },
     paper_bgcolor: "rgba(0,0,0,0)",
   }, PLOT_CONFIG);
 }
