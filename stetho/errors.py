@@ -97,6 +97,11 @@ class DatabaseError(StethoError):
     the message names the database or the recording and the problem."""
 
 
+class ExportError(StethoError):
+    """A trained run (or one of its detectors) cannot be exported for scoring without PyTorch
+    (:mod:`stetho.export`); the message names the model or file and why."""
+
+
 class ScoringError(StethoError):
     """One recording cannot be scored (:mod:`stetho.monitor.scoring`): the service answers it
     with a 4xx naming ``kind``, the watcher records it as rejected.

@@ -13,10 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stetho"
 # The toy synthesiser (synth) writes WAVs (audio) listed as clips (datasets) and needs nothing
 # higher: just above datasets, so the dataset layer cannot import it (the pipeline and CLI do).
 # monitor (the verdict database, scoring for the service and watcher) builds on the pipeline's runs
-# and is used by the CLI.
+# and is used by the CLI. export (ONNX / TorchScript files of a run's models) builds on the models and
+# the run folder, below the pipeline; edge (the torch-free scorer of ONNX exports) imports no stetho.
 RANK = {
-    "errors": 0, "fileio": 0, "run_folder": 0, "audio": 1, "datasets": 2, "synth": 2.5, "features": 3,
-    "backends": 4, "models": 5, "metrics": 6, "outputs": 7, "config": 8, "pipeline": 8, "novelty": 8,
+    "errors": 0, "fileio": 0, "run_folder": 0, "edge": 0, "audio": 1, "datasets": 2, "synth": 2.5, "features": 3,
+    "backends": 4, "models": 5, "metrics": 6, "outputs": 7, "export": 7.5, "config": 8, "pipeline": 8, "novelty": 8,
     "monitor": 8.5, "cli": 9,
 }
 

@@ -29,18 +29,21 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from stetho.backends import fpr_threshold, gamma_threshold
 from stetho.datasets.clip import SOURCE, Clip
-from stetho.errors import ConfigError, NotFittedError, StethoError
+from stetho.errors import ConfigError, ExportError, NotFittedError, StethoError
 from stetho.features import Extracted, FeatureCache
 from stetho.models.calibration import Calibration
 from stetho.models.params import DEVICE, SEED, Boolean, Constraint, Interval, Options, validate_params
 from stetho.models.persistence import FORMAT, FORMAT_SINCE, FORMAT_VERSION, Persistence  # noqa: F401 (importable here)
 from stetho.models.training import TrainingDivergedError, resolve_device, training_settings, use_threads
+
+if TYPE_CHECKING:  # torch only for the export hook's annotation: the base imports no torch itself
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +400,46 @@ class Detector(Calibration, Persistence):
         ``epoch``, ``train_loss`` and ``val_loss``; ``""`` is the main one (``history_``).
         Detectors that train several networks add parts (CANDE-CP: ``"predictor"``)."""
         return {"": self.history_}
+
+    # -- export (optional) -------------------------------------------------------------------
+    #: Why the detector has no :meth:`export_module` (shown in its :class:`ExportError`); a
+    #: detector that exports overrides :meth:`export_module` instead.
+    export_unsupported: ClassVar[str] = "it has no export module yet"
+    #: Whether the exported module's scores depend on its ``section`` input (an edge scorer then
+    #: refuses a section the detector was not fitted on; otherwise any section scores alike).
+    export_uses_section: ClassVar[bool] = True
+
+    def export_module(self, machine_type: str) -> "torch.nn.Module":
+        """A pure-torch module (eval mode, on the CPU) that scores one clip of ``machine_type``
+        from its raw samples, for export to ONNX / TorchScript (:mod:`stetho.export`).
+
+        Its ``forward(waveform, section)`` takes float32 ``(n_samples,)`` mono samples at
+        ``signal_spec[0]`` Hz (at least ``signal_spec[1]`` of them) and an int64 scalar tensor,
+        the index of the clip's section in :meth:`export_sections`, and returns float32
+        ``(len(score_modes),)``: the clip's score in every mode, in :attr:`score_modes` order,
+        equal to what :meth:`score_all` gives for the same clip (front end, network, backend
+        statistics and score reductions all inside the module).
+
+        Raises:
+            ExportError: the detector cannot be exported (naming the model and why), or it was
+                not fitted on ``machine_type``.
+        """
+        raise ExportError(f"{self.name} models cannot be exported for scoring without PyTorch: "
+                          f"{self.export_unsupported}")
+
+    def export_sections(self, machine_type: str) -> list[str]:
+        """The sections (machine IDs) of ``machine_type`` the exported module knows, sorted: its
+        ``section`` input is an index into this list. By default those of the calibration clips."""
+        self._check_export_machine(machine_type)
+        return sorted({s for m, s in zip(self.calibration_["machine"], self.calibration_["section"])
+                       if m == machine_type})
+
+    def _check_export_machine(self, machine_type: str) -> None:
+        """:class:`ExportError` unless the fitted detector scores ``machine_type``."""
+        self._check_fitted()
+        if machine_type not in self.machines_:
+            raise ExportError(f"{self.name}: cannot export machine type {machine_type!r}: it was fitted on "
+                              f"{', '.join(self.machines_)}")
 
     def report_tables(self) -> dict[str, list[dict[str, Any]]]:
         """Tables about the last :meth:`score_all` call beyond the scores (CANDE-CP: the context

@@ -186,6 +186,20 @@ class AEDetector(LogMelDetector):
         mse, mean_err = self._clip_errors(FrameVectors(feats, self.n_frames, self.frame_hop))
         return {"mahalanobis": selective_mahalanobis(mean_err, self.precisions_), "mse": mse}
 
+    # -- export -----------------------------------------------------------------------------
+    export_uses_section = False  # one model per machine type: every section scores alike
+
+    def export_module(self, machine_type: str) -> torch.nn.Module:
+        """The clip scores ``[mahalanobis, mse]`` of raw samples as one module
+        (:class:`~stetho.models.ae.export.AEScoreModule`; see :meth:`Detector.export_module`)."""
+        from stetho.models.ae.export import AEScoreModule
+
+        self._check_export_machine(machine_type)
+        module = AEScoreModule(self.logmel_params, self.net_, self.n_frames, self.frame_hop,
+                               [self.precisions_[d] for d in sorted(self.precisions_)])
+        assert tuple(self.score_modes) == ("mahalanobis", "mse")  # the module's output order
+        return module.eval()
+
     # -- persistence ------------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:
         t = lambda a: torch.as_tensor(np.asarray(a))  # noqa: E731

@@ -1,0 +1,281 @@
+"""``export_run``: a trained run's detectors as ONNX or TorchScript files (see the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import platform
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import stetho
+from stetho import edge
+from stetho.audio.io import MAX_FLOAT_PEAK
+from stetho.datasets.clip import Clip
+from stetho.errors import ConfigError, ExportError, StethoError
+from stetho.fileio import atomic_path, atomic_write_bytes, atomic_write_text, make_dirs
+from stetho.models import Detector
+from stetho.run_folder import MODELS_INDEX, run_models
+
+log = logging.getLogger(__name__)
+
+#: ``--format`` values.
+EXPORT_FORMATS = ("onnx", "torchscript")
+#: The index of an export folder: format, run, and one JSON file per machine type.
+EXPORT_INDEX = "export.json"
+#: The edge scorer's file name in an export folder (a copy of :mod:`stetho.edge`).
+EDGE_SCRIPT = "stetho_edge.py"
+#: ONNX opset of the exported graphs (``STFT`` needs >= 17).
+ONNX_OPSET = 18
+#: Model file suffix per format.
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+#: Inputs and output of every exported graph (:meth:`Detector.export_module`).
+INPUTS = ("waveform", "section")
+OUTPUT = "scores"
+#: Exported scores must equal the detector's within this relative tolerance (``+ PARITY_ATOL``).
+PARITY_RTOL = 1e-4
+PARITY_ATOL = 1e-7
+#: Hex digits of a run id (as :mod:`stetho.monitor.scoring`'s: SHA-256 of ``models.json``).
+RUN_ID_LENGTH = 12
+#: Seconds of the seeded noise every exported file is checked on.
+CHECK_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """One exported machine type.
+
+    Attributes:
+        machine_type: the machine type it scores.
+        model: the detector's registry name.
+        path: the model file (``<machine>.onnx`` / ``<machine>.pt``).
+        meta_path: the JSON file beside it (``<machine>.json``).
+        size_bytes: size of the model file.
+        max_rel_diff: largest relative difference of its scores from the detector's on the check
+            signal (``nan`` when not checked).
+    """
+
+    machine_type: str
+    model: str
+    path: Path
+    meta_path: Path
+    size_bytes: int
+    max_rel_diff: float
+
+
+def run_id(run_dir: str | Path) -> str:
+    """The run's id: the first :data:`RUN_ID_LENGTH` hex digits of the SHA-256 of its
+    ``models.json`` (the id the scoring service stores with every verdict)."""
+    return hashlib.sha256((Path(run_dir) / MODELS_INDEX).read_bytes()).hexdigest()[:RUN_ID_LENGTH]
+
+
+def export_run(run_dir: str | Path, fmt: str = "onnx", out_dir: str | Path | None = None,
+               verify: bool = True) -> list[ExportedModel]:
+    """Export every detector of a trained run, one file per machine type.
+
+    Writes into ``out_dir``: ``<machine>.onnx`` (or ``.pt``), ``<machine>.json`` (score modes,
+    default mode, thresholds per mode, sections, sample rate, fewest samples, channel, the run's
+    id, the versions, the graph's inputs and the check's figures), ``export.json`` (the index)
+    and ``stetho_edge.py`` (the torch-free scorer of ONNX exports, :mod:`stetho.edge`).
+
+    Args:
+        run_dir: a run folder written by ``stetho train``.
+        fmt: ``"onnx"`` (opset :data:`ONNX_OPSET`, free clip length) or ``"torchscript"``
+            (``torch.jit.script``, free clip length).
+        out_dir: the export folder (created); default ``<run_dir>/export_<fmt>``.
+        verify: score :data:`CHECK_SECONDS` of seeded noise with the exported file and with the
+            detector, and refuse an export whose scores differ by more than
+            :data:`PARITY_RTOL` (relative).
+
+    Returns:
+        One :class:`ExportedModel` per machine type, sorted by machine type.
+
+    Raises:
+        ConfigError: an unknown format or no such run folder.
+        ExportError: a detector that cannot be exported (nothing is written then), or an export
+            whose scores differ from the detector's.
+        StethoError: the run's model files are missing or differ from those it recorded.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder; train one with `stetho train`")
+    out = Path(out_dir) if out_dir is not None else run_dir / f"export_{fmt}"
+    detectors = [Detector.load(p, device="cpu") for p in run_models(run_dir)]
+    jobs: list[tuple[Detector, str, torch.nn.Module]] = []
+    for det in detectors:  # every module first: an unexportable detector writes nothing
+        det.progress = False
+        for machine in det.machines_:
+            jobs.append((det, machine, _frozen(det.export_module(machine))))
+    jobs.sort(key=lambda j: j[1])
+    make_dirs(out)
+    rid, trained = run_id(run_dir), _trained_version(run_dir)
+    exported = []
+    for det, machine, module in jobs:
+        exported.append(_export_one(det, machine, module, fmt, out, rid, trained, run_dir, verify))
+        log.info("exported %s (%s) to %s", machine, det.name, exported[-1].path)
+    atomic_write_bytes(out / EDGE_SCRIPT, Path(edge.__file__).read_bytes())
+    index = {
+        "format": fmt, "run": {"path": str(run_dir.resolve()), "run_id": rid, "trained_version": trained},
+        "machine_types": {e.machine_type: e.meta_path.name for e in exported},
+        "edge_scorer": EDGE_SCRIPT if fmt == "onnx" else None,
+        "versions": _versions(fmt),
+    }
+    atomic_write_text(out / EXPORT_INDEX, json.dumps(index, indent=2) + "\n")
+    return exported
+
+
+def _export_one(det: Detector, machine: str, module: torch.nn.Module, fmt: str, out: Path, rid: str,
+                trained: str | None, run_dir: Path, verify: bool) -> ExportedModel:
+    """Write ``<machine>.<suffix>`` and ``<machine>.json`` of one detector's module."""
+    sr, min_samples = det.signal_spec
+    sections = det.export_sections(machine) or ["00"]
+    path = out / f"{machine}{SUFFIX[fmt]}"
+    y = check_signal(sr, min_samples)
+    section = torch.tensor(0, dtype=torch.int64)
+    with atomic_path(path) as tmp:
+        if fmt == "onnx":
+            _write_onnx(module, y, section, min_samples, tmp)
+        else:
+            torch.jit.save(torch.jit.script(module), str(tmp))
+    inputs = list(INPUTS)
+    check: dict[str, Any] = {"signal": f"{CHECK_SECONDS:g} s of seeded Gaussian noise (sd 0.1)"}
+    max_rel = float("nan")
+    if verify or fmt == "onnx":
+        got, inputs = _run_exported(path, fmt, y)
+        if verify:
+            want = reference_scores(det, machine, y.numpy(), sections[0])
+            max_rel = relative_difference(got, want)
+            check.update(torch_scores=want.tolist(), exported_scores=got.tolist(), max_rel_diff=max_rel)
+            if not np.allclose(got, want, rtol=PARITY_RTOL, atol=PARITY_ATOL):
+                path.unlink(missing_ok=True)
+                raise ExportError(f"{path}: the exported {det.name} scores {got.tolist()} differ from the "
+                                  f"detector's {want.tolist()} by up to {max_rel:.2g} (relative), more than "
+                                  f"{PARITY_RTOL:g}; nothing usable was written")
+    meta = {
+        "format": fmt, "file": path.name, "model": det.name, "machine_type": machine,
+        "score_modes": list(det.score_modes), "default_mode": det._mode(None),
+        "thresholds": {mode: det.threshold_for(mode, machine) for mode in det.score_modes},
+        "sections": sections, "section_dependent": bool(det.export_uses_section),
+        "sample_rate": int(sr), "min_samples": int(min_samples), "channel": int(det.channel),
+        "max_float_peak": MAX_FLOAT_PEAK,
+        "inputs": inputs, "output": OUTPUT,
+        "run": {"path": str(run_dir.resolve()), "run_id": rid, "trained_version": trained},
+        "versions": _versions(fmt), "check": check,
+    }
+    meta_path = out / f"{machine}.json"
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    return ExportedModel(machine, det.name, path, meta_path, path.stat().st_size, max_rel)
+
+
+def _frozen(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` in eval mode, on the CPU, without gradients (nothing to train in an export)."""
+    module = module.cpu().eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def check_signal(sr: int, min_samples: int, seconds: float = CHECK_SECONDS, seed: int = 0) -> torch.Tensor:
+    """The seeded noise an export is checked on: ``max(seconds · sr, min_samples)`` float32 samples."""
+    n = max(int(round(seconds * sr)), int(min_samples))
+    return torch.from_numpy((np.random.default_rng(seed).standard_normal(n) * 0.1).astype(np.float32))
+
+
+def reference_scores(det: Detector, machine: str, y: np.ndarray, section: str = "00") -> np.ndarray:
+    """The detector's own scores ``(n_modes,)`` of samples ``y`` at its rate (as ``stetho score``
+    computes them: :meth:`Detector.signal_features`, then :meth:`Detector.score_all`)."""
+    clip = Clip(path=Path("<check>"), machine=machine, section=section, split="test")
+    scores = det.score_all([clip], [det.signal_features(np.asarray(y, dtype=np.float32))])
+    return np.array([float(scores[m][0]) for m in det.score_modes])
+
+
+def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest ``|got - want| / |want|`` (0 where both are 0)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    diff = np.abs(got - want)
+    return float(np.max(np.where(diff == 0, 0.0, diff / np.maximum(np.abs(want), 1e-300)), initial=0.0))
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the ONNX exporter's progress lines and warnings (missing torchvision, deprecations)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _write_onnx(module: torch.nn.Module, y: torch.Tensor, section: torch.Tensor, min_samples: int, path: Path) -> None:
+    """``torch.onnx.export`` (the torch.export-based exporter) with a free waveform length."""
+    try:
+        import onnxscript  # noqa: F401  (the exporter needs it; say so plainly when it is missing)
+    except ImportError:
+        raise ExportError("ONNX export needs the packages onnx and onnxscript: "
+                          "pip install 'stetho[export]'") from None
+    n_samples = torch.export.Dim("n_samples", min=int(min_samples))
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(module, (y, section), str(path), input_names=list(INPUTS), output_names=[OUTPUT],
+                              opset_version=ONNX_OPSET, dynamo=True, external_data=False, verbose=False,
+                              dynamic_shapes=({0: n_samples}, None))
+    except StethoError:
+        raise
+    except Exception as exc:  # the exporter's own errors are long; keep the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path.name}: torch.onnx.export failed ({type(exc).__name__}: {first[:300]})") from exc
+
+
+def _run_exported(path: Path, fmt: str, y: torch.Tensor) -> tuple[np.ndarray, list[str]]:
+    """Scores ``(n_modes,)`` float64 of the exported file at ``path`` for samples ``y`` (section
+    0), and the graph's input names."""
+    if fmt == "torchscript":
+        loaded = torch.jit.load(str(path))
+        with torch.no_grad():
+            return loaded(y, torch.tensor(0, dtype=torch.int64)).double().numpy(), list(INPUTS)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("checking an ONNX export needs onnxruntime: pip install 'stetho[export]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    feeds = {"waveform": y.numpy(), "section": np.array(0, dtype=np.int64)}
+    return session.run(None, {n: feeds[n] for n in names})[0].astype(np.float64), names
+
+
+def _versions(fmt: str) -> dict[str, Any]:
+    """The versions an export was made with."""
+    versions: dict[str, Any] = {"stetho": stetho.__version__, "torch": torch.__version__,
+                                "python": platform.python_version()}
+    if fmt == "onnx":
+        import onnx
+
+        versions.update(onnx=onnx.__version__, opset=ONNX_OPSET)
+    return versions
+
+
+def _trained_version(run_dir: Path) -> str | None:
+    """The stetho version in ``run_dir/versions.json`` that trained the run (``None`` if unrecorded)."""
+    try:
+        version = json.loads((run_dir / "versions.json").read_text(encoding="utf-8")).get("stetho")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(version) if version is not None else None
