@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from stetho.errors import StorageError
+from stetho.features.cache_limit import CacheLimit, touch
 from stetho.fileio import atomic_write_with, file_sha256, remove_stale_temp_files, storage_problem
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class FeatureCache:
     Args:
         root: cache folder (created on first write).
         kind: feature family name, so different feature types never collide.
+        max_bytes: size cap of the whole cache folder, least recently used entries evicted
+            beyond it (:mod:`stetho.features.cache_limit`; default ``$STETHO_CACHE_MAX_SIZE``, the
+            size ``stetho cache --max-size`` stored, else 2 GB; 0: no cap).
 
     Attributes:
         hits: verified entries returned.
@@ -92,8 +96,9 @@ class FeatureCache:
         writable: False once a write failed (disk full, read-only ...); no more writes are tried.
     """
 
-    def __init__(self, root: str | Path, kind: str = "logmel") -> None:
+    def __init__(self, root: str | Path, kind: str = "logmel", max_bytes: int | str | None = None) -> None:
         self.root = Path(root)
+        self.limit = CacheLimit(self.root, max_bytes)
         self.kind = kind
         self.hits = 0
         self.misses = 0
@@ -130,6 +135,8 @@ class FeatureCache:
                 log.debug("feature cache entry %s is damaged; it will be rebuilt", f)
                 with self._lock:
                     self.rejected += 1
+            else:
+                touch(f)  # the last use, for least-recently-used eviction
         except OSError:
             pass
         with self._lock:
@@ -162,6 +169,7 @@ class FeatureCache:
 
         try:
             atomic_write_with(f, dump)
+            self.limit.wrote(arr.nbytes + _TRAILER.size)
             if self.root in _WARNED:  # writable again: a later failure is news
                 with _WARNED_LOCK:
                     _WARNED.discard(self.root)

@@ -8,11 +8,15 @@ importable from :mod:`stetho.models.training` too.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import io
 import json
+import os
 import random
+from collections.abc import Iterator
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -76,6 +80,30 @@ _fingerprint = fingerprint  # Trainer.run's argument of the same name hides the 
 #: Constructor arguments that change how a training runs, not what it learns: left out of a
 #: checkpoint's fingerprint by :func:`training_settings` (a resumed run may change them).
 RUN_ONLY_PARAMS = frozenset({"progress", "threads", "device", "checkpoint_every", "resume", "keep_checkpoints"})
+
+
+#: Environment variable: ``1`` keeps every training's checkpoints after it succeeds.
+ENV_KEEP_CHECKPOINTS = "STETHO_KEEP_CHECKPOINTS"
+_KEEP_CHECKPOINTS: contextvars.ContextVar[bool] = contextvars.ContextVar("stetho_keep_checkpoints", default=False)
+
+
+@contextlib.contextmanager
+def keeping_checkpoints(keep: bool = True) -> Iterator[None]:
+    """Inside the block, trainings keep their checkpoint files after they succeed
+    (``stetho train --keep-checkpoints``); by default a finished training deletes them and only the
+    model files stay. A training that fails or is interrupted keeps its checkpoints either way
+    (the same command resumes from them)."""
+    token = _KEEP_CHECKPOINTS.set(bool(keep))
+    try:
+        yield
+    finally:
+        _KEEP_CHECKPOINTS.reset(token)
+
+
+def keep_checkpoints_requested() -> bool:
+    """True inside :func:`keeping_checkpoints` or with ``$STETHO_KEEP_CHECKPOINTS=1``."""
+    env = os.environ.get(ENV_KEEP_CHECKPOINTS, "").strip().lower()
+    return _KEEP_CHECKPOINTS.get() or env in ("1", "true", "yes", "on")
 
 
 def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 from stetho.errors import StethoError
 from stetho.models.checkpoints import (CHECKPOINT_FORMAT, RUN_ONLY_PARAMS, _encode, _fingerprint, _get_state,
                                        _global_rng_states, _set_global_rng_states, _set_state, _state_kind,
-                                       _structure, atomic_torch_save, fingerprint, training_settings)
+                                       _structure, atomic_torch_save, fingerprint, keep_checkpoints_requested,
+                                       keeping_checkpoints, training_settings)
 from stetho.models.frames import ClipMeans, FrameVectors, recompute_batchnorm
 from stetho.models.runtime import (available_cores, default_threads, fork_global_rngs, make_generator, make_rng,
                                    resolve_device, resolve_threads, seed_everything, set_threads, torch_fork_rng,
@@ -53,7 +54,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CHECKPOINT_FORMAT", "DIVERGENCE_FACTOR", "HISTORY_COLUMNS", "RUN_ONLY_PARAMS", "BestState", "ClipMeans",
     "FrameVectors", "Trainer", "TrainingDivergedError", "atomic_torch_save", "available_cores", "default_threads",
-    "fingerprint", "fork_global_rngs", "make_generator", "make_rng", "optimizer_step", "recompute_batchnorm",
+    "fingerprint", "fork_global_rngs", "keep_checkpoints_requested", "keeping_checkpoints", "make_generator",
+    "make_rng", "optimizer_step", "recompute_batchnorm",
     "resolve_device", "resolve_threads", "run_epochs", "seed_everything", "set_threads", "torch_fork_rng",
     "training_settings", "use_threads",
 ]
@@ -289,8 +291,9 @@ class Trainer:
     same state structure, and ``resume`` is on (otherwise it warns and starts from epoch 0). A
     stage that finished is restored at once, so a crash in a later stage of the same ``fit``
     costs no retraining of the earlier ones. The checkpoints are deleted when the block exits
-    without an exception (``keep_checkpoints=True`` keeps them); after an exception or an
-    interruption they stay for the next run to resume from.
+    without an exception (``keep_checkpoints=True``, :func:`keeping_checkpoints` or
+    ``$STETHO_KEEP_CHECKPOINTS=1`` keep them: one file per training, of its last epoch); after an
+    exception or an interruption they stay for the next run to resume from.
 
     Args:
         seed: seeds :attr:`generator`, :attr:`rng` and (inside the block) the global RNGs.
@@ -345,7 +348,10 @@ class Trainer:
             self.remove_checkpoints()
 
     def remove_checkpoints(self) -> None:
-        """Delete every checkpoint this trainer wrote or resumed from."""
+        """Delete every checkpoint this trainer wrote or resumed from (none inside
+        :func:`keeping_checkpoints`: the user asked to keep them)."""
+        if keep_checkpoints_requested():
+            return
         for path in sorted(self._written | set(self.resumed_)):
             path.unlink(missing_ok=True)
         self._written.clear()
