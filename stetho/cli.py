@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "training scores (every clip trains)")
     p.add_argument("--decision-fpr", type=float, metavar="F",
                    help="share of normal clips a calibrated threshold flags (default 0.1)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the training checkpoints in RUN/work/ after training succeeds (default: deleted, only "
+                        "the models stay; an interrupted training keeps them to resume either way)")
     _dataset_options(p)
     _common_run_options(p)
 
@@ -350,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write the HTML report (RUN/report.html) at the end")
     _threads_option(p)
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the training checkpoints in RUN/work/ after training succeeds (default: deleted)")
 
     p = sub.add_parser("ensemble", help="fuse tested runs: each one's scores standardised on its own held-out "
                                         "normal scores, averaged, with a calibrated threshold of their own")
@@ -372,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=_csv_list, metavar="DATASET[/METHOD],...",
                    help="run only these cells (the leaderboard still shows every finished one)")
     p.add_argument("--tabulate", action="store_true", help="run nothing: tabulate the finished cells")
+
+    p = sub.add_parser("cache", help="the feature cache: its folder, size, entries and cap; clear or trim it")
+    p.add_argument("--dir", type=Path, metavar="DIR",
+                   help="cache folder (default $STETHO_CACHE_DIR or ~/.cache/stetho)")
+    p.add_argument("--clear", action="store_true", help="delete every cached feature file")
+    p.add_argument("--max-size", metavar="SIZE",
+                   help="set the cache's size cap (e.g. 500M, 2G; 0: none), stored in the cache folder, and evict "
+                        "the least recently used entries beyond it now ($STETHO_CACHE_MAX_SIZE overrides it)")
 
     p = sub.add_parser("report", help="self-contained HTML report with plots of one or several runs")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders tested on labeled data")
@@ -448,6 +461,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         path = report_runs(args.runs, args.out)
         print(f"report written to {path}")
         return 0
+    if args.command == "cache":
+        return _cache(args)
     if args.command == "score":
         return _score(args)
     if args.command == "serve":
@@ -489,7 +504,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.decision_fpr is not None:
             params["decision_fpr"] = args.decision_fpr
         cfg["params"] = params
-        run_dir = pipeline.train(cfg)
+        with _keeping_checkpoints(args.keep_checkpoints):
+            run_dir = pipeline.train(cfg)
         print(f"trained models written to {run_dir}/models/")
         return 0
     if args.command == "test":
@@ -578,7 +594,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from stetho.config import resolve
 
         cfg = resolve(cfg, parse_overrides(args.overrides), _options(args, ("threads",)), where=str(args.recipe))
-        outcome = pipeline.run(cfg, report=args.report)
+        with _keeping_checkpoints(args.keep_checkpoints):
+            outcome = pipeline.run(cfg, report=args.report)
         if isinstance(outcome, pipeline.Comparison):
             print(outcome.format_text())
             print(f"\ncomparison tables written to {cfg['out']}/comparison_*.csv")
@@ -588,6 +605,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print_result(result, f"{mode} — {outcome.folders[mode]}")
         return 0
     raise AssertionError(args.command)  # pragma: no cover
+
+
+def _keeping_checkpoints(keep: bool):
+    """``--keep-checkpoints``: :func:`stetho.models.checkpoints.keeping_checkpoints` (else nothing)."""
+    import contextlib
+
+    from stetho.models.checkpoints import keeping_checkpoints
+
+    return keeping_checkpoints() if keep else contextlib.nullcontext()
 
 
 def _score(args: argparse.Namespace) -> int:
