@@ -616,6 +616,40 @@ def _keeping_checkpoints(keep: bool):
     return keeping_checkpoints() if keep else contextlib.nullcontext()
 
 
+def _cache(args: argparse.Namespace) -> int:
+    """``stetho cache``: where the feature cache is, its size, entries and cap; ``--clear`` empties
+    it, ``--max-size`` stores a new cap and trims the cache to it."""
+    import os
+    from datetime import datetime
+
+    from stetho.features.cache import default_cache_dir
+    from stetho.features.cache_limit import (ENV_MAX_SIZE, cache_info, clear, evict, format_size, parse_size,
+                                             store_max_bytes)
+
+    root = Path(args.dir) if args.dir is not None else default_cache_dir()
+    if args.clear:
+        n, freed = clear(root)
+        print(f"cleared {root}: {n} entries, {format_size(freed)} freed")
+    if args.max_size is not None:
+        cap = parse_size(args.max_size, "--max-size")
+        store_max_bytes(root, cap)
+        n, freed = evict(root, cap)
+        print(f"cap set to {format_size(cap) if cap else 'none'}"
+              + (f": {n} least recently used entries ({format_size(freed)}) evicted" if n else ""))
+        if os.environ.get(ENV_MAX_SIZE):
+            print(f"note: ${ENV_MAX_SIZE}={os.environ[ENV_MAX_SIZE]} is set and overrides it")
+    info = cache_info(root)
+    print(f"feature cache: {info.root}")
+    cap = format_size(info.max_bytes) if info.max_bytes else "none"
+    print(f"size: {format_size(info.bytes)} ({info.bytes} bytes) in {info.entries} entries; cap {cap}")
+    for kind, (n, b) in info.kinds.items():
+        print(f"  {kind}: {n} entries, {format_size(b)}")
+    if info.oldest_use is not None:
+        when = [datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") for t in (info.oldest_use, info.newest_use)]
+        print(f"last used: {when[0]} (least recent) to {when[1]} (most recent)")
+    return 0
+
+
 def _score(args: argparse.Namespace) -> int:
     """``stetho score``: each file's verdict on stdout; a file that cannot be scored is an error
     line on stderr (the others are still scored) and exit status 2."""
