@@ -12,6 +12,11 @@ A detector **only produces scores**; the base class owns everything about decisi
   (``file``, ``machine``, ``section``, ``domain`` lists).
 * ``thresholds_[mode][machine]``: always this shape; ``threshold_for(mode, machine)``.
 * ``score`` / ``score_all`` / ``predict``; ``save`` / ``load`` round-trip (format version 2).
+* What they take: clips, or audio file / folder paths, or float arrays of samples with their
+  ``sample_rate`` (:mod:`stetho.models.inputs`); and the scikit-learn / PyOD names
+  ``decision_function`` (= ``score``, higher = more anomalous), ``score_samples`` (its negative,
+  scikit-learn's higher = more normal), ``predict`` (PyOD's 1 = anomalous, 0 = normal),
+  ``get_params`` / ``set_params`` (so ``sklearn.base.clone`` and a ``Pipeline`` work).
 
 Two parts of the base live in modules of their own: which clips calibrate
 (:class:`stetho.models.calibration.Calibration`: hold-out, cross-fitting) and model files
@@ -38,6 +43,7 @@ from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import ConfigError, ExportError, NotFittedError, StethoError
 from stetho.features import Extracted, FeatureCache
 from stetho.models.calibration import Calibration
+from stetho.models.inputs import as_clips
 from stetho.models.params import DEVICE, SEED, Boolean, Constraint, Interval, Options, validate_params
 from stetho.models.persistence import FORMAT, FORMAT_SINCE, FORMAT_VERSION, Persistence  # noqa: F401 (importable here)
 from stetho.models.training import TrainingDivergedError, resolve_device, training_settings, use_threads
@@ -207,9 +213,21 @@ class Detector(Calibration, Persistence):
         """Allowed values of every parameter (the common ones and the class's own)."""
         return {**COMMON_CONSTRAINTS, **cls._parameter_constraints}
 
-    def get_params(self) -> dict[str, Any]:
-        """Parameters as a plain dict (``type(det)(**det.get_params())`` is an unfitted copy)."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Parameters as a plain dict (``type(det)(**det.get_params())`` is an unfitted copy);
+        ``deep`` is scikit-learn's argument (a detector holds no nested estimators)."""
         return {k: getattr(self, k) for k in self.param_defaults()}
+
+    def set_params(self, **params: Any) -> "Detector":
+        """Set parameters by name (scikit-learn's ``set_params``); checked at the next ``fit``
+        (:meth:`check_params`). A name the detector does not take is a :class:`ConfigError`."""
+        valid = self.param_defaults()
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ConfigError(f"{self.name}: unknown parameter(s) {', '.join(unknown)}; it takes {', '.join(valid)}")
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
 
     def check_params(self) -> None:
         """Raise :class:`~stetho.errors.ConfigError` (one line naming the parameter and its
@@ -233,13 +251,19 @@ class Detector(Calibration, Persistence):
 
     # -- the contract -----------------------------------------------------------------------
     def fit(
-        self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
-        context: FitContext | None = None,
+        self, clips: Any, features: Sequence[np.ndarray] | None = None,
+        context: FitContext | None = None, *, sample_rate: int | None = None, machine_type: str | None = None,
     ) -> "Detector":
         """Learn from normal training ``clips`` (features extracted when not given) and fit the
-        decision thresholds on out-of-sample scores (see ``threshold`` / ``calibration``)."""
+        decision thresholds on out-of-sample scores (see ``threshold`` / ``calibration``).
+
+        ``clips`` may also be audio file / folder paths or float arrays of samples with their
+        ``sample_rate`` in Hz, all of one machine type (``machine_type``, default
+        ``"machine"``); see :mod:`stetho.models.inputs`. (A scikit-learn ``Pipeline`` passes its
+        ``y=None`` as ``features``.)"""
         self.check_params()
-        clips = list(clips)
+        clips, features = as_clips(self, clips, features, sample_rate=sample_rate, machine_type=machine_type,
+                                   fitting=True)
         if not clips:
             raise ValueError("fit() needs at least one training clip")
         context = context or FitContext()
@@ -301,28 +325,51 @@ class Detector(Calibration, Persistence):
         return self
 
     def score(
-        self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
-        mode: str | None = None,
+        self, clips: Any, features: Sequence[np.ndarray] | None = None,
+        mode: str | None = None, *, sample_rate: int | None = None, machine_type: str | None = None,
     ) -> np.ndarray:
-        """Anomaly scores ``(n_clips,)``, higher = more anomalous, for score ``mode``."""
-        return self.score_all(clips, features)[self._mode(mode)]
+        """Anomaly scores ``(n_clips,)``, higher = more anomalous, for score ``mode``.
+
+        ``clips`` may also be paths or arrays, as in :meth:`fit`; their machine type is
+        ``machine_type``, else the only one the detector was fitted on."""
+        return self.score_all(clips, features, sample_rate=sample_rate, machine_type=machine_type)[self._mode(mode)]
 
     def score_all(
-        self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None
+        self, clips: Any, features: Sequence[np.ndarray] | None = None, *,
+        sample_rate: int | None = None, machine_type: str | None = None,
     ) -> dict[str, np.ndarray]:
         """Scores in every mode at once (one pass over the clips): ``{mode: (n_clips,)}``."""
         self._check_fitted()
+        clips, features = as_clips(self, clips, features, sample_rate=sample_rate, machine_type=machine_type)
         with use_threads(self.threads):
-            return self._score_all(list(clips), features)
+            return self._score_all(clips, features)
 
     def predict(
-        self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
-        mode: str | None = None,
+        self, clips: Any, features: Sequence[np.ndarray] | None = None,
+        mode: str | None = None, *, sample_rate: int | None = None, machine_type: str | None = None,
     ) -> np.ndarray:
-        """0/1 decisions: 1 when the score exceeds the threshold of the mode and machine type."""
+        """0/1 decisions (PyOD's convention, not scikit-learn's -1/1): 1 = anomalous, when the
+        score exceeds the threshold of the mode and machine type (:attr:`thresholds_`)."""
         mode = self._mode(mode)
+        self._check_fitted()
+        clips, features = as_clips(self, clips, features, sample_rate=sample_rate, machine_type=machine_type)
         scores = self.score(clips, features, mode)
         return self.decide(scores, [c.machine for c in clips], mode)
+
+    def decision_function(
+        self, clips: Any, mode: str | None = None, *, sample_rate: int | None = None,
+        machine_type: str | None = None,
+    ) -> np.ndarray:
+        """PyOD's name for :meth:`score`: anomaly scores ``(n_clips,)``, higher = more anomalous."""
+        return self.score(clips, None, mode, sample_rate=sample_rate, machine_type=machine_type)
+
+    def score_samples(
+        self, clips: Any, mode: str | None = None, *, sample_rate: int | None = None,
+        machine_type: str | None = None,
+    ) -> np.ndarray:
+        """scikit-learn's convention (``IsolationForest.score_samples``): higher = more *normal*,
+        i.e. ``-decision_function``."""
+        return -self.decision_function(clips, mode, sample_rate=sample_rate, machine_type=machine_type)
 
     def decide(self, scores: np.ndarray, machines: Sequence[str], mode: str | None = None) -> np.ndarray:
         """0/1 decisions of ``scores`` of clips of ``machines`` in score ``mode``."""

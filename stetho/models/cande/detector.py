@@ -26,6 +26,7 @@ from stetho.models.cande.context import (CONTEXT_COLUMNS, STREAM_ORDERS, context
 from stetho.models.cande.predictor import (ContextFrames, context_accuracy_rows, context_embedding_table,
                                           predict_stream_contexts, train_predictor)
 from stetho.models.cande.torch_model import ContextPredictor, FiLMAE, PlainAE
+from stetho.models.inputs import as_clips
 from stetho.models.logmel import LogMelDetector
 from stetho.models.params import Boolean, Interval, Options, SequenceOf
 from stetho.models.persistence import cpu_weights, plain_history
@@ -170,16 +171,18 @@ class CANDEDetector(LogMelDetector):
     # -- training ---------------------------------------------------------------------------
     def fit(
         self, clips: Sequence[Clip], features: Sequence[np.ndarray] | None = None,
-        context: FitContext | None = None,
+        context: FitContext | None = None, *, sample_rate: int | None = None, machine_type: str | None = None,
     ) -> "CANDEDetector":
-        """Train on normal clips of every machine type at once (see :meth:`Detector.fit`).
+        """Train on normal clips of every machine type at once (see :meth:`Detector.fit`, also for
+        paths and arrays).
 
         Clips marked for validation (``Clip.is_validation``) among ``clips`` join
         ``context.validation`` before anything else: they choose the best epochs and are neither
         trained on nor held out for calibration.
         """
         self.check_params()
-        clips = list(clips)
+        clips, features = as_clips(self, clips, features, sample_rate=sample_rate, machine_type=machine_type,
+                                   fitting=True)
         context = context or FitContext()
         if any(c.is_validation for c in clips):
             clips, features, context = _split_validation(clips, self._features(clips, features), context)
