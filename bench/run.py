@@ -79,6 +79,16 @@ the load average is recorded; compare runs only at similar contention.
    The clients run on the same 2 cores as the server, so the load figures are what one machine
    does when it is both; the latency figures are not (one client waiting on each answer).
 
+9. **Export** (issue 21, section ``export``): an ``ae`` run (toy fan, 10 s clips, 1-3 epochs) exported
+   with ``stetho.export.export_run`` to ONNX and TorchScript (file sizes, export times). Latency
+   of one 10 s clip at 1 thread, median of interleaved runs: torch eager through ``det.score_all``
+   (what ``stetho score`` runs), the export module in eager torch, TorchScript, onnxruntime, and
+   the edge scorer from the WAV file; the largest relative score difference from ``det.score_all``
+   (target <= 1e-4). Then a fresh venv (``python -m venv``) gets only numpy, soundfile and
+   onnxruntime from the local package index (``--index-url file:///opt/pypi/simple``: no network):
+   install time, size, that torch does not import there, and ``python stetho_edge.py DIR clip.wav``
+   in a cold process, whose scores must equal the in-process edge scorer's.
+
 Sizes are in :data:`FULL` / :data:`QUICK`; a full run takes about 5-6 minutes on 2 cores (the
 service's load test alone 60 s), ``--quick`` 60-90 s. ``--only threads`` (or any section names)
 runs some sections only, e.g. ``--only service``.
@@ -1346,6 +1356,151 @@ def load_test(url: str, headers: dict, wavs: dict[str, DistinctWavs], sizes: Siz
 # ------------------------------------------------------------------------------------------------
 
 
+#: Runs per latency figure of the export benchmark (median; interleaved so load drifts hit all alike).
+EXPORT_RUNS = {"full": 40, "quick": 15}
+#: The edge scorer's packages, installed into a fresh venv from the local package index only.
+EDGE_PACKAGES = ("numpy", "soundfile", "onnxruntime")
+LOCAL_INDEX = "file:///opt/pypi/simple"
+
+
+def bench_export(quick: bool, tmp: Path) -> tuple[list[Row], dict]:
+    """Issue 21: an AE run (toy fan, 10 s clips) exported to ONNX and TorchScript; per-clip latency
+    of one 10 s clip at 1 thread (torch eager through ``det.score_all`` as ``stetho score`` runs it,
+    the export module in eager torch, TorchScript, onnxruntime, the edge scorer from the WAV file),
+    the exports' sizes and times, the parity, and the edge scorer in a fresh venv without torch."""
+    import onnxruntime as ort
+
+    from stetho import edge, pipeline
+    from stetho.audio import load_audio
+    from stetho.export import export_run
+    from stetho.export.exporter import reference_scores, relative_difference
+    from stetho.models import Detector
+    from stetho.run_folder import run_models
+    from stetho.synth import make_toy_dataset
+
+    data, run = tmp / "export-data", tmp / "export-run"
+    clips = make_toy_dataset(data, machines=["fan"], train_clips=10 if quick else 20, target_train_clips=2,
+                             test_clips=2, duration=DURATION, seed=0, sr=SR, progress=False)
+    pipeline.train({"data": str(data), "out": str(run), "model": "ae", "params": {"epochs": 1 if quick else 3},
+                    "progress": False, "threads": 1})
+    wav = next(c.path for c in clips if c.split == "test")
+    det = Detector.load(run_models(run)[0])
+    y, _ = load_audio(wav)
+    info: dict[str, Any] = {"clip_s": len(y) / SR}
+    files: dict[str, dict] = {}
+    for fmt in ("onnx", "torchscript"):
+        t = time.perf_counter()
+        (e,) = export_run(run, fmt, tmp / f"export-{fmt}")
+        files[fmt] = {"path": e.path, "export_s": round(time.perf_counter() - t, 2), "bytes": e.path.stat().st_size,
+                      "check_max_rel_diff": e.max_rel_diff}
+    info["files"] = {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in files.items()}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        module = det.export_module("fan")
+        with warnings_ignored():
+            scripted = torch.jit.load(str(files["torchscript"]["path"]))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(files["onnx"]["path"]), options, providers=["CPUExecutionProvider"])
+        scorer = edge.EdgeScorer(files["onnx"]["path"].parent, threads=1)
+        yt, sec = torch.from_numpy(y), torch.tensor(0)
+        feeds = {"waveform": y, "section": np.array(0, dtype=np.int64)}
+        with torch.no_grad():
+            engines: dict[str, Callable[[], Any]] = {
+                "torch eager (det.score_all, as stetho score)": lambda: reference_scores(det, "fan", y),
+                "torch eager (export module)": lambda: module(yt, sec).double().numpy(),
+                "TorchScript": lambda: scripted(yt, sec).double().numpy(),
+                "onnxruntime": lambda: session.run(None, feeds)[0].astype(np.float64),
+            }
+            scores = {name: np.asarray(fn()) for name, fn in engines.items()}
+            engines["edge scorer from the WAV file (decode + checks + onnxruntime)"] = lambda: scorer.score(wav)
+            runs = EXPORT_RUNS["quick" if quick else "full"]
+            times: dict[str, list[float]] = {name: [] for name in engines}
+            for fn in engines.values():  # warm-up
+                fn()
+            for _ in range(runs):
+                for name, fn in engines.items():
+                    t = time.perf_counter()
+                    fn()
+                    times[name].append((time.perf_counter() - t) * 1e3)
+    finally:
+        torch.set_num_threads(threads)
+    ref = scores["torch eager (det.score_all, as stetho score)"]
+    info["latency_ms"] = {name: round(float(np.median(v)), 2) for name, v in times.items()}
+    info["max_rel_diff"] = {name: relative_difference(s, ref) for name, s in scores.items()}
+    info["fresh_venv"] = edge_venv(tmp, files["onnx"]["path"].parent, wav, scorer.score(wav))
+
+    eager = info["latency_ms"]["torch eager (det.score_all, as stetho score)"]
+    rows = [Row("export", f"{fmt} file size (AE, one machine type)", v["bytes"] / 1e6, "MB") for fmt, v in files.items()]
+    rows += [Row("export", f"{fmt} export time (incl. the parity check)", v["export_s"], "s") for fmt, v in files.items()]
+    for name, ms in info["latency_ms"].items():
+        is_ort = name == "onnxruntime"
+        rows.append(Row("export", f"10 s clip, 1 thread: {name}", ms, "ms",
+                        f"<= eager {eager:.1f} ms" if is_ort else "", verdict(ms <= eager) if is_ort else ""))
+    worst = max(v for k, v in info["max_rel_diff"].items())
+    rows.append(Row("export", "largest relative score difference from det.score_all", worst, "", "<= 1e-4",
+                    verdict(worst <= 1e-4)))
+    venv = info["fresh_venv"]
+    if venv.get("error"):
+        rows.append(Row("export", f"fresh venv without torch: {venv['error']}", None, ""))
+    else:
+        rows += [Row("export", "fresh venv: pip install numpy soundfile onnxruntime (local index, offline)",
+                     venv["install_s"], "s"),
+                 Row("export", "fresh venv size on disk", venv["venv_mb"], "MB"),
+                 Row("export", "fresh venv: python stetho_edge.py DIR clip.wav (cold process)", venv["score_s"], "s"),
+                 Row("export", "fresh venv: torch importable / scores equal in-process", None, "",
+                     "no / yes", verdict(not venv["torch_importable"] and venv["same_scores"]))]
+    return rows, info
+
+
+class warnings_ignored:
+    """``torch.jit.load`` warns that TorchScript is deprecated (torch 2.13); it still works."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", DeprecationWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def edge_venv(tmp: Path, export_dir: Path, wav: Path, expected: dict) -> dict:
+    """A fresh venv with only :data:`EDGE_PACKAGES` from :data:`LOCAL_INDEX` (no network): install
+    time, size, whether torch imports there, and ``stetho_edge.py`` scoring ``wav`` (cold)."""
+    venv = tmp / "edge-venv"
+    try:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+        py = str(venv / "bin" / "python")
+        subprocess.run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--index-url",
+                        LOCAL_INDEX, *EDGE_PACKAGES], check=True, capture_output=True, text=True, timeout=600)
+        install_s = time.perf_counter() - t
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        err = getattr(exc, "stderr", "") or str(exc)
+        return {"error": f"could not build it ({str(err).strip().splitlines()[-1][:120] if err else exc})"}
+    size = sum(p.stat().st_size for p in venv.rglob("*") if p.is_file())
+    torch_ok = subprocess.run([py, "-c", "import torch"], capture_output=True).returncode == 0
+    t = time.perf_counter()
+    proc = subprocess.run([py, str(export_dir / "stetho_edge.py"), str(export_dir), "--json", str(wav)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp)
+    score_s = time.perf_counter() - t
+    same = False
+    if proc.returncode == 0:
+        got = json.loads(proc.stdout.splitlines()[0])
+        same = all(abs(got["modes"][m]["score"] - v["score"]) <= 1e-6 * abs(v["score"])
+                   for m, v in expected["modes"].items())
+    versions = subprocess.run([py, "-c", "import numpy, soundfile, onnxruntime; print(numpy.__version__, "
+                               "soundfile.__version__, onnxruntime.__version__)"], capture_output=True, text=True)
+    return {"install_s": round(install_s, 1), "venv_mb": round(size / 1e6), "torch_importable": torch_ok,
+            "score_s": round(score_s, 2), "returncode": proc.returncode, "same_scores": same,
+            "stderr": proc.stderr[-300:], "versions": versions.stdout.strip()}
+
+
 def print_table(rows: list[Row]) -> None:
     header = ("benchmark", "figure", "value", "target", "")
     cells = [header] + [(r.benchmark, r.figure, r.shown(), r.target, r.status) for r in rows]
@@ -1376,7 +1531,7 @@ def print_sweep(info: dict) -> None:
 
 
 #: Section names for ``--only`` (keys of the results' ``details``).
-SECTIONS = ("toy", "extraction", "training", "latency", "discriminative", "bigan", "threads", "service")
+SECTIONS = ("toy", "extraction", "training", "latency", "discriminative", "bigan", "threads", "service", "export")
 
 
 def print_threads(info: dict) -> None:
@@ -1462,6 +1617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         measure("threads", "[6/7] torch threads, idle and under load (subprocesses) ...", lambda: bench_threads(sizes))
         measure("service", f"[7/7] scoring service (stetho serve on 127.0.0.1; load: {sizes.service_clients} clients "
                 f"x {sizes.service_load_s:.0f} s) ...", lambda: bench_service(sizes, tmp))
+        measure("export", "[export] ONNX / TorchScript export of an AE run, latency, fresh venv without torch ...",
+                lambda: bench_export(args.quick, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta["other_cpus"] = whole_run.other_cpus()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stetho import __version__
-from stetho.errors import StethoError
+from stetho.errors import ConfigError, StethoError
 
 log = logging.getLogger("stetho")
 
@@ -278,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
                                           "required for a run of several)")
     p.add_argument("--section", help="the section (machine ID) the files belong to (default 00)")
     p.add_argument("--json", action="store_true", help="one JSON object per file instead of a table")
+    p.add_argument("--engine", choices=("torch", "onnx"), default="torch",
+                   help="torch (default): RUN is a run folder; onnx: RUN is a folder from `stetho export --format "
+                        "onnx`, scored with onnxruntime through stetho.edge (no PyTorch)")
+
+    p = sub.add_parser("export", help="export a trained run for scoring without PyTorch (ONNX) or without stetho "
+                                      "(TorchScript): one file per machine type, thresholds in JSON, the edge scorer")
+    p.add_argument("run", type=Path, metavar="RUN", help="run folder from `stetho train`")
+    p.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"), default="onnx",
+                   help="onnx (default; score it with stetho_edge.py: numpy, soundfile, onnxruntime) or torchscript")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the export folder (created)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the check that the exported scores equal the run's on a seeded test signal")
 
     p = sub.add_parser("serve", help="the HTTP scoring service: score uploaded recordings, store every verdict "
                                      "(FastAPI + uvicorn)")
@@ -464,7 +476,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "cache":
         return _cache(args)
     if args.command == "score":
-        return _score(args)
+        return _score_onnx(args) if args.engine == "onnx" else _score(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "watch":
@@ -674,6 +688,51 @@ def _score(args: argparse.Namespace) -> int:
     if verdicts and not args.json:
         print(format_verdicts(verdicts))
     return 2 if failed else 0
+
+
+def _score_onnx(args: argparse.Namespace) -> int:
+    """``stetho score --engine onnx``: as ``stetho score``, with an ONNX export folder scored by
+    :class:`stetho.edge.EdgeScorer` (onnxruntime)."""
+    import json
+
+    from stetho.edge import EdgeError, EdgeScorer, format_results
+
+    try:
+        scorer = EdgeScorer(args.run)
+        machine_type = scorer.resolve_machine_type(args.machine_type)
+    except EdgeError as exc:
+        raise ConfigError(str(exc)) from None
+    results, failed = [], 0
+    for path in args.files:
+        try:
+            result = scorer.score(path, machine_type, section=args.section)
+        except EdgeError as exc:
+            print(f"stetho: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps(result), flush=True)
+        results.append(result)
+    if results and not args.json:
+        print(format_results(results))
+    return 2 if failed else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``stetho export``: the exported files, their sizes and parity, and how to score them."""
+    from stetho.export import export_run
+
+    exported = export_run(args.run, args.fmt, args.out, verify=args.verify)
+    for e in exported:
+        parity = "" if e.max_rel_diff != e.max_rel_diff else f", scores within {e.max_rel_diff:.1e} of the run's"
+        print(f"{e.machine_type} ({e.model}): {e.path} ({e.size_bytes / 1e6:.2f} MB{parity})")
+    if args.fmt == "onnx":
+        print(f"score without PyTorch: python {args.out / 'stetho_edge.py'} {args.out} FILE.wav ... "
+              "(needs numpy, soundfile, onnxruntime)")
+    else:
+        print("load with torch.jit.load(FILE); forward(waveform float32 (n_samples,), section int64 ()) gives the "
+              "scores of the modes in the JSON beside it")
+    return 0
 
 
 def _archive(args: argparse.Namespace) -> Path | None:

@@ -146,7 +146,9 @@ def _export_one(det: Detector, machine: str, module: torch.nn.Module, fmt: str, 
         if fmt == "onnx":
             _write_onnx(module, y, section, min_samples, tmp)
         else:
-            torch.jit.save(torch.jit.script(module), str(tmp))
+            with warnings.catch_warnings():  # torch 2.13 marks torch.jit deprecated; it still works
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.jit.save(torch.jit.script(module), str(tmp))
     inputs = list(INPUTS)
     check: dict[str, Any] = {"signal": f"{CHECK_SECONDS:g} s of seeded Gaussian noise (sd 0.1)"}
     max_rel = float("nan")
@@ -246,7 +248,9 @@ def _run_exported(path: Path, fmt: str, y: torch.Tensor) -> tuple[np.ndarray, li
     """Scores ``(n_modes,)`` float64 of the exported file at ``path`` for samples ``y`` (section
     0), and the graph's input names."""
     if fmt == "torchscript":
-        loaded = torch.jit.load(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loaded = torch.jit.load(str(path))
         with torch.no_grad():
             return loaded(y, torch.tensor(0, dtype=torch.int64)).double().numpy(), list(INPUTS)
     try:

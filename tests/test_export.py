@@ -1,0 +1,257 @@
+"""Exporting a run (stetho.export) and scoring the export without PyTorch (stetho.edge).
+
+One tiny AE run (toy fans, 1 s clips, 2 epochs) is exported once to ONNX (through the CLI) and
+once to TorchScript; every exported file's scores are compared with the detector's own
+(``det.score_all`` through :class:`stetho.monitor.scoring.Scorer`, as ``stetho score`` computes
+them) on toy clips, on clips of other lengths and on real DCASE 2023 recordings when
+``../shared/data/real`` is there. The edge scorer also runs in a subprocess where importing
+torch, stetho or librosa fails.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from stetho import cli, edge, pipeline
+from stetho.audio import load_audio
+from stetho.errors import ConfigError, ExportError
+from stetho.export import export_run, run_id
+from stetho.export.exporter import reference_scores
+from stetho.models import MODELS, Detector
+from stetho.monitor.scoring import Scorer
+from stetho.run_folder import run_models
+from stetho.synth import make_toy_dataset
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")]
+
+RTOL = 1e-4
+EDGE = Path(edge.__file__)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toy")
+    make_toy_dataset(root, machines=["fan"], train_clips=8, target_train_clips=2, test_clips=2, duration=1.0, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ae_run(toy, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "ae"
+    pipeline.train({"data": str(toy), "out": str(out), "model": "ae", "progress": False,
+                    "params": {"epochs": 2, "batch_size": 64}})
+    return out
+
+
+@pytest.fixture(scope="module")
+def ae(ae_run) -> Detector:
+    return Detector.load(run_models(ae_run)[0])
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(ae_run, tmp_path_factory) -> Path:
+    """The ONNX export, written by the CLI (``stetho export RUN --format onnx --out DIR``)."""
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    assert cli.main(["export", str(ae_run), "--format", "onnx", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ts_dir(ae_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "torchscript"
+    export_run(ae_run, "torchscript", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer(ae_run) -> Scorer:
+    return Scorer.load(ae_run, resample=False)
+
+
+def _wavs(toy: Path) -> list[Path]:
+    return sorted((toy / "fan" / "test").glob("*.wav")) + sorted((toy / "fan" / "train").glob("*.wav"))[:3]
+
+
+def _torchscript_scores(ts_dir: Path, y: np.ndarray) -> np.ndarray:
+    module = torch.jit.load(str(ts_dir / "fan.pt"))
+    with torch.no_grad():
+        return module(torch.from_numpy(np.asarray(y, dtype=np.float32)), torch.tensor(0)).double().numpy()
+
+
+def _assert_same_verdict(got: dict, verdict) -> None:
+    """An edge result (dict) against a Scorer verdict: scores within RTOL, same thresholds and decisions."""
+    want = verdict.to_dict()
+    assert list(got["modes"]) == list(want["modes"])
+    for mode, w in want["modes"].items():
+        g = got["modes"][mode]
+        assert g["score"] == pytest.approx(w["score"], rel=RTOL), mode
+        assert g["threshold"] == w["threshold"] and g["decision"] == w["decision"], mode
+    assert got["anomalous"] == want["anomalous"] and got["default_mode"] == want["default_mode"]
+
+
+# -- the files ---------------------------------------------------------------------------------
+def test_an_onnx_export_holds_the_model_its_metadata_and_the_edge_scorer(onnx_dir, ae_run, ae, scorer):
+    index = json.loads((onnx_dir / "export.json").read_text())
+    assert index["format"] == "onnx" and index["machine_types"] == {"fan": "fan.json"}
+    assert index["run"]["run_id"] == run_id(ae_run) == scorer.runs[0].run_id
+    meta = json.loads((onnx_dir / "fan.json").read_text())
+    assert meta["model"] == "ae" and meta["machine_type"] == "fan" and meta["file"] == "fan.onnx"
+    assert meta["score_modes"] == ["mahalanobis", "mse"] and meta["default_mode"] == "mahalanobis"
+    assert meta["thresholds"] == {m: ae.threshold_for(m, "fan") for m in ae.score_modes}
+    assert (meta["sample_rate"], meta["min_samples"]) == ae.signal_spec == (16000, 2048)
+    assert meta["sections"] == ["00"] and meta["section_dependent"] is False
+    assert meta["inputs"] == ["waveform", "section"] and meta["versions"]["opset"] >= 17
+    assert meta["versions"]["torch"] == torch.__version__
+    assert meta["check"]["max_rel_diff"] < RTOL
+    assert (onnx_dir / "stetho_edge.py").read_bytes() == EDGE.read_bytes()
+    assert (onnx_dir / "fan.onnx").stat().st_size > 1_000_000  # the weights are inside (no .data file)
+    assert not list(onnx_dir.glob("*.data"))
+
+
+def test_a_torchscript_export_has_the_same_metadata(ts_dir, onnx_dir):
+    ts, ox = (json.loads((d / "fan.json").read_text()) for d in (ts_dir, onnx_dir))
+    assert ts["file"] == "fan.pt" and ts["format"] == "torchscript"
+    for key in ("score_modes", "default_mode", "thresholds", "sections", "sample_rate", "min_samples", "run"):
+        assert ts[key] == ox[key], key
+
+
+# -- parity ------------------------------------------------------------------------------------
+def test_onnx_scores_and_decisions_equal_the_runs_on_toy_clips(onnx_dir, toy, scorer):
+    es = edge.EdgeScorer(onnx_dir)
+    for wav in _wavs(toy):
+        _assert_same_verdict(es.score(wav, "fan"), scorer.score(wav, "fan"))
+
+
+def test_torchscript_scores_equal_the_runs_on_toy_clips(ts_dir, toy, ae):
+    for wav in _wavs(toy):
+        y, _ = load_audio(wav)
+        want = reference_scores(ae, "fan", y)
+        np.testing.assert_allclose(_torchscript_scores(ts_dir, y), want, rtol=RTOL)
+
+
+@pytest.mark.parametrize("n", [2048, 2049, 16000 + 123, 3 * 16000 + 7])
+def test_every_clip_length_scores_as_the_run_does(onnx_dir, ts_dir, ae, n):
+    y = (np.random.default_rng(n).standard_normal(n) * 0.05).astype(np.float32)
+    want = reference_scores(ae, "fan", y)
+    got = edge.EdgeScorer(onnx_dir).scores(y, "fan")
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+    np.testing.assert_allclose(_torchscript_scores(ts_dir, y), want, rtol=RTOL)
+
+
+def test_real_recordings_score_as_the_run_does(real_data, onnx_dir, ts_dir, ae, scorer):
+    wavs = sorted((real_data / "dcase2023t2_dev_subset" / "fan").glob("*/*.wav"))
+    if not wavs:
+        pytest.skip("no DCASE 2023 fan recordings in ../shared/data/real/dcase2023t2_dev_subset")
+    es = edge.EdgeScorer(onnx_dir)
+    for wav in wavs:  # 10 s recordings of real fans, scored by the toy-trained AE
+        verdict = scorer.score(wav, "fan")
+        assert verdict.duration_s == pytest.approx(10.0, abs=0.1)
+        _assert_same_verdict(es.score(wav, "fan"), verdict)
+        y, _ = load_audio(wav)
+        np.testing.assert_allclose(_torchscript_scores(ts_dir, y), [verdict.modes[m].score for m in ae.score_modes],
+                                   rtol=RTOL)
+
+
+# -- what cannot be exported -------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(n for n, cls in MODELS.items() if cls.export_module is Detector.export_module))
+def test_a_model_without_an_export_says_so(name):
+    with pytest.raises(ExportError, match=rf"^{name} models cannot be exported for scoring without PyTorch: \w"):
+        MODELS[name]().export_module("fan")
+
+
+def test_an_unfitted_machine_type_or_format_is_refused(ae, ae_run, tmp_path):
+    with pytest.raises(ExportError, match="cannot export machine type 'pump': it was fitted on fan"):
+        ae.export_module("pump")
+    with pytest.raises(ConfigError, match="unknown export format 'tflite'; choose from onnx, torchscript"):
+        export_run(ae_run, "tflite", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+# -- the edge scorer ---------------------------------------------------------------------------
+def test_the_edge_scorer_imports_only_numpy_soundfile_onnxruntime_and_the_standard_library():
+    tree = ast.parse(EDGE.read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    third_party = names - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party == {"numpy", "soundfile", "onnxruntime", "soxr"}  # soxr: only when installed
+
+
+BLOCKED = "import sys\nfor m in ('torch', 'stetho', 'librosa', 'scipy', 'soxr'):\n    sys.modules[m] = None\n"
+
+
+def test_the_edge_scorer_runs_where_torch_and_stetho_cannot_be_imported(onnx_dir, toy, scorer, tmp_path):
+    wavs = _wavs(toy)
+    y, sr = sf.read(wavs[0], dtype="float32")
+    sf.write(tmp_path / "other_rate.wav", y, 22050)  # refused: no soxr to resample with
+    code = (BLOCKED + "sys.argv = ['stetho_edge.py'] + sys.argv[1:]\n"
+            f"exec(compile(open({str(onnx_dir / 'stetho_edge.py')!r}).read(), 'stetho_edge.py', 'exec'))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(onnx_dir), "--json", *map(str, wavs),
+                           str(tmp_path / "other_rate.wav")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "other_rate.wav: recorded at 22050 Hz; the model needs 16000 Hz" in proc.stderr
+    assert "pip install soxr" in proc.stderr and "Traceback" not in proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["file"] for r in results] == list(map(str, wavs))
+    for r, wav in zip(results, wavs):
+        _assert_same_verdict(r, scorer.score(wav, "fan"))
+        assert r["run_id"] == scorer.runs[0].run_id
+
+
+def test_the_edge_scorer_checks_the_audio(onnx_dir, toy, scorer, tmp_path):
+    es = edge.EdgeScorer(onnx_dir)
+    wav = _wavs(toy)[0]
+    y, sr = sf.read(wav, dtype="float32")
+    # a stereo file: its first channel is scored
+    sf.write(tmp_path / "stereo.wav", np.stack([y, np.zeros_like(y)], axis=1), sr, subtype="PCM_16")
+    assert es.score(tmp_path / "stereo.wav")["modes"] == es.score(wav)["modes"]
+    # another rate: resampled with soxr (as stetho does) when installed, else refused
+    sf.write(tmp_path / "other.wav", y, 22050)
+    assert es.score(tmp_path / "other.wav")["duration_s"] == pytest.approx(len(y) / 22050 * 1.0, rel=1e-3)
+    with pytest.raises(edge.EdgeError, match="recorded at 22050 Hz; the model needs 16000 Hz") as exc:
+        edge.EdgeScorer(onnx_dir, resample=False).score(tmp_path / "other.wav")
+    assert exc.value.kind == "sample_rate"
+    bad = y[:4000].copy()
+    bad[10] = np.nan
+    cases = [(bad, "non_finite", "contains 1 NaN/inf sample"), (y[:2047], "too_short", "2047 samples at 16000 Hz, at "
+              "least 2048"), (y[:3000] * 1000, "out_of_range", "over 100x full scale")]
+    for arr, kind, message in cases:
+        with pytest.raises(edge.EdgeError, match=message) as exc:
+            es.score(arr)
+        assert exc.value.kind == kind
+    with pytest.raises(edge.EdgeError, match="machine type 'pump' is not in the export; it scores fan"):
+        es.score(wav, "pump")
+    with pytest.raises(edge.EdgeError, match="not a stetho export folder"):
+        edge.EdgeScorer(tmp_path)
+    # the AE scores every section alike: any section name is accepted
+    assert es.score(wav, section="03")["modes"] == es.score(wav)["modes"]
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+def test_stetho_score_engine_onnx_prints_what_the_torch_engine_prints(onnx_dir, ae_run, toy, capsys):
+    wavs = [str(w) for w in _wavs(toy)[:3]]
+    assert cli.main(["score", str(ae_run), *wavs, "--json"]) == 0
+    torch_out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert cli.main(["score", str(onnx_dir), *wavs, "--json", "--engine", "onnx"]) == 0
+    onnx_out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(onnx_out) == len(torch_out) == 3
+    for o, t in zip(onnx_out, torch_out):
+        assert o["file"] == t["file"] and o["run_id"] == t["run"]["run_id"]
+        for mode in t["modes"]:
+            assert o["modes"][mode]["score"] == pytest.approx(t["modes"][mode]["score"], rel=RTOL)
+            assert o["modes"][mode]["decision"] == t["modes"][mode]["decision"]
+    # a table, as the torch engine's
+    assert cli.main(["score", str(onnx_dir), wavs[0], "--engine", "onnx"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[:4] == ["file", "machine", "type", "mahalanobis"]
+    assert cli.main(["score", str(ae_run), wavs[0], "--engine", "onnx"]) == 2  # a run folder is not an export
+    assert "not a stetho export folder" in capsys.readouterr().err
