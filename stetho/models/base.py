@@ -29,6 +29,7 @@ learnt state ends in ``_``. Each class declares ``_parameter_constraints`` for e
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -228,6 +229,22 @@ class Detector(Calibration, Persistence):
         for key, value in params.items():
             setattr(self, key, value)
         return self
+
+    def __sklearn_clone__(self) -> "Detector":
+        """What ``sklearn.base.clone`` returns: an unfitted detector with deep copies of these
+        parameters. (scikit-learn's default clone insists that a constructor stores each argument
+        as the very object given; CANDE's ``predictor_hidden`` and the discriminative model's
+        ``branches`` are stored as lists, for their model files.)"""
+        return type(self)(**copy.deepcopy(self.get_params()))
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's estimator tags (a ``Pipeline`` asks for them): an unsupervised
+        outlier detector (no ``y``) that validates its own inputs (clips, paths, arrays).
+        scikit-learn is imported here only, when scikit-learn itself asks."""
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(estimator_type="outlier_detector", target_tags=TargetTags(required=False),
+                    input_tags=InputTags(one_d_array=True, two_d_array=True, string=True), no_validation=True)
 
     def check_params(self) -> None:
         """Raise :class:`~stetho.errors.ConfigError` (one line naming the parameter and its
