@@ -163,6 +163,19 @@ class StatsDetector(LogMelDetector):
                 out[mode][idx] = self.backends_[m][mode].score(z)
         return out
 
+    # -- export -----------------------------------------------------------------------------
+    export_uses_section = False  # one set of backends per machine type: every section scores alike
+
+    def export_module(self, machine_type: str) -> torch.nn.Module:
+        """Every score mode of ``machine_type`` from raw samples as one module
+        (:class:`~stetho.models.stats.export.StatsScoreModule`; see :meth:`Detector.export_module`)."""
+        from stetho.models.stats.export import StatsScoreModule
+
+        self._check_export_machine(machine_type)
+        mean, std = self.scalers_[machine_type]
+        return StatsScoreModule(self.logmel_params, self.statistics, mean, std,
+                                {mode: self.backends_[machine_type][mode] for mode in self.score_modes}).eval()
+
     def histories(self) -> dict[str, dict[str, list]]:
         """None: there is no training loop (the run folder gets no ``history_*.csv``)."""
         return {}
