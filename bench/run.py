@@ -79,6 +79,14 @@ the load average is recorded; compare runs only at similar contention.
    The clients run on the same 2 cores as the server, so the load figures are what one machine
    does when it is both; the latency figures are not (one client waiting on each answer).
 
+8. **Start-up** (issue 23): cold processes, each fresh (median and min of ``startup_repeats``, 5):
+   ``stetho --help`` (target < 0.5 s), ``python -c "import stetho"``, and ``stetho score RUN
+   file.wav`` of one 1 s toy clip with a ``stats`` run and with a 1-epoch ``ae`` run (trained here on
+   a tiny toy fan set). For each ``score`` one more process runs under ``python -X importtime``:
+   the import seconds of the heavy packages (torch, scipy, sklearn, librosa + numba), i.e. where a
+   cold start goes. Both runs load a torch model file and compute the log-mel with torch, so
+   ``import torch`` is part of every ``score``; ``--help`` and ``import stetho`` load none of them.
+
 9. **Export** (issue 21, section ``export``): an ``ae`` run (toy fan, 10 s clips, 1-3 epochs) exported
    with ``stetho.export.export_run`` to ONNX and TorchScript (file sizes, export times). Latency
    of one 10 s clip at 1 thread, median of interleaved runs: torch eager through ``det.score_all``
@@ -1530,8 +1538,80 @@ def print_sweep(info: dict) -> None:
           + (f", librosa with 1 BLAS thread {c['librosa_blas1']}" if "librosa_blas1" in c else ""))
 
 
+#: Packages whose import time the start-up benchmark reports (a root module name → its label).
+HEAVY_IMPORTS = {"torch": "torch", "scipy": "scipy", "sklearn": "sklearn", "librosa": "librosa+numba",
+                 "numba": "librosa+numba", "llvmlite": "librosa+numba"}
+STARTUP_REPEATS = 5
+HELP_TARGET_S = 0.5
+
+
+def import_seconds(stderr: str) -> dict[str, float]:
+    """Seconds of ``python -X importtime`` output (its stderr) spent importing each of
+    :data:`HEAVY_IMPORTS` (self times summed over the package's modules), plus ``all``."""
+    totals: dict[str, float] = {"all": 0.0}
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        self_us, _, name = (part.strip() for part in line[len("import time:"):].split("|", 2))
+        if not self_us.isdigit():
+            continue  # the header line
+        seconds = int(self_us) / 1e6
+        totals["all"] += seconds
+        label = HEAVY_IMPORTS.get(name.split(".")[0])
+        if label:
+            totals[label] = totals.get(label, 0.0) + seconds
+    return {k: round(v, 3) for k, v in totals.items()}
+
+
+def bench_startup(tmp: Path) -> tuple[list[Row], dict]:
+    """Cold start: each command in :data:`STARTUP_REPEATS` fresh processes (median, min)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    cli = [sys.executable, "-m", "stetho.cli"]
+    data, runs = tmp / "startup_data", {}
+    subprocess.run([*cli, "-q", "toy", str(data), "--machines", "fan", "--train-clips", "8", "--target-train-clips",
+                    "2", "--test-clips", "1", "--duration", "1"], check=True, env=env, capture_output=True)
+    for model, extra in (("stats", []), ("ae", ["--epochs", "1"])):
+        runs[model] = tmp / f"startup_{model}"
+        subprocess.run([*cli, "-q", "train", "--data", str(data), "--out", str(runs[model]), "--model", model,
+                        "--no-cache", "--no-progress", *extra], check=True, env=env, capture_output=True)
+    wav = str(sorted((data / "fan" / "test").glob("*.wav"))[0])
+    commands = {
+        "stetho --help": [*cli, "--help"],
+        "import stetho": [sys.executable, "-c", "import stetho"],
+        "stetho score (stats run)": [*cli, "score", str(runs["stats"]), wav],
+        "stetho score (ae run)": [*cli, "score", str(runs["ae"]), wav],
+    }
+    info: dict = {"repeats": STARTUP_REPEATS, "commands": {}}
+    rows = []
+    for name, cmd in commands.items():
+        times = []
+        for _ in range(STARTUP_REPEATS):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env, capture_output=True, cwd=tmp)
+            times.append(time.perf_counter() - t0)
+        entry = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
+                 "times_s": [round(t, 3) for t in times]}
+        if name.startswith("stetho score"):
+            done = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], check=True, env=env, capture_output=True,
+                                  text=True, cwd=tmp)
+            entry["import_s"] = import_seconds(done.stderr)
+        info["commands"][name] = entry
+        target, ok = ("< 0.5 s", entry["median_s"] < HELP_TARGET_S) if name == "stetho --help" else ("", None)
+        rows.append(Row("start-up", f"{name}: median of {STARTUP_REPEATS} fresh processes", entry["median_s"], "s",
+                        target, verdict(ok)))
+        if "import_s" in entry:
+            imports = entry["import_s"]
+            rows.append(Row("start-up", f"{name}: imports (torch {imports.get('torch', 0):.2f} s, scipy "
+                                        f"{imports.get('scipy', 0):.2f}, sklearn {imports.get('sklearn', 0):.2f}, "
+                                        f"librosa+numba {imports.get('librosa+numba', 0):.2f})",
+                            imports["all"], "s"))
+    return rows, info
+
+
 #: Section names for ``--only`` (keys of the results' ``details``).
-SECTIONS = ("toy", "extraction", "training", "latency", "discriminative", "bigan", "threads", "service", "export")
+SECTIONS = ("toy", "extraction", "training", "latency", "discriminative", "bigan", "threads", "service", "startup",
+            "export")
 
 
 def print_threads(info: dict) -> None:
@@ -1617,6 +1697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         measure("threads", "[6/7] torch threads, idle and under load (subprocesses) ...", lambda: bench_threads(sizes))
         measure("service", f"[7/7] scoring service (stetho serve on 127.0.0.1; load: {sizes.service_clients} clients "
                 f"x {sizes.service_load_s:.0f} s) ...", lambda: bench_service(sizes, tmp))
+        measure("startup", "[startup] cold start of stetho --help, import stetho, stetho score (fresh processes) ...",
+                lambda: bench_startup(tmp))
         measure("export", "[export] ONNX / TorchScript export of an AE run, latency, fresh venv without torch ...",
                 lambda: bench_export(args.quick, tmp))
     finally:

@@ -30,14 +30,14 @@ produces embeddings can use them (the discriminative models, later ones, or feat
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.covariance import LedoitWolf
-from sklearn.mixture import GaussianMixture
 
 from stetho.backends.mahalanobis import precision_from_covariance
+
+if TYPE_CHECKING:  # scikit-learn (~1-2 s to import) is imported where a backend is fitted or a GMM scores
+    from sklearn.mixture import GaussianMixture
 
 DOMAIN_NAMES = ("source", "target")
 
@@ -167,6 +167,8 @@ class KMeansBackend(EmbeddingBackend):
         if "source" in parts:
             src = l2_normalize(parts["source"])
             k = min(self.n_clusters, len(src))
+            from sklearn.cluster import KMeans
+
             km = KMeans(n_clusters=k, n_init=10, random_state=self.seed).fit(src)
             centres.append(km.cluster_centers_)
         if "target" in parts:
@@ -237,6 +239,8 @@ class MahalanobisBackend(EmbeddingBackend):
         return l2_normalize(x) if self.normalize else np.asarray(x, dtype=np.float64)
 
     def fit(self, embeddings):
+        from sklearn.covariance import LedoitWolf
+
         parts = {d: self._prepare(e) for d, e in _split(embeddings).items()}
         covs = {d: LedoitWolf().fit(e).covariance_ for d, e in parts.items() if len(e) >= 2}
         if not covs:
@@ -448,6 +452,8 @@ class GMMBackend(EmbeddingBackend):
         return l2_normalize(x) if self.normalize else np.asarray(x, dtype=np.float64)
 
     def _mixture(self, n_components: int) -> GaussianMixture:
+        from sklearn.mixture import GaussianMixture
+
         return GaussianMixture(n_components=n_components, covariance_type=self.covariance_type,
                                reg_covar=self.reg_covar, random_state=self.seed)
 

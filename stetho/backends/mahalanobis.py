@@ -7,7 +7,6 @@ data; a clip's score is ``min_d  ē^T Σ_d^{-1} ē`` where ``ē`` is the clip's 
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 
 def mahalanobis_sq(e: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -18,6 +17,8 @@ def mahalanobis_sq(e: np.ndarray, precision: np.ndarray) -> np.ndarray:
 
 def precision_from_covariance(cov: np.ndarray) -> np.ndarray:
     """Inverse of a symmetric positive-definite covariance (Cholesky; pinv as last resort)."""
+    import scipy.linalg  # here, not at import: scoring with fitted precisions needs no scipy
+
     cov = np.asarray(cov, dtype=np.float64)
     try:
         factor = scipy.linalg.cho_factor(cov, lower=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import scipy.optimize
-import scipy.stats
+
+# scipy.stats and scipy.optimize (~0.5-1 s to import) are imported in the functions that fit thresholds:
+# scoring with a fitted detector needs neither.
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
     not all equal; with fewer than 3 values, or if the fit fails, the empirical quantile is used
     (logged).
     """
+    import scipy.stats
+
     s = np.asarray(scores, dtype=np.float64).ravel()
     if s.size == 0 or not np.isfinite(s).all():
         raise ValueError("gamma_threshold needs a non-empty array of finite scores")
@@ -53,6 +56,8 @@ def _gamma_sf(s: np.ndarray):
     claims almost every score is far in the tail. A fit is kept only with a shape of at least 1
     and a Kolmogorov-Smirnov p-value of at least 0.05; else the two-parameter fit (``loc`` 0, for
     positive scores) is tried the same way."""
+    import scipy.stats
+
     fits = []
     try:
         fits.append(scipy.stats.gamma.fit(s))
@@ -72,6 +77,8 @@ def _gamma_sf(s: np.ndarray):
 def _location_scale_sf(s: np.ndarray):
     """A log-normal (positive scores) or normal survival function from the mean and standard
     deviation (``ddof=1``) of the (log) scores: two parameters, for few scores."""
+    import scipy.stats
+
     positive = bool((s > 0).all())
     x = np.log(s) if positive else s
     mu, sd = float(np.mean(x)), float(np.std(x, ddof=1))
@@ -93,6 +100,8 @@ def _sf(scores: np.ndarray):
       out; two parameters extrapolate more gently.
     * one value: a step at it (nothing tells the spread; ``fit`` warns).
     """
+    import scipy.stats
+
     s = np.sort(np.asarray(scores, dtype=np.float64))
     distinct = np.unique(s).size
     if s.size >= MIN_DOMAIN_SCORES and distinct >= MIN_DOMAIN_SCORES:
@@ -157,6 +166,8 @@ def fpr_threshold(scores: np.ndarray, domains: np.ndarray | list | None = None, 
     rescaled to its median.
     A target-domain clip is therefore never judged by a threshold fitted on source clips alone.
     """
+    import scipy.optimize
+
     s = np.asarray(scores, dtype=np.float64).ravel()
     if s.size == 0 or not np.isfinite(s).all():
         raise ValueError("fpr_threshold needs a non-empty array of finite scores")
