@@ -87,15 +87,16 @@ the load average is recorded; compare runs only at similar contention.
    cold start goes. Both runs load a torch model file and compute the log-mel with torch, so
    ``import torch`` is part of every ``score``; ``--help`` and ``import stetho`` load none of them.
 
-9. **Export** (issue 21, section ``export``): an ``ae`` run (toy fan, 10 s clips, 1-3 epochs) exported
-   with ``stetho.export.export_run`` to ONNX and TorchScript (file sizes, export times). Latency
-   of one 10 s clip at 1 thread, median of interleaved runs: torch eager through ``det.score_all``
-   (what ``stetho score`` runs), the export module in eager torch, TorchScript, onnxruntime, and
-   the edge scorer from the WAV file; the largest relative score difference from ``det.score_all``
-   (target <= 1e-4). Then a fresh venv (``python -m venv``) gets only numpy, soundfile and
-   onnxruntime from the local package index (``--index-url file:///opt/pypi/simple``: no network):
-   install time, size, that torch does not import there, and ``python stetho_edge.py DIR clip.wav``
-   in a cold process, whose scores must equal the in-process edge scorer's.
+9. **Export** (issue 21, section ``export``): an ``ae`` run (toy fan, 10 s clips, 1-3 epochs) and a
+   ``stats`` run, each exported with ``stetho.export.export_run`` to ONNX and TorchScript (file
+   sizes, export times). Latency of one 10 s clip at 1 thread, median of interleaved runs: torch
+   eager through ``det.score_all`` (what ``stetho score`` runs), the export module in eager torch,
+   TorchScript, onnxruntime, and the edge scorer from the WAV file; the largest relative score
+   difference from ``det.score_all`` (target <= 1e-4). Then a fresh venv (``python -m venv``) gets
+   only numpy, soundfile and onnxruntime from the local package index (``--index-url
+   file:///opt/pypi/simple``: no network): install time, size, that torch does not import there,
+   and ``python stetho_edge.py DIR clip.wav`` (the ae export) in a cold process, whose scores must
+   equal the in-process edge scorer's.
 
 Sizes are in :data:`FULL` / :data:`QUICK`; a full run takes about 5-6 minutes on 2 cores (the
 service's load test alone 60 s), ``--quick`` 60-90 s. ``--only threads`` (or any section names)
@@ -1372,33 +1373,60 @@ LOCAL_INDEX = "file:///opt/pypi/simple"
 
 
 def bench_export(quick: bool, tmp: Path) -> tuple[list[Row], dict]:
-    """Issue 21: an AE run (toy fan, 10 s clips) exported to ONNX and TorchScript; per-clip latency
-    of one 10 s clip at 1 thread (torch eager through ``det.score_all`` as ``stetho score`` runs it,
-    the export module in eager torch, TorchScript, onnxruntime, the edge scorer from the WAV file),
-    the exports' sizes and times, the parity, and the edge scorer in a fresh venv without torch."""
+    """Issue 21: an ``ae`` and a ``stats`` run (toy fan, 10 s clips) exported to ONNX and
+    TorchScript; per-clip latency of one 10 s clip at 1 thread (torch eager through
+    ``det.score_all`` as ``stetho score`` runs it, the export module in eager torch, TorchScript,
+    onnxruntime, the edge scorer from the WAV file), the exports' sizes and times, the parity, and
+    the edge scorer in a fresh venv without torch."""
+    from stetho import pipeline
+    from stetho.synth import make_toy_dataset
+
+    data = tmp / "export-data"
+    clips = make_toy_dataset(data, machines=["fan"], train_clips=10 if quick else 20, target_train_clips=2,
+                             test_clips=2, duration=DURATION, seed=0, sr=SR, progress=False)
+    wav = next(c.path for c in clips if c.split == "test")
+    rows: list[Row] = []
+    info: dict[str, Any] = {}
+    for model, params in (("ae", {"epochs": 1 if quick else 3}), ("stats", {})):
+        run = tmp / f"export-run-{model}"
+        pipeline.train({"data": str(data), "out": str(run), "model": model, "params": params, "progress": False,
+                        "threads": 1})
+        r, info[model] = bench_export_model(model, run, wav, tmp, quick)
+        rows += r
+    edge_dir = tmp / "export-ae-onnx"
+    venv = info["fresh_venv"] = edge_venv(tmp, edge_dir, wav, info["ae"].pop("edge_result"))
+    info["stats"].pop("edge_result")
+    if venv.get("error"):
+        rows.append(Row("export", f"fresh venv without torch: {venv['error']}", None, ""))
+    else:
+        rows += [Row("export", "fresh venv: pip install numpy soundfile onnxruntime (local index, offline)",
+                     venv["install_s"], "s"),
+                 Row("export", "fresh venv size on disk", venv["venv_mb"], "MB"),
+                 Row("export", "fresh venv: python stetho_edge.py DIR clip.wav (ae, cold process)", venv["score_s"],
+                     "s"),
+                 Row("export", "fresh venv: torch importable / scores equal in-process", None, "",
+                     "no / yes", verdict(not venv["torch_importable"] and venv["same_scores"]))]
+    return rows, info
+
+
+def bench_export_model(model: str, run: Path, wav: Path, tmp: Path, quick: bool) -> tuple[list[Row], dict]:
+    """One run's exports and latencies (see :func:`bench_export`)."""
     import onnxruntime as ort
 
-    from stetho import edge, pipeline
+    from stetho import edge
     from stetho.audio import load_audio
     from stetho.export import export_run
     from stetho.export.exporter import reference_scores, relative_difference
     from stetho.models import Detector
     from stetho.run_folder import run_models
-    from stetho.synth import make_toy_dataset
 
-    data, run = tmp / "export-data", tmp / "export-run"
-    clips = make_toy_dataset(data, machines=["fan"], train_clips=10 if quick else 20, target_train_clips=2,
-                             test_clips=2, duration=DURATION, seed=0, sr=SR, progress=False)
-    pipeline.train({"data": str(data), "out": str(run), "model": "ae", "params": {"epochs": 1 if quick else 3},
-                    "progress": False, "threads": 1})
-    wav = next(c.path for c in clips if c.split == "test")
     det = Detector.load(run_models(run)[0])
     y, _ = load_audio(wav)
     info: dict[str, Any] = {"clip_s": len(y) / SR}
     files: dict[str, dict] = {}
     for fmt in ("onnx", "torchscript"):
         t = time.perf_counter()
-        (e,) = export_run(run, fmt, tmp / f"export-{fmt}")
+        (e,) = export_run(run, fmt, tmp / f"export-{model}-{fmt}")
         files[fmt] = {"path": e.path, "export_s": round(time.perf_counter() - t, 2), "bytes": e.path.stat().st_size,
                       "check_max_rel_diff": e.max_rel_diff}
     info["files"] = {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in files.items()}
@@ -1438,28 +1466,20 @@ def bench_export(quick: bool, tmp: Path) -> tuple[list[Row], dict]:
     ref = scores["torch eager (det.score_all, as stetho score)"]
     info["latency_ms"] = {name: round(float(np.median(v)), 2) for name, v in times.items()}
     info["max_rel_diff"] = {name: relative_difference(s, ref) for name, s in scores.items()}
-    info["fresh_venv"] = edge_venv(tmp, files["onnx"]["path"].parent, wav, scorer.score(wav))
+    info["edge_result"] = scorer.score(wav)
 
     eager = info["latency_ms"]["torch eager (det.score_all, as stetho score)"]
-    rows = [Row("export", f"{fmt} file size (AE, one machine type)", v["bytes"] / 1e6, "MB") for fmt, v in files.items()]
-    rows += [Row("export", f"{fmt} export time (incl. the parity check)", v["export_s"], "s") for fmt, v in files.items()]
+    rows = [Row("export", f"{model}: {fmt} file size (one machine type)", v["bytes"] / 1e6, "MB")
+            for fmt, v in files.items()]
+    rows += [Row("export", f"{model}: {fmt} export time (incl. the parity check)", v["export_s"], "s")
+             for fmt, v in files.items()]
     for name, ms in info["latency_ms"].items():
         is_ort = name == "onnxruntime"
-        rows.append(Row("export", f"10 s clip, 1 thread: {name}", ms, "ms",
+        rows.append(Row("export", f"{model}: 10 s clip, 1 thread: {name}", ms, "ms",
                         f"<= eager {eager:.1f} ms" if is_ort else "", verdict(ms <= eager) if is_ort else ""))
-    worst = max(v for k, v in info["max_rel_diff"].items())
-    rows.append(Row("export", "largest relative score difference from det.score_all", worst, "", "<= 1e-4",
-                    verdict(worst <= 1e-4)))
-    venv = info["fresh_venv"]
-    if venv.get("error"):
-        rows.append(Row("export", f"fresh venv without torch: {venv['error']}", None, ""))
-    else:
-        rows += [Row("export", "fresh venv: pip install numpy soundfile onnxruntime (local index, offline)",
-                     venv["install_s"], "s"),
-                 Row("export", "fresh venv size on disk", venv["venv_mb"], "MB"),
-                 Row("export", "fresh venv: python stetho_edge.py DIR clip.wav (cold process)", venv["score_s"], "s"),
-                 Row("export", "fresh venv: torch importable / scores equal in-process", None, "",
-                     "no / yes", verdict(not venv["torch_importable"] and venv["same_scores"]))]
+    worst = max(info["max_rel_diff"].values())
+    rows.append(Row("export", f"{model}: largest relative score difference from det.score_all", worst, "",
+                    "<= 1e-4", verdict(worst <= 1e-4)))
     return rows, info
 
 
