@@ -103,6 +103,13 @@ def official_formula(dataset: str, clips: Sequence[Clip]) -> str:
     return "dcase2022" if any(c.domain is not None for c in clips) else "dcase2020"
 
 
+def is_dcase_data(dataset: str) -> bool:
+    """True when clips of layout ``dataset`` are DCASE (or MIMII) data, whose score is the official
+    score of a year; False for one's own recordings (``folder``, a manifest without ``dataset``),
+    whose score uses a DCASE formula but is nobody's official score."""
+    return get_layout(dataset).formula is not None
+
+
 # -- detection --------------------------------------------------------------------------------------
 _KINDS = {
     "dcase2020": "DCASE 2020 names (<normal|anomaly>_id_XX_NNNNNNNN.wav)",

@@ -28,6 +28,7 @@ clip keeps what its own row says.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -96,11 +97,13 @@ def read_manifest(path: str | Path) -> tuple[list[Clip], str | None]:
         except ValueError as exc:
             problems.append(f"{where} ({row.get('path', '')}): {exc}")
             continue
-        resolved = file.resolve()
-        if resolved in seen:
-            problems.append(f"{where}: {row['path']} is already listed on line {seen[resolved]}")
+        # The path as the user's layout gives it (a symlink keeps its own name): two rows name the
+        # same clip when their absolute paths are equal, not when two links share a target.
+        absolute = Path(os.path.abspath(file))
+        if absolute in seen:
+            problems.append(f"{where}: {row['path']} is already listed on line {seen[absolute]}")
             continue
-        seen[resolved] = lineno
+        seen[absolute] = lineno
         if row.get("dataset"):
             datasets.add(row["dataset"])
         clips.append(clip)
@@ -130,9 +133,12 @@ def scan(path: str | Path, machines: list[str] | None = None, splits: tuple[str,
 
 
 def write_manifest(path: str | Path, clips: Sequence[Clip], dataset: str | None = None) -> Path:
-    """Write ``clips`` as a manifest (absolute paths), atomically; ``dataset`` fills that column."""
+    """Write ``clips`` as a manifest (absolute paths), atomically; ``dataset`` fills that column.
+
+    Paths are made absolute without resolving symlinks: a clip linked into an evaluation set keeps
+    the link's name (the name its score-file row must carry), not its target's."""
     rows = (
-        [str(c.path.resolve()), c.machine, c.split, "" if c.label is None else c.label, c.domain or "",
+        [os.path.abspath(c.path), c.machine, c.split, "" if c.label is None else c.label, c.domain or "",
          c.section, format_pairs(c.attributes), c.key or "", format_pairs(c.meta), dataset or ""]
         for c in sorted(clips, key=lambda c: (c.machine, c.split, str(c.path)))
     )

@@ -132,7 +132,8 @@ def section_metrics(
         labels: 1 anomaly / 0 normal, one per file.
         scores: anomaly scores (higher = more anomalous), one per file.
         domains: ``"source"`` / ``"target"`` per file, or ``None`` for every file when the
-            dataset has no domains (then only ``AUC`` and ``pAUC`` are defined, the rest NaN).
+            dataset has no domains (then ``AUC``, ``pAUC``, ``PR-AUC`` and, with decisions,
+            ``precision``, ``recall`` and ``F1 score`` over all files are defined, the rest NaN).
         decisions: optional 0/1 decisions (1 = anomaly) per file, for precision/recall/F1.
         max_fpr: upper FPR bound of the partial AUCs.
         where: prefix for warning messages, e.g. ``"fan section 00"``.
@@ -164,6 +165,8 @@ def section_metrics(
     out["pAUC"] = _roc(y, s, max_fpr, f"{prefix}pAUC")
     out["PR-AUC"] = _pr(y, s, f"{prefix}PR-AUC")
     if not has_domains:
+        if dec is not None:  # no domain to split by: precision/recall/F1 over all files
+            out["precision"], out["recall"], out["F1 score"] = _prf(y, dec)
         return out
     dom = np.array(d, dtype=object)
     anomaly = y == ANOMALY

@@ -23,9 +23,13 @@ NO_DOMAIN_COLUMNS: tuple[str, ...] = ("section", "AUC", "pAUC")
 TABLE_COLUMNS_2021: tuple[str, ...] = ("section", "domain", "AUC", "pAUC", "precision", "recall", "F1 score")
 #: Result-table columns of the 2020 evaluator: one row per machine ID.
 TABLE_COLUMNS_2020: tuple[str, ...] = ("id", "AUC", "pAUC")
+#: Precision, recall and F1 over all files of a section without domains (from decisions).
+ALL_FILES_PRF_KEYS: tuple[str, ...] = ("precision", "recall", "F1 score")
 #: Keys of :func:`section_metrics`: the 2022 table columns (without ``section``), ``AUC`` over
-#: all files, the within-domain AUCs of 2021, and ``PR-AUC`` over all files.
-METRIC_KEYS: tuple[str, ...] = TABLE_COLUMNS[1:] + ("AUC", "AUC (source only)", "AUC (target only)", "PR-AUC")
+#: all files, the within-domain AUCs of 2021, ``PR-AUC`` over all files, and the precision,
+#: recall and F1 over all files of a section without domains.
+METRIC_KEYS: tuple[str, ...] = (TABLE_COLUMNS[1:] + ("AUC", "AUC (source only)", "AUC (target only)", "PR-AUC")
+                                + ALL_FILES_PRF_KEYS)
 #: Names of the two summary rows of :meth:`EvaluationResult.table`.
 ARITHMETIC_MEAN = "arithmetic mean"
 HARMONIC_MEAN = "harmonic mean"
@@ -46,6 +50,7 @@ SUMMARY_PRINT_COLUMNS: tuple[str, ...] = (
     "recall (source)",
     "F1 score (source)",
     "F1 score (target)",
+    *ALL_FILES_PRF_KEYS,
 )
 #: The precision/recall/F1 keys of :func:`section_metrics` (per domain).
 _PRF_KEYS: tuple[str, ...] = TABLE_COLUMNS[6:]

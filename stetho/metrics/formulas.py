@@ -15,7 +15,7 @@ from stetho.datasets.clip import DOMAINS
 from stetho.errors import EvaluationError
 from stetho.metrics.basic import SectionResult
 from stetho.metrics.columns import (
-    ARITHMETIC_MEAN, HARMONIC_MEAN, NO_DOMAIN_COLUMNS, TABLE_COLUMNS, TABLE_COLUMNS_2020, TABLE_COLUMNS_2021, _PRF_KEYS,
+    ALL_FILES_PRF_KEYS, ARITHMETIC_MEAN, HARMONIC_MEAN, NO_DOMAIN_COLUMNS, TABLE_COLUMNS, TABLE_COLUMNS_2020, TABLE_COLUMNS_2021, _PRF_KEYS,
 )
 from stetho.metrics.means import _hmean_floor, _nanmean, partial_mean, partial_score
 
@@ -24,10 +24,11 @@ from stetho.metrics.means import _hmean_floor, _nanmean, partial_mean, partial_s
 
 
 def _prf_means(secs: Sequence[SectionResult]) -> dict[str, float]:
-    """Means over sections of the precision/recall/F1 columns that have a finite value."""
+    """Means over sections of the precision/recall/F1 columns that have a finite value (per
+    domain, or over all files for sections without domains)."""
     return {
         k: _nanmean(s.metrics[k] for s in secs)
-        for k in _PRF_KEYS
+        for k in _PRF_KEYS + ALL_FILES_PRF_KEYS
         if any(math.isfinite(s.metrics[k]) for s in secs)
     }
 
@@ -170,7 +171,7 @@ def _table_2020(secs: Sequence[SectionResult]) -> list[dict[str, object]]:
 
 def _summary_2020(secs: Sequence[SectionResult]) -> dict[str, object]:
     a, p = _type_means_2020(secs)
-    return {"AUC": a, "pAUC": p, "score": (a + p) / 2}
+    return {"AUC": a, "pAUC": p, "score": (a + p) / 2, **_prf_means(secs)}
 
 
 @dataclass(frozen=True)

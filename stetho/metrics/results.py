@@ -32,6 +32,10 @@ class EvaluationResult:
         missing: why the result is not the official score, in words (parts of the data that
             were not scored, terms of the formula that are undefined); empty when it is.
             :func:`evaluate` fills it.
+        dcase_data: True when the data is a DCASE (or MIMII) layout, so the score is the
+            official score of its year; False for one's own recordings (the ``folder`` layout, a
+            manifest without ``dataset``): the same formula, but no organiser's score to call
+            it, so it is printed as a plain score (:func:`stetho.outputs.summary.result_lines`).
     """
 
     sections: list[SectionResult]
@@ -39,6 +43,7 @@ class EvaluationResult:
     formula: str
     max_fpr: float = MAX_FPR
     missing: list[str] = field(default_factory=list)
+    dcase_data: bool = True
 
     @property
     def partial(self) -> bool:
@@ -207,8 +212,6 @@ def evaluate(
             where=where,
         )
         has_domains = _domain_mode(domains, where)
-        if dec is not None and not has_domains:
-            log.warning("%s: no domains, so precision/recall/F1 (defined per domain) are NaN", where)
         counts: dict[str, tuple[int, int]] = {}
         if has_domains:
             for d in DOMAINS:

@@ -24,7 +24,9 @@ import yaml
 from stetho.datasets.clip import ANOMALY, NORMAL
 from stetho.errors import StethoError
 from stetho.outputs.dcase import read_submission
-from stetho.outputs.run_record import THRESHOLDS, TRAIN_EMBEDDINGS, read_npz, read_thresholds, read_train_embeddings
+from stetho.outputs.run_record import (
+    TEST_THRESHOLDS, THRESHOLDS, TRAIN_EMBEDDINGS, read_npz, read_tested_run, read_thresholds, read_train_embeddings,
+)
 from stetho.outputs.summary import read_summary_file
 
 log = logging.getLogger(__name__)
@@ -245,14 +247,18 @@ def _embeddings(train: Mapping[str, np.ndarray] | None, run_dir: Path | None = N
 
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read a tested run folder for the report.
+    """Read a tested run folder for the report, or an evaluation folder of ``stetho test --out
+    DIR`` (its results, with the config, thresholds and histories of the run it records).
 
     Raises:
         StethoError: not a run folder, or no ``results/<mode>/summary.csv`` (untested or tested on
             unlabeled data).
     """
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
+    # An evaluation folder of `stetho test --out DIR` holds the test's results; the run it
+    # evaluated holds the config, trained thresholds, histories and training embeddings.
+    source = read_tested_run(run_dir) or run_dir
+    cfg_path = source / "config.yaml"
     if not cfg_path.is_file():
         raise StethoError(f"{run_dir}: not a stetho run folder (no config.yaml)")
     config_text = cfg_path.read_text(encoding="utf-8")
@@ -261,20 +267,21 @@ def load_run(run_dir: str | Path) -> RunData:
     if not summaries:
         raise StethoError(f"{run_dir}: no results/<mode>/summary.csv; run `stetho test` on labeled data first")
 
-    def _json(name: str) -> dict[str, Any]:
-        p = run_dir / name
+    def _json(name: str, folder: Path = source) -> dict[str, Any]:
+        p = folder / name
         return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
     truth = _test_truth(run_dir, config)
-    thresholds = read_thresholds(run_dir)
+    thresholds = read_thresholds(run_dir) if (run_dir / TEST_THRESHOLDS).is_file() else read_thresholds(source)
     modes = {p.parent.name: _mode_data(run_dir, p.parent.name, truth, thresholds) for p in summaries}
-    if not (run_dir / THRESHOLDS).is_file():  # trained before the run record: no model is loaded
+    if not (source / THRESHOLDS).is_file():  # trained before the run record: no model is loaded
         emb, note = None, (f"no embedding figure: the run has no {TRAIN_EMBEDDINGS} (trained before stetho "
                            "recorded it; the report does not load models)")
     else:
-        emb, note = _embeddings(read_train_embeddings(run_dir), run_dir, model=str(config.get("model", "?")))
+        emb, note = _embeddings(read_train_embeddings(source), run_dir, model=str(config.get("model", "?")))
     return RunData(path=run_dir, config=config, config_text=config_text, versions=_json("versions.json"),
-                   timings=_json("timings.json"), modes=modes, histories=_histories(run_dir),
+                   timings={**_json("timings.json"), **(_json("timings.json", run_dir) if source != run_dir else {})},
+                   modes=modes, histories=_histories(source),
                    embeddings=emb, embedding_note=note, record_note="" if thresholds is not None else (
                        f"this run has no {THRESHOLDS} (trained before stetho recorded it; the report does not "
                        "load models): each histogram's threshold is the midpoint between the highest score "

@@ -13,6 +13,10 @@ these files, so it never loads a model (no torch, no refit of the discriminative
   discriminative model): ``embeddings`` ``(n, dim)`` of the training clips by the model of the
   last ensemble epoch, with ``epoch``, ``machine`` and ``domain`` per row.
 
+- ``DIR/tested_run.json`` (``{"run": "/abs/RUN", ...}``): in a folder written by ``stetho test
+  --out DIR``, the run whose models DIR's results come from (the report reads the run's
+  config, thresholds and histories there).
+
 Runs trained before these files existed have none of them; the report then draws what it can
 without the model and says so.
 """
@@ -20,14 +24,17 @@ without the model and says so.
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stetho.fileio import atomic_write_with, write_csv
+from stetho.errors import StethoError
+from stetho.fileio import atomic_write_text, atomic_write_with, write_csv
 
 if TYPE_CHECKING:  # the models import torch; this module must not
     from stetho.models import Detector
@@ -38,6 +45,8 @@ THRESHOLDS = "thresholds.csv"
 #: The thresholds the last test decided with (written with its results, committed together).
 TEST_THRESHOLDS = "test_thresholds.csv"
 DECISION_SCORES = "decision_scores.csv"
+#: In an evaluation folder of ``stetho test --out DIR``: which run DIR evaluated.
+TESTED_RUN = "tested_run.json"
 TRAIN_EMBEDDINGS = "train_embeddings.npz"
 THRESHOLD_HEADER = ("mode", "machine", "threshold")
 CALIBRATION_COLUMNS = ("file", "machine", "section", "domain")
@@ -104,6 +113,13 @@ def _train_embeddings(det: Detector) -> dict[str, np.ndarray] | None:
             "domain": np.array([domains[i] or "" for i in idx], dtype=str)}
 
 
+def write_tested_run(folder: str | Path, run_dir: str | Path, **facts: Any) -> Path:
+    """Record in ``folder`` (an evaluation folder of ``stetho test --out``) which run it
+    evaluated: ``tested_run.json`` with the run's absolute path and ``facts`` (data, machines)."""
+    record = {"run": os.path.abspath(run_dir), **facts}
+    return atomic_write_text(Path(folder) / TESTED_RUN, json.dumps(record, indent=2) + "\n")
+
+
 # -- reading ------------------------------------------------------------------------------------
 def read_thresholds(run_dir: str | Path) -> dict[tuple[str, str], float] | None:
     """``(mode, machine) -> threshold`` the run's last test decided with (``test_thresholds.csv``)
@@ -113,6 +129,24 @@ def read_thresholds(run_dir: str | Path) -> dict[tuple[str, str], float] | None:
             with open(path, newline="", encoding="utf-8") as fh:
                 return {(r["mode"], r["machine"]): float(r["threshold"]) for r in csv.DictReader(fh)}
     return None
+
+
+def read_tested_run(folder: str | Path) -> Path | None:
+    """The run an evaluation folder (``stetho test --out``) evaluated; None for a run folder.
+
+    Raises:
+        StethoError: ``tested_run.json`` is unreadable or names no run folder.
+    """
+    path = Path(folder) / TESTED_RUN
+    if not path.is_file():
+        return None
+    try:
+        run = Path(json.loads(path.read_text(encoding="utf-8"))["run"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StethoError(f"{path}: not a record of the tested run ({exc})") from None
+    if not (run / "config.yaml").is_file():
+        raise StethoError(f"{path}: the run it evaluated, {run}, is gone (no config.yaml there)")
+    return run
 
 
 def read_npz(path: Path, required: set[str]) -> dict[str, np.ndarray] | None:

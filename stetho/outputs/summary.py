@@ -1,4 +1,5 @@
-"""Mean and spread of the results of several independent runs (``stetho summarize RUN [RUN ...]``).
+"""Mean and spread of the results of several independent runs (``stetho summarize RUN [RUN ...]``),
+and the text of one evaluation (:func:`result_lines`).
 
 A run folder holds ``results/<mode>/summary.csv`` per score mode, as :func:`stetho.outputs.write_results`
 writes it: one row per machine type and a last ``official score`` (or ``partial score``) row. Runs
@@ -25,7 +26,7 @@ import numpy as np
 
 from stetho.errors import EvaluationError
 from stetho.fileio import write_dict_csv
-from stetho.metrics import FORMULAS, SUMMARY_PRINT_COLUMNS
+from stetho.metrics import FORMULAS, SUMMARY_PRINT_COLUMNS, EvaluationResult
 from stetho.outputs.dcase import (
     MISSING_SEPARATOR, OFFICIAL_SCORE_ROW, PARTIAL_SCORE_ROW, SUMMARY_EXTRA_COLUMNS, SUMMARY_FORMULA_COLUMN,
     SUMMARY_MISSING_COLUMN, SUMMARY_PARTIAL_COLUMN, SUMMARY_SCORE_COLUMN, SUMMARY_STATUS_COLUMN,
@@ -378,3 +379,93 @@ def summarize_runs(run_dirs: Sequence[str | Path]) -> RunsSummary:
             missing=list(dict.fromkeys(m for f in files for m in f.missing)),
         )
     return RunsSummary(runs=runs, modes=modes)
+
+
+# -- one evaluation, as text ----------------------------------------------------------------------
+def _cell(v: object) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def metric_meaning(name: str, value: float, max_fpr: float = 0.1) -> str | None:
+    """What the value of metric ``name`` (``AUC``, ``pAUC (source)``, ``precision`` ...) says, in
+    one sentence with the value in it; None for a NaN value or a column that is not a metric
+    (``hmean``, ``score``)."""
+    if not math.isfinite(value):
+        return None
+    base, _, rest = name.partition(" (")
+    domain = rest.rstrip(")").replace(" only", "")
+    normal = f"{domain}-domain normal" if domain else "normal"
+    among = f" (among the {domain}-domain clips)" if domain else ""
+    pct = f"{value * 100:.0f} %"
+    if base == "AUC":
+        return (f"{name} {value:.2f}: a randomly chosen anomalous clip scores above a randomly chosen {normal} "
+                f"one {pct} of the time (0.50 = chance, 1.00 = always)")
+    if base == "pAUC":
+        return (f"{name} {value:.2f}: the same, counting only the {normal} clips that score highest (false "
+                f"alarms up to {max_fpr * 100:.0f} % of them), rescaled so that 0.50 = chance and 1.00 = perfect")
+    if base == "precision":
+        none = " (0 also when no clip is flagged)" if value == 0 else ""
+        return f"{name} {value:.2f}: {pct} of the clips flagged anomalous are anomalous{among}{none}"
+    if base == "recall":
+        return f"{name} {value:.2f}: {pct} of the anomalous clips are flagged{among}"
+    if base == "F1 score":
+        return f"{name} {value:.2f}: the harmonic mean of precision and recall{among}"
+    return None
+
+
+#: What the score of one's own recordings averages, per formula (the DCASE descriptions name
+#: machine IDs and years that such data does not have).
+_PLAIN_SCORES = {
+    "dcase2020": "the mean over machine types of (AUC + pAUC) / 2, AUC and pAUC averaged over the sections "
+                 "of each type",
+    "dcase2021": "the harmonic mean of the within-domain AUC and pAUC of every machine type, section and domain",
+}
+_PLAIN_2022 = ("the harmonic mean of the AUC (source), AUC (target) and pAUC of every machine type and section "
+               "(AUC and pAUC where there are no domains)")
+
+
+def result_lines(result: EvaluationResult, title: str) -> list[str]:
+    """The text ``stetho test`` and ``stetho evaluate`` print of one evaluation: the per-machine
+    table, then
+
+    - DCASE data: the official score of its formula's year (or the partial score, labelled
+      PARTIAL with what is missing), in the DCASE words;
+    - one's own recordings (:attr:`EvaluationResult.dcase_data` False): ``score`` with what it
+      averages, never called official, and what each number means in words (the first machine
+      type's values as the example): precision, recall and F1 over all clips when the data has
+      no domains.
+    """
+    lines: list[str] = []
+    rows = result.machine_summary()
+    cols: list[str] = []
+    if rows:
+        cols = list(dict.fromkeys(c for r in rows for c in r if c in SUMMARY_PRINT_COLUMNS))
+        widths = [max(len(c), *(len(_cell(r.get(c, math.nan))) for r in rows)) for c in cols]
+        lines += ["", title, "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
+        lines += ["  ".join(_cell(r.get(c, math.nan)).ljust(w) for c, w in zip(cols, widths)).rstrip() for r in rows]
+    if result.dcase_data:
+        if result.partial:
+            lines.append(f"partial score ({result.formula}): {_cell(result.partial_score)} (PARTIAL: not the "
+                         f"official score; missing: {'; '.join(result.missing)})")
+        else:
+            lines.append(f"official score ({result.formula}): {_cell(result.official_score)}")
+        lines.append(f"  ({result.formula_description})")
+        return lines
+    what = _PLAIN_SCORES.get(result.formula, _PLAIN_2022)
+    if result.partial:
+        lines.append(f"score over what was scored: {_cell(result.partial_score)} (partial; missing: "
+                     f"{'; '.join(result.missing)})")
+    else:
+        lines.append(f"score: {_cell(result.partial_score)}")
+    lines.append(f"  ({what}; own recordings, so no official DCASE score)")
+    if rows:
+        first = rows[0]
+        meanings = [metric_meaning(c, float(first[c]), result.max_fpr) for c in cols[1:]
+                    if isinstance(first.get(c), float)]
+        meanings = [m for m in meanings if m]
+        if meanings:
+            lines.append(f"what the numbers mean ({first['machine']}'s):")
+            lines += [f"  {m}" for m in meanings]
+    return lines

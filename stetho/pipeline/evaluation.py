@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from stetho.config import resolve
-from stetho.datasets import Clip, label_clips, official_formula, read_ground_truth, write_manifest
+from stetho.datasets import Clip, is_dcase_data, label_clips, official_formula, read_ground_truth, write_manifest
 from stetho.errors import DatasetError, StethoError
 from stetho.metrics import EvaluationResult, evaluate
 from stetho.outputs import read_submission
@@ -20,6 +20,7 @@ def evaluate_folder(
     scores_dir: str | Path, data: str | Path, truth: Sequence[Clip] | None = None,
     formula: str | None = None, dataset: str = "auto", subset: str | None = None,
     test_split: Sequence[Clip] | None = None, leave_out: Collection[tuple[str, str]] = (),
+    dcase_data: bool | None = None,
 ) -> EvaluationResult:
     """Evaluate the ``anomaly_score_*`` (and ``decision_result_*``) files of a folder.
 
@@ -35,6 +36,10 @@ def evaluate_folder(
 
     ``leave_out`` holds (machine, name) pairs of scored clips without a label, left out of the
     join (the caller marks the result partial).
+
+    ``dcase_data`` says whether the data is DCASE data (its score an official one, see
+    :attr:`EvaluationResult.dcase_data`); default: from the layout of ``data`` when ``truth`` is
+    not given, else True.
     """
     sub = read_submission(scores_dir)
     if leave_out:
@@ -47,6 +52,7 @@ def evaluate_folder(
         scan, _ = scan_split(cfg, data, "test", machines)
         truth = scan.clips
         formula = formula or official_formula(scan.dataset, truth)
+        dcase_data = is_dcase_data(scan.dataset) if dcase_data is None else dcase_data
         if test_split is None:
             test_split = data_test_split(cfg, data, scan)
     formula = formula or official_formula("folder", truth)
@@ -67,7 +73,9 @@ def evaluate_folder(
         decisions = {}
         for (m, _), rows in sorted(sub.decisions.items()):
             decisions.setdefault(m, []).extend(rows)
-    return evaluate(per_machine, truth, decisions, formula=formula, test_split=test_split)
+    result = evaluate(per_machine, truth, decisions, formula=formula, test_split=test_split)
+    result.dcase_data = True if dcase_data is None else dcase_data
+    return result
 
 
 def label(

@@ -1,10 +1,14 @@
 """``test``: score a data set's test split with a trained run, write the DCASE files, evaluate
-them — one transaction (staged in ``RUN/.test.partial/``, committed together)."""
+them — one transaction (staged in ``RUN/.test.partial/``, committed together), into the run
+folder or, with ``out``, into an evaluation folder of its own that leaves the run's results as
+they were."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -15,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from stetho.config import resolve
-from stetho.datasets import Clip, Scan, official_formula
-from stetho.errors import ConfigError, DatasetError
+from stetho.datasets import Clip, Scan, is_dcase_data, official_formula, scan_dataset
+from stetho.errors import ConfigError, DatasetError, StethoError
 from stetho.fileio import atomic_write_with, make_dirs
 from stetho.metrics import FORMULAS, EvaluationResult
 from stetho.models import Detector
 from stetho.outputs import write_csv, write_dict_csv, write_results, write_section_metrics, write_submission
 from stetho.outputs.dcase import score_cells
-from stetho.outputs.run_record import TEST_THRESHOLDS, write_thresholds
+from stetho.outputs.run_record import TEST_THRESHOLDS, TESTED_RUN, write_tested_run, write_thresholds
 from stetho.pipeline.common import (
     TEST_FILES_HEADER, data_test_split, features_of, load_run_config, record_timings, scan_split, score_modes,
     write_skipped,
@@ -35,9 +39,12 @@ log = logging.getLogger("stetho.pipeline")
 
 @dataclass
 class TestOutcome:
-    """What :func:`test` produced: the results folder and evaluation of each score mode."""
+    """What :func:`test` produced: the results folder and evaluation of each score mode.
+
+    ``out_dir`` is the folder the test wrote (``run_dir`` unless ``out`` was given)."""
 
     run_dir: Path
+    out_dir: Path | None = None
     folders: dict[str, Path] = field(default_factory=dict)
     results: dict[str, EvaluationResult | None] = field(default_factory=dict)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
@@ -61,7 +68,7 @@ class _TestSet:
 
 def test(
     run_dir: str | Path, score: str | Sequence[str] | None = None, data: str | Path | None = None,
-    **overrides: Any,
+    machines: str | Sequence[str] | None = None, out: str | Path | None = None, **overrides: Any,
 ) -> TestOutcome:
     """Score the ``test`` split with a trained run; write DCASE files; evaluate when labeled.
 
@@ -71,11 +78,21 @@ def test(
     they were. ``summary.csv`` is removed when the new test yields no metrics (unlabeled data), so
     it never shows an earlier test's score. The run folder is locked while the test runs.
 
+    The machine types tested are ``machines``, else those of the run that the data holds: a
+    manifest of fan clips tests a run of fan and valve on fan (the official score, which needs
+    every machine type of the data, is then partial only if the data holds more).
+
     Args:
         run_dir: a folder written by :func:`train`.
         score: score modes (``"all"``, ``"both"``, a mode, or a list); default from the config.
         data: test data root or manifest (default: the run's test data, else its training data).
             Other data is read with ``dataset="auto"`` unless ``dataset`` is given.
+        machines: test only these machine types (a list, or comma-separated); each must be one
+            the run was trained on and the data holds.
+        out: write the test's files (``results/``, ``test_files.csv``, ``summary.csv`` ...) into
+            this folder instead of the run's, with ``tested_run.json`` naming the run (so
+            ``stetho report OUT`` works); the run's own results stay as they were. ``out`` must
+            be new, empty, or an earlier evaluation folder.
         overrides: config keys to change for this test (e.g. ``skip_bad=True``, ``progress=False``,
             ``dataset="dcase2021"``, ``formula="dcase2020"``, ``channel=1``, ``device="cpu"``), and
             ``decision_fpr``: decide with thresholds refitted for this false-alarm rate from the
@@ -86,12 +103,37 @@ def test(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder; train one with `stetho train`")
-    with run_lock(run_dir, "test"):
+    dest = _evaluation_folder(run_dir, out)
+    if isinstance(machines, str):
+        machines = [m.strip() for m in machines.split(",") if m.strip()]
+    with run_lock(run_dir, "test"), (run_lock(dest, "test") if dest != run_dir else contextlib.nullcontext()):
         recover_run(run_dir)
-        return _test_locked(run_dir, score, data, overrides)
+        if dest != run_dir:
+            recover_run(dest)
+        return _test_locked(run_dir, dest, score, data, list(machines or []), overrides)
 
 
-def _test_locked(run_dir: Path, score, data, overrides: dict[str, Any]) -> TestOutcome:
+def _evaluation_folder(run_dir: Path, out: str | Path | None) -> Path:
+    """Where a test writes: ``out`` checked (new, empty, or an earlier evaluation folder; never
+    another run), or ``run_dir`` itself."""
+    if out is None:
+        return run_dir
+    out = Path(out)
+    if os.path.realpath(out) == os.path.realpath(run_dir):
+        return run_dir
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose a folder for the evaluation")
+    if (out / "config.yaml").is_file():
+        raise ConfigError(f"--out {out} is a run folder of its own; choose a new folder for the evaluation of "
+                          f"{run_dir} (or leave --out away to replace {run_dir}'s own results)")
+    if out.is_dir() and not (out / TESTED_RUN).is_file() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} is a folder that holds other files; stetho only replaces its own "
+                          "evaluation folders: choose a new or empty folder")
+    return out
+
+
+def _test_locked(run_dir: Path, dest: Path, score, data, machines: list[str],
+                 overrides: dict[str, Any]) -> TestOutcome:
     t_start = time.perf_counter()
     decision_fpr = overrides.pop("decision_fpr", None)
     strict = bool(overrides.pop("strict", False))
@@ -102,18 +144,63 @@ def _test_locked(run_dir: Path, score, data, overrides: dict[str, Any]) -> TestO
     detectors = load_detectors(run_dir, cfg, given, decision_fpr)
     modes = score_modes(next(iter(detectors.values())), score or cfg["test"]["score"])
     root = Path(data or cfg["test"]["data"] or cfg["data"])
+    chosen = _machines_to_test(run_dir, cfg, root, detectors, machines)
+    detectors = {m: d for m, d in detectors.items() if m in chosen}
     tset = _read_test_set(run_dir, cfg, root, detectors, strict)
-    stage = _stage_test_files(run_dir, tset)
+    stage = _stage_test_files(dest, tset)
     staged = _score_and_write(detectors, tset, modes, stage / "results")
     write_thresholds(stage, detectors, TEST_THRESHOLDS)  # the thresholds this test decided with
-    out = TestOutcome(run_dir=run_dir, skipped=tset.skipped)
+    out = TestOutcome(run_dir=run_dir, out_dir=dest, skipped=tset.skipped)
     summary_rows = _evaluate(out, cfg, tset, staged)
     if summary_rows:
         write_dict_csv(stage / "summary.csv", summary_rows)
-    commit_test(run_dir)
-    record_timings(run_dir, "test", {"seconds": time.perf_counter() - t_start, "clips": len(tset.clips),
-                                     "data": str(tset.scan.root), "dataset": tset.scan.dataset})
+    if dest != run_dir:
+        write_tested_run(dest, run_dir, data=os.path.abspath(tset.scan.root), machines=sorted(detectors))
+    commit_test(dest)
+    record_timings(dest, "test", {"seconds": time.perf_counter() - t_start, "clips": len(tset.clips),
+                                  "data": str(tset.scan.root), "dataset": tset.scan.dataset})
     return out
+
+
+def _machines_to_test(run_dir: Path, cfg: Mapping[str, Any], root: Path, detectors: Mapping[str, Detector],
+                      machines: Sequence[str]) -> list[str]:
+    """The machine types to test: ``machines`` (each one the run has a model of), else the run's
+    machine types that the data at ``root`` holds test clips of."""
+    trained = sorted(detectors)
+    if machines:
+        asked = list(dict.fromkeys(machines))
+        unknown = [m for m in asked if m not in detectors]
+        if unknown:
+            raise ConfigError(f"--machines {','.join(unknown)}: the run {run_dir} has no model of "
+                              f"{', '.join(unknown)}; it was trained on {', '.join(trained)}")
+        return asked
+    present = _test_machines_of(cfg, root)
+    if present is None:
+        return trained  # the scan of the run's machine types reports what is wrong with the data
+    both = [m for m in trained if m in present]
+    if not both:
+        raise DatasetError(f"{root}: its test clips are of {', '.join(present) or 'no machine type'}, none of the "
+                           f"machine types the run {run_dir} was trained on ({', '.join(trained)})")
+    absent = [m for m in trained if m not in present]
+    if absent:
+        log.info("%s holds no test clips of %s: testing %s", root, ", ".join(absent), ", ".join(both))
+    return both
+
+
+def _test_machines_of(cfg: Mapping[str, Any], root: Path) -> list[str] | None:
+    """The machine types of the test clips at ``root`` (file names only, quietly); None when the
+    data cannot be scanned (the scan of the run's machine types then says why)."""
+    quiet = logging.getLogger("stetho.datasets")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the scan of the tested machine types logs what matters
+    try:
+        scan = scan_dataset(root, cfg["dataset"], None, splits=("test",), subset=cfg["subset"],
+                            mimii_split=cfg["mimii_split"])
+    except StethoError:
+        return None
+    finally:
+        quiet.setLevel(level)
+    return sorted({c.machine for c in scan.clips})
 
 
 def load_detectors(run_dir: Path, cfg: Mapping[str, Any], given: Mapping[str, Any],
@@ -160,13 +247,14 @@ def _read_test_set(run_dir: Path, cfg: Mapping[str, Any], root: Path, detectors:
     return _TestSet(scan, clips, feats, rates, notes, skipped + bad, n_unparsed, test_split, natural)
 
 
-def _stage_test_files(run_dir: Path, tset: _TestSet) -> Path:
-    """A fresh ``RUN/.test.partial/`` with the test's skipped.csv and test_files.csv."""
-    stage = run_dir / TEST_STAGING
+def _stage_test_files(dest: Path, tset: _TestSet) -> Path:
+    """A fresh ``DEST/.test.partial/`` with the test's skipped.csv and test_files.csv (``dest``:
+    the run folder or the evaluation folder of ``out``)."""
+    stage = dest / TEST_STAGING
     if stage.exists():
         shutil.rmtree(stage)
     make_dirs(stage / "results")
-    write_skipped(stage, "test", tset.skipped, previous=run_dir / "skipped.csv")
+    write_skipped(stage, "test", tset.skipped, previous=dest / "skipped.csv")
     write_csv(stage / "test_files.csv",
               ([c.name, c.machine, c.section, c.domain or "", "" if c.label is None else c.label, str(c.path), r, n]
                for c, r, n in zip(tset.clips, tset.rates, tset.notes)), header=TEST_FILES_HEADER)
@@ -224,14 +312,15 @@ def _evaluate(out: TestOutcome, cfg: Mapping[str, Any], tset: _TestSet,
     unlabeled = [c for c in clips if c.label is None]
     rows = []
     for mode, folder in staged.items():
-        out.folders[mode] = out.run_dir / "results" / mode
+        out.folders[mode] = (out.out_dir or out.run_dir) / "results" / mode
         if len(unlabeled) == len(clips):
             log.info("test clips carry no labels: %s scores written to %s, no metrics", mode, out.folders[mode])
             out.results[mode] = None
             continue
         result = evaluate_folder(folder, tset.scan.root, truth=[c for c in clips if c.label is not None],
                                  formula=cfg["formula"] or tset.natural, test_split=tset.test_split,
-                                 leave_out={(c.machine, c.name) for c in unlabeled})
+                                 leave_out={(c.machine, c.name) for c in unlabeled},
+                                 dcase_data=is_dcase_data(tset.scan.dataset))
         if unlabeled:
             result.missing.append(_unlabeled_note(unlabeled, len(clips)))
         if tset.n_unparsed:
