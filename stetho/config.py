@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "test": {"score": "all", "data": None},  # score modes to write; test data root (default: data)
     "toy": None,            # if set, `stetho run` first generates toy data into `data` when missing
     "compare": None,        # if set, `stetho run` trains and tests every variant × seed, then compares
+    "resources": {"cpus": 1, "gpus": 0},  # what each task of `stetho run --engine ray` asks Ray for
 }
 #: Keys of ``compare:``: ``variants`` (name -> config overrides, e.g. ``{params: {variant: separate}}``),
 #: ``seeds`` (one run per seed and variant) and ``reuse`` (keep a finished run of the same config).
@@ -270,6 +271,10 @@ def validate(cfg: dict[str, Any], where: str = "config") -> None:
         fail(f"test.data must be a path, got {_shown(test_data)}")
     if cfg["toy"] is not None and not isinstance(cfg["toy"], Mapping):
         fail(f"toy must be a mapping of toy-data settings (e.g. toy: {{machines: [fan]}}), got {_shown(cfg['toy'])}")
+    for key, low in (("cpus", 1), ("gpus", 0)):
+        value = cfg["resources"][key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            fail(f"resources.{key} must be a number >= {low} (Ray may split a CPU or GPU: 0.5), got {_shown(value)}")
     if cfg["compare"] is not None:
         try:
             _validate_compare(cfg["compare"])
