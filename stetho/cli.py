@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import shutil
 import sys
 import textwrap
@@ -266,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", default=None,
                    help="refuse test clips whose sample rate no training clip had (default: score them with a "
                         "warning and a note in RUN/test_files.csv)")
+    p.add_argument("--machines", type=_csv_list, metavar="TYPE,...",
+                   help="test only these machine types of the run (default: those of the run that the data holds)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="write the evaluation (results/, test_files.csv, summary.csv) to DIR, which records the run "
+                        "(`stetho report DIR` works), and leave RUN's own results as they are")
     _dataset_options(p, test=True)
     _formula_option(p)
     _common_run_options(p)
@@ -413,31 +417,12 @@ def _options(args: argparse.Namespace, keys: Sequence[str]) -> dict:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return "-" if math.isnan(v) else f"{v:.4f}"
-    return str(v)
-
-
 def print_result(result, title: str) -> None:
-    """Per-machine table and the official score (or the partial score, labelled PARTIAL with what
-    is missing), as text on stdout."""
-    from stetho.metrics import SUMMARY_PRINT_COLUMNS
+    """Per-machine table and the score, as text on stdout (:func:`stetho.outputs.summary.result_lines`:
+    the official or PARTIAL score for DCASE data, a plain score with its meaning for one's own)."""
+    from stetho.outputs.summary import result_lines
 
-    rows = result.machine_summary()
-    if rows:
-        cols = [c for c in rows[0] if c in SUMMARY_PRINT_COLUMNS]
-        widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
-        print(f"\n{title}")
-        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-        for r in rows:
-            print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(cols, widths)))
-    if result.partial:
-        print(f"partial score ({result.formula}): {_fmt(result.partial_score)} (PARTIAL: not the official score; "
-              f"missing: {'; '.join(result.missing)})")
-    else:
-        print(f"official score ({result.formula}): {_fmt(result.official_score)}")
-    print(f"  ({result.formula_description})")
+    print("\n".join(result_lines(result, title)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -535,7 +520,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             over["decision_fpr"] = args.decision_fpr
         if args.strict:
             over["strict"] = True
-        outcome = pipeline.test(args.run, score=args.score, data=args.data, **over)
+        outcome = pipeline.test(args.run, score=args.score, data=args.data, machines=args.machines, out=args.out,
+                                **over)
         for mode, result in outcome.results.items():
             if result is None:
                 print(f"{mode}: scores written to {outcome.folders[mode]} (test data unlabeled: no metrics)")
