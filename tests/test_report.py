@@ -141,11 +141,13 @@ def test_report_of_a_toy_run_shows_every_machine_figure_and_the_official_score(r
         for m in MACHINES:
             assert any(t == m for _, t in machine_cells)
 
-    # best value per column marked: the best AUC (target) cell holds the highest CSV value
+    # best value per column marked: the best AUC (target) cell holds the highest CSV value, unless
+    # that is at or below chance (0.5): a "best" below chance is never starred
     best = [float(a["data-value"]) for a, _ in machine_cells if a.get("class") == "best"]
     for mode in official:
-        top = max(float(r["AUC (target)"]) for r in _csv(run / "results" / mode / "summary.csv")[:-1])
-        assert top in best
+        values = [float(r["AUC (target)"]) for r in _csv(run / "results" / mode / "summary.csv")[:-1]]
+        if max(values) > 0.5 and len(set(values)) > 1:  # (test_no_best_star_on_values_at_or_below_chance)
+            assert max(values) in best
 
     # every figure: ROC + histogram per mode, machine and section; one history per machine
     expected = [f"{kind}-{mode}-{m}-00" for mode in official for m in MACHINES for kind in ("roc", "hist")]
@@ -569,3 +571,188 @@ def test_the_report_imports_neither_torch_nor_the_models(runs, disc_run, tmp_pat
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
     assert (tmp_path / "r.html").is_file() and (tmp_path / "locked.html").is_file()
+
+
+# -- issue 23 item 7: flagged files, histograms not squashed by outliers, no star below chance,
+#    runs tested on unlabelled data ------------------------------------------------------------------
+def _tables(text: str) -> dict[str, list[list[tuple[str, str]]]]:
+    """Rows of every table by its class: per cell (data-value or "", text)."""
+
+    class _T(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out: dict[str, list[list[tuple[str, str]]]] = {}
+            self.cls: list[str] = []
+            self.row: list[tuple[str, str]] | None = None
+            self.cell: tuple[str, list[str]] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            a = {k: v or "" for k, v in attrs}
+            if tag == "table":
+                self.cls.append(a.get("class", ""))
+            elif tag == "tr":
+                self.row = []
+            elif tag == "td":
+                self.cell = (a.get("data-value", ""), [])
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self.cls.pop()
+            elif tag == "td" and self.cell is not None and self.row is not None:
+                self.row.append((self.cell[0], "".join(self.cell[1])))
+                self.cell = None
+            elif tag == "tr" and self.row:
+                self.out.setdefault(self.cls[-1], []).append(self.row)
+                self.row = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell[1].append(data)
+
+    t = _T()
+    t.feed(text)
+    return t.out
+
+
+def _submission(folder: Path, kind: str, machine: str) -> dict[str, float]:
+    with open(folder / f"{kind}_{machine}_section_00_test.csv", newline="") as fh:
+        return {r[0]: float(r[1]) for r in csv.reader(fh)}
+
+
+def _expected_flagged(run: Path, mode: str, machine: str, labels: dict[str, str]) -> list[list[object]]:
+    """Independent: the rows the flagged table must hold, from the run's own CSVs."""
+    folder = run / "results" / mode
+    scores, decisions = _submission(folder, "anomaly_score", machine), _submission(folder, "decision_result", machine)
+    thr = {(r["mode"], r["machine"]): float(r["threshold"]) for r in _csv(run / "test_thresholds.csv")}[(mode, machine)]
+    files = {r["name"]: r for r in _csv(run / "test_files.csv") if r["machine"] == machine}
+    rows = [[n, "00", files[n]["domain"] or "-", labels.get(files[n]["label"], "unknown"), s, thr, s - thr]
+            for n, s in scores.items() if decisions[n] == 1]
+    return sorted(rows, key=lambda r: -r[6])
+
+
+def _cells(row: list[tuple[str, str]]) -> list[object]:
+    return [float(v) if v else t for v, t in row]
+
+
+def test_the_flagged_table_lists_the_flagged_files_of_each_machine_with_score_threshold_and_excess(runs, tmp_path):
+    run = runs[0]
+    text = write_report([run], tmp_path / "r.html", save_png=False).path.read_text(encoding="utf-8")
+    tables = _tables(text)
+    labels = {"0": "normal", "1": "anomalous"}
+    n_flagged = 0
+    for mode in ("mahalanobis", "mse"):
+        for m in MACHINES:
+            expected = _expected_flagged(run, mode, m, labels)
+            got = [_cells(r) for r in tables.get(f"flagged-table flagged-{mode}-{m}", [])]
+            assert got == expected, (mode, m)
+            assert all(r[4] > r[5] and r[6] > 0 for r in got)  # every flagged score is above its threshold
+            assert f"{m}: {len(expected)} of 16 files flagged" in text
+            n_flagged += len(expected)
+    assert n_flagged > 0
+    # file names are plain text: nothing in the page links anywhere
+    assert "<a " not in text and "href" not in text
+
+
+def _outlier_copy(run: Path, tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A copy of ``run`` whose first mse score of fan is 10^6 (one wild outlier)."""
+    import shutil
+
+    copy = tmp_path / "outlier"
+    shutil.copytree(run, copy)
+    path = copy / "results" / "mse" / "anomaly_score_fan_section_00_test.csv"
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    rows[0][1] = "1000000.0"
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+    return copy, np.array([float(r[1]) for r in rows])
+
+
+def test_histograms_clip_an_outlier_at_the_99th_percentile_and_say_how_many_scores_they_clipped(runs, tmp_path):
+    from stetho.outputs.report_figures import histogram_figure
+
+    copy, scores = _outlier_copy(runs[0], tmp_path)
+    thr = {(r["mode"], r["machine"]): float(r["threshold"]) for r in _csv(copy / "test_thresholds.csv")}
+    # independent: the clipped range's end (the 99th percentile taken as one of the scores)
+    hi = max(float(np.sort(scores)[int(np.floor(0.99 * (len(scores) - 1)))]), thr[("mse", "fan")])
+    clipped = int((scores > hi).sum())
+    assert clipped >= 1
+    report = write_report([copy], tmp_path / "r.html", save_png=False)
+    captions = {f.id: f.caption for f in report.figures}
+    assert (f"range clipped at the 99th percentile of the scores ({hi:.4g}): {clipped} higher score(s) counted in "
+            "the last bin") in captions["hist-mse-fan-00"]
+    assert "not a log scale" in captions["hist-mse-fan-00"]
+    assert captions["hist-mse-valve-00"].endswith("; full score range")  # no outlier: nothing clipped
+    assert captions["hist-mahalanobis-fan-00"].endswith("; full score range")
+    # the drawn axes end at the clipped range, not at the outlier
+    sec = next(s for s in report.runs[0].modes["mse"].sections if s.machine == "fan")
+    fig = histogram_figure(sec, "mse")
+    for ax in fig.axes:
+        lo = min(scores.min(), thr[("mse", "fan")])
+        assert ax.get_xlim() == pytest.approx((lo, hi))
+    # every clip is still counted: the bars of each panel add up to its clips
+    for ax, domain in zip(fig.axes, ("source", "target")):
+        n = sum(int(p.get_height()) for p in ax.patches)
+        assert n == sum(d == domain for d in sec.domains)
+
+
+def test_no_best_star_on_values_at_or_below_chance():
+    from stetho.outputs.report import CHANCE, _machine_table, _table
+    from stetho.outputs.report_data import ModeData
+
+    md = ModeData(mode="mse", formula="dcase2023", official=0.45, sections_table=[], machines=[
+        {"machine": "fan", "AUC (source)": 0.40, "hmean": 0.42, "F1 score (source)": 0.30},
+        {"machine": "valve", "AUC (source)": 0.45, "hmean": 0.47, "F1 score (source)": 0.60}])
+    text = _machine_table(md)
+    cells = _parse(text).cells
+    best = [(a["data-value"], t) for a, t in cells if a.get("class") == "best"]
+    assert best == [("0.6", "0.6000")]  # F1 has no chance floor at 0.5; no AUC or hmean starred
+    # above chance the best value is marked; a column at chance is not
+    page = _parse(_table(["m", "AUC"], [["a", 0.30], ["b", 0.70]], best=[False, CHANCE]))
+    assert [a["data-value"] for a, _ in page.cells if a.get("class") == "best"] == ["0.7"]
+    page = _parse(_table(["m", "AUC"], [["a", 0.30], ["b", 0.50]], best=[False, CHANCE]))
+    assert not [a for a, _ in page.cells if a.get("class") == "best"]
+
+
+@pytest.fixture(scope="module")
+def unlabelled_root(toy_root, tmp_path_factory) -> Path:
+    """The toy test clips renamed without labels or domains (an evaluation set as delivered)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("unlabelled")
+    for m in MACHINES:
+        (root / m / "test").mkdir(parents=True)
+        (root / m / "train").mkdir(parents=True)
+        for i, f in enumerate(sorted((toy_root / m / "test").glob("*.wav"))):
+            shutil.copy(f, root / m / "test" / f"section_00_{i:04d}.wav")
+        for f in sorted((toy_root / m / "train").glob("*.wav"))[:2]:
+            shutil.copy(f, root / m / "train" / f.name)
+    return root
+
+
+def test_a_run_tested_on_unlabelled_data_is_reported_with_scores_and_decisions_and_no_metrics(
+        runs, unlabelled_root, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "unlabelled_run"
+    shutil.copytree(runs[0], run)
+    outcome = pipeline.test(run, data=unlabelled_root, progress=False)
+    assert all(r is None for r in outcome.results.values()) and not (run / "summary.csv").exists()
+    assert main(["-q", "report", str(run)]) == 0  # `stetho report` on it works
+    assert "report written to" in capsys.readouterr().out
+    text = (run / "report.html").read_text(encoding="utf-8")
+    page = _parse(text)
+    tables = _tables(text)
+    for mode in ("mahalanobis", "mse"):
+        assert page.ids[f"official-{mode}"]["data-status"] == "unlabelled"
+        for m in MACHINES:
+            expected = _expected_flagged(run, mode, m, {})
+            assert [_cells(r) for r in tables.get(f"flagged-table flagged-{mode}-{m}", [])] == expected
+            assert all(r[3] == "unknown" for r in expected)
+            assert f"hist-{mode}-{m}-00" in page.ids and f"roc-{mode}-{m}-00" not in page.ids
+    assert "machines" not in tables and "official score" not in text
+    assert "unlabelled: scores and decisions, no metrics" in text
+    # beside a labelled run, the comparison leaves the unlabelled one out of the rankings
+    text = write_report([runs[0], run], tmp_path / "cmp.html", save_png=False).path.read_text(encoding="utf-8")
+    _parse(text)
+    assert "no score mode in common tested on labelled data" in text

@@ -6,7 +6,10 @@ styles are inline, and nothing refers to the network. It reads only what a run f
 
 - ``results/<mode>/summary.csv`` and ``sections.csv``: the official score (or, for a partial
   result, the partial score labelled PARTIAL with what is missing) and the per-machine table
-  (AUC (source), AUC (target), pAUC, hmean, precision/recall/F1), best value per column marked;
+  (AUC (source), AUC (target), pAUC, hmean, precision/recall/F1), best value per column marked
+  (never an AUC-like value at or below chance, 0.5);
+- the flagged files per machine type: each file decided anomalous with its score, the threshold
+  and by how much it exceeds it (names as plain text, nothing linked);
 - ``results/<mode>/anomaly_score_*`` / ``decision_result_*`` with ``test_files.csv`` (labels and
   domains of the test clips; older runs without it are re-scanned from the recorded data root):
   ROC curves per machine type and section (source: source normals + all anomalies; target:
@@ -14,13 +17,17 @@ styles are inline, and nothing refers to the network. It reads only what a run f
   shaded) and score histograms of normal vs anomalous clips per domain with the decision
   threshold (``test_thresholds.csv`` the test decided with, else ``thresholds.csv`` as
   trained: :mod:`stetho.outputs.run_record`; runs trained before it existed: the midpoint between the highest score decided normal and the lowest decided
-  anomalous, with a note);
+  anomalous, with a note), the range clipped at the 99th percentile when outliers would squash
+  it (the caption says how many scores were clipped);
 - ``history_*.csv``: training curves; ``train_embeddings.npz`` and ``results/test_embeddings.npz``:
   for detectors that keep training embeddings (the discriminative model), per machine type a 2-D
   PCA fitted on the training embeddings of the last ensemble epoch, the test embeddings of that
   epoch projected with it; colour = domain, marker = train normal / test normal / test anomaly
   (runs tested before the test npz existed: training clips only, with a note);
 - ``config.yaml``, ``versions.json``, ``timings.json``.
+
+A run tested on data without labels (no ``summary.csv``) is reported with its scores, decisions,
+flagged files and histograms of all clips: no metrics, no ROC curves.
 
 No model is loaded: neither torch nor :mod:`stetho.models` is imported. The modules:
 :mod:`~stetho.outputs.report_data` reads a run folder (:func:`load_run`),
@@ -49,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from stetho.datasets.clip import ANOMALY, NORMAL
 from stetho.errors import StethoError
 from stetho.fileio import atomic_write_text
 from stetho.outputs.report_data import (  # noqa: F401  (the report's names, importable from here)
@@ -69,6 +77,11 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "precision (source)", "precision (target)", "recall (source)", "recall (target)",
     "F1 score (source)", "F1 score (target)",
 )
+#: Columns whose chance level is 0.5 (AUC, McClish-standardised pAUC, their harmonic means): a
+#: value at or below it is never marked best.
+CHANCE = 0.5
+#: Flagged files listed per machine type and score mode (the rest are counted).
+MAX_FLAGGED_ROWS = 200
 #: Config keys that do not make two runs different settings (a seed's runs share everything else).
 _NOT_SETTING = ("seed", "out", "overwrite", "progress", "device", "cache", "cache_dir")
 
@@ -115,16 +128,20 @@ def _fmt(v: object, digits: int = 4) -> str:
     return _e(v)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]], best: Sequence[bool] | None = None,
-           cls: str = "") -> str:
-    """An HTML table; in columns flagged in ``best`` the highest finite value is marked."""
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]],
+           best: Sequence[bool | float] | None = None, cls: str = "") -> str:
+    """An HTML table; in columns flagged in ``best`` the highest finite value is marked. A float
+    flag is the column's chance level (e.g. :data:`CHANCE` for AUC): a best value not above it
+    is not marked (a "best" below chance would mislead)."""
     marks: set[tuple[int, int]] = set()
     for j, flag in enumerate(best or []):
-        if not flag:
+        if flag is False:
             continue
         vals = [r[j] for r in rows if isinstance(r[j], float) and math.isfinite(r[j])]
         if len(rows) > 1 and len(set(vals)) > 1:  # a column where every row ties marks nothing
             top = max(vals)
+            if flag is not True and top <= float(flag):
+                continue
             marks |= {(i, j) for i, r in enumerate(rows) if isinstance(r[j], float) and r[j] == top}
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = []
@@ -155,7 +172,16 @@ def _figures_html(figs: Iterable[FigureRef], cls: str = "") -> str:
     return "\n".join(out)
 
 
+def _chance(column: str) -> bool | float:
+    """The ``best`` flag of a metric column: its chance level for AUC-like ones, else True."""
+    return CHANCE if column.startswith(("AUC", "pAUC", "hmean", "official", "score")) or column.endswith(
+        (" hmean", " score")) else True
+
+
 def _official_html(md: ModeData) -> str:
+    if md.unlabelled:
+        return (f'<p class="official unlabelled" id="official-{_e(md.mode)}" data-status="unlabelled">'
+                f"{_e(md.mode)}: tested on data without labels: scores and decisions only, no metrics</p>")
     what = f"({_e(md.mode)}, {_e(md.formula or 'formula unknown')})"
     if not md.partial:
         return (f'<p class="official" id="official-{_e(md.mode)}" data-status="official" data-value="{md.official!r}">'
@@ -167,9 +193,44 @@ def _official_html(md: ModeData) -> str:
 
 
 def _machine_table(md: ModeData) -> str:
+    if md.unlabelled:
+        return ""
     cols = [c for c in TABLE_COLUMNS if any(c in m for m in md.machines)]
     rows = [[m["machine"], *[float(m.get(c, math.nan)) for c in cols]] for m in md.machines]
-    return _table(["machine", *cols], rows, best=[False] + [True] * len(cols), cls="machines")
+    return _table(["machine", *cols], rows, best=[False] + [_chance(c) for c in cols], cls="machines")
+
+
+def _flagged_html(md: ModeData, limit: int = MAX_FLAGGED_ROWS) -> str:
+    """Per machine type, the files decided anomalous in this mode: name (plain text, no link),
+    section, domain, label when known, score, threshold and the excess score − threshold, the
+    highest score first."""
+    machines = sorted({s.machine for s in md.sections})
+    if not machines:
+        return ""
+    parts = [f'<details open class="flagged" id="flagged-{_e(md.mode)}"><summary>flagged files '
+             f"({_e(md.mode)}): the files decided anomalous, per machine type</summary>"]
+    for machine in machines:
+        secs = [s for s in md.sections if s.machine == machine]
+        rows: list[list[object]] = []
+        total = sum(len(s.names) for s in secs)
+        for sec in secs:
+            thr = math.nan if sec.threshold is None else float(sec.threshold)
+            for i in sec.flagged():
+                label = {NORMAL: "normal", ANOMALY: "anomalous"}.get(int(sec.labels[i]), "unknown")
+                score = float(sec.scores[i])
+                rows.append([sec.names[i], sec.section, sec.domains[i] or "-", label, score, thr, score - thr])
+        rows.sort(key=lambda r: -r[6] if math.isfinite(r[6]) else -r[4])
+        head = f"<h5>{_e(machine)}: {len(rows)} of {total} files flagged</h5>"
+        if not rows:
+            parts.append(head + '<p class="note">no file flagged</p>')
+            continue
+        shown = rows[:limit]
+        table = _table(["file", "section", "domain", "label", "score", "threshold", "score − threshold"], shown,
+                       cls=f"flagged-table flagged-{_slug(md.mode, machine)}")
+        more = f'<p class="note">{len(rows) - limit} more flagged files not listed</p>' if len(rows) > limit else ""
+        parts.append(head + table + more)
+    parts.append("</details>")
+    return "\n".join(parts)
 
 
 def _info_html(run: RunData) -> str:
@@ -196,15 +257,19 @@ def _info_html(run: RunData) -> str:
 
 def _run_html(run: RunData, figs: Mapping[str, list[FigureRef]], heading: str = "h2") -> str:
     sub = "h3" if heading == "h2" else "h4"
-    if any(md.partial for md in run.modes.values()):
+    labelled = {mode: md for mode, md in run.modes.items() if not md.unlabelled}
+    if not labelled:
+        glance = _table(["score mode", "test data"], [[mode, "unlabelled: scores and decisions, no metrics"]
+                                                      for mode in run.modes], cls="glance")
+    elif any(md.partial for md in labelled.values()):
         glance = _table(["score mode", "formula", "official score", "partial score (not official)"],
                         [[mode, md.formula or "-", md.official, md.partial_score if md.partial else math.nan]
-                         for mode, md in run.modes.items()],
-                        best=[False, False, True, False], cls="glance")
+                         for mode, md in labelled.items()],
+                        best=[False, False, CHANCE, False], cls="glance")
     else:
         glance = _table(["score mode", "formula", "official score"],
-                        [[mode, md.formula or "-", md.official] for mode, md in run.modes.items()],
-                        best=[False, False, True], cls="glance")
+                        [[mode, md.formula or "-", md.official] for mode, md in labelled.items()],
+                        best=[False, False, CHANCE], cls="glance")
     parts = [f"<{heading} id=\"run-{_e(_slug(run.label))}\">Run {_e(run.path)}</{heading}>", glance, _info_html(run)]
     if run.record_note:
         parts.append(f'<p class="note">{_e(run.record_note)}</p>')
@@ -212,6 +277,7 @@ def _run_html(run: RunData, figs: Mapping[str, list[FigureRef]], heading: str = 
         parts.append(f"<{sub}>Score mode {_e(mode)}</{sub}>")
         parts.append(_official_html(md))
         parts.append(_machine_table(md))
+        parts.append(_flagged_html(md))
         if md.sections_table:
             cols = list(md.sections_table[0])
             rows = [[r[c] if c in ("machine", "section", "files", "anomalies") else _float(r[c]) for c in cols]
@@ -246,11 +312,12 @@ def _labels(runs: Sequence[RunData]) -> list[str]:
 
 
 def _comparison_html(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[str, list[FigureRef]]:
-    common = [m for m in runs[0].modes if all(m in r.modes for r in runs[1:])]
+    common = [m for m in runs[0].modes if all(m in r.modes and not r.modes[m].unlabelled for r in runs)]
     parts = ["<h2 id=\"comparison\">Comparison</h2>"]
     figs: list[FigureRef] = []
     if not common:
-        parts.append('<p class="note">the runs have no score mode in common; see each run below</p>')
+        parts.append('<p class="note">the runs have no score mode in common tested on labelled data; see each '
+                     'run below</p>')
     for mode in common:
         mds = [r.modes[mode] for r in runs]
         machines = sorted(set().union(*({m["machine"] for m in md.machines} for md in mds)))
@@ -269,7 +336,7 @@ def _comparison_html(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[st
             rows.append([label, str(run.config.get("model", "-")), str(run.config.get("seed", "-")), *v])
         formulas = sorted({md.formula for md in mds})
         parts.append(f"<h3>Score mode {_e(mode)} ({_e(', '.join(formulas))})</h3>")
-        best = [False, False, False, True] + [False] * (len(scores) - 1) + [True] * len(machines)
+        best = [False, False, False, CHANCE] + [False] * (len(scores) - 1) + [CHANCE] * len(machines)
         parts.append(_table(header, rows, best=best, cls="comparison"))
         if partial:
             parts.append('<p class="note">PARTIAL (not the official score): ' + "; ".join(
@@ -294,7 +361,7 @@ def _comparison_html(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[st
         sections = sorted({(s.machine, s.section) for md in mds for s in md.sections})
         for machine, section in sections:
             curves = [(label, s) for label, md in zip(labels, mds) for s in md.sections
-                      if (s.machine, s.section) == (machine, section)]
+                      if (s.machine, s.section) == (machine, section) and s.labelled]
             if curves:
                 _save(overlaid_roc_figure(machine, section, curves), _slug("compare-roc", mode, machine, section),
                       f"ROC of every run — {machine} section {section} ({mode})", None, figs)
@@ -336,7 +403,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     """Write the self-contained HTML report of one or several tested run folders.
 
     Args:
-        run_dirs: run folders tested on labeled data.
+        run_dirs: tested run folders (on labelled data; unlabelled: scores and decisions only).
         out: the HTML file (default: ``RUN/report.html`` for one run, ``report.html`` for several).
         save_png: also save each run's figures as PNGs beside its CSVs (``results/<mode>/roc_*.png``,
             ``histogram_*.png``, ``history_*.png``, ``embeddings_<machine>.png``).

@@ -46,6 +46,22 @@ class SectionData:
     decisions: np.ndarray | None
     threshold: float | None
 
+    @property
+    def labelled(self) -> bool:
+        """True when every clip's label is known (ROC curves and normal/anomalous histograms)."""
+        return bool(np.isin(self.labels, (NORMAL, ANOMALY)).all())
+
+    def flagged(self) -> np.ndarray:
+        """Indices of the clips decided anomalous (the decision files; without them, the scores
+        above the threshold), highest excess over the threshold first."""
+        if self.decisions is not None:
+            idx = np.flatnonzero(self.decisions == 1)
+        elif self.threshold is not None:
+            idx = np.flatnonzero(self.scores > self.threshold)
+        else:
+            return np.zeros(0, dtype=np.int64)
+        return idx[np.argsort(-self.scores[idx], kind="stable")]
+
 
 @dataclass
 class ModeData:
@@ -65,6 +81,11 @@ class ModeData:
     @property
     def partial(self) -> bool:
         return self.status == "partial"
+
+    @property
+    def unlabelled(self) -> bool:
+        """Tested on data without labels: scores and decisions, no summary.csv, no metrics."""
+        return self.status == "unlabelled"
 
 
 @dataclass
@@ -128,20 +149,24 @@ def _threshold(recorded: Mapping[tuple[str, str], float] | None, mode: str, mach
 
 def _mode_data(run_dir: Path, mode: str, truth, thresholds) -> ModeData:
     folder = run_dir / "results" / mode
-    summary = read_summary_file(folder / "summary.csv")
-    machines = [{"machine": m, **values} for m, values in summary.machines.items()]
-    sections_path = folder / "sections.csv"
-    data = ModeData(mode=mode, formula=summary.formula, official=summary.official, machines=machines,
-                    sections_table=_read_rows(sections_path) if sections_path.is_file() else [],
-                    status=summary.status, partial_score=summary.partial_score, missing=summary.missing)
+    if (folder / "summary.csv").is_file():
+        summary = read_summary_file(folder / "summary.csv")
+        machines = [{"machine": m, **values} for m, values in summary.machines.items()]
+        sections_path = folder / "sections.csv"
+        data = ModeData(mode=mode, formula=summary.formula, official=summary.official, machines=machines,
+                        sections_table=_read_rows(sections_path) if sections_path.is_file() else [],
+                        status=summary.status, partial_score=summary.partial_score, missing=summary.missing)
+    else:  # tested on unlabelled data: scores and decisions only
+        data = ModeData(mode=mode, formula="", official=math.nan, machines=[], sections_table=[],
+                        status="unlabelled")
     sub = read_submission(folder)
+    unknown = []
     for (machine, section), rows in sorted(sub.scores.items()):
         names = [n for n, _ in rows]
         known = [truth.get((machine, n)) for n in names]
         if any(k is None or k[1] not in (NORMAL, ANOMALY) for k in known):
-            data.note = (f"{machine} section {section}: the labels of some scored files are unknown; "
-                         "curves and histograms are left out")
-            continue
+            unknown.append(f"{machine} section {section}")
+        known = [k if k is not None else (section, -1, None) for k in known]
         scores = np.array([s for _, s in rows], dtype=np.float64)
         decisions = None
         if (machine, section) in sub.decisions:
@@ -153,6 +178,9 @@ def _mode_data(run_dir: Path, mode: str, truth, thresholds) -> ModeData:
             decisions=decisions,
             threshold=_threshold(thresholds, mode, machine, scores, decisions),
         ))
+    if unknown and not data.unlabelled:
+        data.note = (f"{'; '.join(unknown)}: the labels of some scored files are unknown; ROC curves are left out "
+                     "and the histograms show all clips together")
     return data
 
 
@@ -250,9 +278,11 @@ def load_run(run_dir: str | Path) -> RunData:
     """Read a tested run folder for the report, or an evaluation folder of ``stetho test --out
     DIR`` (its results, with the config, thresholds and histories of the run it records).
 
+    A run tested on unlabelled data (no ``summary.csv``) is read too: its modes have the scores,
+    decisions and thresholds, no metrics (:attr:`ModeData.unlabelled`).
+
     Raises:
-        StethoError: not a run folder, or no ``results/<mode>/summary.csv`` (untested or tested on
-            unlabeled data).
+        StethoError: not a run folder, or no ``results/<mode>/`` score files (untested).
     """
     run_dir = Path(run_dir)
     # An evaluation folder of `stetho test --out DIR` holds the test's results; the run it
@@ -263,9 +293,10 @@ def load_run(run_dir: str | Path) -> RunData:
         raise StethoError(f"{run_dir}: not a stetho run folder (no config.yaml)")
     config_text = cfg_path.read_text(encoding="utf-8")
     config = yaml.safe_load(config_text) or {}
-    summaries = sorted((run_dir / "results").glob("*/summary.csv"))
+    summaries = sorted(p.parent / "summary.csv" for p in (run_dir / "results").glob("*/anomaly_score_*.csv"))
+    summaries = sorted(set(summaries))
     if not summaries:
-        raise StethoError(f"{run_dir}: no results/<mode>/summary.csv; run `stetho test` on labeled data first")
+        raise StethoError(f"{run_dir}: no results/<mode>/anomaly_score_*.csv; run `stetho test` first")
 
     def _json(name: str, folder: Path = source) -> dict[str, Any]:
         p = folder / name

@@ -5,6 +5,7 @@ display) from a :class:`~stetho.outputs.report_data.RunData`."""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,21 +61,75 @@ def roc_figure(sec: SectionData, mode: str) -> Figure:
     return overlaid_roc_figure(sec.machine, sec.section, [(mode, sec)])
 
 
-def histogram_figure(sec: SectionData, mode: str) -> Figure:
-    """Score histograms of normal vs anomalous clips per domain, decision threshold drawn."""
+#: The histograms' range ends at this percentile of the scores when the highest score lies
+#: beyond it by more than :data:`OUTLIER_SPAN` times the range up to it.
+CLIP_PERCENTILE = 99.0
+OUTLIER_SPAN = 0.5
+
+
+@dataclass
+class HistogramRange:
+    """The x range of a section's histograms: ``[lo, hi]``; ``clipped`` scores lie above ``hi``
+    (drawn in the last bin), 0 when the range is the full one."""
+
+    lo: float
+    hi: float
+    clipped: int
+
+    def caption(self) -> str:
+        """What the range is and why, for the figure's caption."""
+        if not self.clipped:
+            return "full score range"
+        return (f"range clipped at the {CLIP_PERCENTILE:g}th percentile of the scores ({self.hi:.4g}): "
+                f"{self.clipped} higher score(s) counted in the last bin, so that outliers do not squash the "
+                "rest (a clipped linear range, not a log scale: scores may be negative or near zero)")
+
+
+def histogram_range(scores: np.ndarray, threshold: float | None = None) -> HistogramRange:
+    """The range the histograms of ``scores`` show: all of it, unless the highest scores lie far
+    beyond the :data:`CLIP_PERCENTILE` th percentile (more than :data:`OUTLIER_SPAN` times the
+    range from the lowest score up to it): then up to that percentile (or the threshold, when it
+    is higher, so it stays in view)."""
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return HistogramRange(0.0, 1.0, 0)
+    lo, top = float(s.min()), float(s.max())
+    # "lower": a score of the section, so a few clips' outlier does not pull the percentile to itself
+    hi = float(np.percentile(s, CLIP_PERCENTILE, method="lower"))
+    if threshold is not None and math.isfinite(threshold):  # the threshold stays in view
+        lo, top, hi = min(lo, float(threshold)), max(top, float(threshold)), max(hi, float(threshold))
+    if hi <= lo or top - hi <= OUTLIER_SPAN * (hi - lo):
+        return HistogramRange(lo, top, 0)
+    return HistogramRange(lo, hi, int((s > hi).sum()))
+
+
+def histogram_figure(sec: SectionData, mode: str, rng: HistogramRange | None = None) -> Figure:
+    """Score histograms per domain over ``rng`` (:func:`histogram_range`; scores above it in the
+    last bin), normal vs anomalous clips when the labels are known (else all clips), decision
+    threshold drawn."""
+    rng = rng or histogram_range(sec.scores, sec.threshold)
     names = [d for d in DOMAINS if d in sec.domains] or [None]
     fig = Figure(figsize=(4.2 * len(names), 3.4))
-    bins = np.histogram_bin_edges(sec.scores, bins=min(30, max(8, sec.scores.size // 4)))
+    inside = sec.scores[(sec.scores >= rng.lo) & (sec.scores <= rng.hi)]
+    bins = np.histogram_bin_edges(inside, bins=min(30, max(8, sec.scores.size // 4)), range=(rng.lo, rng.hi))
+    shown = np.clip(sec.scores, rng.lo, rng.hi)
     dom = np.array([d or "" for d in sec.domains], dtype=object)
+    groups = (((NORMAL, "#3a8f3a", "normal"), (ANOMALY, "#c0392b", "anomalous")) if sec.labelled
+              else ((None, "#4a6fa5", "all clips (labels unknown)"),))
     for k, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), k + 1)
         in_dom = dom == (name or "")
-        for label, colour, text in ((NORMAL, "#3a8f3a", "normal"), (ANOMALY, "#c0392b", "anomalous")):
-            v = sec.scores[in_dom & (sec.labels == label)]
+        for label, colour, text in groups:
+            sel = in_dom & (sec.labels == label) if label is not None else in_dom
+            v = shown[sel]
             ax.hist(v, bins=bins, alpha=0.55, color=colour, label=f"{text} ({v.size})")
         if sec.threshold is not None:
             ax.axvline(sec.threshold, color="black", ls="--", lw=1.2, label=f"threshold {sec.threshold:.4g}")
-        ax.set(xlabel=f"anomaly score ({mode})", ylabel="clips",
+        n_over = int((sec.scores[in_dom] > rng.hi).sum())
+        if n_over:
+            ax.plot([], [], " ", label=f"{n_over} score(s) > {rng.hi:.4g} in the last bin")
+        ax.set(xlabel=f"anomaly score ({mode})", ylabel="clips", xlim=(bins[0], bins[-1]),
                title=f"{sec.machine} section {sec.section} — {name or 'all'}")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -179,11 +234,13 @@ def run_figures(run: RunData, save_png: bool = True, prefix: str = "") -> dict[s
         folder = run.path / "results" / mode
         for sec in md.sections:
             stem = f"{sec.machine}_section_{sec.section}"
-            _save(roc_figure(sec, mode), _slug(prefix, "roc", mode, sec.machine, sec.section),
-                  f"ROC — {sec.machine} section {sec.section} ({mode})",
-                  folder / f"roc_{stem}.png" if save_png else None, figs)
-            _save(histogram_figure(sec, mode), _slug(prefix, "hist", mode, sec.machine, sec.section),
-                  f"score histogram — {sec.machine} section {sec.section} ({mode})",
+            if sec.labelled:  # a ROC curve needs the labels
+                _save(roc_figure(sec, mode), _slug(prefix, "roc", mode, sec.machine, sec.section),
+                      f"ROC — {sec.machine} section {sec.section} ({mode})",
+                      folder / f"roc_{stem}.png" if save_png else None, figs)
+            rng = histogram_range(sec.scores, sec.threshold)
+            _save(histogram_figure(sec, mode, rng), _slug(prefix, "hist", mode, sec.machine, sec.section),
+                  f"score histogram — {sec.machine} section {sec.section} ({mode}); {rng.caption()}",
                   folder / f"histogram_{stem}.png" if save_png else None, figs)
     hist: list[FigureRef] = groups.setdefault("history", [])
     for name, table in run.histories.items():
