@@ -98,6 +98,13 @@ the load average is recorded; compare runs only at similar contention.
    and ``python stetho_edge.py DIR clip.wav`` (the ae export) in a cold process, whose scores must
    equal the in-process edge scorer's.
 
+10. **Ray engine** (issue 22, section ``ray``): ``stetho run --engine ray`` of a toy comparison of all
+   7 machine types × 2 seeds (``ae``, short clips, a few epochs; 14 training tasks and 2 test tasks,
+   1 CPU each) on a fresh local Ray instance of 1 CPU and of 2 CPUs (each warmed up: its workers have
+   imported stetho; its own feature cache): the speed-up (target >= 1.7x on 2 cores). Also the
+   overhead of Ray for one tiny task (a no-op's round trip, median after warm-up) and for one tiny
+   run (one machine type, ``stats``) through Ray against in-process.
+
 Sizes are in :data:`FULL` / :data:`QUICK`; a full run takes about 5-6 minutes on 2 cores (the
 service's load test alone 60 s), ``--quick`` 60-90 s. ``--only threads`` (or any section names)
 runs some sections only, e.g. ``--only service``.
@@ -1529,6 +1536,78 @@ def edge_venv(tmp: Path, export_dir: Path, wav: Path, expected: dict) -> dict:
             "stderr": proc.stderr[-300:], "versions": versions.stdout.strip()}
 
 
+#: The Ray benchmark's toy comparison: clips per machine type, clip seconds, AE epochs, seeds.
+RAY_GRID = {"full": {"train_clips": 24, "duration": 2.0, "epochs": 8, "seeds": [1, 2]},
+            "quick": {"train_clips": 12, "duration": 1.0, "epochs": 4, "seeds": [1, 2]}}
+RAY_NOOP_RUNS = 50
+
+
+def bench_ray(quick: bool, tmp: Path) -> tuple[list[Row], dict]:
+    """Issue 22: the speed-up of ``stetho run --engine ray`` on 2 workers against 1 (a 7-type toy
+    comparison, each cell's machine types as tasks), and Ray's overhead for one tiny task / run."""
+    import ray
+
+    from stetho import pipeline
+    from stetho.pipeline.ray_engine import connected
+    from stetho.synth import make_toy_dataset
+
+    grid = RAY_GRID["quick" if quick else "full"]
+    data = tmp / "ray-data"
+    make_toy_dataset(data, machines=None, train_clips=grid["train_clips"], target_train_clips=2, test_clips=2,
+                     duration=grid["duration"], seed=0, progress=False)
+    recipe = {"data": str(data), "model": "ae", "params": {"epochs": grid["epochs"]}, "progress": False,
+              "resources": {"cpus": 1, "gpus": 0}, "compare": {"seeds": grid["seeds"]}}
+
+    def warm() -> int:
+        import stetho.pipeline  # noqa: F401 - what every task imports first
+
+        return os.getpid()
+
+    def noop() -> None:
+        return None
+
+    info: dict[str, Any] = {"grid": grid, "machine_types": 7}
+    for cpus in (1, 2):
+        with connected(num_cpus=cpus):
+            warm_task, noop_task = ray.remote(num_cpus=1)(warm), ray.remote(num_cpus=1)(noop)
+            ray.get([warm_task.remote() for _ in range(4 * cpus)])
+            t = time.perf_counter()
+            pipeline.run({**recipe, "out": str(tmp / f"ray-{cpus}"), "cache_dir": str(tmp / f"ray-cache-{cpus}")},
+                         report=False, engine="ray")
+            info[f"seconds_{cpus}_cpu"] = round(time.perf_counter() - t, 2)
+            if cpus == 1:
+                ray.get(noop_task.remote())
+                times = []
+                for _ in range(RAY_NOOP_RUNS):
+                    t = time.perf_counter()
+                    ray.get(noop_task.remote())
+                    times.append((time.perf_counter() - t) * 1e3)
+                info["noop_task_ms"] = round(float(np.median(times)), 2)
+                make_toy_dataset(tmp / "ray-tiny", machines=["fan"], train_clips=grid["train_clips"],
+                                 target_train_clips=2, test_clips=2, duration=grid["duration"], seed=0)
+                tiny = {"data": str(tmp / "ray-tiny"), "model": "stats", "progress": False,
+                        "cache_dir": str(tmp / "ray-cache-tiny")}
+                pipeline.run({**tiny, "out": str(tmp / "tiny-warm")}, report=False)  # features cached
+                t = time.perf_counter()
+                pipeline.run({**tiny, "out": str(tmp / "tiny-local")}, report=False)
+                info["tiny_run_local_s"] = round(time.perf_counter() - t, 3)
+                t = time.perf_counter()
+                pipeline.run({**tiny, "out": str(tmp / "tiny-ray")}, report=False, engine="ray")
+                info["tiny_run_ray_s"] = round(time.perf_counter() - t, 3)
+    same = all((tmp / "ray-1" / f).read_bytes() == (tmp / "ray-2" / f).read_bytes()
+               for f in ("comparison_models.csv", "comparison_settings.csv"))
+    speedup = info["speedup"] = round(info["seconds_1_cpu"] / info["seconds_2_cpu"], 2)
+    cells = f"7 types x {len(grid['seeds'])} seeds, ae {grid['epochs']} epochs"
+    rows = [Row("ray", f"toy comparison ({cells}), 1 worker", info["seconds_1_cpu"], "s"),
+            Row("ray", f"toy comparison ({cells}), 2 workers", info["seconds_2_cpu"], "s"),
+            Row("ray", "speed-up, 2 workers vs 1", speedup, "x", ">= 1.7x", verdict(speedup >= 1.7)),
+            Row("ray", "comparison tables of 1 and 2 workers byte-identical", None, "", "yes", verdict(same)),
+            Row("ray", "overhead of one tiny task (no-op round trip, median)", info["noop_task_ms"], "ms"),
+            Row("ray", "one tiny run (1 type, stats): in-process", info["tiny_run_local_s"] * 1e3, "ms"),
+            Row("ray", "one tiny run (1 type, stats): through Ray", info["tiny_run_ray_s"] * 1e3, "ms")]
+    return rows, info
+
+
 def print_table(rows: list[Row]) -> None:
     header = ("benchmark", "figure", "value", "target", "")
     cells = [header] + [(r.benchmark, r.figure, r.shown(), r.target, r.status) for r in rows]
@@ -1631,7 +1710,8 @@ def bench_startup(tmp: Path) -> tuple[list[Row], dict]:
 
 #: Section names for ``--only`` (keys of the results' ``details``).
 SECTIONS = ("toy", "extraction", "training", "latency", "discriminative", "bigan", "threads", "service", "startup",
-            "export")
+            "export",
+            "ray")
 
 
 def print_threads(info: dict) -> None:
@@ -1721,6 +1801,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: bench_startup(tmp))
         measure("export", "[export] ONNX / TorchScript export of an AE run, latency, fresh venv without torch ...",
                 lambda: bench_export(args.quick, tmp))
+        measure("ray", "[ray] stetho run --engine ray: 7-type toy comparison on 1 and 2 workers, Ray overhead ...",
+                lambda: bench_ray(args.quick, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta["other_cpus"] = whole_run.other_cpus()
