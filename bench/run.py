@@ -1707,11 +1707,80 @@ def bench_startup(tmp: Path) -> tuple[list[Row], dict]:
                             imports["all"], "s"))
     return rows, info
 
+# ------------------------------------------------------------------------------------------------
+# disk: what a finished discriminative CPU run and the feature cache leave on disk (issue 23)
+# ------------------------------------------------------------------------------------------------
+
+
+def _du(path: Path, pattern: str = "*") -> tuple[int, int]:
+    """(files, bytes) under ``path`` matching ``pattern``."""
+    files = [p for p in path.rglob(pattern) if p.is_file()] if path.exists() else []
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def bench_disk(quick: bool, tmp: Path) -> tuple[list[Row], dict]:
+    """A small run of recipes/dcase2023_discriminative_cpu.yaml's model (``stetho train`` in a
+    fresh process, the recipe's checkpoint_every) finished with and without ``--keep-checkpoints``:
+    the run folder, its checkpoints and models; then the feature cache an AE training on the same
+    clips fills, before and after ``stetho cache --max-size`` trims it to half (least recently
+    used entries first)."""
+    import yaml
+
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    env.pop("STETHO_KEEP_CHECKPOINTS", None)
+    env.pop("STETHO_CACHE_MAX_SIZE", None)
+    cli = [sys.executable, "-m", "stetho.cli"]
+    n_clips, epochs = (12, 4) if quick else (30, 8)
+    data, cache = tmp / "disk_data", tmp / "disk_cache"
+    subprocess.run([*cli, "-q", "toy", str(data), "--machines", "fan,valve", "--train-clips", str(n_clips),
+                    "--target-train-clips", "3", "--test-clips", "2", "--duration", "5"],
+                   check=True, env=env, capture_output=True)
+    params = yaml.safe_load((REPO / "recipes" / "dcase2023_discriminative_cpu.yaml").read_text())["params"]
+    params.update(epochs=epochs, ensemble_epochs=[epochs // 2, epochs])
+    args = [a for k, v in params.items()
+            for a in ("--param", f"{k}=[{','.join(map(str, v))}]" if isinstance(v, list) else f"{k}={v}")]
+    info: dict = {"train_clips": 2 * (n_clips + 3), "epochs": epochs, "clip_seconds": 5.0,
+                  "checkpoint_every": params.get("checkpoint_every", 2), "runs": {}}
+    rows = []
+    for name, extra in (("default", []), ("--keep-checkpoints", ["--keep-checkpoints"])):
+        out = tmp / f"disk_run_{len(info['runs'])}"
+        t0 = time.perf_counter()
+        subprocess.run([*cli, "-q", "train", "--data", str(data), "--out", str(out), "--model", "discriminative",
+                        "--no-progress", "--cache-dir", str(cache), *args, *extra], check=True, env=env,
+                       capture_output=True)
+        entry = {"seconds": round(time.perf_counter() - t0, 1), "run_bytes": _du(out)[1],
+                 "checkpoints": _du(out, "*.ckpt")[0], "checkpoint_bytes": _du(out, "*.ckpt")[1],
+                 "model_bytes": _du(out / "models")[1]}
+        info["runs"][name] = entry
+        rows.append(Row("disk", f"finished discriminative run, {name}: run folder ({entry['checkpoints']} "
+                                f"checkpoint file(s) of {entry['checkpoint_bytes'] / 1e6:.1f} MB, models "
+                                f"{entry['model_bytes'] / 1e6:.1f} MB; {info['train_clips']} clips, {epochs} epochs)",
+                        entry["run_bytes"] / 1e6, "MB"))
+    from stetho.features.cache_limit import cache_info
+
+    # the discriminative model reads waveforms; log-mel models (here the AE, 1 epoch) fill the cache
+    subprocess.run([*cli, "-q", "train", "--data", str(data), "--out", str(tmp / "disk_ae"), "--model", "ae",
+                    "--epochs", "1", "--no-progress", "--cache-dir", str(cache)], check=True, env=env,
+                   capture_output=True)
+    before = cache_info(cache)
+    half = max(1, before.bytes // 2)
+    subprocess.run([*cli, "-q", "cache", "--dir", str(cache), "--max-size", str(half)], check=True, env=env,
+                   capture_output=True)
+    after = cache_info(cache)
+    info["cache"] = {"entries_before": before.entries, "bytes_before": before.bytes, "cap": half,
+                     "entries_after": after.entries, "bytes_after": after.bytes}
+    rows.append(Row("disk", f"feature cache after an AE training on the same clips ({before.entries} entries)",
+                    before.bytes / 1e6, "MB"))
+    rows.append(Row("disk", f"  after `stetho cache --max-size {half}` ({after.entries} entries left, least "
+                            "recently used evicted)", after.bytes / 1e6, "MB", f"<= {half / 1e6:.2f} MB",
+                    verdict(after.bytes <= half)))
+    return rows, info
+
 
 #: Section names for ``--only`` (keys of the results' ``details``).
 SECTIONS = ("toy", "extraction", "training", "latency", "discriminative", "bigan", "threads", "service", "startup",
-            "export",
-            "ray")
+            "export", "disk", "ray")
 
 
 def print_threads(info: dict) -> None:
@@ -1801,6 +1870,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: bench_startup(tmp))
         measure("export", "[export] ONNX / TorchScript export of an AE run, latency, fresh venv without torch ...",
                 lambda: bench_export(args.quick, tmp))
+        measure("disk", "[disk] a finished discriminative CPU run with and without --keep-checkpoints; the feature "
+                "cache and its cap ...", lambda: bench_disk(args.quick, tmp))
         measure("ray", "[ray] stetho run --engine ray: 7-type toy comparison on 1 and 2 workers, Ray overhead ...",
                 lambda: bench_ray(args.quick, tmp))
     finally:
