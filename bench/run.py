@@ -1868,7 +1868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"x {sizes.service_load_s:.0f} s) ...", lambda: bench_service(sizes, tmp))
         measure("startup", "[startup] cold start of stetho --help, import stetho, stetho score (fresh processes) ...",
                 lambda: bench_startup(tmp))
-        measure("export", "[export] ONNX / TorchScript export of an AE run, latency, fresh venv without torch ...",
+        measure("export", "[export] ONNX / TorchScript exports of an ae and a stats run, latency, fresh venv without torch ...",
                 lambda: bench_export(args.quick, tmp))
         measure("disk", "[disk] a finished discriminative CPU run with and without --keep-checkpoints; the feature "
                 "cache and its cap ...", lambda: bench_disk(args.quick, tmp))
