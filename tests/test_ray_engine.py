@@ -134,8 +134,9 @@ def test_ray_engine_writes_the_same_files_as_in_process(local_ray, toy, local_ou
     assert "comparison tables written to" in capsys.readouterr().out
     n = _assert_same_files(local_out, out)
     # 4 runs × (train/test files, skipped, summary, 2 thresholds files, decision scores, 2 models
-    # + 4 modes × 8 results files) + 3 comparison tables
-    assert n == 4 * (9 + 4 * 8) + 3, n
+    # + 4 modes × 8 results files) + 3 comparison tables (more if runs come to hold more files)
+    assert n >= 4 * (9 + 4 * 8) + 3, n
+    assert (out / "small" / "seed_2" / "results" / "knn" / "anomaly_score_pump_section_00_test.csv").is_file()
     scores = (out / "comparison_models.csv").read_text()
     assert scores == (local_out / "comparison_models.csv").read_text() and "small/mahalanobis" in scores
     _assert_complete(out)
@@ -179,7 +180,7 @@ def test_a_killed_worker_is_retried_and_the_comparison_completes(local_ray, toy,
     again = [r for r in log if r[2] == task and r[1] == "start" and int(r[3]) != pid]
     assert again and [r for r in log if r[2] == task and r[1] == "done" and r[3] == again[-1][3]]
     _assert_complete(out, variants=("full",), seeds=(1,))
-    assert _assert_same_files(local_out / "full" / "seed_1", out / "full" / "seed_1") == 9 + 4 * 8
+    assert _assert_same_files(local_out / "full" / "seed_1", out / "full" / "seed_1") >= 9 + 4 * 8
 
 
 def test_ray_engine_single_run_and_errors(local_ray, toy, tmp_path):
