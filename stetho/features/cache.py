@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stetho.errors import StorageError
+from stetho.errors import StethoError, StorageError
 from stetho.features.cache_limit import CacheLimit, touch
 from stetho.fileio import atomic_write_with, file_sha256, remove_stale_temp_files, storage_problem
 
@@ -56,11 +56,13 @@ _WARNED_LOCK = threading.Lock()
 
 
 class CachedFeatures(NamedTuple):
-    """One verified cache entry: the feature array and the clip's native sample rate in Hz
-    (0 when it was stored without one)."""
+    """One verified cache entry: the feature array, the clip's native sample rate in Hz (0 when
+    it was stored without one) and where the array's bytes start in the entry file (bytes from
+    its beginning; -1 when unknown), for memory-mapping it (:meth:`FeatureCache.memmap`)."""
 
     features: np.ndarray
     sample_rate: int
+    offset: int = -1
 
 
 def default_cache_dir() -> Path:
@@ -121,6 +123,10 @@ class FeatureCache:
     def _file(self, key: str) -> Path:
         return self.root / "features" / self.kind / key[:2] / f"{key}.npy"
 
+    def entry_path(self, key: str) -> Path:
+        """The file of the entry stored under ``key`` (which may not exist)."""
+        return self._file(key)
+
     # -- by key -------------------------------------------------------------------------------
     def read(self, key: str) -> CachedFeatures | None:
         """The verified entry stored under ``key``, or ``None`` (missing or bad: a miss)."""
@@ -146,15 +152,20 @@ class FeatureCache:
                 self.hits += 1
         return entry
 
-    def write(self, key: str, value: np.ndarray, sample_rate: int = 0) -> None:
+    def write(self, key: str, value: np.ndarray, sample_rate: int = 0) -> int | None:
         """Store ``value`` (a finite float array) and the clip's native ``sample_rate`` under ``key``,
         atomically. Never raises for a full, read-only or otherwise unwritable cache: the first
-        failure logs one warning and turns writing off (``writable``)."""
+        failure logs one warning and turns writing off (``writable``).
+
+        Returns:
+            Where the array's bytes start in the entry file (see :meth:`memmap`), or ``None``
+            when nothing was written.
+        """
         if not self.writable:
-            return
+            return None
         arr = np.ascontiguousarray(value)
         if arr.dtype.kind != "f" or not np.isfinite(arr).all():
-            return  # would be refused on reading
+            return None  # would be refused on reading
         f = self._file(key)
         folder = f.parent
         if folder not in self._cleaned:
@@ -163,8 +174,12 @@ class FeatureCache:
         trailer = _TRAILER.pack(_MAGIC, CACHE_VERSION, int(sample_rate), zlib.crc32(arr.data.cast("B")), 0,
                                 bytes.fromhex(key))
 
+        offset: list[int] = []
+
         def dump(fh) -> None:
+            start = fh.tell()
             np.save(fh, arr, allow_pickle=False)
+            offset.append(fh.tell() - arr.nbytes - start)
             fh.write(trailer)
 
         try:
@@ -183,6 +198,27 @@ class FeatureCache:
                             _reason(exc), self.root)
             else:
                 log.debug("feature cache not written: %s at %s", _reason(exc), self.root)
+            return None
+        return offset[0]
+
+    def memmap(self, key: str, offset: int, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+        """The array of the entry under ``key`` memory-mapped read-only (nothing is read until
+        it is used; the pages it touches belong to the OS page cache, not to the process heap),
+        from a verified read or a write that gave its ``offset``, ``shape`` and ``dtype``.
+        Unmapped when the last reference to it goes.
+
+        Raises:
+            StethoError: the entry file is gone or shorter than the array (the cache was
+                cleared or changed while the features were in use), naming the file.
+        """
+        f = self._file(key)
+        try:
+            return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape)
+        except (OSError, ValueError) as exc:
+            raise StethoError(f"feature cache entry {f} cannot be memory-mapped ({exc}): it was deleted while a "
+                              "run was using it (the cache cleared, or evicted by a size cap smaller than the run's "
+                              "features: raise $STETHO_CACHE_MAX_SIZE or `stetho cache --max-size`); run again, or "
+                              "pass --no-cache to hold the features in memory") from None
 
     # -- by file ------------------------------------------------------------------------------
     def get(self, path: str | Path, params: dict) -> np.ndarray | None:
@@ -228,7 +264,7 @@ def _decode(blob: memoryview, key: str) -> CachedFeatures | None:
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     if not np.isfinite(arr).all():
         return None
-    return CachedFeatures(arr, int(sample_rate))
+    return CachedFeatures(arr, int(sample_rate), start)
 
 
 @functools.lru_cache(maxsize=256)

@@ -23,6 +23,7 @@ from stetho.audio import check_channel, load_audio
 from stetho.datasets.clip import Clip
 from stetho.errors import AudioError, AudioValidationError, ConfigError
 from stetho.features.cache import FeatureCache
+from stetho.features.lazy import AudioRef, CacheRef, FeatureList
 from stetho.features.logmel import LogMelParams, logmel
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ class Extracted:
     Attributes:
         clips: clips whose features were computed, in input order.
         features: float32 log-mels ``(n_frames, n_mels)`` (or waveforms ``(n_samples,)``), aligned
-            with ``clips``.
+            with ``clips``: a list of arrays in memory, or a :class:`~stetho.features.lazy.FeatureList`
+            whose items are read from disk when used (memory-mapped cache entries, audio files).
         sample_rates: each clip's native sample rate in Hz as its file header gives it (before any
             resampling; also on cache hits), aligned with ``clips``. A rate other than the
             features' ``sr`` means the clip was resampled.
@@ -68,7 +70,7 @@ class Extracted:
     """
 
     clips: list[Clip] = field(default_factory=list)
-    features: list[np.ndarray] = field(default_factory=list)
+    features: list[np.ndarray] | FeatureList = field(default_factory=list)
     problems: list[AudioError] = field(default_factory=list)
     sample_rates: list[int] = field(default_factory=list)
 
@@ -88,6 +90,7 @@ def extract_logmels(
     progress: bool = False,
     raise_on_error: bool = True,
     desc: str = "log-mel",
+    memory_map: bool = True,
 ) -> Extracted:
     """Log-mel spectrograms of many clips, validated, batched and cached.
 
@@ -104,6 +107,10 @@ def extract_logmels(
         progress: show a progress bar.
         raise_on_error: raise one :class:`AudioValidationError` listing every bad clip;
             if False, bad clips are left out and returned in ``problems``.
+        memory_map: with a ``cache``, return the features as a
+            :class:`~stetho.features.lazy.FeatureList` of the cache entries, memory-mapped when
+            used, instead of arrays in memory (clips the cache could not store stay in memory):
+            the memory a run needs then no longer grows with its number of clips.
 
     Returns:
         :class:`Extracted`, with each clip's native sample rate in ``sample_rates``.
@@ -118,8 +125,9 @@ def extract_logmels(
 
     keys: list[str | None] = [None] * len(clips)
     todo = list(range(len(clips)))
+    stream = cache is not None and memory_map
     if cache is not None:
-        todo = _lookup(clips, cache, key_params, audio.min_frames, results, keys, workers)
+        todo = _lookup(clips, cache, key_params, audio.min_frames, results, keys, workers, stream)
 
     def work(chunk: list[int]) -> list[tuple[int, _Item | AudioError]]:
         """Decode a chunk and compute its log-mels (equal lengths batched) in this worker."""
@@ -145,7 +153,8 @@ def extract_logmels(
                     done.append((i, _Item(np.ascontiguousarray(f), native_sr, keys[i])))
         return done
 
-    return _run(clips, todo, work, results, batch_size, workers, progress, desc, raise_on_error, cache=cache)
+    return _run(clips, todo, work, results, batch_size, workers, progress, desc, raise_on_error, cache=cache,
+                stream=stream)
 
 
 def logmel_of_signal(y: np.ndarray, params: LogMelParams, path: str | os.PathLike = "<signal>") -> np.ndarray:
@@ -164,11 +173,12 @@ def logmel_of_signal(y: np.ndarray, params: LogMelParams, path: str | os.PathLik
 
 def _lookup(
     clips: Sequence[Clip], cache: FeatureCache, key_params: dict, min_frames: int, results: list,
-    keys: list[str | None], workers: int | None, chunk_size: int = 32,
+    keys: list[str | None], workers: int | None, stream: bool = False, chunk_size: int = 32,
 ) -> list[int]:
     """Look every clip up in ``cache`` in parallel (hashing each file's bytes releases the GIL):
-    fill ``results`` with the hits and ``keys`` with the keys of the misses; return the misses'
-    indices. Chunks of several clips keep the per-task overhead small next to a hit's cost."""
+    fill ``results`` with the hits (with ``stream``, references to the verified entries, their
+    arrays dropped) and ``keys`` with the keys of the misses; return the misses' indices. Chunks
+    of several clips keep the per-task overhead small next to a hit's cost."""
 
     def look(chunk: range) -> list[tuple[int, str | None, object]]:
         out = []
@@ -180,7 +190,11 @@ def _lookup(
                 continue
             hit = cache.read(key)
             ok = hit is not None and hit.features.shape[0] >= min_frames and hit.sample_rate > 0
-            out.append((i, key, _Item(hit.features, hit.sample_rate) if ok else None))
+            if ok and stream and hit.offset >= 0:
+                ref = CacheRef(key, hit.offset, tuple(hit.features.shape), hit.features.dtype.str)
+                out.append((i, key, _Item(None, hit.sample_rate, ref=ref)))
+            else:
+                out.append((i, key, _Item(hit.features, hit.sample_rate) if ok else None))
         return out
 
     chunks = [range(s, min(s + chunk_size, len(clips))) for s in range(0, len(clips), chunk_size)]
@@ -209,6 +223,7 @@ def extract_waveforms(
     progress: bool = False,
     raise_on_error: bool = True,
     desc: str = "audio",
+    stream: bool = False,
 ) -> Extracted:
     """Validated float32 waveforms ``(n_samples,)`` at ``sr`` Hz of many clips (for models that
     learn from raw audio), read in parallel; problems are collected as in :func:`extract_logmels`.
@@ -222,6 +237,10 @@ def extract_waveforms(
         progress: show a progress bar.
         raise_on_error: raise one :class:`AudioValidationError` listing every bad clip, or leave
             bad clips out and return them in ``problems``.
+        stream: read and validate every clip, but keep none of the samples: return a
+            :class:`~stetho.features.lazy.FeatureList` that decodes a clip again when it is used
+            (:class:`~stetho.features.lazy.AudioRef`; the same samples), so the memory needed
+            does not grow with the number of clips.
     """
     results: list[_Item | AudioError | None] = [None] * len(clips)
 
@@ -234,27 +253,31 @@ def extract_waveforms(
             except AudioError as exc:
                 done.append((i, exc))
             else:
-                done.append((i, _Item(y, native_sr)))
+                ref = AudioRef(clips[i].path, sr, audio.channel, audio.resample, len(y)) if stream else None
+                done.append((i, _Item(None if stream else y, native_sr, ref=ref)))
         return done
 
-    return _run(clips, list(range(len(clips))), work, results, 8, workers, progress, desc, raise_on_error)
+    return _run(clips, list(range(len(clips))), work, results, 8, workers, progress, desc, raise_on_error,
+                stream=stream)
 
 
 @dataclass(frozen=True)
 class _Item:
-    """One clip's result: its features, native sample rate, and the cache key to store them under
-    (``None``: already cached, or no cache)."""
+    """One clip's result: its features (``None`` when ``ref`` says where they are on disk), native
+    sample rate, and the cache key to store them under (``None``: already cached, or no cache)."""
 
-    features: np.ndarray
+    features: np.ndarray | None
     sample_rate: int
     key: str | None = None
+    ref: CacheRef | AudioRef | None = None
 
 
 def _run(
     clips: Sequence[Clip], todo: list[int], work, results: list, batch_size: int, workers: int | None,
-    progress: bool, desc: str, raise_on_error: bool, cache: FeatureCache | None = None,
+    progress: bool, desc: str, raise_on_error: bool, cache: FeatureCache | None = None, stream: bool = False,
 ) -> Extracted:
-    """Run ``work`` over chunks of ``todo`` in threads, fill ``results``, gather an :class:`Extracted`."""
+    """Run ``work`` over chunks of ``todo`` in threads, fill ``results``, gather an :class:`Extracted`
+    (with ``stream``, its features a :class:`FeatureList` of the on-disk references)."""
     chunks = [todo[s : s + batch_size] for s in range(0, len(todo), max(1, batch_size))]
     workers = _n_workers(workers)
     # disable=None: no bar when stderr is not a terminal (CI logs, pipes), as pip does.
@@ -271,9 +294,9 @@ def _run(
             for chunk in chunks:
                 pending.append(pool.submit(work, chunk))
                 if len(pending) >= 2 * workers:
-                    _collect(pending.popleft(), results, cache, bar)
+                    _collect(pending.popleft(), results, cache, bar, stream)
             while pending:
-                _collect(pending.popleft(), results, cache, bar)
+                _collect(pending.popleft(), results, cache, bar, stream)
     finally:
         torch.set_num_threads(threads_before)
     bar.close()
@@ -284,19 +307,25 @@ def _run(
             out.problems.append(r)
         else:
             out.clips.append(clip)
-            out.features.append(r.features)
+            out.features.append(r.features if r.ref is None else r.ref)
             out.sample_rates.append(r.sample_rate)
+    if stream:
+        out.features = FeatureList(out.features, cache)
     if out.problems and raise_on_error:
         raise AudioValidationError(out.problems)
     return out
 
 
-def _collect(future: Future, results: list, cache: FeatureCache | None, bar: tqdm) -> None:
+def _collect(future: Future, results: list, cache: FeatureCache | None, bar: tqdm, stream: bool = False) -> None:
     """Store one finished chunk (new features written to the cache from this thread only; a cache
-    that cannot be written warns once and is skipped) and advance the bar."""
+    that cannot be written warns once and is skipped; with ``stream``, a written entry replaces
+    the array by a reference to it) and advance the bar."""
     done = future.result()
     for i, r in done:
         results[i] = r
         if cache is not None and isinstance(r, _Item) and r.key is not None:
-            cache.write(r.key, r.features, r.sample_rate)
+            offset = cache.write(r.key, r.features, r.sample_rate)
+            if stream and offset is not None:
+                ref = CacheRef(r.key, offset, tuple(r.features.shape), r.features.dtype.str)
+                results[i] = _Item(None, r.sample_rate, ref=ref)
     bar.update(len(done))

@@ -42,7 +42,7 @@ import numpy as np
 from stetho.backends import fpr_threshold, gamma_threshold
 from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import ConfigError, ExportError, NotFittedError, StethoError
-from stetho.features import Extracted, FeatureCache
+from stetho.features import Extracted, FeatureCache, FeatureList, take
 from stetho.models.calibration import Calibration
 from stetho.models.inputs import as_clips
 from stetho.models.params import DEVICE, SEED, Boolean, Constraint, Interval, Options, validate_params
@@ -196,7 +196,7 @@ class Detector(Calibration, Persistence):
             return self.extract(clips).features
         if len(features) != len(clips):
             raise ValueError(f"{len(features)} feature arrays for {len(clips)} clips")
-        return list(features)
+        return features if isinstance(features, FeatureList) else list(features)  # a FeatureList stays on disk
 
     # -- hyper-parameters -------------------------------------------------------------------
     @classmethod
@@ -310,9 +310,9 @@ class Detector(Calibration, Persistence):
             cal_idx = sorted(held)
             log.info("%s: %d of %d training clips held out to calibrate the thresholds",
                      self.name, len(cal_idx), len(clips))
-            self._fit([clips[i] for i in rest], [feats[i] for i in rest], context)
+            self._fit([clips[i] for i in rest], take(feats, rest), context)
             cal = [clips[i] for i in cal_idx]
-            scores = self._calibration_scores(cal, [feats[i] for i in cal_idx])
+            scores = self._calibration_scores(cal, take(feats, cal_idx))
         else:
             cal, scores = clips, self._cross_fit(clips, feats, context)
         self._set_calibration(cal, scores)

@@ -17,6 +17,7 @@ import numpy as np
 
 from stetho.datasets.clip import SOURCE, Clip
 from stetho.errors import ConfigError
+from stetho.features import take
 
 if TYPE_CHECKING:
     from stetho.models.base import Detector, FitContext
@@ -93,8 +94,8 @@ class Calibration:
             rest = [i for i in range(len(clips)) if i not in held_set]
             clone = self._clone()
             clone.machines_ = sorted({clips[i].machine for i in rest})
-            clone._fit([clips[i] for i in rest], [feats[i] for i in rest], context.sub(f"fold_{f + 1}"))
-            scores = clone._calibration_scores([clips[i] for i in held], [feats[i] for i in held])
+            clone._fit([clips[i] for i in rest], take(feats, rest), context.sub(f"fold_{f + 1}"))
+            scores = clone._calibration_scores([clips[i] for i in held], take(feats, held))
             for m in self.score_modes:
                 out[m][held] = scores[m]
         self._fit(clips, feats, context if context.work_dir is None else context.sub("final"))

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from stetho.features import FeatureList
+
 
 class FrameVectors:
     """All stacked-frame vectors of a set of clips, without materialising them.
@@ -29,22 +31,29 @@ class FrameVectors:
     def __init__(self, logmels: Sequence[np.ndarray], n_frames: int = 5, hop: int = 1) -> None:
         if not logmels:
             raise ValueError("no clips to build vectors from")
-        n_mels = logmels[0].shape[1]
+        shapes = [logmels.shape(i) if isinstance(logmels, FeatureList) else logmels[i].shape
+                  for i in range(len(logmels))]
+        n_mels = shapes[0][1]
         self.n_frames = n_frames
         self.n_mels = n_mels
-        self.frames = torch.from_numpy(
-            np.concatenate([np.asarray(m, dtype=np.float32) for m in logmels], axis=0)
-        )
         starts, owners, offset = [], [], 0
-        for i, m in enumerate(logmels):
-            if m.shape[1] != n_mels:
-                raise ValueError(f"clip {i} has {m.shape[1]} mel bands, expected {n_mels}")
-            count = (m.shape[0] - n_frames) // hop + 1
+        for i, shape in enumerate(shapes):
+            if shape[1] != n_mels:
+                raise ValueError(f"clip {i} has {shape[1]} mel bands, expected {n_mels}")
+            count = (shape[0] - n_frames) // hop + 1
             if count < 1:
-                raise ValueError(f"clip {i} has {m.shape[0]} frames, fewer than {n_frames}")
+                raise ValueError(f"clip {i} has {shape[0]} frames, fewer than {n_frames}")
             starts.append(offset + hop * np.arange(count))
             owners.append(np.full(count, i))
-            offset += m.shape[0]
+            offset += shape[0]
+        # Copied clip by clip: log-mels memory-mapped from the cache (a FeatureList) are mapped
+        # one at a time, never all at once.
+        frames = np.empty((offset, n_mels), dtype=np.float32)
+        row = 0
+        for i, shape in enumerate(shapes):
+            frames[row:row + shape[0]] = logmels[i]
+            row += shape[0]
+        self.frames = torch.from_numpy(frames)
         self.starts = torch.from_numpy(np.concatenate(starts).astype(np.int64))
         self.clip_index = torch.from_numpy(np.concatenate(owners).astype(np.int64))
         self.n_clips = len(logmels)

@@ -21,6 +21,7 @@ import numpy as np
 from stetho.config import resolve
 from stetho.datasets import Clip, Scan, is_dcase_data, official_formula, scan_dataset
 from stetho.errors import ConfigError, DatasetError, StethoError
+from stetho.features import take
 from stetho.fileio import atomic_write_with, make_dirs
 from stetho.metrics import FORMULAS, EvaluationResult
 from stetho.models import Detector
@@ -57,7 +58,7 @@ class _TestSet:
 
     scan: Scan
     clips: list[Clip]
-    feats: list[np.ndarray]
+    feats: Sequence[np.ndarray]  # a FeatureList (on disk) when the feature cache is on
     rates: list[int]
     notes: list[str]
     skipped: list[tuple[Path, str]]
@@ -275,7 +276,7 @@ def _score_and_write(detectors: Mapping[str, Detector], tset: _TestSet, modes: S
         if not idx:
             continue
         dclips = [tset.clips[i] for i in idx]
-        all_scores = det.score_all(dclips, [tset.feats[i] for i in idx])
+        all_scores = det.score_all(dclips, take(tset.feats, idx))  # on disk stays on disk
         for name, rows in det.report_tables().items():
             reports.setdefault(name, []).extend(rows)
         for name, part in det.report_arrays().items():

@@ -8,7 +8,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import numpy as np
 from stetho.config import dump, resolve
 from stetho.datasets import Clip, check_name
 from stetho.errors import ConfigError, DatasetError, StethoError
+from stetho.features import take
 from stetho.fileio import make_dirs, remove_stale_temp_files
 from stetho.models import Detector
 from stetho.models.base import FitContext
@@ -64,7 +65,7 @@ class _TrainingSet:
     """The training clips as read: features, native sample rates, files left out."""
 
     clips: list[Clip]
-    feats: list[np.ndarray]
+    feats: Sequence[np.ndarray]  # a FeatureList (on disk) when the feature cache is on
     rates: list[int]
     skipped: list[tuple[Path, str]]
     dataset: str
@@ -172,8 +173,8 @@ def _fit_models(cfg: Mapping[str, Any], stage: Path, probe: Detector, data: _Tra
             log.info("%s: trained before the interruption, kept (%s)", name, model_file)
         else:
             det = make_detector(cfg)
-            context = _fit_context(cfg, det, stage, [clips[i] for i in val_idx], [feats[i] for i in val_idx])
-            det.fit([clips[i] for i in train_idx], [feats[i] for i in train_idx], context)
+            context = _fit_context(cfg, det, stage, [clips[i] for i in val_idx], take(feats, val_idx))
+            det.fit([clips[i] for i in train_idx], take(feats, train_idx), context)
             det.save(model_file)
         trained[name], fitted[name] = list(det.machines_), det
         fit_s[name] = time.perf_counter() - t0

@@ -208,10 +208,13 @@ class DiscriminativeDetector(Detector):
 
     # -- features ---------------------------------------------------------------------------
     def extract(self, clips, resample=True, cache=None, progress=False, raise_on_error=True, desc="audio"):
-        """Waveforms of ``clips`` (see :meth:`Detector.extract`; ``cache`` is not used: decoding
-        is as fast as reading a cache)."""
+        """Waveforms of ``clips`` (see :meth:`Detector.extract`). Waveforms are not cached
+        (decoding is as fast as reading a cache); given a ``cache`` (the pipeline's feature cache
+        is on), they are streamed instead: validated now, decoded again when used, so a
+        full-size set is never held in memory (:func:`~stetho.features.extract_waveforms`)."""
         return extract_waveforms(clips, self.sr, AudioOptions(channel=self.channel, resample=resample),
-                                 min_samples=self.signal_spec[1], progress=progress, raise_on_error=raise_on_error, desc=desc)
+                                 min_samples=self.signal_spec[1], progress=progress, raise_on_error=raise_on_error,
+                                 desc=desc, stream=cache is not None)
 
     @property
     def signal_spec(self) -> tuple[int, int]:
