@@ -77,8 +77,7 @@ def run_id(run_dir: str | Path) -> str:
     return hashlib.sha256((Path(run_dir) / MODELS_INDEX).read_bytes()).hexdigest()[:RUN_ID_LENGTH]
 
 
-def export_run(run_dir: str | Path, fmt: str = "onnx", out_dir: str | Path | None = None,
-               verify: bool = True) -> list[ExportedModel]:
+def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, verify: bool = True) -> list[ExportedModel]:
     """Export every detector of a trained run, one file per machine type.
 
     Writes into ``out_dir``: ``<machine>.onnx`` (or ``.pt``), ``<machine>.json`` (score modes,
@@ -90,7 +89,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out_dir: str | Path | Non
         run_dir: a run folder written by ``stetho train``.
         fmt: ``"onnx"`` (opset :data:`ONNX_OPSET`, free clip length) or ``"torchscript"``
             (``torch.jit.script``, free clip length).
-        out_dir: the export folder (created); default ``<run_dir>/export_<fmt>``.
+        out_dir: the export folder (created; files of the same names are replaced).
         verify: score :data:`CHECK_SECONDS` of seeded noise with the exported file and with the
             detector, and refuse an export whose scores differ by more than
             :data:`PARITY_RTOL` (relative).
@@ -109,7 +108,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out_dir: str | Path | Non
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder; train one with `stetho train`")
-    out = Path(out_dir) if out_dir is not None else run_dir / f"export_{fmt}"
+    out = Path(out_dir)
     detectors = [Detector.load(p, device="cpu") for p in run_models(run_dir)]
     jobs: list[tuple[Detector, str, torch.nn.Module]] = []
     for det in detectors:  # every module first: an unexportable detector writes nothing
@@ -140,7 +139,7 @@ def _export_one(det: Detector, machine: str, module: torch.nn.Module, fmt: str, 
     sr, min_samples = det.signal_spec
     sections = det.export_sections(machine) or ["00"]
     path = out / f"{machine}{SUFFIX[fmt]}"
-    y = check_signal(sr, min_samples)
+    y = check_waveform(sr, min_samples)
     section = torch.tensor(0, dtype=torch.int64)
     with atomic_path(path) as tmp:
         if fmt == "onnx":
@@ -187,7 +186,7 @@ def _frozen(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def check_signal(sr: int, min_samples: int, seconds: float = CHECK_SECONDS, seed: int = 0) -> torch.Tensor:
+def check_waveform(sr: int, min_samples: int, seconds: float = CHECK_SECONDS, seed: int = 0) -> torch.Tensor:
     """The seeded noise an export is checked on: ``max(seconds · sr, min_samples)`` float32 samples."""
     n = max(int(round(seconds * sr)), int(min_samples))
     return torch.from_numpy((np.random.default_rng(seed).standard_normal(n) * 0.1).astype(np.float32))
