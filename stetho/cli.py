@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folder(s) from `stetho train` (one per "
                                                                      "machine type)")
     _monitor_options(p)
+    p.add_argument("--engine", choices=("torch", "onnx"), default="torch",
+                   help="torch (default): each RUN is a run folder; onnx: each RUN is a folder from `stetho export "
+                        "--format onnx`, scored with onnxruntime")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--token-file", type=Path, metavar="F", help="file holding the API token writes need "
@@ -764,7 +767,7 @@ def _serve(args: argparse.Namespace) -> int:
           max_body_bytes=int(args.max_body_mb * 1024 * 1024), resample=args.resample, alert_k=args.alert_k,
           alert_n=args.alert_n, alert_modes=_alert_modes(args.alert_modes), webhook_url=args.webhook,
           archive=_archive(args), protect_reads=args.protect_reads,
-          refresh_seconds=args.refresh_seconds)
+          refresh_seconds=args.refresh_seconds, engine=args.engine)
     return 0
 
 

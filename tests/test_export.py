@@ -270,3 +270,57 @@ def test_stetho_score_engine_onnx_prints_what_the_torch_engine_prints(onnx_dir, 
     assert capsys.readouterr().out.splitlines()[0].split()[:4] == ["file", "machine", "type", ae.score_modes[0]]
     assert cli.main(["score", str(ae_run), wavs[0], "--engine", "onnx"]) == 2  # a run folder is not an export
     assert "not a stetho export folder" in capsys.readouterr().err
+
+
+# -- stetho serve --engine onnx ----------------------------------------------------------------
+def test_a_scorer_of_onnx_exports_gives_the_torch_scorers_verdicts(onnx_dir, toy, scorer):
+    from stetho.monitor.onnx_scoring import load_onnx_scorer
+
+    onnx = load_onnx_scorer(onnx_dir, resample=False)
+    assert onnx.machine_types == ["fan"] and onnx.runs[0].run_id == scorer.runs[0].run_id
+    assert onnx.score_modes("fan") == scorer.score_modes("fan") and onnx.default_mode("fan") == scorer.default_mode("fan")
+    for wav in _wavs(toy)[:3]:
+        got, want = onnx.score(wav, "fan"), scorer.score(wav, "fan")
+        assert got.sha256 == want.sha256 and got.anomalous == want.anomalous
+        for mode, w in want.modes.items():
+            assert got.modes[mode].score == pytest.approx(w.score, rel=RTOL, abs=ATOL)
+            assert (got.modes[mode].threshold, got.modes[mode].decision) == (w.threshold, w.decision)
+
+
+def test_stetho_serve_engine_onnx_scores_uploads_with_the_export(onnx_dir, toy, scorer, tmp_path):
+    import os
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "token").write_text("t0ken\n")
+    cmd = [sys.executable, "-m", "stetho.cli", "serve", str(onnx_dir), "--engine", "onnx", "--db",
+           f"sqlite:///{tmp_path / 'm.db'}", "--port", str(port), "--token-file", str(tmp_path / "token")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert health.json()["machine_types"] == ["fan"]
+        wav = _wavs(toy)[0]
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/score", headers={"Authorization": "Bearer t0ken"},
+                       content=wav.read_bytes(), params={"asset": "fan-1", "filename": wav.name}, timeout=30)
+        assert r.status_code == 200, r.text
+        want = scorer.score(wav, "fan")
+        assert r.json()["run"]["run_id"] == want.run.run_id
+        for mode, w in want.modes.items():
+            assert r.json()["modes"][mode]["score"] == pytest.approx(w.score, rel=RTOL, abs=ATOL)
+            assert r.json()["modes"][mode]["decision"] == w.decision
+    finally:
+        proc.terminate()
+        proc.wait(10)

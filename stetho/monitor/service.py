@@ -579,8 +579,10 @@ def serve(runs: Sequence[str], db_url: str, token: str, host: str = "127.0.0.1",
           max_body_bytes: int = 20 * 1024 * 1024, resample: bool = True, alert_k: int = 3, alert_n: int = 5,
           alert_modes: str | Sequence[str] = "default",
           webhook_url: str | None = None, protect_reads: bool = False, refresh_seconds: float = 5.0,
-          archive: str | Path | None = None) -> None:
-    """Load the runs once, open the database and serve the app with uvicorn until interrupted;
+          archive: str | Path | None = None, engine: str = "torch") -> None:
+    """Load the runs once (``engine="onnx"``: ``runs`` are ONNX export folders, scored with
+    onnxruntime: :func:`stetho.monitor.onnx_scoring.load_onnx_scorer`), open the database and serve
+    the app with uvicorn until interrupted;
     uploads kept in the audio archive folder ``archive`` when given (see :mod:`stetho.monitor.archive`);
     alerts by :class:`~stetho.monitor.alerts.AlertRules` ``(alert_k, alert_n, alert_modes)``, announced to
     ``webhook_url`` when given; the dashboard at ``/`` (``protect_reads``: reads need the token too)."""
@@ -593,7 +595,12 @@ def serve(runs: Sequence[str], db_url: str, token: str, host: str = "127.0.0.1",
     rules = AlertRules(k=alert_k, n=alert_n, modes=modes)
     webhook = Webhook(webhook_url) if webhook_url else None
     kept = AudioArchive(archive) if archive is not None else None
-    scorer = Scorer.load(list(runs), resample=resample)
+    if engine == "onnx":
+        from stetho.monitor.onnx_scoring import load_onnx_scorer
+
+        scorer = load_onnx_scorer(list(runs), resample=resample)
+    else:
+        scorer = Scorer.load(list(runs), resample=resample)
     rules.check_modes(m for t in scorer.machine_types for m in scorer.score_modes(t))
     with open_database(db_url) as db:
         app = create_app(scorer, db, token, max_body_bytes, archive=kept, rules=rules, webhook=webhook,
