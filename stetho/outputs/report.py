@@ -31,7 +31,8 @@ flagged files and histograms of all clips: no metrics, no ROC curves.
 
 No model is loaded: neither torch nor :mod:`stetho.models` is imported. The modules:
 :mod:`~stetho.outputs.report_data` reads a run folder (:func:`load_run`),
-:mod:`~stetho.outputs.report_figures` draws, this module writes the HTML.
+:mod:`~stetho.outputs.report_figures` draws, this module fills the Jinja2 templates in
+``stetho/outputs/templates/`` (``report.html``, ``fragments.html``) with them.
 
 With several runs the report starts with a comparison: official score and per-machine hmean of
 every run side by side (best marked), mean ± sample std over the runs of one setting (runs that
@@ -44,17 +45,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import html
+import functools
 import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import Any
 
+import jinja2
 import numpy as np
+from markupsafe import Markup
 
 from stetho.datasets.clip import ANOMALY, NORMAL
 from stetho.errors import StethoError
@@ -87,49 +89,38 @@ _NOT_SETTING = ("seed", "out", "overwrite", "progress", "device", "cache", "cach
 
 
 # -- HTML -----------------------------------------------------------------------------------------
-_PAGE = Template("""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>$title</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; padding: 0 1em; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: right; }
-th { background: #f1f3f6; } td:first-child, th:first-child { text-align: left; }
-td.best { background: #d9f2d9; font-weight: bold; }
-td.best::after { content: " \\2605"; color: #2e7d32; }
-.official { font-size: 1.35em; margin: .4em 0; } .official b { color: #1f5fa8; } .official.partial b { color: #8a5a00; }
-figure { display: inline-block; margin: .4em .5em .8em 0; vertical-align: top; width: calc(50% - 1.2em); }
-figure.wide { width: auto; max-width: 100%; }
-figure img { width: 100%; border: 1px solid #e3e3e3; }
-figcaption { font-size: .8em; color: #555; }
-.note { color: #8a5a00; background: #fff6e0; padding: .3em .6em; border-left: 3px solid #e0a800; }
-pre { background: #f6f8fa; padding: .6em; font-size: .8em; overflow-x: auto; }
-details { margin: .5em 0; } summary { cursor: pointer; font-weight: bold; }
-</style>
-</head>
-<body>
-<h1>$title</h1>
-$body
-</body>
-</html>
-""")
+# Every tag is written by the Jinja2 templates in stetho/outputs/templates/ (report.html: the page;
+# fragments.html: tables, figures, scores, notes), autoescaped; this module decides what goes in.
 
 
-def _e(v: object) -> str:
-    return html.escape(str(v))
+@functools.lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("stetho.outputs", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["fmt"] = _fmt
+    env.filters["repr"] = repr
+    return env
+
+
+def _frag(name: str, *args: Any, **kwargs: Any) -> Markup:
+    """The HTML of the macro ``name`` of ``fragments.html``."""
+    return Markup(getattr(_env().get_template("fragments.html").module, name)(*args, **kwargs))
+
+
+def _html(parts: Iterable[str]) -> Markup:
+    """Fragments (already HTML) one per line."""
+    return Markup("\n".join(parts))
 
 
 def _fmt(v: object, digits: int = 4) -> str:
+    """A cell's text: floats with ``digits`` decimals ("-" when not finite), else ``str(v)``."""
     if isinstance(v, float):
         return "-" if not math.isfinite(v) else f"{v:.{digits}f}"
-    return _e(v)
+    return str(v)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]],
-           best: Sequence[bool | float] | None = None, cls: str = "") -> str:
+           best: Sequence[bool | float] | None = None, cls: str = "") -> Markup:
     """An HTML table; in columns flagged in ``best`` the highest finite value is marked. A float
     flag is the column's chance level (e.g. :data:`CHANCE` for AUC): a best value not above it
     is not marked (a "best" below chance would mislead)."""
@@ -143,33 +134,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]],
             if flag is not True and top <= float(flag):
                 continue
             marks |= {(i, j) for i, r in enumerate(rows) if isinstance(r[j], float) and r[j] == top}
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = []
-    for i, r in enumerate(rows):
-        cells = []
-        for j, v in enumerate(r):
-            attrs = ' class="best"' if (i, j) in marks else ""
-            if isinstance(v, float) and math.isfinite(v):
-                attrs += f' data-value="{v!r}"'
-            cells.append(f"<td{attrs}>{v if isinstance(v, _Raw) else _fmt(v)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    c = f' class="{cls}"' if cls else ""
-    return f"<table{c}><thead><tr>{head}</tr></thead><tbody>" + "".join(body) + "</tbody></table>"
+    cells = [[{"text": v if isinstance(v, Markup) else _fmt(v), "best": (i, j) in marks,
+               "value": repr(v) if isinstance(v, float) and math.isfinite(v) else None}
+              for j, v in enumerate(r)] for i, r in enumerate(rows)]
+    return _frag("table", list(header), cells, cls)
 
 
-class _Raw(str):
-    """Cell text that is already HTML."""
-
-
-def _figures_html(figs: Iterable[FigureRef], cls: str = "") -> str:
-    out = []
-    c = f' class="{cls}"' if cls else ""
-    for f in figs:
-        data = base64.b64encode(f.png).decode("ascii")
-        saved = f" — saved as {_e(f.path.name)}" if f.path is not None else ""
-        out.append(f'<figure id="{_e(f.id)}"{c}><img alt="{_e(f.caption)}" src="data:image/png;base64,{data}">'
-                   f"<figcaption>{_e(f.caption)}{saved}</figcaption></figure>")
-    return "\n".join(out)
+def _figures_html(figs: Iterable[FigureRef], cls: str = "") -> Markup:
+    return _frag("figures", [{"id": f.id, "caption": f.caption, "data": base64.b64encode(f.png).decode("ascii"),
+                              "saved": f.path.name if f.path is not None else ""} for f in figs], cls)
 
 
 def _chance(column: str) -> bool | float:
@@ -178,41 +151,26 @@ def _chance(column: str) -> bool | float:
         (" hmean", " score")) else True
 
 
-def _official_html(md: ModeData) -> str:
-    if md.unlabelled:
-        return (f'<p class="official unlabelled" id="official-{_e(md.mode)}" data-status="unlabelled">'
-                f"{_e(md.mode)}: tested on data without labels: scores and decisions only, no metrics</p>")
-    what = f"({_e(md.mode)}, {_e(md.formula or 'formula unknown')})"
-    if not md.partial:
-        return (f'<p class="official" id="official-{_e(md.mode)}" data-status="official" data-value="{md.official!r}">'
-                f"official score {what}: <b>{_fmt(md.official)}</b></p>")
-    return (f'<p class="official partial" id="official-{_e(md.mode)}" data-status="partial" '
-            f'data-value="{md.partial_score!r}">partial score {what}: <b>{_fmt(md.partial_score)}</b> '
-            f"(PARTIAL: not the official score)</p>"
-            f'<p class="note">missing for an official score: {_e("; ".join(md.missing) or "not recorded")}</p>')
+def _official_html(md: ModeData) -> Markup:
+    return _frag("official", md)
 
 
-def _machine_table(md: ModeData) -> str:
+def _machine_table(md: ModeData) -> Markup:
     if md.unlabelled:
-        return ""
+        return Markup("")
     cols = [c for c in TABLE_COLUMNS if any(c in m for m in md.machines)]
     rows = [[m["machine"], *[float(m.get(c, math.nan)) for c in cols]] for m in md.machines]
     return _table(["machine", *cols], rows, best=[False] + [_chance(c) for c in cols], cls="machines")
 
 
-def _flagged_html(md: ModeData, limit: int = MAX_FLAGGED_ROWS) -> str:
+def _flagged_html(md: ModeData, limit: int = MAX_FLAGGED_ROWS) -> Markup:
     """Per machine type, the files decided anomalous in this mode: name (plain text, no link),
     section, domain, label when known, score, threshold and the excess score − threshold, the
-    highest score first."""
-    machines = sorted({s.machine for s in md.sections})
-    if not machines:
-        return ""
-    parts = [f'<details open class="flagged" id="flagged-{_e(md.mode)}"><summary>flagged files '
-             f"({_e(md.mode)}): the files decided anomalous, per machine type</summary>"]
-    for machine in machines:
+    highest excess first (at most ``limit`` listed, the rest counted)."""
+    machines = []
+    for machine in sorted({s.machine for s in md.sections}):
         secs = [s for s in md.sections if s.machine == machine]
         rows: list[list[object]] = []
-        total = sum(len(s.names) for s in secs)
         for sec in secs:
             thr = math.nan if sec.threshold is None else float(sec.threshold)
             for i in sec.flagged():
@@ -220,20 +178,14 @@ def _flagged_html(md: ModeData, limit: int = MAX_FLAGGED_ROWS) -> str:
                 score = float(sec.scores[i])
                 rows.append([sec.names[i], sec.section, sec.domains[i] or "-", label, score, thr, score - thr])
         rows.sort(key=lambda r: -r[6] if math.isfinite(r[6]) else -r[4])
-        head = f"<h5>{_e(machine)}: {len(rows)} of {total} files flagged</h5>"
-        if not rows:
-            parts.append(head + '<p class="note">no file flagged</p>')
-            continue
-        shown = rows[:limit]
-        table = _table(["file", "section", "domain", "label", "score", "threshold", "score − threshold"], shown,
-                       cls=f"flagged-table flagged-{_slug(md.mode, machine)}")
-        more = f'<p class="note">{len(rows) - limit} more flagged files not listed</p>' if len(rows) > limit else ""
-        parts.append(head + table + more)
-    parts.append("</details>")
-    return "\n".join(parts)
+        table = _table(["file", "section", "domain", "label", "score", "threshold", "score − threshold"],
+                       rows[:limit], cls=f"flagged-table flagged-{_slug(md.mode, machine)}") if rows else None
+        machines.append({"machine": machine, "n": len(rows), "total": sum(len(s.names) for s in secs),
+                         "table": table, "more": max(0, len(rows) - limit)})
+    return _frag("flagged", md.mode, machines) if machines else Markup("")
 
 
-def _info_html(run: RunData) -> str:
+def _info_html(run: RunData) -> Markup:
     cfg, ver, tim = run.config, run.versions, run.timings
     facts = [("model", cfg.get("model")), ("seed", cfg.get("seed")), ("data root", cfg.get("data")),
              ("test data", (tim.get("test") or {}).get("data", "-")), ("dataset layout", cfg.get("dataset")),
@@ -248,14 +200,14 @@ def _info_html(run: RunData) -> str:
         facts.append(("training time", "not recorded by this run"))
     facts.append(("test time", f"{test['seconds']:.1f} s for {test.get('clips', '?')} clips" if test
                   else "not recorded by this run"))
-    out = _table(["", "value"], [[k, "-" if v is None else str(v)] for k, v in facts], cls="facts")
+    parts = [_table(["", "value"], [[k, "-" if v is None else str(v)] for k, v in facts], cls="facts")]
     if ver:
-        out += "<details><summary>versions</summary>" + _table(["package", "version"], [[k, str(v)] for k, v in ver.items()]) + "</details>"
-    out += f"<details><summary>resolved config (config.yaml)</summary><pre>{_e(run.config_text)}</pre></details>"
-    return out
+        parts.append(_frag("details", "versions", _table(["package", "version"], [[k, str(v)] for k, v in ver.items()])))
+    parts.append(_frag("details", "resolved config (config.yaml)", _frag("pre", run.config_text)))
+    return Markup("".join(parts))
 
 
-def _run_html(run: RunData, figs: Mapping[str, list[FigureRef]], heading: str = "h2") -> str:
+def _run_html(run: RunData, figs: Mapping[str, list[FigureRef]], heading: str = "h2") -> Markup:
     sub = "h3" if heading == "h2" else "h4"
     labelled = {mode: md for mode, md in run.modes.items() if not md.unlabelled}
     if not labelled:
@@ -270,11 +222,11 @@ def _run_html(run: RunData, figs: Mapping[str, list[FigureRef]], heading: str = 
         glance = _table(["score mode", "formula", "official score"],
                         [[mode, md.formula or "-", md.official] for mode, md in labelled.items()],
                         best=[False, False, CHANCE], cls="glance")
-    parts = [f"<{heading} id=\"run-{_e(_slug(run.label))}\">Run {_e(run.path)}</{heading}>", glance, _info_html(run)]
+    parts = [_frag("heading", heading, f"Run {run.path}", f"run-{_slug(run.label)}"), glance, _info_html(run)]
     if run.record_note:
-        parts.append(f'<p class="note">{_e(run.record_note)}</p>')
+        parts.append(_frag("note", run.record_note))
     for mode, md in run.modes.items():
-        parts.append(f"<{sub}>Score mode {_e(mode)}</{sub}>")
+        parts.append(_frag("heading", sub, f"Score mode {mode}"))
         parts.append(_official_html(md))
         parts.append(_machine_table(md))
         parts.append(_flagged_html(md))
@@ -282,17 +234,17 @@ def _run_html(run: RunData, figs: Mapping[str, list[FigureRef]], heading: str = 
             cols = list(md.sections_table[0])
             rows = [[r[c] if c in ("machine", "section", "files", "anomalies") else _float(r[c]) for c in cols]
                     for r in md.sections_table]
-            parts.append(f"<details><summary>per section (sections.csv)</summary>{_table(cols, rows)}</details>")
+            parts.append(_frag("details", "per section (sections.csv)", _table(cols, rows)))
         if md.note:
-            parts.append(f'<p class="note">{_e(md.note)}</p>')
+            parts.append(_frag("note", md.note))
         parts.append(_figures_html(figs.get(mode, [])))
-    parts.append(f"<{sub}>Training</{sub}>")
-    parts.append(_figures_html(figs.get("history", []), cls="wide") or '<p class="note">no training history recorded</p>')
-    parts.append(f"<{sub}>Embeddings</{sub}>")
+    parts.append(_frag("heading", sub, "Training"))
+    parts.append(_figures_html(figs.get("history", []), cls="wide") or _frag("note", "no training history recorded"))
+    parts.append(_frag("heading", sub, "Embeddings"))
     if run.embeddings is not None:
         parts.append(_figures_html(figs.get("embeddings", []), cls="wide"))
-    parts.append(f'<p class="note">{_e(run.embedding_note)}</p>')
-    return "\n".join(parts)
+    parts.append(_frag("note", run.embedding_note))
+    return _html(parts)
 
 
 def _setting(cfg: Mapping[str, Any]) -> str:
@@ -311,13 +263,12 @@ def _labels(runs: Sequence[RunData]) -> list[str]:
     return ["/".join(p[k:]) for p in parts]
 
 
-def _comparison_html(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[str, list[FigureRef]]:
+def _comparison_html(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[Markup, list[FigureRef]]:
     common = [m for m in runs[0].modes if all(m in r.modes and not r.modes[m].unlabelled for r in runs)]
-    parts = ["<h2 id=\"comparison\">Comparison</h2>"]
+    parts = [_frag("heading", "h2", "Comparison", "comparison")]
     figs: list[FigureRef] = []
     if not common:
-        parts.append('<p class="note">the runs have no score mode in common tested on labelled data; see each '
-                     'run below</p>')
+        parts.append(_frag("note", "the runs have no score mode in common tested on labelled data; see each run below"))
     for mode in common:
         mds = [r.modes[mode] for r in runs]
         machines = sorted(set().union(*({m["machine"] for m in md.machines} for md in mds)))
@@ -335,13 +286,13 @@ def _comparison_html(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[st
             values.append(v)
             rows.append([label, str(run.config.get("model", "-")), str(run.config.get("seed", "-")), *v])
         formulas = sorted({md.formula for md in mds})
-        parts.append(f"<h3>Score mode {_e(mode)} ({_e(', '.join(formulas))})</h3>")
+        parts.append(_frag("heading", "h3", f"Score mode {mode} ({', '.join(formulas)})"))
         best = [False, False, False, CHANCE] + [False] * (len(scores) - 1) + [CHANCE] * len(machines)
         parts.append(_table(header, rows, best=best, cls="comparison"))
         if partial:
-            parts.append('<p class="note">PARTIAL (not the official score): ' + "; ".join(
-                f"{_e(label)}: {_e('; '.join(md.missing) or 'missing parts not recorded')}"
-                for label, md in zip(labels, mds) if md.partial) + "</p>")
+            parts.append(_frag("note", "PARTIAL (not the official score): " + "; ".join(
+                f"{label}: {'; '.join(md.missing) or 'missing parts not recorded'}"
+                for label, md in zip(labels, mds) if md.partial)))
         # mean ± std over the runs of each setting (runs that differ only in their seed)
         groups: dict[str, list[int]] = {}
         for i, run in enumerate(runs):
@@ -356,7 +307,8 @@ def _comparison_html(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[st
                                str(runs[idx[0]].config.get("model", "-")), seeds,
                                *[format_mean_std(float(a), float(b)) for a, b in zip(mean, std)]])
         if stats_rows:
-            parts.append("<p>Mean ± sample standard deviation over runs of the same setting (differing only in seed):</p>")
+            parts.append(_frag("para", "Mean ± sample standard deviation over runs of the same setting (differing "
+                                       "only in seed):"))
             parts.append(_table(header, stats_rows, cls="mean-std"))
         sections = sorted({(s.machine, s.section) for md in mds for s in md.sections})
         for machine, section in sections:
@@ -366,7 +318,7 @@ def _comparison_html(runs: Sequence[RunData], labels: Sequence[str]) -> tuple[st
                 _save(overlaid_roc_figure(machine, section, curves), _slug("compare-roc", mode, machine, section),
                       f"ROC of every run — {machine} section {section} ({mode})", None, figs)
         parts.append(_figures_html(f for f in figs if f.id.startswith(_slug("compare-roc", mode) + "-")))
-    return "\n".join(parts), figs
+    return _html(parts), figs
 
 
 @dataclass
@@ -383,7 +335,7 @@ def render_report(runs: Sequence[RunData], save_png: bool = True) -> tuple[str, 
     if not runs:
         raise StethoError("no runs to report: give at least one run folder")
     figures: list[FigureRef] = []
-    body: list[str] = []
+    body: list[Markup] = []
     labels = _labels(runs)
     if len(runs) > 1:
         text, figs = _comparison_html(runs, labels)
@@ -393,10 +345,9 @@ def render_report(runs: Sequence[RunData], save_png: bool = True) -> tuple[str, 
         figs = run_figures(run, save_png=save_png, prefix=f"run{i}" if len(runs) > 1 else "")
         figures += [f for group in figs.values() for f in group]
         section = _run_html(run, figs)
-        body.append(section if len(runs) == 1 else
-                    f"<details open><summary>{_e(label)}</summary>{section}</details>")
+        body.append(section if len(runs) == 1 else _frag("details", label, section, open=True))
     title = f"stetho report — {labels[0]}" if len(runs) == 1 else f"stetho report — {len(runs)} runs"
-    return _PAGE.substitute(title=_e(title), body="\n".join(body)), figures
+    return _env().get_template("report.html").render(title=title, body=_html(body)), figures
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, save_png: bool = True) -> Report:
