@@ -457,11 +457,16 @@ class DiscriminativeDetector(Detector):
         return nets, history
 
     # -- embeddings -------------------------------------------------------------------------
+    @property
+    def crop_hop(self) -> int:
+        """Samples between the test crops of a clip longer than a tile (``test_hop`` of a tile)."""
+        return max(1, int(self.n_samples * self.test_hop))
+
     def _crop_starts(self, length: int) -> list[int]:
         size = self.n_samples
         if length <= size:
             return [0]
-        hop = max(1, int(size * self.test_hop))
+        hop = self.crop_hop
         n = math.ceil((length - size) / hop) + 1
         return [int(round(s)) for s in np.linspace(0, length - size, n)]
 
@@ -495,6 +500,7 @@ class DiscriminativeDetector(Detector):
         self.train_embeddings_: dict[int, np.ndarray] = {e: self._embed(net, bank) for e, net in nets.items()}
         self.train_domains_ = [c.domain or SOURCE for c in clips]
         self.train_machine_of_ = [c.machine for c in clips]
+        self.train_sections_ = [c.section for c in clips]
         self._build_backends()
 
     def _build_backends(self) -> None:
@@ -562,6 +568,33 @@ class DiscriminativeDetector(Detector):
                 per_epoch[mode].append(s)
         return {mode: ensemble(v) for mode, v in per_epoch.items()}
 
+    # -- export (issue 21) -----------------------------------------------------------------
+    #: The backends are fitted per machine type on both domains (minimum over domains): the
+    #: exported module's scores do not depend on its section input.
+    export_uses_section = False
+
+    def export_sections(self, machine_type: str) -> list[str]:
+        """The sections of ``machine_type`` (sorted) of the training and calibration clips: what
+        the ``section`` input of :meth:`export_module` indexes (it does not change the scores)."""
+        self._check_export_machine(machine_type)
+        pairs = list(zip(self.train_machine_of_, self.train_sections_))
+        pairs += list(zip(self.calibration_["machine"], self.calibration_["section"]))
+        return sorted({str(s) for m, s in pairs if m == machine_type and s is not None})
+
+    def export_module(self, machine_type: str) -> torch.nn.Module:
+        """The scoring of clips of ``machine_type`` as one pure-torch module (eval mode, CPU):
+        ``forward(waveform float32 (n_samples,), section int64 scalar) -> float32 (n_modes,)``,
+        the clip's score per mode of :attr:`score_modes`, equal to :meth:`score_all` (the
+        waveform at :attr:`sr`; the test crops, every ensemble epoch's network and the
+        backends' fitted statistics inside; see
+        :class:`~stetho.models.discriminative.export.DiscriminativeScorer`)."""
+        from stetho.models.discriminative.export import DiscriminativeScorer
+
+        self._check_export_machine(machine_type)
+        epochs = list(self.nets_)  # the order score_all averages in
+        return DiscriminativeScorer([self.nets_[e] for e in epochs], [self.backends_[e][machine_type] for e in epochs],
+                                    self.score_modes, self.n_samples, self.crop_hop, self.sr)
+
     def report_arrays(self) -> dict[str, dict[str, np.ndarray]]:
         """``test_embeddings``: the L2-normalised embeddings ``(n, dim)`` (float32) of the clips
         of the last scoring by the model of the last ensemble epoch (``max(nets_)``, the epoch of
@@ -580,6 +613,7 @@ class DiscriminativeDetector(Detector):
             "train_embeddings": {int(e): t(x) for e, x in self.train_embeddings_.items()},  # float64: exact refit
             "train_domains": list(self.train_domains_),
             "train_machines": list(self.train_machine_of_),
+            "train_sections": list(self.train_sections_),
             "history": plain_history(self.history_),
         }
 
@@ -593,6 +627,8 @@ class DiscriminativeDetector(Detector):
         self.train_embeddings_ = {int(e): x.double().numpy() for e, x in state["train_embeddings"].items()}
         self.train_domains_ = list(state["train_domains"])
         self.train_machine_of_ = list(state["train_machines"])
+        # files saved before the export hook kept no sections: only the calibration clips' then
+        self.train_sections_ = list(state.get("train_sections", [None] * len(self.train_machine_of_)))
         self.history_ = plain_history(state["history"])
         self._build_backends()  # the base has set machines_ and reads the thresholds
 

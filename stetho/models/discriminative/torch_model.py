@@ -60,7 +60,9 @@ class SEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.fc(x.flatten(2).mean(dim=2))
-        return x * w.view(*w.shape, *([1] * (x.dim() - 2)))
+        for _ in range(x.dim() - 2):  # (B, C) -> (B, C, 1[, 1]); a loop TorchScript can compile
+            w = w.unsqueeze(-1)
+        return x * w
 
 
 def _conv_out(n: int, kernel: int, stride: int, padding: int = 0) -> int:
