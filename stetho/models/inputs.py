@@ -61,7 +61,7 @@ def as_clips(
         fitting: clips for ``fit`` (training split, normal) rather than for scoring.
 
     Returns:
-        The clips and, for arrays, their features (``features`` as given for clips).
+        The clips and, for arrays, their features (``features`` as given, unchanged, for clips).
 
     Raises:
         ConfigError: an input of another kind, a non-float array, an array without
@@ -82,7 +82,7 @@ def as_clips(
         if sample_rate is not None:
             raise ConfigError(f"{detector.name}: sample_rate= is for arrays of samples; Clip objects are read from "
                               "their files")
-        return items, None if features is None else list(features)
+        return items, features  # as given: a lazy FeatureList must stay one
     if features is not None:
         raise ConfigError(f"{detector.name}: features= goes with Clip objects only (paths are read and arrays "
                           "turned into features by the detector)")
