@@ -128,3 +128,33 @@ def test_pipeline_streamed_run_writes_the_same_score_files(toy, tmp_path, model,
         files[cache] = _score_files(run)
     assert any("anomaly_score_valve" in f for f in files[True])
     assert files[True] == files[False]
+
+
+@pytest.mark.parametrize("model,cls_path", [("ae", "stetho.models.ae.detector.AEDetector"),
+                                            ("discriminative", "stetho.models.discriminative.detector.DiscriminativeDetector")])
+def test_pipeline_hands_the_models_features_still_on_disk(toy, tmp_path, monkeypatch, model, cls_path):
+    """Through ``stetho train`` / ``stetho test`` the features reach the model's ``_fit`` and
+    ``_score_all`` as a FeatureList on disk (nothing turned them into a list of arrays on the way)."""
+    import importlib
+
+    module_name, cls_name = cls_path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    seen: list[tuple[str, bool]] = []
+    fit, score_all = cls._fit, cls._score_all
+
+    def spy_fit(self, clips, feats, context):
+        seen.append(("fit", on_disk(feats) and len(feats) == len(clips)))
+        return fit(self, clips, feats, context)
+
+    def spy_score_all(self, clips, feats):
+        seen.append(("score", on_disk(feats)))
+        return score_all(self, clips, feats)
+
+    monkeypatch.setattr(cls, "_fit", spy_fit)
+    monkeypatch.setattr(cls, "_score_all", spy_score_all)
+    params = {"epochs": 1, "hidden": 8, "bottleneck": 4, "batch_size": 64} if model == "ae" else DISC
+    run = tmp_path / "run"
+    pipeline.train({"data": str(toy), "out": str(run), "model": model, "params": params, "progress": False,
+                    "device": "cpu", "cache_dir": str(tmp_path / "cache"), "machines": ["fan"]})
+    pipeline.test(run, progress=False)
+    assert {step for step, _ in seen} == {"fit", "score"} and all(ok for _, ok in seen), seen
