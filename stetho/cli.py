@@ -366,15 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recipe overrides, e.g. normal_classes=[[3]] seeds=[0,1] models.arae.epochs=5")
 
     p = sub.add_parser("run", help="train → test → evaluate from a YAML recipe (with compare: every "
-                                   "variant × seed and a comparison table)")
+                                   "variant × seed and a comparison table; with search: a hyper-parameter "
+                                   "search through Ray Tune and OUT/best_recipe.yaml)")
     p.add_argument("recipe", type=Path, help="recipe file, e.g. recipes/dcase2023_ae.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. params.epochs=5 out=runs/x")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write the HTML report (RUN/report.html) at the end")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local (default): every run in this process, one after the other; ray: each run and machine "
-                        "type as a Ray task with the recipe's resources (pip install 'stetho[ray]'), same files")
-    p.add_argument("--address", help="with --engine ray: join this Ray cluster (auto, or HOST:PORT of `ray start "
+                        "type as a Ray task with the recipe's resources (pip install 'stetho[ray]'), same files; "
+                        "a recipe with search: always runs its trials through Ray Tune")
+    p.add_argument("--address", help="with --engine ray (or a search: recipe): join this Ray cluster (auto, or "
+                                     "HOST:PORT of `ray start "
                                      "--head`) instead of starting a local one")
     _threads_option(p)
     p.add_argument("--keep-checkpoints", action="store_true",
@@ -607,6 +610,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if isinstance(outcome, pipeline.Comparison):
             print(outcome.format_text())
             print(f"\ncomparison tables written to {cfg['out']}/comparison_*.csv")
+            return 0
+        if cfg["search"] is not None:  # a SearchOutcome (stetho.pipeline.search)
+            print(outcome.format_text())
+            print(f"\nbest: trial {outcome.best.index} ({outcome.metric} {outcome.best.value:.4f}), run folder "
+                  f"{outcome.best.run_dir}\ntrials in {outcome.results_csv}; best configuration in "
+                  f"{outcome.best_recipe} (stetho run {outcome.best_recipe})")
             return 0
         for mode, result in outcome.results.items():
             if result is not None:

@@ -23,7 +23,7 @@ from stetho.datasets import DATASETS
 from stetho.datasets.mimii import SPLIT_RULES
 from stetho.datasets.names import check_name, quote
 from stetho.errors import ConfigError
-from stetho.metrics import FORMULAS
+from stetho.metrics import FORMULAS, METRIC_KEYS
 
 DEFAULTS: dict[str, Any] = {
     "data": None,           # dataset root (<machine>/{train,test}/...) or a manifest .csv
@@ -49,10 +49,30 @@ DEFAULTS: dict[str, Any] = {
     "toy": None,            # if set, `stetho run` first generates toy data into `data` when missing
     "compare": None,        # if set, `stetho run` trains and tests every variant × seed, then compares
     "resources": {"cpus": 1, "gpus": 0},  # what each task of `stetho run --engine ray` asks Ray for
+    "search": None,         # if set, `stetho run` searches params.* through Ray Tune (stetho.pipeline.search)
 }
 #: Keys of ``compare:``: ``variants`` (name -> config overrides, e.g. ``{params: {variant: separate}}``),
 #: ``seeds`` (one run per seed and variant) and ``reuse`` (keep a finished run of the same config).
 COMPARE_KEYS = ("variants", "seeds", "reuse")
+#: Keys of ``search:`` (see :func:`_validate_search` and :mod:`stetho.pipeline.search`).
+SEARCH_KEYS = ("method", "samples", "seed", "space", "metric", "mode", "score", "keep")
+#: Search methods: every combination of the listed values, or ``samples`` random draws.
+SEARCH_METHODS = ("grid", "random")
+#: Distributions of a ``search.space`` entry (random search only); ``randint`` includes both ends.
+SEARCH_DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+#: Which run folders a search keeps: the best trial's only, or every trial's.
+SEARCH_KEEP = ("best", "all")
+
+
+def metric_name(key: str) -> str:
+    """The ``search.metric`` spelling of a metric key: ``"AUC (source)"`` → ``"auc_source"``."""
+    return re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")
+
+
+#: ``search.metric`` values: ``official`` (the official score of the score mode), or a metric of
+#: :data:`stetho.metrics.METRIC_KEYS` (its arithmetic mean over the sections) by its
+#: :func:`metric_name` -> that key.
+SEARCH_METRICS: dict[str, str] = {"official": "official", **{metric_name(k): k for k in METRIC_KEYS}}
 #: Seeds are 32-bit unsigned integers: numpy's legacy seeding and torch.manual_seed take no more.
 SEED_MAX = 2**32 - 1
 #: Keys holding yes/no switches.
@@ -115,7 +135,7 @@ def yaml_load(text: str) -> Any:
 
 
 #: Top-level keys whose value is a mapping or None (unset): ``compare: null`` turns a comparison off.
-_OPTIONAL_MAPPINGS = ("toy", "compare")
+_OPTIONAL_MAPPINGS = ("toy", "compare", "search")
 
 
 def _merge(base: dict, extra: Mapping, where: str) -> dict:
@@ -280,6 +300,14 @@ def validate(cfg: dict[str, Any], where: str = "config") -> None:
             _validate_compare(cfg["compare"])
         except ConfigError as exc:
             fail(str(exc))
+    if cfg["search"] is not None:
+        if cfg["compare"] is not None:
+            fail("search and compare cannot be combined: search the parameters first, then compare "
+                 "best_recipe.yaml's variants over seeds")
+        try:
+            _validate_search(cfg["search"])
+        except ConfigError as exc:
+            fail(str(exc))
 
 
 def check_seed(seed: Any, what: str = "seed") -> int:
@@ -319,6 +347,73 @@ def _validate_compare(spec: Any) -> None:
             if fixed:
                 raise ConfigError(f"compare.variants.{name} may not set {', '.join(fixed)} "
                                   "(the comparison sets them for every run)")
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _validate_search(spec: Any) -> None:
+    """Shape of ``search:``; the values of ``space`` are checked by the model when the search starts."""
+    if not isinstance(spec, Mapping):
+        raise ConfigError("search must be a mapping with method, space (params.NAME: values) and metric")
+    unknown = sorted(set(spec) - set(SEARCH_KEYS))
+    if unknown:
+        raise ConfigError(f"search: unknown key(s) {', '.join(map(str, unknown))}; "
+                          f"known keys: {', '.join(SEARCH_KEYS)}")
+    method = spec.get("method", "grid")
+    if method not in SEARCH_METHODS:
+        raise ConfigError(f"search.method must be grid or random, got {_shown(method)}")
+    samples = spec.get("samples")
+    if method == "grid" and samples is not None:
+        raise ConfigError("search.samples is for method: random (a grid runs every combination once)")
+    if method == "random" and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise ConfigError(f"search.samples (the number of random trials) must be a positive integer, "
+                          f"got {_shown(samples)}")
+    if spec.get("seed") is not None:
+        check_seed(spec["seed"], "search.seed")
+    if spec.get("metric", "official") not in SEARCH_METRICS:
+        raise ConfigError(f"search.metric {_shown(spec.get('metric'))} is unknown; "
+                          f"choose from {', '.join(SEARCH_METRICS)}")
+    if spec.get("mode", "max") not in ("max", "min"):
+        raise ConfigError(f"search.mode must be max or min, got {_shown(spec.get('mode'))}")
+    score = spec.get("score", "auto")
+    if not isinstance(score, str) or not score:
+        raise ConfigError(f"search.score must be auto or a score mode of the model, got {_shown(score)}")
+    if spec.get("keep", "best") not in SEARCH_KEEP:
+        raise ConfigError(f"search.keep must be best or all, got {_shown(spec.get('keep'))}")
+    space = spec.get("space")
+    if not isinstance(space, Mapping) or not space:
+        raise ConfigError("search.space must map params.NAME to a list of values or a distribution "
+                          "({uniform|loguniform|randint: [low, high]}), e.g. space: {params.k: [1, 3]}")
+    for key, values in space.items():
+        where = f"search.space.{key}"
+        if not isinstance(key, str) or not key.startswith("params.") or not key[len("params."):].isidentifier():
+            raise ConfigError(f"{where}: a search runs over model hyper-parameters only: write params.NAME")
+        if isinstance(values, list):
+            if not values:
+                raise ConfigError(f"{where}: the list of values is empty")
+            if any(isinstance(v, (list, dict)) for v in values):
+                raise ConfigError(f"{where}: values must be numbers, strings, true/false or null, got {_shown(values)}")
+            if len({repr(v) for v in values}) != len(values):
+                raise ConfigError(f"{where}: a value is listed twice in {_shown(values)}")
+            continue
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where} must be a list of values or a distribution "
+                              f"({{uniform|loguniform|randint: [low, high]}}), got {_shown(values)}")
+        if method == "grid":
+            raise ConfigError(f"{where}: a distribution needs method: random (a grid lists its values)")
+        if len(values) != 1 or next(iter(values)) not in SEARCH_DISTRIBUTIONS:
+            raise ConfigError(f"{where} must be one of {', '.join(SEARCH_DISTRIBUTIONS)}: [low, high], "
+                              f"got {_shown(values)}")
+        (dist, bounds), = values.items()
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(_number(b) for b in bounds)
+                and bounds[0] < bounds[1]):
+            raise ConfigError(f"{where}.{dist} must be [low, high] with numbers low < high, got {_shown(bounds)}")
+        if dist == "loguniform" and bounds[0] <= 0:
+            raise ConfigError(f"{where}.loguniform needs low > 0, got {_shown(bounds)}")
+        if dist == "randint" and not all(isinstance(b, int) for b in bounds):
+            raise ConfigError(f"{where}.randint needs integer bounds (both included), got {_shown(bounds)}")
 
 
 def dump(cfg: Mapping[str, Any]) -> str:

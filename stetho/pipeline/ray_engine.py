@@ -156,7 +156,7 @@ def _cell_name(run_dir: Path) -> str:
 
 
 # -- the driver -----------------------------------------------------------------------------------
-def _absolute(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def absolute_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``cfg`` with its paths absolute (a worker's working folder is not the driver's) and
     progress bars off (tasks run side by side)."""
     out = resolve(cfg)
@@ -186,7 +186,7 @@ def submit_cell(cell: Cell, journal: Path | None = None) -> Any:
     its :class:`TestOutcome` (``ray.get`` it). Each task asks for ``cfg["resources"]`` and is
     retried :data:`MAX_RETRIES` times if its worker dies (a Python error is not retried: it
     would fail again)."""
-    cfg = _absolute(cell.cfg)
+    cfg = absolute_config(cell.cfg)
     res = cfg["resources"]
     opts = {"num_cpus": res["cpus"], "num_gpus": res["gpus"], "max_retries": MAX_RETRIES}
     machines = machine_parts(cfg)

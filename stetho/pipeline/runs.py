@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stetho.config import resolve
 from stetho.errors import ConfigError, DatasetError, StethoError
@@ -14,6 +14,9 @@ from stetho.outputs.compare import Comparison, compare_runs
 from stetho.pipeline.common import load_run_config, make_detector, missing_data_message, score_modes
 from stetho.pipeline.testing import TestOutcome, test
 from stetho.pipeline.training import train
+
+if TYPE_CHECKING:
+    from stetho.pipeline.search import SearchOutcome
 
 log = logging.getLogger("stetho.pipeline")
 
@@ -36,7 +39,7 @@ ENGINES = ("local", "ray")
 
 
 def run(cfg: Mapping[str, Any], report: bool = True, engine: str = "local", address: str | None = None,
-        num_cpus: int | None = None) -> TestOutcome | Comparison:
+        num_cpus: int | None = None) -> TestOutcome | Comparison | SearchOutcome:
     """``stetho run``: generate toy data if the recipe asks for it, then train, test, evaluate —
     or, when the recipe has ``compare:``, every variant × seed and their :func:`compare`.
 
@@ -46,18 +49,24 @@ def run(cfg: Mapping[str, Any], report: bool = True, engine: str = "local", addr
     ``engine``: ``local`` (one run after the other in this process) or ``ray`` (each run, and
     each machine type of a run, as a Ray task: :mod:`stetho.pipeline.ray_engine`; ``address``
     joins a cluster, else a local instance of ``num_cpus`` CPUs is started). Both write the
-    same files."""
-    _check_engine(engine, address)
-    cfg = resolve(cfg)
-    if cfg["toy"] is not None:
-        from stetho.synth import make_toy_dataset
+    same files.
 
-        data = Path(cfg["data"] or "toy_data")
-        if not data.exists():
-            toy = dict(cfg["toy"])
-            log.info("generating toy data in %s (%s)", data, ", ".join(f"{k}={v}" for k, v in toy.items()))
-            make_toy_dataset(data, progress=cfg["progress"], **toy)
-        cfg["data"] = str(data)
+    A recipe with ``search:`` runs its hyper-parameter search through Ray Tune whatever the
+    ``engine`` (:func:`stetho.pipeline.search.search`: ``address`` joins a cluster, else a local
+    instance) and returns its :class:`~stetho.pipeline.search.SearchOutcome`."""
+    cfg = resolve(cfg)
+    if cfg["search"] is None:
+        _check_engine(engine, address)
+    elif engine not in ENGINES:
+        _check_engine(engine, None)
+    cfg = with_toy_data(cfg)
+    if cfg["search"] is not None:
+        from stetho.pipeline.search import search
+
+        outcome = search(cfg, address=address, num_cpus=num_cpus)
+        if report and outcome.best is not None:
+            _report([outcome.best.run_dir], outcome.best.run_dir / "report.html")
+        return outcome
     if cfg["compare"] is not None:
         comparison = compare(cfg, engine=engine, address=address, num_cpus=num_cpus)
         if report:
@@ -82,6 +91,21 @@ def run(cfg: Mapping[str, Any], report: bool = True, engine: str = "local", addr
     if report and any(r is not None for r in outcome.results.values()):
         _report([run_dir], run_dir / "report.html")
     return outcome
+
+
+def with_toy_data(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with its toy data generated into ``data`` (default ``toy_data``) when the recipe
+    has ``toy:`` and the folder is missing; ``data`` then names it."""
+    if cfg["toy"] is not None:
+        from stetho.synth import make_toy_dataset
+
+        data = Path(cfg["data"] or "toy_data")
+        if not data.exists():
+            toy = dict(cfg["toy"])
+            log.info("generating toy data in %s (%s)", data, ", ".join(f"{k}={v}" for k, v in toy.items()))
+            make_toy_dataset(data, progress=cfg["progress"], **toy)
+        cfg["data"] = str(data)
+    return cfg
 
 
 def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
