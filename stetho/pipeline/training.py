@@ -190,12 +190,13 @@ def _log_model(stage: Path, name: str, det: Detector, clips: list[Clip], t0: flo
                   header=list(table))
     hist = det.history_
     val = hist["val_loss"][-1] if hist["val_loss"] else float("nan")
-    log.info(  # no "(val nan)" for models without validation loss
-        "%s: %d clips (%d target), %d epochs in %.1f s, loss %.4g%s", name, len(clips),
-        sum(c.domain == "target" for c in clips), len(hist["epoch"]), time.perf_counter() - t0,
-        hist["train_loss"][-1] if hist["train_loss"] else float("nan"),
-        f" (val {val:.4g})" if np.isfinite(val) else "",
-    )
+    loss = hist["train_loss"][-1] if hist["train_loss"] else float("nan")
+    target = sum(c.domain == "target" for c in clips)
+    if hist["epoch"]:  # no "(val nan)" for models without validation loss
+        log.info("%s: %d clips (%d target), %d epochs in %.1f s, loss %.4g%s", name, len(clips), target,
+                 len(hist["epoch"]), time.perf_counter() - t0, loss, f" (val {val:.4g})" if np.isfinite(val) else "")
+    else:  # a model without a training loop (stats): no epochs, no loss
+        log.info("%s: %d clips (%d target), fitted in %.1f s", name, len(clips), target, time.perf_counter() - t0)
     for m in det.machines_:
         log.info("  %s: threshold %s", m, ", ".join(f"{mode} {det.threshold_for(mode, m):.4g}"
                                                    for mode in det.score_modes))
