@@ -196,7 +196,7 @@ def test_pseudo_labels_recover_the_hidden_operating_conditions_of_a_toy_machine(
     training clips are clustered (UMAP + GMM). With 9 source clusters asked for, they match the 9
     hidden combinations: adjusted Rand index 0.60 / 0.70 (seeds 13711 / 1, one thread; 0.54 with
     two threads, seed 13711). BIC on 60 points chooses 2 clusters (0.12-0.13 against the
-    combinations; README "Discriminative")."""
+    combinations; docs/methods.md "Discriminative")."""
     import dataclasses
 
     from sklearn.metrics import adjusted_rand_score

@@ -47,3 +47,30 @@ def test_the_readme_quickstart_trains_on_a_folder_and_scores_a_new_file(tmp_path
     assert cli.main(commands[1][1:]) == 0  # the table the README describes
     out = capsys.readouterr().out
     assert "new.wav" in out and ("ANOMALY" in out or "normal" in out)
+
+
+def _headings(path: Path) -> set[str]:
+    """GitHub's anchors of the Markdown headings of ``path`` (code blocks skipped)."""
+    anchors, fenced = set(), False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            text = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def test_every_link_between_readme_and_the_docs_finds_its_heading():
+    docs = README.parent / "docs"
+    files = [README, *sorted(docs.glob("*.md"))]
+    assert len(files) > 1
+    broken = []
+    for path in files:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", path.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue  # a web page: not ours to check offline
+            dest = (path.parent / target).resolve() if target else path
+            if not dest.is_file() or anchor not in _headings(dest):
+                broken.append(f"{path.name}: ({target}#{anchor})")
+    assert broken == []
