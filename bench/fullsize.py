@@ -21,8 +21,8 @@ reported from the clip count.
 
 Slow, but bounded: every process is killed after ``timeout_s`` (90 minutes; reported as FAIL).
 Measured on 2 cores that other jobs kept busy (1.8 of 2 CPUs): writing the data 21 minutes, the
-AE's training 17 and its test 1; the discriminative model trains longest (1 epoch of random 1.5 s
-crops, then the embeddings of every crop of the 7,000 clips; more than 25 minutes there).
+AE's training 17 and its test 1, the discriminative model's training 22 (1 epoch of random 1.5 s
+crops, then the embeddings of every crop of the 7,000 clips) and its test 2.
 ``--quick`` (7 x 100 training and 7 x 20 test clips) took 12 minutes under the same load.
 """
 

@@ -113,8 +113,8 @@ the load average is recorded; compare runs only at similar contention.
    of the discriminative CPU recipe (1 epoch each: the memory does not depend on the epochs) run as
    fresh processes: peak RSS from ``os.wait4`` (target < 3 GB; the official baseline holds 11 GB of
    float64 frame vectors for this set), its anonymous and file-backed peaks, and wall times. The
-   slowest section by far (on 2 busy cores: 21 minutes to write the data, 18 for the AE, more than
-   25 for the discriminative model; each process killed after 90 minutes); ``--quick`` 12 minutes.
+   slowest section by far (on 2 busy cores: 21 minutes to write the data, 18 for the AE, 24 for the
+   discriminative model; each process killed after 90 minutes); ``--quick`` 12 minutes.
 
 Sizes are in :data:`FULL` / :data:`QUICK`; a full run takes about 5-6 minutes on 2 cores (the
 service's load test alone 60 s), ``--quick`` 60-90 s. ``--only threads`` (or any section names)
