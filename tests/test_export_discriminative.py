@@ -4,8 +4,10 @@
 torch backends against the numpy ones they mirror, the test crops against ``_crop_starts``, the
 whole module eagerly and as TorchScript (clips of many lengths, every section, both machine
 types, every score mode, the decisions), the Bluestein ``|rfft|`` of the FFT branch through
-onnxruntime, the FFT branch's model through ONNX, and a tiny STFT run through
-``stetho.export.export_run`` (ONNX and TorchScript) scored by the torch-free edge scorer.
+onnxruntime, the FFT branch's model through ONNX (the waveform graph, and the graph after the
+spectra fed by the edge scorer's numpy crop spectra), and a tiny STFT run through
+``stetho.export.export_run`` (ONNX and TorchScript) scored by the torch-free edge scorer with
+either front end.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from stetho.export.exporter import ONNX_OPSET, reference_scores
 from stetho.models import Detector
 from stetho.models.discriminative import DiscriminativeDetector
 from stetho.models.discriminative.export import BluesteinMagnitude, crop_starts, torch_backend
+from stetho.models.discriminative.torch_model import STFTBranch
 from stetho.monitor.scoring import Scorer
 from stetho.run_folder import run_models
 from stetho.synth import make_toy_dataset
@@ -219,9 +222,66 @@ def test_fft_branch_module_through_onnx(det, tmp_path):
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["waveform", "section"]
-    for what, y in _clips("fan"):
+    clips = _clips("fan")
+    for what, y in [clips[i] for i in (0, 4, 6)]:  # 1024 samples (tiled), tile + hop + 1 (2 crops), an odd tone
         got = session.run(None, {"waveform": y, "section": np.array(1, dtype=np.int64)})[0].astype(np.float64)
         _assert_parity(det, "fan", got, _want(det, "fan", "01", y), what)
+
+
+def test_the_numpy_crop_spectra_are_the_networks():
+    """The edge scorer's crops and branch spectra (numpy, float64) against the network's own
+    front end: the 16-bit grid and crop starts of the detector, torch's |rfft| and normalised
+    reflect-padded magnitude STFT (bins lo:hi)."""
+    model = DiscriminativeDetector(tile_seconds=0.5, test_hop=0.37)
+    tile, hop = model.n_samples, model.crop_hop
+    stft = STFTBranch(tile, 512, 256, emb_dim=8, channels=(4, 4, 8, 8))
+    spec = {"kind": "crops", "tile": tile, "hop": hop, "branches": [
+        {"kind": "rfft_magnitude"},
+        {"kind": "stft_magnitude", "n_fft": 512, "hop_length": 256, "window": "hann_periodic", "center": True,
+         "pad_mode": "reflect", "normalized": True, "bins": [stft.lo, stft.hi]}]}
+    rng = np.random.default_rng(5)
+    for n in (3000, tile, tile + hop + 1, 3 * tile + 7):
+        y = (rng.normal(size=n) * 0.3).astype(np.float32)
+        y[:3] = [1.5, -2.0, 0.5 / 32768]  # clipped, clipped, a half step (rounds to even)
+        got = edge.spectrum(y, spec)
+        grid = torch.round(torch.clamp(torch.from_numpy(y), -1.0, 32767 / 32768) * 32768.0) / 32768.0
+        starts = model._crop_starts(n)
+        crops = torch.stack([grid[(torch.arange(tile) + s) % n] for s in starts])
+        with torch.no_grad():
+            want = torch.cat([torch.fft.rfft(crops.double(), dim=-1).abs(),
+                              torch.stft(crops.double(), 512, 256, window=torch.hann_window(512, dtype=torch.float64),
+                                         center=True, pad_mode="reflect", normalized=True,
+                                         return_complex=True).abs()[:, stft.lo:stft.hi].flatten(1)], dim=1).numpy()
+            float32 = torch.cat([torch.fft.rfft(crops, dim=-1).abs(), stft.spectrogram(crops).flatten(1)], 1).numpy()
+        assert got.shape == want.shape == (len(starts), tile // 2 + 1 + (stft.hi - stft.lo) * (tile // 256 + 1))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * want.max())
+        np.testing.assert_allclose(got, float32, rtol=1e-3, atol=1e-5 * want.max())  # the network's own, float32
+
+
+@pytest.mark.slow
+def test_fft_branch_model_with_the_numpy_front_end(det, tmp_path):
+    """The FFT branch's model after its spectrum (SpectraScorer) in onnxruntime, fed the numpy
+    crop spectra of the edge scorer: every mode within RTOL of score_all, the same decisions."""
+    module, spec = det.export_module("fan").spectrum_input()
+    assert spec == {"kind": "crops", "tile": 72000, "hop": 36000, "grid": "int16",
+                    "branches": [{"kind": "rfft_magnitude"}], "dtype": "float32"}
+    path = tmp_path / "fan.spectrum.onnx"
+    example = torch.from_numpy(edge.spectrum(np.zeros(2 * 72000, dtype=np.float32), spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example, torch.tensor(0)), str(path), input_names=["spectrum", "section"],
+                          output_names=["scores"], opset_version=ONNX_OPSET, dynamo=True, external_data=False,
+                          verbose=False, dynamic_shapes=({0: torch.export.Dim("n_crops", min=1)}, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for what, y in _clips("fan"):
+        got = session.run(None, {"spectrum": edge.spectrum(y, spec), "section": np.array(0, dtype=np.int64)})[0]
+        want = _want(det, "fan", "00", y)
+        _assert_parity(det, "fan", got.astype(np.float64), want, what)
+        worst = max(worst, float(_rel(got, want).max()))
+    assert worst < RTOL
 
 
 # -- through stetho.export ---------------------------------------------------------------------
@@ -260,7 +320,14 @@ def test_export_run_onnx_scores_and_decisions_equal_the_detectors(stft_run, stft
     assert meta["score_modes"] == list(stft_det.score_modes) and meta["section_dependent"] is False
     assert meta["sections"] == ["00"]
     assert meta["thresholds"] == {m: stft_det.threshold_for(m, "fan") for m in stft_det.score_modes}
-    session = ort.InferenceSession(str(exported[0].path), providers=["CPUExecutionProvider"])
+    assert meta["front_ends"]["numpy"]["file"] == "fan.spectrum.onnx"
+    spec = meta["front_ends"]["numpy"]["spectrum"]
+    assert spec["kind"] == "crops" and spec["branches"] == [
+        {"kind": "stft_magnitude", "n_fft": 512, "hop_length": 256, "window": "hann_periodic", "center": True,
+         "pad_mode": "reflect", "normalized": True, "bins": spec["branches"][0]["bins"]}]
+    sessions = {"graph": ort.InferenceSession(str(exported[0].path), providers=["CPUExecutionProvider"]),
+                "numpy": ort.InferenceSession(str(tmp_path / "onnx" / "fan.spectrum.onnx"),
+                                              providers=["CPUExecutionProvider"])}
     # This toy model's embeddings nearly coincide (cosine distances ~1e-5, Mahalanobis precision
     # eigenvalues ~1e6): float32 rounding of the network, which onnxruntime does in another
     # order than torch (embeddings ~4e-7 apart), becomes up to ~1e-3 of a score near 0. So each
@@ -271,19 +338,24 @@ def test_export_run_onnx_scores_and_decisions_equal_the_detectors(stft_run, stft
     for wav in wavs:
         y, _ = load_audio(wav)
         for clip in _lengths(np.asarray(y, dtype=np.float32)):
-            got = session.run(None, {"waveform": clip, "section": np.array(0, dtype=np.int64)})[0].astype(np.float64)
             want = reference_scores(stft_det, "fan", clip)
-            what = f"{wav.name} {len(clip)} samples"
-            assert np.all(np.abs(got - want) <= RTOL * (np.abs(want) + thresholds)), (what, got, want)
-            assert [stft_det.decide(got[i:i + 1], ["fan"], m)[0] for i, m in enumerate(stft_det.score_modes)] == \
-                [stft_det.decide(want[i:i + 1], ["fan"], m)[0] for i, m in enumerate(stft_det.score_modes)], what
+            feeds = {"graph": {"waveform": clip}, "numpy": {"spectrum": edge.spectrum(clip, spec)}}
+            for front_end, session in sessions.items():
+                got = session.run(None, {**feeds[front_end], "section": np.array(0, dtype=np.int64)})[0]
+                got = got.astype(np.float64)
+                what = f"{wav.name} {len(clip)} samples, {front_end} front end"
+                assert np.all(np.abs(got - want) <= RTOL * (np.abs(want) + thresholds)), (what, got, want)
+                assert [stft_det.decide(got[i:i + 1], ["fan"], m)[0] for i, m in enumerate(stft_det.score_modes)] == \
+                    [stft_det.decide(want[i:i + 1], ["fan"], m)[0] for i, m in enumerate(stft_det.score_modes)], what
     # the torch-free edge scorer decides as the torch scorer (stetho score) on the WAV files
-    es, scorer = edge.EdgeScorer(tmp_path / "onnx"), Scorer.load(stft_run, resample=False)
-    for wav in wavs:
-        got, want = es.score(wav, "fan"), scorer.score(wav, "fan").to_dict()
-        for mode, w in want["modes"].items():
-            assert abs(got["modes"][mode]["score"] - w["score"]) <= RTOL * (abs(w["score"]) + w["threshold"]), mode
-            assert got["modes"][mode]["decision"] == w["decision"], mode
+    scorer = Scorer.load(stft_run, resample=False)
+    for front_end in edge.FRONT_ENDS:
+        es = edge.EdgeScorer(tmp_path / "onnx", front_end=front_end)
+        for wav in wavs:
+            got, want = es.score(wav, "fan"), scorer.score(wav, "fan").to_dict()
+            for mode, w in want["modes"].items():
+                assert abs(got["modes"][mode]["score"] - w["score"]) <= RTOL * (abs(w["score"]) + w["threshold"]), mode
+                assert got["modes"][mode]["decision"] == w["decision"], mode
 
 
 @pytest.mark.slow

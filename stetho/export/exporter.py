@@ -23,6 +23,7 @@ from stetho.datasets.clip import Clip
 from stetho.errors import ConfigError, ExportError, StethoError
 from stetho.fileio import atomic_path, atomic_write_bytes, atomic_write_text, make_dirs
 from stetho.models import Detector
+from stetho.models.export_modules import spectrum_input
 from stetho.run_folder import MODELS_INDEX, run_models
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,11 @@ ONNX_OPSET = 18
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 #: Inputs and output of every exported graph (:meth:`Detector.export_module`).
 INPUTS = ("waveform", "section")
+#: Inputs of the spectrum graph (:func:`~stetho.models.export_modules.spectrum_input`): the
+#: spectrum frames the edge scorer computes in numpy (:func:`stetho.edge.spectrum`).
+SPECTRUM_INPUTS = ("spectrum", "section")
+#: File name suffix of the spectrum graph beside ``<machine>.onnx``.
+SPECTRUM_SUFFIX = ".spectrum.onnx"
 OUTPUT = "scores"
 #: Exported scores must equal the detector's within this relative tolerance (``+ PARITY_ATOL``).
 PARITY_RTOL = 1e-4
@@ -80,9 +86,12 @@ def run_id(run_dir: str | Path) -> str:
 def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, verify: bool = True) -> list[ExportedModel]:
     """Export every detector of a trained run, one file per machine type.
 
-    Writes into ``out_dir``: ``<machine>.onnx`` (or ``.pt``), ``<machine>.json`` (score modes,
-    default mode, thresholds per mode, sections, sample rate, fewest samples, channel, the run's
-    id, the versions, the graph's inputs and the check's figures), ``export.json`` (the index)
+    Writes into ``out_dir``: ``<machine>.onnx`` (or ``.pt``), for ONNX ``<machine>.spectrum.onnx``
+    (the graph after the STFT, input ``spectrum`` as :func:`stetho.edge.spectrum` computes it;
+    when the model has such a front end), ``<machine>.json`` (score modes, default mode,
+    thresholds per mode, sections, sample rate, fewest samples, channel, the run's id, the
+    versions, the graphs' files and inputs per front end (``front_ends``) and the check's
+    figures), ``export.json`` (the index)
     and ``stetho_edge.py`` (the torch-free scorer of ONNX exports, :mod:`stetho.edge`).
 
     Args:
@@ -90,9 +99,9 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, verify: bool 
         fmt: ``"onnx"`` (opset :data:`ONNX_OPSET`, free clip length) or ``"torchscript"``
             (``torch.jit.script``, free clip length).
         out_dir: the export folder (created; files of the same names are replaced).
-        verify: score :data:`CHECK_SECONDS` of seeded noise with the exported file and with the
-            detector, and refuse an export whose scores differ by more than
-            :data:`PARITY_RTOL` (relative).
+        verify: score :data:`CHECK_SECONDS` of seeded noise with the exported file(s) (both
+            front ends) and with the detector, and refuse an export whose scores differ by more
+            than :data:`PARITY_RTOL` (relative).
 
     Returns:
         One :class:`ExportedModel` per machine type, sorted by machine type.
@@ -151,17 +160,42 @@ def _export_one(det: Detector, machine: str, module: torch.nn.Module, fmt: str, 
     inputs = list(INPUTS)
     check: dict[str, Any] = {"signal": f"{CHECK_SECONDS:g} s of seeded Gaussian noise (sd 0.1)"}
     max_rel = float("nan")
+    front_ends: dict[str, Any] = {"graph": {"file": path.name, "inputs": inputs}}
+    spectral = spectrum_input(module) if fmt == "onnx" else None
+    if spectral is not None:  # the graph after the STFT, fed by the edge scorer's numpy front end
+        spec_module, spec = spectral
+        spec_path = out / f"{machine}{SPECTRUM_SUFFIX}"
+        spec_input = torch.from_numpy(edge.spectrum(y.numpy(), spec))
+        with atomic_path(spec_path) as tmp:
+            # at least two rows in the example: torch.export fixes a dimension whose example is 1
+            example = spec_input if spec_input.shape[0] > 1 else torch.cat([spec_input, spec_input])
+            _write_onnx(_frozen(spec_module), example, section, edge.spectrum_frames(min_samples, spec), tmp,
+                        SPECTRUM_INPUTS, "n_frames")
+        front_ends["numpy"] = {"file": spec_path.name, "inputs": list(SPECTRUM_INPUTS), "spectrum": spec}
+    want = reference_scores(det, machine, y.numpy(), sections[0]) if verify else None
     if verify or fmt == "onnx":
         got, inputs = _run_exported(path, fmt, y)
-        if verify:
-            want = reference_scores(det, machine, y.numpy(), sections[0])
-            max_rel = relative_difference(got, want)
-            check.update(torch_scores=want.tolist(), exported_scores=got.tolist(), max_rel_diff=max_rel)
-            if not np.allclose(got, want, rtol=PARITY_RTOL, atol=PARITY_ATOL):
-                path.unlink(missing_ok=True)
-                raise ExportError(f"{path}: the exported {det.name} scores {got.tolist()} differ from the "
-                                  f"detector's {want.tolist()} by up to {max_rel:.2g} (relative), more than "
-                                  f"{PARITY_RTOL:g}; nothing usable was written")
+        front_ends["graph"]["inputs"] = inputs
+        results = {"graph": got}
+        if spectral is not None:
+            results["numpy"] = _run_onnx(out / front_ends["numpy"]["file"],
+                                         {"spectrum": spec_input.numpy(), "section": np.array(0, dtype=np.int64)})[0]
+        if want is not None:
+            check.update(torch_scores=want.tolist(), exported_scores=got.tolist())
+            for name, scores in results.items():
+                rel = relative_difference(scores, want)
+                front_ends[name]["check_max_rel_diff"] = rel
+                max_rel = rel if np.isnan(max_rel) else max(max_rel, rel)
+                if not np.allclose(scores, want, rtol=PARITY_RTOL, atol=PARITY_ATOL):
+                    for fe in front_ends.values():
+                        (out / fe["file"]).unlink(missing_ok=True)
+                    raise ExportError(f"{out / front_ends[name]['file']}: the exported {det.name} scores "
+                                      f"{scores.tolist()} ({name} front end) differ from the detector's "
+                                      f"{want.tolist()} by up to {rel:.2g} (relative), more than {PARITY_RTOL:g}; "
+                                      "nothing usable was written")
+            if "numpy" in results:
+                check["exported_scores_numpy_front_end"] = results["numpy"].tolist()
+            check["max_rel_diff"] = max_rel
     meta = {
         "format": fmt, "file": path.name, "model": det.name, "machine_type": machine,
         "score_modes": list(det.score_modes), "default_mode": det._mode(None),
@@ -169,7 +203,7 @@ def _export_one(det: Detector, machine: str, module: torch.nn.Module, fmt: str, 
         "sections": sections, "section_dependent": bool(det.export_uses_section),
         "sample_rate": int(sr), "min_samples": int(min_samples), "channel": int(det.channel),
         "max_float_peak": MAX_FLOAT_PEAK,
-        "inputs": inputs, "output": OUTPUT,
+        "inputs": inputs, "output": OUTPUT, "front_ends": front_ends,
         "run": {"path": str(run_dir.resolve()), "run_id": rid, "trained_version": trained},
         "versions": _versions(fmt), "check": check,
     }
@@ -223,17 +257,19 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _write_onnx(module: torch.nn.Module, y: torch.Tensor, section: torch.Tensor, min_samples: int, path: Path) -> None:
-    """``torch.onnx.export`` (the torch.export-based exporter) with a free waveform length."""
+def _write_onnx(module: torch.nn.Module, y: torch.Tensor, section: torch.Tensor, min_samples: int, path: Path,
+                input_names: tuple[str, ...] = INPUTS, dim_name: str = "n_samples") -> None:
+    """``torch.onnx.export`` (the torch.export-based exporter) with a free length of the first
+    input's first axis (samples, or spectrum frames), at least ``min_samples``."""
     try:
         import onnxscript  # noqa: F401  (the exporter needs it; say so plainly when it is missing)
     except ImportError:
         raise ExportError("ONNX export needs the packages onnx and onnxscript: "
                           "pip install 'stetho[export]'") from None
-    n_samples = torch.export.Dim("n_samples", min=int(min_samples))
+    n_samples = torch.export.Dim(dim_name, min=int(min_samples))
     try:
         with _quiet_exporter():
-            torch.onnx.export(module, (y, section), str(path), input_names=list(INPUTS), output_names=[OUTPUT],
+            torch.onnx.export(module, (y, section), str(path), input_names=list(input_names), output_names=[OUTPUT],
                               opset_version=ONNX_OPSET, dynamo=True, external_data=False, verbose=False,
                               dynamic_shapes=({0: n_samples}, None))
     except StethoError:
@@ -252,6 +288,12 @@ def _run_exported(path: Path, fmt: str, y: torch.Tensor) -> tuple[np.ndarray, li
             loaded = torch.jit.load(str(path))
         with torch.no_grad():
             return loaded(y, torch.tensor(0, dtype=torch.int64)).double().numpy(), list(INPUTS)
+    return _run_onnx(path, {"waveform": y.numpy(), "section": np.array(0, dtype=np.int64)})
+
+
+def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """Scores ``(n_modes,)`` float64 of the ONNX file at ``path`` (1 thread) for those of
+    ``feeds`` it takes, and its input names."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -260,7 +302,6 @@ def _run_exported(path: Path, fmt: str, y: torch.Tensor) -> tuple[np.ndarray, li
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    feeds = {"waveform": y.numpy(), "section": np.array(0, dtype=np.int64)}
     return session.run(None, {n: feeds[n] for n in names})[0].astype(np.float64), names
 
 

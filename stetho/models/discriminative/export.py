@@ -20,6 +20,11 @@ spectra, ``TopK`` for kNN) and TorchScript can record with a free clip length:
    the domain-normalised variants with their scales;
 5. the mean over the ensemble epochs.
 
+:meth:`DiscriminativeScorer.spectrum_input` gives the same scoring after the front end
+(:class:`SpectraScorer`: steps 3-5 from every crop's branch spectra, which the edge scorer
+computes in numpy, ``stetho.edge.crop_spectra``): onnxruntime's ``STFT`` and the Bluestein
+``|rfft|`` are far slower than numpy's FFTs.
+
 The torch backends mirror :mod:`stetho.backends.embedding` (pure numpy, unchanged) one to one;
 :func:`torch_backend` builds one from a fitted numpy backend.
 """
@@ -37,7 +42,7 @@ from stetho.backends import (
     DensityBackend, DomainNormalized, EmbeddingBackend, KMeansBackend, KNNBackend, MahalanobisBackend, l2_normalize,
 )
 from stetho.errors import StethoError
-from stetho.models.discriminative.torch_model import FFTBranch, MultiResolutionNet
+from stetho.models.discriminative.torch_model import FFTBranch, MultiResolutionNet, STFTBranch
 
 
 def _l2n(x: torch.Tensor) -> torch.Tensor:
@@ -354,9 +359,104 @@ class DiscriminativeScorer(nn.Module):
             total = total + ep(crops)
         return (total / self.n_epochs).to(torch.float32)
 
+    def spectrum_input(self) -> tuple[nn.Module, dict[str, object]]:
+        """The module after the spectra (:class:`SpectraScorer`) and the definition of its
+        ``spectrum`` input, for a front end outside the graph (``stetho.edge.spectrum``)."""
+        branches: list[dict[str, object]] = []
+        for branch in self.epochs[0].net.branches:
+            if isinstance(branch, STFTBranch):
+                branches.append({"kind": "stft_magnitude", "n_fft": branch.n_fft, "hop_length": branch.hop,
+                                 "window": "hann_periodic", "center": True, "pad_mode": "reflect",
+                                 "normalized": True, "bins": [branch.lo, branch.hi]})
+            else:
+                branches.append({"kind": "rfft_magnitude"})
+        spec = {"kind": "crops", "tile": self.tile, "hop": self.hop, "grid": "int16", "branches": branches,
+                "dtype": "float32"}
+        return SpectraScorer(self, [_spectrum_shape(b, self.tile) for b in branches]), spec
+
+
+def _spectrum_shape(branch: dict[str, object], tile: int) -> tuple[int, ...]:
+    """Shape of one crop's spectrum of a branch (see :meth:`DiscriminativeScorer.spectrum_input`)."""
+    if branch["kind"] == "rfft_magnitude":
+        return (tile // 2 + 1,)
+    lo, hi = branch["bins"]  # type: ignore[misc]
+    return (int(hi) - int(lo), tile // int(branch["hop_length"]) + 1)  # type: ignore[arg-type]
+
+
+class FFTTail(nn.Module):
+    """An FFT branch after its ``|rfft|``: ``(B, tile // 2 + 1) -> (B, emb_dim)``."""
+
+    def __init__(self, branch: nn.Module) -> None:
+        super().__init__()
+        self.conv = branch.conv
+        self.dense = branch.dense
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.conv(spec.unsqueeze(1)).flatten(1))
+
+
+class STFTTail(nn.Module):
+    """An :class:`STFTBranch` after its magnitude spectrogram: ``(B, n_freq, n_time) -> (B, emb_dim)``."""
+
+    def __init__(self, branch: STFTBranch) -> None:
+        super().__init__()
+        self.bn_freq, self.first, self.blocks, self.head = branch.bn_freq, branch.first, branch.blocks, branch.head
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.first(self.bn_freq(spec).unsqueeze(1)))
+        return self.head(h.max(dim=3).values.flatten(1))
+
+
+class SpectraEpoch(nn.Module):
+    """One ensemble epoch of :class:`SpectraScorer`: branch tails, clip embedding, backends."""
+
+    def __init__(self, epoch: EpochScorer) -> None:
+        super().__init__()
+        self.tails = nn.ModuleList(STFTTail(b) if isinstance(b, STFTBranch) else FFTTail(b)
+                                   for b in epoch.net.branches)
+        self.backends = epoch.backends
+
+    def forward(self, spectra: list[torch.Tensor]) -> torch.Tensor:
+        parts = []
+        for i, tail in enumerate(self.tails):
+            parts.append(tail(spectra[i]))
+        emb = _l2n(torch.cat(parts, dim=1).to(torch.float64))
+        emb = _l2n(emb.sum(dim=0, keepdim=True))
+        out = []
+        for be in self.backends:
+            out.append(be(emb))
+        return torch.cat(out)
+
+
+class SpectraScorer(nn.Module):
+    """:class:`DiscriminativeScorer` after its front end: ``forward(spectrum, section)`` takes
+    float32 ``(n_crops, F)``, each crop's branch spectra flattened and concatenated in branch
+    order (``F`` = the sum of ``shapes``' sizes; see ``stetho.edge.spectrum``), and returns the
+    same float32 ``(n_modes,)`` scores."""
+
+    def __init__(self, scorer: DiscriminativeScorer, shapes: Sequence[tuple[int, ...]]) -> None:
+        super().__init__()
+        self.modes = list(scorer.modes)
+        self.epochs = nn.ModuleList(SpectraEpoch(ep) for ep in scorer.epochs)
+        self.n_epochs = len(self.epochs)
+        self.shapes = [list(s) for s in shapes]
+        self.sizes = [int(np.prod(s)) for s in shapes]
+        self.eval()
+
+    def forward(self, spectrum: torch.Tensor, section: torch.Tensor) -> torch.Tensor:
+        spectra = []
+        start = 0
+        for i, size in enumerate(self.sizes):
+            spectra.append(spectrum[:, start:start + size].reshape([-1] + self.shapes[i]))
+            start += size
+        total = torch.zeros(len(self.modes), dtype=torch.float64)
+        for ep in self.epochs:
+            total = total + ep(spectra)
+        return (total / self.n_epochs).to(torch.float32)
+
 
 __all__ = [
     "BluesteinMagnitude", "DensityScore", "DiscriminativeScorer", "DomainNormalizedScore", "EpochScorer",
-    "ExportFFTBranch", "KMeansScore", "KNNDomainScore", "KNNScore", "MahalanobisScore", "crop_starts",
-    "torch_backend",
+    "ExportFFTBranch", "FFTTail", "KMeansScore", "KNNDomainScore", "KNNScore", "MahalanobisScore", "STFTTail",
+    "SpectraEpoch", "SpectraScorer", "crop_starts", "torch_backend",
 ]
