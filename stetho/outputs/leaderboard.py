@@ -252,7 +252,7 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def leaderboard_html(board: Leaderboard, title: str, about: Mapping[str, str] | None = None,
                      notes: Sequence[str] = ()) -> str:
     """A self-contained HTML page of the leaderboard (inline styles, no network)."""
-    from stetho.outputs.report import _PAGE
+    from stetho.outputs.report import html_page  # the report's page and styles (matplotlib only then)
 
     body = [f'<p class="note">{html.escape(n)}</p>' for n in notes]
     body += ["<h2>Overall</h2>", "<p>Official score: mean ± sample std over seeds, each dataset's own formula; "
@@ -267,7 +267,7 @@ def leaderboard_html(board: Leaderboard, title: str, about: Mapping[str, str] | 
     if failed:
         items = (html.escape(f"{c['dataset']} {c['entry']} seed {c['seed']}: {c['status']}") for c in failed)
         body.append("<h2>Cells without results</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
-    return _PAGE.substitute(title=html.escape(title), body="\n".join(body))
+    return html_page(title, "\n".join(body))
 
 
 def write_leaderboard(out: str | Path, board: Leaderboard, title: str = "stetho benchmark",

@@ -347,7 +347,13 @@ def render_report(runs: Sequence[RunData], save_png: bool = True) -> tuple[str, 
         section = _run_html(run, figs)
         body.append(section if len(runs) == 1 else _frag("details", label, section, open=True))
     title = f"stetho report — {labels[0]}" if len(runs) == 1 else f"stetho report — {len(runs)} runs"
-    return _env().get_template("report.html").render(title=title, body=_html(body)), figures
+    return html_page(title, _html(body)), figures
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained page of the report's look (``templates/report.html``: inline styles, no
+    network) around ``body``, HTML that is already escaped (e.g. the leaderboard's tables)."""
+    return _env().get_template("report.html").render(title=title, body=Markup(body))
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, save_png: bool = True) -> Report:
