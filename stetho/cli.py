@@ -434,13 +434,13 @@ def print_result(result, title: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(  # other libraries' chatter (e.g. Alembic's INFO lines) only with --debug
-        level=logging.DEBUG if args.debug else logging.WARNING,
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s" if not args.debug else "%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if not args.debug:
-        logging.getLogger("stetho").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    if not args.debug:  # Alembic's INFO lines on every database start-up only with --debug
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return _dispatch(args)
     except StethoError as exc:

@@ -57,9 +57,24 @@ def _recipe(toy: Path, out: Path, cache: Path, variants: tuple[str, ...] = ("ful
 
 @pytest.fixture(scope="module")
 def local_out(toy, tmp_path_factory) -> Path:
-    """The comparison run in process (engine local): the reference."""
+    """The comparison run in process (engine local): the reference, run with the threads each Ray
+    task of ``resources: {cpus: 1}`` has (torch, BLAS and OpenMP at 1 thread; Ray starts its
+    workers with OMP_NUM_THREADS=1). With more BLAS threads the last bits of a score may differ:
+    the README's promise is byte-identical files for the same thread settings."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
     out = tmp_path_factory.mktemp("local") / "cmp"
-    pipeline.run(_recipe(toy, out, out.parent / "cache"), report=False)
+    before = torch.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", "1")
+    try:
+        torch.set_num_threads(1)
+        with threadpool_limits(limits=1):
+            pipeline.run(_recipe(toy, out, out.parent / "cache"), report=False)
+    finally:
+        torch.set_num_threads(before)
+        mp.undo()
     return out
 
 
