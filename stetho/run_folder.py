@@ -45,6 +45,29 @@ TEST_FILES = ("test_files.csv", "skipped.csv", "test_thresholds.csv", "summary.c
 _COMMIT_MARK = "COMMIT"
 
 
+#: Hex digits of a run id (the SHA-256 of the run's ``models.json``, which pins every model file).
+RUN_ID_LENGTH = 12
+
+
+def run_id(run_dir: str | Path) -> str:
+    """The run's id: the first :data:`RUN_ID_LENGTH` hex digits of the SHA-256 of its
+    ``models.json`` (which records every model file's SHA-256): the same models give the same id.
+    The scoring service stores it with every verdict; an export records it."""
+    import hashlib
+
+    return hashlib.sha256((Path(run_dir) / MODELS_INDEX).read_bytes()).hexdigest()[:RUN_ID_LENGTH]
+
+
+def trained_version(run_dir: str | Path) -> str | None:
+    """The stetho version in ``run_dir/versions.json`` that trained the run, or ``None`` when it
+    is missing or damaged."""
+    try:
+        version = json.loads((Path(run_dir) / "versions.json").read_text(encoding="utf-8")).get("stetho")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(version) if version is not None else None
+
+
 def lock_file(run_dir: Path) -> Path:
     """The lock of ``run_dir``: ``.<name>.lock`` beside it (it must outlive swaps of the folder).
     A symlinked run folder is locked, staged and swapped where it really is."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import platform
@@ -24,7 +23,7 @@ from stetho.errors import ConfigError, ExportError, StethoError
 from stetho.fileio import atomic_path, atomic_write_bytes, atomic_write_text, make_dirs
 from stetho.models import Detector
 from stetho.models.export_modules import spectrum_input
-from stetho.run_folder import MODELS_INDEX, run_models
+from stetho.run_folder import run_id, run_models, trained_version  # noqa: F401 (run_id: importable here)
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +48,6 @@ OUTPUT = "scores"
 #: Exported scores must equal the detector's within this relative tolerance (``+ PARITY_ATOL``).
 PARITY_RTOL = 1e-4
 PARITY_ATOL = 1e-7
-#: Hex digits of a run id (as :mod:`stetho.monitor.scoring`'s: SHA-256 of ``models.json``).
-RUN_ID_LENGTH = 12
 #: Seconds of the seeded noise every exported file is checked on.
 CHECK_SECONDS = 2.0
 
@@ -76,11 +73,6 @@ class ExportedModel:
     size_bytes: int
     max_rel_diff: float
 
-
-def run_id(run_dir: str | Path) -> str:
-    """The run's id: the first :data:`RUN_ID_LENGTH` hex digits of the SHA-256 of its
-    ``models.json`` (the id the scoring service stores with every verdict)."""
-    return hashlib.sha256((Path(run_dir) / MODELS_INDEX).read_bytes()).hexdigest()[:RUN_ID_LENGTH]
 
 
 def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, verify: bool = True) -> list[ExportedModel]:
@@ -126,7 +118,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, verify: bool 
             jobs.append((det, machine, _frozen(det.export_module(machine))))
     jobs.sort(key=lambda j: j[1])
     make_dirs(out)
-    rid, trained = run_id(run_dir), _trained_version(run_dir)
+    rid, trained = run_id(run_dir), trained_version(run_dir)
     exported = []
     for det, machine, module in jobs:
         exported.append(_export_one(det, machine, module, fmt, out, rid, trained, run_dir, verify))
@@ -315,11 +307,3 @@ def _versions(fmt: str) -> dict[str, Any]:
         versions.update(onnx=onnx.__version__, opset=ONNX_OPSET)
     return versions
 
-
-def _trained_version(run_dir: Path) -> str | None:
-    """The stetho version in ``run_dir/versions.json`` that trained the run (``None`` if unrecorded)."""
-    try:
-        version = json.loads((run_dir / "versions.json").read_text(encoding="utf-8")).get("stetho")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(version) if version is not None else None

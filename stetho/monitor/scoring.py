@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -35,7 +34,7 @@ from stetho.datasets.clip import Clip
 from stetho.errors import AudioError, ConfigError, ScoringError
 from stetho.models import Detector
 from stetho.models.runtime import use_threads
-from stetho.run_folder import MODELS_INDEX, run_models
+from stetho.run_folder import RUN_ID_LENGTH, run_id, run_models, trained_version  # noqa: F401 (RUN_ID_LENGTH)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,6 @@ log = logging.getLogger(__name__)
 #: own recordings has this section too).
 DEFAULT_SECTION = "00"
 
-#: Hex digits of a run id (the SHA-256 of the run's ``models.json``, which pins every model file).
-RUN_ID_LENGTH = 12
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -175,7 +172,7 @@ class Scorer:
                 raise ConfigError(f"{run_dir}: no such run folder; train one with `stetho train`")
             detectors = [Detector.load(p, device=device) for p in run_models(run_dir)]
             machines = tuple(sorted({m for d in detectors for m in d.machines_}))
-            run = RunInfo(path=run_dir, run_id=_run_id(run_dir), version=_trained_version(run_dir),
+            run = RunInfo(path=run_dir, run_id=run_id(run_dir), version=trained_version(run_dir),
                           model=",".join(sorted({d.name for d in detectors})), machine_types=machines)
             runs.append(run)
             for det in detectors:
@@ -328,18 +325,6 @@ def _scoring_error(exc: AudioError) -> ScoringError:
     return ScoringError(exc.kind or "corrupt", exc.path, exc.reason)
 
 
-def _run_id(run_dir: Path) -> str:
-    """The first :data:`RUN_ID_LENGTH` hex digits of the SHA-256 of ``run_dir/models.json``."""
-    return hashlib.sha256((run_dir / MODELS_INDEX).read_bytes()).hexdigest()[:RUN_ID_LENGTH]
-
-
-def _trained_version(run_dir: Path) -> str | None:
-    """The stetho version in ``run_dir/versions.json``, or ``None`` when it is missing or damaged."""
-    try:
-        version = json.loads((run_dir / "versions.json").read_text(encoding="utf-8")).get("stetho")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(version) if version is not None else None
 
 
 __all__ = ["DEFAULT_SECTION", "ModeVerdict", "RunInfo", "Scorer", "Verdict", "format_verdicts"]
