@@ -696,29 +696,14 @@ def _score(args: argparse.Namespace) -> int:
 def _score_onnx(args: argparse.Namespace) -> int:
     """``stetho score --engine onnx``: as ``stetho score``, with an ONNX export folder scored by
     :class:`stetho.edge.EdgeScorer` (onnxruntime)."""
-    import json
-
-    from stetho.edge import EdgeError, EdgeScorer, format_results
+    from stetho.edge import EdgeError, EdgeScorer, score_files
 
     try:
         scorer = EdgeScorer(args.run)
         machine_type = scorer.resolve_machine_type(args.machine_type)
     except EdgeError as exc:
         raise ConfigError(str(exc)) from None
-    results, failed = [], 0
-    for path in args.files:
-        try:
-            result = scorer.score(path, machine_type, section=args.section)
-        except EdgeError as exc:
-            print(f"stetho: error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        if args.json:
-            print(json.dumps(result), flush=True)
-        results.append(result)
-    if results and not args.json:
-        print(format_results(results))
-    return 2 if failed else 0
+    return score_files(scorer, args.files, machine_type, args.section, args.json, "stetho")
 
 
 def _export(args: argparse.Namespace) -> int:

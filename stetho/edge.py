@@ -386,18 +386,26 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeError as exc:
         print(f"stetho_edge: error: {exc}", file=sys.stderr)
         return 2
+    return score_files(scorer, args.files, machine_type, args.section, args.json, "stetho_edge")
+
+
+def score_files(scorer: "EdgeScorer", files: Any, machine_type: str, section: str | None, as_json: bool,
+                prog: str) -> int:
+    """Score ``files`` and print a table (or JSON lines as they come); a file that cannot be scored
+    is an error line on stderr (``prog: error: ...``) and the others go on. Exit status 2 if any
+    failed, else 0. What ``stetho_edge.py`` and ``stetho score --engine onnx`` print."""
     results, failed = [], 0
-    for path in args.files:
+    for path in files:
         try:
-            result = scorer.score(path, machine_type, section=args.section)
+            result = scorer.score(path, machine_type, section=section)
         except EdgeError as exc:
-            print(f"stetho_edge: error: {exc}", file=sys.stderr)
+            print(f"{prog}: error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        if args.json:
+        if as_json:
             print(json.dumps(result), flush=True)
         results.append(result)
-    if results and not args.json:
+    if results and not as_json:
         print(format_results(results))
     return 2 if failed else 0
 
